@@ -1,0 +1,1 @@
+"""rlhfless: serverless RLHF."""
