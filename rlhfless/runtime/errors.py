@@ -19,7 +19,12 @@ class FunctionDied(RuntimeErrorBase):
     """A function process ended while calls were pending, or a call was made on a dead one."""
 
     def __init__(
-        self, function_id: str, actor: str, exit_code: int | None, stderr_tail: list[str], why: str = ""
+        self,
+        function_id: str,
+        actor: str,
+        exit_code: int | None,
+        stderr_tail: list[str],
+        why: str = "",
     ) -> None:
         self.function_id = function_id
         self.actor = actor
@@ -64,7 +69,9 @@ class ActorInitError(SpawnError, FunctionDied):
 class RemoteError(RuntimeErrorBase):
     """A method raised inside the function; the function is still alive."""
 
-    def __init__(self, function_id: str, method: str, remote_type: str, message: str, tb: str) -> None:
+    def __init__(
+        self, function_id: str, method: str, remote_type: str, message: str, tb: str
+    ) -> None:
         self.function_id = function_id
         self.method = method
         self.remote_type = remote_type

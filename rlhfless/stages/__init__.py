@@ -1,0 +1,1 @@
+"""RLHF stages: actors, algorithms, tasks, config and the iteration loop."""
