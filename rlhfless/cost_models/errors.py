@@ -104,3 +104,13 @@ class BillingFileError(CostModelError):
             f"{where}: {problem}. Each line must be one BillingEvent as JSON "
             "(rlhfless.runtime.messages.billing_to_json)."
         )
+
+
+class PlotUnavailable(CostModelError):
+    """``--plot`` needs matplotlib, which is an optional dependency."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "--plot needs matplotlib, which is not installed. Install it (pip install matplotlib, "
+            "or the project's plot extra) or leave out --plot; the table and --json work without it."
+        )
