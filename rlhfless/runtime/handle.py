@@ -52,7 +52,8 @@ class Handle(Generic[T]):
 
     @property
     def alive(self) -> bool:
-        return self._fn.death is None and self._fn.lease == self._lease
+        fn = self._fn
+        return fn.death is None and fn.lease == self._lease and fn.state == "leased"
 
     async def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run ``method(*args, **kwargs)`` in the function; concurrent calls are fine."""

@@ -34,7 +34,7 @@ class Echo:
     def threads(self) -> int:
         return torch.get_num_threads()
 
-    def pid(self) -> int:
+    def getpid(self) -> int:
         return os.getpid()
 
     def double(self, t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,67 @@
+"""Warm pool: reuse, keep-alive expiry (scale to zero), pool limits."""
+
+import asyncio
+
+import pytest
+
+from rlhfless.runtime import Runtime, SpawnError
+from tests.runtime.conftest import ECHO
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+
+async def test_released_function_is_reused_warm(rt: Runtime) -> None:
+    h1 = await rt.spawn(ECHO, "a", slot=0)
+    pid = await h1.getpid()
+    await h1.release()
+    h2 = await rt.spawn(ECHO, "a", slot=0)
+    assert await h2.getpid() == pid and h2.warm
+    assert rt.stats.warm_starts == 1 and rt.stats.functions_started == 1
+    h3 = await rt.spawn(ECHO, "b", slot=0)  # other constructor arguments: a new process
+    assert await h3.getpid() != pid and not h3.warm
+
+
+async def test_keep_alive_expiry_scales_to_zero() -> None:
+    async with Runtime(preload=("torch",), keep_alive_s=0.5) as rt:
+        h = await rt.spawn(ECHO)
+        await h.release()
+        assert list(rt.functions().values()) == ["warm"]
+        await asyncio.sleep(1.5)
+        assert list(rt.functions().values()) == ["dead"]
+        (event,) = rt.billing_events
+        assert event.exit_code == 0 and event.exited_at - event.released_at >= 0.5
+
+
+async def test_keep_alive_zero_exits_at_once() -> None:
+    async with Runtime(preload=("torch",), keep_alive_s=0) as rt:
+        h = await rt.spawn(ECHO)
+        await h.release()
+        for _ in range(50):
+            if list(rt.functions().values()) == ["dead"]:
+                break
+            await asyncio.sleep(0.05)
+        assert list(rt.functions().values()) == ["dead"]
+
+
+async def test_max_warm_per_slot() -> None:
+    async with Runtime(preload=("torch",), max_warm_per_slot=1, slots=1) as rt:
+        a = await rt.spawn(ECHO, "a")
+        b = await rt.spawn(ECHO, "b")
+        await a.release()
+        await b.release()  # the slot already keeps one warm function: b exits
+        await asyncio.sleep(0.5)
+        states = rt.functions()
+        assert sorted(states.values()) == ["dead", "warm"]
+
+
+async def test_max_functions_per_slot_waits_then_fails() -> None:
+    async with Runtime(preload=("torch",), max_functions_per_slot=1, slots=1) as rt:
+        a = await rt.spawn(ECHO, "a")
+        with pytest.raises(SpawnError, match="max_functions_per_slot"):
+            await rt.spawn(ECHO, "b", timeout=0.5)
+        waiter = asyncio.create_task(rt.spawn(ECHO, "b", timeout=20))
+        await asyncio.sleep(0.3)
+        assert not waiter.done()
+        await a.release()  # a goes warm; the waiting spawn evicts it to make room
+        b = await waiter
+        assert await b.hello("!") == "b!"
