@@ -1,0 +1,31 @@
+"""The ``rlhfless`` command. Each subcommand lives with its package; this file only wires them."""
+
+from __future__ import annotations
+
+import typer
+
+from rlhfless.cost_models.cli import cost
+
+app = typer.Typer(
+    name="rlhfless",
+    help="Serverless RLHF: every stage runs in on-demand function processes, priced by cost models.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.command("cost", help="Price a run's billing events (JSONL) under one or several cost models.")(cost)
+
+
+@app.command("version")
+def version() -> None:
+    """Print the installed version."""
+    from importlib.metadata import version as v
+
+    typer.echo(v("rlhfless"))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
