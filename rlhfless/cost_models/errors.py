@@ -47,12 +47,17 @@ class PriceFileError(CostModelError):
 class UnknownDeviceKind(CostModelError):
     """A cost model was asked about a device kind it has no price for."""
 
-    def __init__(self, model: str, device_kind: str, known: Iterable[str]) -> None:
+    def __init__(
+        self, model: str, device_kind: str, known: Iterable[str], normalised: str = ""
+    ) -> None:
         self.model = model
         self.device_kind = device_kind
         self.known = tuple(sorted(known))
+        shown = repr(device_kind)
+        if normalised and normalised != device_kind:
+            shown += f" (read as {normalised!r})"
         super().__init__(
-            f"cost model {model!r} has no price for device kind {device_kind!r}; it prices "
+            f"cost model {model!r} has no price for device kind {shown}; it prices "
             f"{', '.join(self.known) or 'nothing'}. Pick another model, or pass a price file "
             "with a row for this kind (--prices FILE)."
         )

@@ -98,7 +98,7 @@ class CostModel(ABC):
         kind = normalise_device_kind(device_kind)
         rates = self.rates()
         if kind not in rates:
-            raise UnknownDeviceKind(self.name, device_kind, rates)
+            raise UnknownDeviceKind(self.name, device_kind, rates, kind)
         return rates[kind]
 
     def hourly(self, device_kind: str) -> float:
@@ -109,8 +109,8 @@ class CostModel(ABC):
         """The bill for holding ``slots`` slots of ``device_kind`` for ``lifetime``."""
         if slots < 1:
             raise BadBillingEvent(lifetime.label, f"slots must be >= 1, got {slots}")
+        per_slot_second = self.rate(device_kind)  # before normalising: errors name the input
         kind = normalise_device_kind(device_kind)
-        per_slot_second = self.rate(kind)
         rules = self.rules
         cold = lifetime.cold_start_seconds
         if rules.bill_cold_start:
