@@ -22,7 +22,6 @@ def rules_text(rules: BillingRules) -> str:
     g = rules.granularity_seconds
     parts = ["continuous" if g == 0 else f"per {g:g} s"]
     parts.append(f"min {rules.minimum_seconds:g} s" if rules.minimum_seconds else "no minimum")
-    parts.append("cold billed" if rules.bill_cold_start else "cold start free")
     return ", ".join(parts)
 
 
@@ -37,6 +36,7 @@ def comparison_table(results: Sequence[LedgerResult], title: str = "Run cost") -
         table.add_row(label, *cells)
 
     row("billing", [rules_text(r.rules) for r in results])
+    row("cold start billed", ["yes" if r.rules.bill_cold_start else "no" for r in results])
     row("functions", [str(r.functions) for r in results])
     row("total", [usd(r.total.usd) for r in results])
     row("  busy", [usd(r.total.busy_usd) for r in results])
