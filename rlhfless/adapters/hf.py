@@ -17,8 +17,8 @@ the tokens were actually drawn from; pass the same temperature to ``logprobs`` w
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 

