@@ -90,10 +90,3 @@ class OwnedRow(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     source: str
     date: datetime.date
     note: str = ""
-
-
-class PriceFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A whole file, rows still raw: each row is converted on its own so errors can name it."""
-
-    model: ModelHeader
-    prices: list[dict[str, object]] = []
