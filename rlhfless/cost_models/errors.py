@@ -22,9 +22,14 @@ class PriceFileError(CostModelError):
     """
 
     def __init__(
-        self, path: Path | str, problem: str, *, row: int | None = None, field: str | None = None,
+        self,
+        path: Path | str,
+        problem: str,
+        *,
+        row: int | None = None,
+        field: str | None = None,
         device_kind: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.path = Path(path)
         self.row = row
         self.field = field

@@ -173,9 +173,12 @@ class Ledger:
         usd_by_device: dict[str, float] = {}
         for (node, kind, slot), intervals in sorted(busy.items()):
             rental = Lifetime(
-                requested_at=start, ready_at=start, exited_at=end,
-                busy=merge_intervals(intervals), label=f"serverful {node}:{kind}:{slot}",
-            )  # fmt: skip
+                requested_at=start,
+                ready_at=start,
+                exited_at=end,
+                busy=merge_intervals(intervals),
+                label=f"serverful {node}:{kind}:{slot}",
+            )
             bill = self.model.price(kind, rental, 1)
             out.usd += bill.usd
             out.busy_usd += bill.busy_usd

@@ -109,8 +109,11 @@ class Lifetime:
         The scaler prices "k functions for T seconds each" with this, under the same rules as a
         real run's bill.
         """
-        for name, value in (("cold_start", cold_start_seconds), ("busy", busy_seconds),
-                            ("idle", idle_seconds)):  # fmt: skip
+        for name, value in (
+            ("cold_start", cold_start_seconds),
+            ("busy", busy_seconds),
+            ("idle", idle_seconds),
+        ):
             if not value >= 0:
                 raise BadBillingEvent("planned", f"{name}_seconds must be >= 0, got {value}")
         ready = float(cold_start_seconds)

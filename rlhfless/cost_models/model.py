@@ -160,9 +160,13 @@ class TableCostModel(CostModel):
     """A cost model whose rates come from a price table (a shipped or user TOML file)."""
 
     def __init__(
-        self, name: str, rules: BillingRules, rows: Mapping[str, PriceRow], description: str = "",
+        self,
+        name: str,
+        rules: BillingRules,
+        rows: Mapping[str, PriceRow],
+        description: str = "",
         origin: str = "",
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(name, rules, description)
         self.rows = dict(rows)
         self.origin = origin  # the file it was loaded from

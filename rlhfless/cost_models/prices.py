@@ -87,9 +87,13 @@ def model_from_dict(raw: dict[str, Any], path: Path | str = "<prices>") -> Table
         kind = _check_kind(row.device_kind, path, index)
         if kind in rows:
             raise PriceFileError(
-                path, f"device kind {kind!r} is already priced by row {first_row_of[kind]}; "
-                "keep one row per kind", row=index, field="device_kind", device_kind=row.device_kind,
-            )  # fmt: skip
+                path,
+                f"device kind {kind!r} is already priced by row {first_row_of[kind]}; "
+                "keep one row per kind",
+                row=index,
+                field="device_kind",
+                device_kind=row.device_kind,
+            )
         first_row_of[kind] = index
         hourly = (
             _rental_hourly(row, path, index)
@@ -97,9 +101,14 @@ def model_from_dict(raw: dict[str, Any], path: Path | str = "<prices>") -> Table
             else _owned_hourly(row, path, index)
         )
         rows[kind] = PriceRow(
-            device_kind=kind, usd_per_slot_hour=hourly, instance=row.instance, devices=row.devices,
-            source=row.source, date=row.date.isoformat(), note=row.note,
-        )  # fmt: skip
+            device_kind=kind,
+            usd_per_slot_hour=hourly,
+            instance=row.instance,
+            devices=row.devices,
+            source=row.source,
+            date=row.date.isoformat(),
+            note=row.note,
+        )
     rules = BillingRules(
         granularity_seconds=header.granularity_seconds,
         minimum_seconds=header.minimum_seconds,
@@ -109,7 +118,7 @@ def model_from_dict(raw: dict[str, Any], path: Path | str = "<prices>") -> Table
 
 
 def iter_rows(path: Path | str) -> Iterator[dict[str, Any]]:
-    """The raw ``[[prices]]`` rows of a file (for tests and ``rlhfless cost --show-prices``)."""
+    """The raw ``[[prices]]`` rows of a file (for tests and tools that show provenance)."""
     yield from tomllib.loads(Path(path).read_text(encoding="utf-8")).get("prices", [])
 
 
@@ -150,11 +159,13 @@ def _check_kind(device_kind: str, path: Path | str, row: int) -> str:
     kind = normalise_device_kind(device_kind)
     if kind not in KNOWN_DEVICE_KINDS:
         raise PriceFileError(
-            path, f"unknown device kind {device_kind!r}; known kinds: "
+            path,
+            f"unknown device kind {device_kind!r}; known kinds: "
             f"{', '.join(sorted(KNOWN_DEVICE_KINDS))} (a new device is added to "
             "KNOWN_DEVICE_KINDS in rlhfless/cost_models/devices.py)",
-            row=row, field="device_kind",
-        )  # fmt: skip
+            row=row,
+            field="device_kind",
+        )
     return kind
 
 
@@ -164,27 +175,43 @@ def _non_negative(row: Any, fields: tuple[str, ...], path: Path | str, index: in
         if not math.isfinite(value) or value < 0:
             what = "negative" if value < 0 else "not a finite number"
             raise PriceFileError(
-                path, f"is {what} ({value}); prices and quantities must be finite and >= 0",
-                row=index, field=field, device_kind=row.device_kind,
-            )  # fmt: skip
+                path,
+                f"is {what} ({value}); prices and quantities must be finite and >= 0",
+                row=index,
+                field=field,
+                device_kind=row.device_kind,
+            )
 
 
 def _check_common(row: RentalRow | OwnedRow, path: Path | str, index: int) -> None:
     if row.devices < 1:
-        raise PriceFileError(path, f"must be >= 1, got {row.devices}", row=index, field="devices",
-                             device_kind=row.device_kind)  # fmt: skip
+        raise PriceFileError(
+            path,
+            f"must be >= 1, got {row.devices}",
+            row=index,
+            field="devices",
+            device_kind=row.device_kind,
+        )
     if not row.source.strip():
-        raise PriceFileError(path, "is blank; give the URL or document the price came from",
-                             row=index, field="source", device_kind=row.device_kind)  # fmt: skip
+        raise PriceFileError(
+            path,
+            "is blank; give the URL or document the price came from",
+            row=index,
+            field="source",
+            device_kind=row.device_kind,
+        )
 
 
 def _rental_hourly(row: RentalRow, path: Path | str, index: int) -> float:
     _check_common(row, path, index)
     if row.unit not in UNIT_SECONDS:
         raise PriceFileError(
-            path, f"unknown unit {row.unit!r}; use one of {', '.join(UNIT_SECONDS)}",
-            row=index, field="unit", device_kind=row.device_kind,
-        )  # fmt: skip
+            path,
+            f"unknown unit {row.unit!r}; use one of {', '.join(UNIT_SECONDS)}",
+            row=index,
+            field="unit",
+            device_kind=row.device_kind,
+        )
     _non_negative(row, ("price",), path, index)
     per_second = row.price / UNIT_SECONDS[row.unit]
     return per_second * 3600.0 / row.devices
@@ -194,11 +221,21 @@ def _owned_hourly(row: OwnedRow, path: Path | str, index: int) -> float:
     _check_common(row, path, index)
     _non_negative(row, ("capex_usd", "watts", "usd_per_kwh", "ops_usd_per_year"), path, index)
     if not (math.isfinite(row.lifetime_years) and row.lifetime_years > 0):
-        raise PriceFileError(path, f"must be > 0, got {row.lifetime_years}", row=index,
-                             field="lifetime_years", device_kind=row.device_kind)  # fmt: skip
+        raise PriceFileError(
+            path,
+            f"must be > 0, got {row.lifetime_years}",
+            row=index,
+            field="lifetime_years",
+            device_kind=row.device_kind,
+        )
     if not (math.isfinite(row.pue) and row.pue >= 1.0):
-        raise PriceFileError(path, f"must be >= 1 (1.0 = no cooling overhead), got {row.pue}",
-                             row=index, field="pue", device_kind=row.device_kind)  # fmt: skip
+        raise PriceFileError(
+            path,
+            f"must be >= 1 (1.0 = no cooling overhead), got {row.pue}",
+            row=index,
+            field="pue",
+            device_kind=row.device_kind,
+        )
     hours_per_year = SECONDS_PER_YEAR / 3600.0
     capex = row.capex_usd / (row.lifetime_years * hours_per_year)
     power = row.watts / 1000.0 * row.usd_per_kwh * row.pue

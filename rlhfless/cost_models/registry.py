@@ -32,9 +32,11 @@ def available_models(price_files: Sequence[Path | str] = ()) -> dict[str, TableC
         key = model.name.lower()  # names are matched case-insensitively
         if key in defined_by:
             raise PriceFileError(
-                path, f"defines model {model.name!r}, which {defined_by[key]} already "
-                "defines; give one of them another [model] name", field="name",
-            )  # fmt: skip
+                path,
+                f"defines model {model.name!r}, which {defined_by[key]} already "
+                "defines; give one of them another [model] name",
+                field="name",
+            )
         defined_by[key] = Path(path)
         models[key] = model
     return models

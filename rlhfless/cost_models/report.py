@@ -99,8 +99,15 @@ def plot_costs(results: Sequence[LedgerResult], path: Path | str) -> Path:
     ax.bar(names, busy, label="busy")
     ax.bar(names, idle, bottom=busy, label="idle (incl. rounding/minimum)")
     ax.bar(names, cold, bottom=[b + i for b, i in zip(busy, idle, strict=True)], label="cold start")
-    ax.scatter(names, [r.serverful.usd for r in results], marker="_", s=900, color="black",
-               label="serverful baseline", zorder=3)  # fmt: skip
+    ax.scatter(
+        names,
+        [r.serverful.usd for r in results],
+        marker="_",
+        s=900,
+        color="black",
+        label="serverful baseline",
+        zorder=3,
+    )
     ax.set_ylabel("USD")
     ax.set_title("Run cost by model")
     ax.legend()

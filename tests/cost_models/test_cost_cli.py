@@ -110,8 +110,9 @@ def test_plot_writes_a_png(events_file: Path, tmp_path: Path, capsys) -> None:
     assert f"wrote {png}" in capsys.readouterr().err.replace("\n", "")
 
 
-def test_plot_without_matplotlib_says_how_to_fix(events_file: Path, tmp_path: Path, capsys,
-                                                 monkeypatch) -> None:  # fmt: skip
+def test_plot_without_matplotlib_says_how_to_fix(
+    events_file: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     # A None entry in sys.modules makes `import matplotlib...` raise ImportError, as if absent.
     for name in [n for n in sys.modules if n == "matplotlib" or n.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)
@@ -123,8 +124,11 @@ def test_plot_without_matplotlib_says_how_to_fix(events_file: Path, tmp_path: Pa
 def test_module_runs_as_a_command(events_file: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "rlhfless.cost_models.cli", str(events_file), "-m", "aws", "--json"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["models"]["aws"]["functions"] == 3
 
@@ -132,7 +136,10 @@ def test_module_runs_as_a_command(events_file: Path) -> None:
 def test_module_exits_nonzero_on_an_unknown_model(events_file: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "rlhfless.cost_models.cli", str(events_file), "-m", "azure"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 1
     assert "no cost model named 'azure'" in done.stderr

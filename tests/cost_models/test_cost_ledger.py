@@ -43,8 +43,10 @@ def test_total_and_buckets() -> None:
 def test_split_by_stage_and_device() -> None:
     r = price_events(table_model(), RUN)
     assert {k: round(v.usd, 6) for k, v in r.by_stage.items()} == {
-        "reward": 0.001, "rollout": 0.090, "train": 0.080,
-    }  # fmt: skip
+        "reward": 0.001,
+        "rollout": 0.090,
+        "train": 0.080,
+    }
     assert {k: round(v.usd, 6) for k, v in r.by_device.items()} == {"cpu": 0.001, "h100": 0.170}
     assert r.by_stage["train"].slot_seconds == pytest.approx(80)
 

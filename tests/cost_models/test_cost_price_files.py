@@ -104,9 +104,13 @@ def check_error(tmp_path: Path, text: str, *fragments: str) -> PriceFileError:
 
 def test_unknown_device_kind(tmp_path: Path) -> None:
     error = check_error(
-        tmp_path, GOOD_HEADER + GOOD_ROW.replace('"h100"', '"h10"'),
-        "row 1", "field 'device_kind'", "unknown device kind 'h10'", "l40s",
-    )  # fmt: skip
+        tmp_path,
+        GOOD_HEADER + GOOD_ROW.replace('"h100"', '"h10"'),
+        "row 1",
+        "field 'device_kind'",
+        "unknown device kind 'h10'",
+        "l40s",
+    )
     assert (error.row, error.field) == (1, "device_kind")
 
 
@@ -117,38 +121,65 @@ def test_negative_price_names_row_and_field(tmp_path: Path) -> None:
 
 
 def test_missing_source(tmp_path: Path) -> None:
-    check_error(tmp_path, GOOD_HEADER + GOOD_ROW.replace('source = "my contract"\n', ""),
-                "row 1", "field 'source'", "missing")  # fmt: skip
+    check_error(
+        tmp_path,
+        GOOD_HEADER + GOOD_ROW.replace('source = "my contract"\n', ""),
+        "row 1",
+        "field 'source'",
+        "missing",
+    )
 
 
 def test_blank_source(tmp_path: Path) -> None:
-    check_error(tmp_path, GOOD_HEADER + GOOD_ROW.replace('"my contract"', '"  "'),
-                "field 'source'", "blank")  # fmt: skip
+    check_error(
+        tmp_path, GOOD_HEADER + GOOD_ROW.replace('"my contract"', '"  "'), "field 'source'", "blank"
+    )
 
 
 def test_missing_date(tmp_path: Path) -> None:
-    check_error(tmp_path, GOOD_HEADER + GOOD_ROW.replace("date = 2025-03-01\n", ""),
-                "field 'date'", "missing")  # fmt: skip
+    check_error(
+        tmp_path,
+        GOOD_HEADER + GOOD_ROW.replace("date = 2025-03-01\n", ""),
+        "field 'date'",
+        "missing",
+    )
 
 
 def test_date_that_is_not_a_date(tmp_path: Path) -> None:
-    check_error(tmp_path, GOOD_HEADER + GOOD_ROW.replace("2025-03-01", '"last week"'),
-                "field 'date'", "2024-12-01")  # fmt: skip
+    check_error(
+        tmp_path,
+        GOOD_HEADER + GOOD_ROW.replace("2025-03-01", '"last week"'),
+        "field 'date'",
+        "2024-12-01",
+    )
 
 
 def test_wrong_unit_lists_the_units(tmp_path: Path) -> None:
-    check_error(tmp_path, GOOD_HEADER + GOOD_ROW.replace("usd_per_hour", "eur_per_hour"),
-                "field 'unit'", "'eur_per_hour'", "usd_per_hour, usd_per_minute, usd_per_second")  # fmt: skip
+    check_error(
+        tmp_path,
+        GOOD_HEADER + GOOD_ROW.replace("usd_per_hour", "eur_per_hour"),
+        "field 'unit'",
+        "'eur_per_hour'",
+        "usd_per_hour, usd_per_minute, usd_per_second",
+    )
 
 
 def test_price_of_the_wrong_type(tmp_path: Path) -> None:
-    check_error(tmp_path, GOOD_HEADER + GOOD_ROW.replace("2.0", '"cheap"'),
-                "field 'price'", "Expected `float`")  # fmt: skip
+    check_error(
+        tmp_path,
+        GOOD_HEADER + GOOD_ROW.replace("2.0", '"cheap"'),
+        "field 'price'",
+        "Expected `float`",
+    )
 
 
 def test_misspelt_field(tmp_path: Path) -> None:
-    check_error(tmp_path, GOOD_HEADER + GOOD_ROW.replace("price =", "prise ="),
-                "field 'prise'", "unknown field")  # fmt: skip
+    check_error(
+        tmp_path,
+        GOOD_HEADER + GOOD_ROW.replace("price =", "prise ="),
+        "field 'prise'",
+        "unknown field",
+    )
 
 
 def test_owned_field_in_a_rental_file(tmp_path: Path) -> None:
@@ -156,13 +187,22 @@ def test_owned_field_in_a_rental_file(tmp_path: Path) -> None:
 
 
 def test_duplicate_device_kind(tmp_path: Path) -> None:
-    check_error(tmp_path, GOOD_HEADER + GOOD_ROW + GOOD_ROW.replace('"h100"', '"H100 80GB"'),
-                "row 2", "already priced by row 1")  # fmt: skip
+    check_error(
+        tmp_path,
+        GOOD_HEADER + GOOD_ROW + GOOD_ROW.replace('"h100"', '"H100 80GB"'),
+        "row 2",
+        "already priced by row 1",
+    )
 
 
 def test_bad_billing_rule(tmp_path: Path) -> None:
-    check_error(tmp_path, GOOD_HEADER.replace("minimum_seconds = 0.0", "minimum_seconds = -60")
-                + GOOD_ROW, "[model]", "field 'minimum_seconds'", ">= 0")  # fmt: skip
+    check_error(
+        tmp_path,
+        GOOD_HEADER.replace("minimum_seconds = 0.0", "minimum_seconds = -60") + GOOD_ROW,
+        "[model]",
+        "field 'minimum_seconds'",
+        ">= 0",
+    )
 
 
 def test_unknown_billing_kind(tmp_path: Path) -> None:
@@ -210,8 +250,12 @@ def test_owned_pue_below_one(tmp_path: Path) -> None:
 
 
 def test_owned_zero_lifetime(tmp_path: Path) -> None:
-    check_error(tmp_path, OWNED.replace("lifetime_years = 4.0", "lifetime_years = 0.0"),
-                "field 'lifetime_years'", "> 0")  # fmt: skip
+    check_error(
+        tmp_path,
+        OWNED.replace("lifetime_years = 4.0", "lifetime_years = 0.0"),
+        "field 'lifetime_years'",
+        "> 0",
+    )
 
 
 def test_owned_negative_watts(tmp_path: Path) -> None:

@@ -40,15 +40,24 @@ def lifetimes(draw: st.DrawFn) -> Lifetime:
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.name)
 @PROPERTY
 @given(life=lifetimes(), later=seconds, earlier=seconds)
-def test_cost_never_decreases_when_a_lifetime_grows(model, life: Lifetime, later: float,
-                                                     earlier: float) -> None:  # fmt: skip
+def test_cost_never_decreases_when_a_lifetime_grows(
+    model, life: Lifetime, later: float, earlier: float
+) -> None:
     kind = "h100"
     base = model.price(kind, life).usd
-    longer = Lifetime(requested_at=life.requested_at, ready_at=life.ready_at,
-                      exited_at=life.exited_at + later, busy=life.busy)  # fmt: skip
+    longer = Lifetime(
+        requested_at=life.requested_at,
+        ready_at=life.ready_at,
+        exited_at=life.exited_at + later,
+        busy=life.busy,
+    )
     assert model.price(kind, longer).usd >= base
-    started_earlier = Lifetime(requested_at=life.requested_at - earlier, ready_at=life.ready_at,
-                               exited_at=life.exited_at, busy=life.busy)  # fmt: skip
+    started_earlier = Lifetime(
+        requested_at=life.requested_at - earlier,
+        ready_at=life.ready_at,
+        exited_at=life.exited_at,
+        busy=life.busy,
+    )
     assert model.price(kind, started_earlier).usd >= base
 
 
@@ -90,11 +99,19 @@ def runs(draw: st.DrawFn, whole_seconds: bool) -> list[BillingEvent]:
             free[h] = end
         events.append(
             BillingEvent(
-                function_id=f"f{i}", actor="x:Y", stage="rollout", node=node, slot=first,
-                slots=slots, device_kind="h100", requested_at=T0 + start, ready_at=T0 + ready,
-                busy=[(T0 + ready, T0 + ready + busy_for)], exited_at=T0 + end,
+                function_id=f"f{i}",
+                actor="x:Y",
+                stage="rollout",
+                node=node,
+                slot=first,
+                slots=slots,
+                device_kind="h100",
+                requested_at=T0 + start,
+                ready_at=T0 + ready,
+                busy=[(T0 + ready, T0 + ready + busy_for)],
+                exited_at=T0 + end,
             )
-        )  # fmt: skip
+        )
     return events
 
 

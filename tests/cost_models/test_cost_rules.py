@@ -126,12 +126,21 @@ def test_owned_hardware_rate_is_amortised_capex_plus_power_plus_ops() -> None:
         {
             "model": {"name": "own", "billing": "owned", "granularity_seconds": 0},
             "prices": [
-                {"device_kind": "H100", "devices": 2, "capex_usd": 87660, "lifetime_years": 1,
-                 "watts": 1000, "usd_per_kwh": 0.10, "pue": 1.5, "ops_usd_per_year": 8766,
-                 "source": "test", "date": "2025-01-01"},
+                {
+                    "device_kind": "H100",
+                    "devices": 2,
+                    "capex_usd": 87660,
+                    "lifetime_years": 1,
+                    "watts": 1000,
+                    "usd_per_kwh": 0.10,
+                    "pue": 1.5,
+                    "ops_usd_per_year": 8766,
+                    "source": "test",
+                    "date": "2025-01-01",
+                },
             ],
         }
-    )  # fmt: skip
+    )
     assert model.hourly("h100") == pytest.approx(11.15 / 2)
     # Utilisation-independent: an idle hour costs what a busy hour costs.
     busy = model.price("h100", life(0, 3600, ready=0, busy=[(0, 3600)]))
