@@ -1,0 +1,69 @@
+"""What every stage actor shares: loading the model, the batch layout, atomic state files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import torch
+
+from rlhfless.stages.config import TaskConfig
+from rlhfless.stages.tasks import Task, make_task
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class RolloutBatch(msgspec.Struct, kw_only=True):
+    """One iteration's samples, group-major: sample g of prompt i is row i * G + g."""
+
+    prompt_index: list[int]  # task index of each sample's prompt
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    logprobs: list[Any]  # 1-D float32 tensor per sample: the rollout policy's log-probs
+    finish: list[str]  # "eos" | "length"
+    version: int  # weights version that produced every sample (never mixed)
+
+
+def atomic_dir_write(target: Path, write: Any) -> None:
+    """Write a directory via ``write(tmp_dir)`` then rename it over ``target`` in one step.
+
+    A crash mid-write leaves the old ``target`` intact (and a ``.tmp`` dir that is cleaned next
+    time), never a half-written one.
+    """
+    tmp = target.with_name(target.name + ".tmp")
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    for f in tmp.iterdir():  # durable before it becomes visible
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def task_from_config(cfg: TaskConfig, max_new_tokens: int | None = None) -> Task:
+    if cfg.name == "repeat":
+        extra = {} if max_new_tokens is None else {"max_len": max_new_tokens - 1}
+        return make_task(
+            "repeat", cfg.size, cfg.seed, chars=cfg.chars, median_len=cfg.median_len,
+            sigma=cfg.sigma, **extra,
+        )  # fmt: skip
+    return make_task(cfg.name, cfg.size, cfg.seed, dataset=cfg.dataset)
+
+
+def load_tokenizer(model_dir: str | Path) -> Any:
+    """The model's tokenizer alone (the controller needs no weights to encode prompts)."""
+    from rlhfless.adapters.tiny import TinyTokenizer, is_tiny_model_dir
+
+    if is_tiny_model_dir(model_dir):
+        return TinyTokenizer.load(model_dir)
+    from rlhfless.adapters.hf import HFEngine
+
+    return HFEngine.load(model_dir).tokenizer

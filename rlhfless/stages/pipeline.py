@@ -1,0 +1,332 @@
+"""One synchronous RLHF iteration on the runtime, every stage in functions started on demand.
+
+    plan -> rollout on N functions -> reward || reference || critic -> advantages -> train
+         -> publish weights
+
+Each stage spawns its functions (warm from the pool when one is kept alive), calls them, and
+releases them as soon as the stage is done. A function that dies mid-stage has its unfinished
+work re-run on a new function, so an iteration never loses a sample.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import torch
+
+from rlhfless.runtime import FunctionDied, Runtime
+from rlhfless.stages import algorithms as alg
+from rlhfless.stages.common import RolloutBatch, load_tokenizer, task_from_config
+from rlhfless.stages.config import Config
+from rlhfless.stages.tasks import Prompt, batch_for_step
+
+log = logging.getLogger("rlhfless.pipeline")
+R = TypeVar("R")
+
+ROLLOUT = "rlhfless.stages.rollout:RolloutActor"
+REWARD = "rlhfless.stages.reward:RewardActor"
+REFERENCE = "rlhfless.stages.reference:ReferenceActor"
+TRAINER = "rlhfless.stages.trainer:TrainerActor"
+CRITIC = "rlhfless.stages.trainer:CriticActor"
+MAX_RETRIES = 2  # re-runs of one unit of work after its function died
+
+
+class IterationMetrics(msgspec.Struct, kw_only=True):
+    iteration: int
+    version: int  # policy version after this iteration's update
+    reward_mean: float
+    reward_std: float
+    response_len_mean: float
+    response_len_max: int
+    samples: int
+    loss: float
+    kl: float
+    clip_frac: float
+    grad_norm: float
+    value_loss: float | None = None
+    stage_seconds: dict[str, float]  # wall time per stage
+    tokens: dict[str, int]  # prefill / decode / train tokens
+    functions: dict[str, int]  # functions used per stage this iteration
+    cold_starts: int  # new processes started this iteration
+    warm_starts: int  # spawns served by warm functions this iteration
+    retries: int  # units of work re-run after a function died
+    seconds: float
+
+
+def _seed(*parts: object) -> int:
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF
+
+
+def _split(n: int, k: int) -> list[range]:
+    """k contiguous, nearly equal ranges over n items (a prompt's group stays together)."""
+    k = max(1, min(k, n))
+    base, extra = divmod(n, k)
+    out, start = [], 0
+    for i in range(k):
+        size = base + (i < extra)
+        out.append(range(start, start + size))
+        start += size
+    return out
+
+
+class Pipeline:
+    """The RLHF job on a runtime. Embed it: create a Runtime, then call :meth:`run_iteration`."""
+
+    def __init__(
+        self, runtime: Runtime, config: Config, model_dir: str | Path, run_dir: str | Path
+    ) -> None:
+        self.rt = runtime
+        self.cfg = config
+        self.model_dir = str(model_dir)
+        self.run_dir = Path(run_dir)
+        self.state_dir = self.run_dir / "state"
+        self.task = task_from_config(config.task, config.rollout.max_new_tokens)
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self.version = 0
+        self.weights: dict[str, torch.Tensor] | None = None  # None: the model dir's weights
+        self.retries = 0
+        self.on_rollout_started: Callable[[list[int]], Any] | None = None  # test hook: pids
+
+    # ------------------------------------------------------------------ stage helpers
+
+    async def _with_function(
+        self,
+        actor: str,
+        args: tuple[Any, ...],
+        stage: str,
+        work: Callable[[Any], Awaitable[R]],
+        threads: int | None = None,
+    ) -> R:
+        """Spawn (or reuse warm), run ``work(handle)``, release; re-run on a new function if it dies."""
+        for attempt in range(MAX_RETRIES + 1):
+            handle = await self.rt.spawn(actor, *args, stage=stage, threads=threads)
+            try:
+                return await work(handle)
+            except FunctionDied as exc:
+                if attempt == MAX_RETRIES:
+                    raise
+                self.retries += 1
+                log.warning(
+                    "%s function %s died (%s); re-running its work",
+                    stage,
+                    exc.function_id,
+                    exc.exit_code,
+                )
+            finally:
+                await handle.release()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _rollout(self, step: int, prompt_ids: list[list[int]]) -> tuple[dict[str, Any], int]:
+        cfg, g = self.cfg.rollout, self.cfg.train.group_size
+        chunks = _split(len(prompt_ids), self.cfg.runtime.slots)
+        started: list[int] = []
+
+        async def run_chunk(index: int, rows: range) -> dict[str, Any]:
+            async def work(h: Any) -> dict[str, Any]:
+                started.append(h.pid)
+                if self.on_rollout_started is not None and len(started) == len(chunks):
+                    self.on_rollout_started(list(started))
+                if self.weights is not None and await h.version() != self.version:
+                    await h.load_weights(self.weights, self.version)
+                return await h.generate(
+                    [prompt_ids[i] for i in rows], g, cfg.max_new_tokens, cfg.temperature,
+                    _seed(self.cfg.run.seed, step, index), cfg.shared_prefix,
+                )  # fmt: skip
+
+            return await self._with_function(
+                ROLLOUT, (self.model_dir, self.cfg.model.dtype), "rollout", work
+            )
+
+        parts = await asyncio.gather(*(run_chunk(i, rows) for i, rows in enumerate(chunks)))
+        merged: dict[str, Any] = {"response_ids": [], "logprobs": [], "finish": []}
+        for part in parts:
+            if part["version"] != self.version:  # never mix weights versions in one batch
+                raise RuntimeError(
+                    f"rollout served version {part['version']}, expected {self.version}"
+                )
+            for key in merged:
+                merged[key].extend(part[key])
+        merged["prefill_tokens"] = sum(p["prefill_tokens"] for p in parts)
+        merged["decode_tokens"] = sum(p["decode_tokens"] for p in parts)
+        return merged, len(chunks)
+
+    # ------------------------------------------------------------------ one iteration
+
+    async def run_iteration(self, step: int) -> IterationMetrics:
+        cfg, g = self.cfg, self.cfg.train.group_size
+        t_start = time.perf_counter()
+        stats0 = (self.rt.stats.functions_started, self.rt.stats.warm_starts, self.retries)
+        times: dict[str, float] = {}
+        prompts: list[Prompt] = batch_for_step(
+            self.task, step, cfg.train.batch_prompts, cfg.run.seed
+        )
+        prompt_ids = [self.tokenizer.encode_prompt(p.text) for p in prompts]
+
+        t0 = time.perf_counter()
+        rollout, n_rollout = await self._rollout(step, prompt_ids)
+        times["rollout"] = time.perf_counter() - t0
+        batch = RolloutBatch(
+            prompt_index=[p.index for p in prompts for _ in range(g)],
+            prompt_ids=[ids for ids in prompt_ids for _ in range(g)],
+            response_ids=rollout["response_ids"],
+            logprobs=rollout["logprobs"],
+            finish=rollout["finish"],
+            version=self.version,
+        )
+
+        # reward || reference || critic values
+        t0 = time.perf_counter()
+        ppo = cfg.train.algo == "ppo"
+        use_ref = cfg.train.kl_coef > 0
+        task_cfg = msgspec.to_builtins(cfg.task)
+        train_cfg = msgspec.to_builtins(cfg.train)
+
+        async def timed(name: str, coro: Awaitable[R]) -> R:
+            s = time.perf_counter()
+            try:
+                return await coro
+            finally:
+                times[name] = time.perf_counter() - s
+
+        jobs: list[Awaitable[Any]] = [
+            timed("reward", self._with_function(
+                REWARD, (self.model_dir, task_cfg), "reward",
+                lambda h: h.score(batch.prompt_index, batch.response_ids),
+            ))
+        ]  # fmt: skip
+        if use_ref:
+            jobs.append(timed("reference", self._with_function(
+                REFERENCE, (self.model_dir, cfg.model.dtype), "reference",
+                lambda h: h.logprobs(batch.prompt_ids, batch.response_ids, cfg.rollout.temperature),
+            )))  # fmt: skip
+        if ppo:
+            jobs.append(timed("critic", self._with_function(
+                CRITIC, (self.model_dir, train_cfg, str(self.state_dir / "critic"), cfg.model.dtype), "critic",
+                lambda h: h.values(batch.prompt_ids, batch.response_ids),
+            )))  # fmt: skip
+        results = await asyncio.gather(*jobs)
+        times["score"] = time.perf_counter() - t0
+        rewards = torch.tensor(results[0], dtype=torch.float32)
+        ref = results[1] if use_ref else None
+        old_values = results[-1] if ppo else None
+
+        # advantages (pure functions, here in the controller)
+        t0 = time.perf_counter()
+        lengths = [len(r) for r in batch.response_ids]
+        returns: list[torch.Tensor] | None = None
+        if ppo:
+            advantages, returns = self._ppo_advantages(rewards, batch, ref, old_values)
+        else:
+            adv = alg.grpo_advantages(rewards, g, scale_by_std=cfg.train.scale_adv_by_std)
+            advantages = [torch.full((n,), float(a)) for a, n in zip(adv, lengths, strict=True)]
+        times["advantages"] = time.perf_counter() - t0
+
+        # train (and the critic, for PPO, in parallel), then publish the new weights
+        t0 = time.perf_counter()
+        trainer_args = (self.model_dir, train_cfg, str(self.state_dir / "policy"), cfg.model.dtype)
+
+        async def train(h: Any) -> tuple[dict[str, float], dict[str, Any]]:
+            out = await h.step(
+                batch.prompt_ids,
+                batch.response_ids,
+                batch.logprobs,
+                advantages,
+                ref,
+                cfg.rollout.temperature,
+            )
+            return out, await h.weights()
+
+        train_jobs: list[Awaitable[Any]] = [
+            self._with_function(
+                TRAINER, trainer_args, "train", train, threads=self.rt.devices.cores
+            )
+        ]
+        if ppo:
+            critic_args = (
+                self.model_dir,
+                train_cfg,
+                str(self.state_dir / "critic"),
+                cfg.model.dtype,
+            )
+            train_jobs.append(self._with_function(
+                CRITIC, critic_args, "critic",
+                lambda h: h.step(batch.prompt_ids, batch.response_ids, old_values, returns),
+            ))  # fmt: skip
+        done = await asyncio.gather(*train_jobs)
+        (train_stats, published) = done[0]
+        self.weights, self.version = published["state_dict"], published["version"]
+        times["train"] = time.perf_counter() - t0
+
+        started, warm, retries = (
+            self.rt.stats.functions_started - stats0[0],
+            self.rt.stats.warm_starts - stats0[1],
+            self.retries - stats0[2],
+        )
+        functions = {"rollout": n_rollout, "reward": 1, "train": 1}
+        if use_ref:
+            functions["reference"] = 1
+        if ppo:
+            functions["critic"] = 2
+        return IterationMetrics(
+            iteration=step,
+            version=self.version,
+            reward_mean=float(rewards.mean()),
+            reward_std=float(rewards.std()) if len(rewards) > 1 else 0.0,
+            response_len_mean=sum(lengths) / len(lengths),
+            response_len_max=max(lengths),
+            samples=len(lengths),
+            loss=train_stats["loss"],
+            kl=train_stats["kl"],
+            clip_frac=train_stats["clip_frac"],
+            grad_norm=train_stats["grad_norm"],
+            value_loss=done[1]["value_loss"] if ppo else None,
+            stage_seconds=times,
+            tokens={
+                "prefill": rollout["prefill_tokens"],
+                "decode": rollout["decode_tokens"],
+                "train": sum(lengths),
+            },
+            functions=functions,
+            cold_starts=started,
+            warm_starts=warm,
+            retries=retries,
+            seconds=time.perf_counter() - t_start,
+        )
+
+    def _ppo_advantages(
+        self,
+        scores: torch.Tensor,
+        batch: RolloutBatch,
+        ref: list[torch.Tensor] | None,
+        values: list[torch.Tensor] | None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        from rlhfless.stages.trainer import _pad
+
+        cfg = self.cfg.train
+        lengths = [len(r) for r in batch.response_ids]
+        width = max(1, max(lengths))
+        mask = torch.zeros(len(lengths), width)
+        for i, n in enumerate(lengths):
+            mask[i, :n] = 1
+        logp = _pad(batch.logprobs, width)
+        kl = alg.kl_estimate(logp, _pad(ref, width), "k1") if ref is not None else None
+        token_r = alg.token_rewards(scores, mask, kl, cfg.kl_coef)
+        adv, ret = alg.gae(
+            token_r,
+            _pad(values or [], width) if values else torch.zeros_like(mask),
+            mask,
+            cfg.gamma,
+            cfg.lam,
+        )
+        adv = alg.masked_whiten(adv, mask)
+        return [adv[i, :n] for i, n in enumerate(lengths)], [
+            ret[i, :n] for i, n in enumerate(lengths)
+        ]

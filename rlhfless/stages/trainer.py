@@ -1,0 +1,193 @@
+"""The training stage: GRPO / PPO policy updates, and the PPO critic.
+
+A trainer function may be released between iterations and come back cold, so its state (weights,
+optimiser, version) is handed over through a node-local state directory written atomically
+after every step; a warm function simply keeps it in memory.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import torch
+from safetensors.torch import load_model, save_model
+
+from rlhfless.adapters.hf import HFEngine, ValueModel, pack_sequences, response_logprobs
+from rlhfless.stages import algorithms as alg
+from rlhfless.stages.common import DTYPES, atomic_dir_write
+from rlhfless.stages.config import TrainConfig
+
+
+def _chunks(n: int, parts: int) -> list[range]:
+    parts = max(1, min(parts, n))
+    step = -(-n // parts)
+    return [range(s, min(n, s + step)) for s in range(0, n, step)]
+
+
+def _pad(rows: list[torch.Tensor], width: int) -> torch.Tensor:
+    out = torch.zeros(len(rows), width, dtype=torch.float32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+class _StateDir:
+    """Weights (safetensors), optimiser (torch.save, tensors only) and the version."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def exists(self) -> bool:
+        return (self.path / "weights.safetensors").is_file()
+
+    def save(self, module: torch.nn.Module, opt: torch.optim.Optimizer, version: int) -> None:
+        def write(tmp: Path) -> None:
+            save_model(module, str(tmp / "weights.safetensors"))  # handles tied embeddings
+            torch.save(opt.state_dict(), tmp / "optimizer.pt")
+            (tmp / "version").write_text(str(version))
+
+        atomic_dir_write(self.path, write)
+
+    def load(self, module: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
+        load_model(module, str(self.path / "weights.safetensors"))
+        opt.load_state_dict(torch.load(self.path / "optimizer.pt", weights_only=True))
+        return int((self.path / "version").read_text())
+
+
+class TrainerActor:
+    """Policy updates; publishes weights with a version number after every step."""
+
+    def __init__(
+        self, model_dir: str, train: dict[str, Any], state_dir: str, dtype: str = "float32"
+    ) -> None:
+        self.cfg = msgspec.convert(train, TrainConfig)
+        self.engine = HFEngine.load(model_dir, dtype=DTYPES[dtype])
+        self.model = self.engine.model.train()
+        self.pad_id = self.engine.tokenizer.pad_id
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+        )
+        self.state = _StateDir(state_dir)
+        self.version = self.state.load(self.model, self.opt) if self.state.exists() else 0
+
+    def weights(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "state_dict": {k: v.detach() for k, v in self.model.state_dict().items()},
+        }
+
+    def step(
+        self,
+        prompt_ids: list[list[int]],
+        response_ids: list[list[int]],
+        old_logprobs: list[torch.Tensor],
+        advantages: list[torch.Tensor],
+        ref_logprobs: list[torch.Tensor] | None,
+        temperature: float,
+    ) -> dict[str, float]:
+        """One optimiser step per epoch over the batch (grad accumulation over micro-batches)."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        n = len(prompt_ids)
+        width = max(1, max(len(r) for r in response_ids))
+        old = _pad(old_logprobs, width)
+        adv = _pad(advantages, width)
+        ref = _pad(ref_logprobs, width) if ref_logprobs is not None else None
+        total_tokens = sum(len(r) for r in response_ids)
+        stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
+        for _ in range(cfg.epochs):
+            self.opt.zero_grad(set_to_none=True)
+            for rows in _chunks(n, cfg.grad_accum):
+                idx = list(rows)
+                batch = pack_sequences(
+                    [prompt_ids[i] for i in idx], [response_ids[i] for i in idx], self.pad_id
+                )
+                mask = batch.response_mask
+                w = mask.shape[1]
+                logp = response_logprobs(self.model, batch, temperature)
+                loss, clip = alg.policy_loss(
+                    logp,
+                    old[idx, :w],
+                    adv[idx, :w],
+                    mask,
+                    cfg.clip_eps,
+                    cfg.clip_eps_high,
+                    cfg.loss_agg,
+                )
+                kl = torch.zeros(())
+                if ref is not None:
+                    kl = alg.masked_mean(
+                        alg.kl_estimate(logp, ref[idx, :w], cfg.kl_estimator), mask
+                    )
+                    if cfg.algo == "grpo":  # GRPO puts the KL in the loss; PPO in the reward
+                        loss = loss + cfg.kl_coef * kl
+                # Weight each micro-batch by its share of tokens: the sum is the batch token-mean.
+                share = float(mask.sum()) / max(1, total_tokens)
+                (loss * share).backward()
+                stats["loss"] += float(loss.detach()) * share / cfg.epochs
+                stats["kl"] += float(kl) * share / cfg.epochs
+                stats["clip_frac"] += float(clip) * share / cfg.epochs
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            stats["grad_norm"] += float(norm) / cfg.epochs
+            self.opt.step()
+        self.version += 1
+        self.state.save(self.model, self.opt, self.version)
+        stats["version"] = self.version
+        stats["seconds"] = time.perf_counter() - t0
+        return stats
+
+    def save_checkpoint(self, path: str) -> str:
+        _StateDir(path).save(self.model, self.opt, self.version)
+        return path
+
+
+class CriticActor:
+    """PPO's value function: values for the samples, and a clipped value-loss update."""
+
+    def __init__(
+        self, model_dir: str, train: dict[str, Any], state_dir: str, dtype: str = "float32"
+    ) -> None:
+        self.cfg = msgspec.convert(train, TrainConfig)
+        torch.manual_seed(0)
+        self.model = ValueModel.from_pretrained(model_dir, dtype=DTYPES[dtype])
+        self.pad_id = HFEngine.load(model_dir).tokenizer.pad_id
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.critic_lr)
+        self.state = _StateDir(state_dir)
+        self.version = self.state.load(self.model, self.opt) if self.state.exists() else 0
+
+    @torch.no_grad()
+    def values(
+        self, prompt_ids: list[list[int]], response_ids: list[list[int]]
+    ) -> list[torch.Tensor]:
+        batch = pack_sequences(prompt_ids, response_ids, self.pad_id)
+        v = self.model(batch)
+        return [v[i, : len(r)] for i, r in enumerate(response_ids)]
+
+    def step(
+        self,
+        prompt_ids: list[list[int]],
+        response_ids: list[list[int]],
+        old_values: list[torch.Tensor],
+        returns: list[torch.Tensor],
+    ) -> dict[str, float]:
+        width = max(1, max(len(r) for r in response_ids))
+        batch = pack_sequences(prompt_ids, response_ids, self.pad_id)
+        mask = batch.response_mask
+        self.opt.zero_grad(set_to_none=True)
+        v = self.model(batch)
+        loss, clip = alg.value_loss(
+            v, _pad(old_values, width), _pad(returns, width), mask, self.cfg.value_clip
+        )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.opt.step()
+        self.version += 1
+        self.state.save(self.model, self.opt, self.version)
+        return {"value_loss": float(loss), "value_clip_frac": float(clip)}
+
+    def save_checkpoint(self, path: str) -> str:
+        _StateDir(path).save(self.model, self.opt, self.version)
+        return path
