@@ -210,6 +210,20 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return ids, mask
 
 
+def load_tokenizer(model_dir: str | Path) -> Tokenizer:
+    """The tokenizer of a model dir without its weights (the controller and reward need only it)."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    if is_tiny_model_dir(model_dir):
+        return TinyTokenizer.load(model_dir)
+    try:
+        eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
+    except OSError:  # no generation_config.json: the model config may still name an EOS
+        eos = getattr(AutoConfig.from_pretrained(model_dir), "eos_token_id", None)
+    extra = [eos] if isinstance(eos, int) else list(eos or [])
+    return HFTokenizer(AutoTokenizer.from_pretrained(model_dir), extra_eos=extra)
+
+
 class HFEngine:
     """A causal LM, its tokenizer and a weights version, on one device."""
 
@@ -229,19 +243,13 @@ class HFEngine:
         device: str | torch.device = "cpu",
     ) -> HFEngine:
         """Load a tiny-model dir (``build_tiny_model``) or a plain transformers model dir."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise EngineError(f"{model_dir} has no config.json; it is not a model directory")
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-        if is_tiny_model_dir(model_dir):
-            tok: Tokenizer = TinyTokenizer.load(model_dir)
-        else:
-            eos = model.generation_config.eos_token_id
-            extra = [eos] if isinstance(eos, int) else list(eos or [])
-            tok = HFTokenizer(AutoTokenizer.from_pretrained(model_dir), extra_eos=extra)
-        return cls(model, tok, device)
+        return cls(model, load_tokenizer(model_dir), device)
 
     # -- weights ---------------------------------------------------------------------------
 
