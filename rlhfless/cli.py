@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from rlhfless.cost_models.cli import cost
+from rlhfless.stages.cli import train
 
 app = typer.Typer(
     name="rlhfless",
@@ -12,7 +13,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-app.command("cost", help="Price a run's billing events (JSONL) under one or several cost models.")(cost)
+app.command("train")(train)
+app.command("cost", help="Price a run's billing events (JSONL) under one or several cost models.")(
+    cost
+)
 
 
 @app.command("version")

@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import re
+import secrets
 import shutil
 import socket
 import tempfile
@@ -138,6 +139,7 @@ class Runtime:
         self._codec = Codec()
         self._fns: dict[str, _Function] = {}
         self._ids = itertools.count(1)
+        self._token = secrets.token_hex(3)  # function ids stay unique across runtimes of one run
         self._call_ids = itertools.count(1)
         self._subscribers: list[asyncio.Queue[BillingEvent | None]] = []
         self._room = asyncio.Condition()
@@ -312,7 +314,7 @@ class Runtime:
             return Handle(self, warm, warm.lease)
         deadline = time.monotonic() + (timeout or self.config.ready_timeout_s)
         slot = await self._choose_slot(slot, deadline)
-        fid = f"{self.node}-f{next(self._ids)}"
+        fid = f"{self.node}-{self._token}-f{next(self._ids)}"
         bind = {"CUDA_VISIBLE_DEVICES": str(slot) if self.devices.gpu else ""}
         spec = Spawn(fid, path, self.endpoint, slot, {**bind, **(env or {})}, threads)
         record = BillingRecord(fid, path, stage, self.node, slot, self.devices.kind)

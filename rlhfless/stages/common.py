@@ -38,9 +38,10 @@ def atomic_dir_write(target: Path, write: Any) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write(tmp)
-    for f in tmp.iterdir():  # durable before it becomes visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    for f in tmp.rglob("*"):  # durable before it becomes visible
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     if target.exists():
         shutil.rmtree(old, ignore_errors=True)
         target.rename(old)

@@ -95,6 +95,21 @@ class Pipeline:
         self.retries = 0
         self.on_rollout_started: Callable[[list[int]], Any] | None = None  # test hook: pids
 
+    async def restore_weights(self) -> None:
+        """After a resume: the trainer loads the restored state; rollouts get its weights."""
+        published = await self._with_function(
+            TRAINER,
+            self._trainer_args(),
+            "train",
+            lambda h: h.weights(),
+            threads=self.rt.devices.cores,
+        )
+        self.weights, self.version = published["state_dict"], published["version"]
+
+    def _trainer_args(self) -> tuple[Any, ...]:
+        train_cfg = msgspec.to_builtins(self.cfg.train)
+        return (self.model_dir, train_cfg, str(self.state_dir / "policy"), self.cfg.model.dtype)
+
     # ------------------------------------------------------------------ stage helpers
 
     async def _with_function(
@@ -231,7 +246,7 @@ class Pipeline:
 
         # train (and the critic, for PPO, in parallel), then publish the new weights
         t0 = time.perf_counter()
-        trainer_args = (self.model_dir, train_cfg, str(self.state_dir / "policy"), cfg.model.dtype)
+        trainer_args = self._trainer_args()
 
         async def train(h: Any) -> tuple[dict[str, float], dict[str, Any]]:
             out = await h.step(
