@@ -90,6 +90,26 @@ class TinyTokenizer:
             out.append(self.tokens[i])
         return "".join(out)
 
+    def to_hf(self):
+        """The same tokenizer as a transformers ``PreTrainedTokenizerFast`` (same ids, BOS first).
+
+        Saved beside our JSON so that tools which only speak transformers (TRL's trainers, the
+        benchmark against them) load the tiny model dir with ``AutoTokenizer``.
+        """
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+        from transformers import PreTrainedTokenizerFast
+
+        vocab = {tok: i for i, tok in enumerate(self.tokens)}
+        core = Tokenizer(models.WordLevel(vocab, unk_token=PAD))
+        core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+        core.decoder = decoders.Fuse()
+        core.post_processor = processors.TemplateProcessing(
+            single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, self.bos_id)]
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=PAD
+        )
+
     def save(self, model_dir: str | Path) -> Path:
         path = Path(model_dir) / TOKENIZER_FILE
         path.write_text(json.dumps({"kind": "rlhfless-char", "alphabet": self.alphabet}))
@@ -144,6 +164,7 @@ def build_tiny_model(
     model.generation_config.pad_token_id = tok.pad_id
     model.save_pretrained(model_dir)
     tok.save(model_dir)
+    tok.to_hf().save_pretrained(model_dir)
     return model_dir
 
 

@@ -58,3 +58,32 @@ def test_model_dir_loads_into_engine(tiny_dir: Path) -> None:
     assert isinstance(engine.tokenizer, TinyTokenizer)
     assert engine.model.config.vocab_size == engine.tokenizer.vocab_size
     assert isinstance(load_tokenizer(tiny_dir), TinyTokenizer)
+
+
+def test_hf_tokenizer_export_gives_the_same_ids(tiny_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    hf, tok = AutoTokenizer.from_pretrained(tiny_dir), TinyTokenizer.load(tiny_dir)
+    for text in ["13xa", "7xbbb", DEFAULT_ALPHABET]:
+        assert hf(text)["input_ids"] == tok.encode_prompt(text)
+        assert hf.decode(tok.encode_prompt(text), skip_special_tokens=True) == text
+    assert (hf.pad_token_id, hf.bos_token_id, hf.eos_token_id) == (0, 1, 2)
+
+
+def test_plain_transformers_dir_loads_with_its_own_tokenizer(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from rlhfless.adapters.hf import HFTokenizer
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_dir, plain)
+    (plain / "rlhfless_tokenizer.json").unlink()
+    engine = HFEngine.load(plain)
+    assert isinstance(engine.tokenizer, HFTokenizer)
+    ids = engine.tokenizer.encode_prompt("13xa")
+    assert ids == TinyTokenizer().encode_prompt("13xa")
+    assert engine.tokenizer.eos_ids == {2}
+    gen = engine.generate([ids], group_size=2, max_new_tokens=8, seed=0)
+    assert len(gen.samples) == 2
