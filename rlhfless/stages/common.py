@@ -9,9 +9,14 @@ from typing import Any
 
 import msgspec
 import torch
+from transformers.utils import logging as hf_logging
 
 from rlhfless.stages.config import TaskConfig
 from rlhfless.stages.tasks import Task, make_task
+
+# Every actor imports this module: keep transformers' per-load progress bars out of the run's
+# console (with many functions they drown the pipeline's own progress bar).
+hf_logging.disable_progress_bar()
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
