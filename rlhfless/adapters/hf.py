@@ -456,7 +456,7 @@ def smollm2_dir(cache_dir: str | Path) -> Path:
     cfg = q.config.to_dict()
     cfg.pop("quantization_config", None)
     plain = LlamaForCausalLM(LlamaConfig.from_dict(cfg))
-    plain.load_state_dict(q.state_dict(), strict=False)
+    plain.load_state_dict(q.state_dict(), strict=True)
     plain.generation_config = q.generation_config
     tmp = out.with_name(out.name + ".tmp")
     plain.save_pretrained(tmp)
