@@ -13,6 +13,7 @@ import contextlib
 import faulthandler
 import importlib
 import inspect
+import math
 import os
 import sys
 import time
@@ -92,6 +93,7 @@ class _Server:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="actor")
         self.threaded = False
         self.actor: Any = None
+        self.hb_task: asyncio.Task[None] | None = None
 
     async def send(self, msg: msgspec.Struct) -> None:
         try:
@@ -148,7 +150,7 @@ class _Server:
             return 1
         init_s = time.perf_counter() - t1
         await self.send(Ready(spec.function_id, os.getpid(), public_methods(cls), import_s, init_s))
-        hb = asyncio.create_task(self.heartbeats())
+        hb = self.hb_task = asyncio.create_task(self.heartbeats())
         try:
             await self.serve()
         finally:
@@ -177,12 +179,19 @@ class _Server:
         return None
 
     async def serve(self) -> None:
+        if not self.threaded and self.loop_idle():
+            # Fast path: while calls only reach synchronous methods (which run inline, one at a
+            # time, anyway) and nothing else waits on the event loop, serve from a blocking loop
+            # without asyncio on the hot path.
+            released, msg = self.serve_blocking()
+            if released:
+                return
+            if msg is not None:
+                self.start_call(msg)  # a coroutine method: serve it, and the rest, on the loop
         while True:
             msg = await self.recv()
             if isinstance(msg, Call):
-                task = asyncio.create_task(self.call(msg))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
+                self.start_call(msg)
             elif isinstance(msg, Heartbeat):
                 await self.send(
                     Heartbeat(self.spec.function_id, time.time(), os.getpid(), self.bad_messages)
@@ -191,6 +200,81 @@ class _Server:
                 return
             elif msg is not None:
                 self.bad(f"unexpected {type(msg).__name__} in a function")
+
+    def start_call(self, msg: Call) -> None:
+        task = asyncio.create_task(self.call(msg))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def loop_idle(self) -> bool:
+        """True when no task but this one and the heartbeats exists (none from the actor)."""
+        return not asyncio.all_tasks() - {asyncio.current_task(), self.hb_task}
+
+    def serve_blocking(self) -> tuple[bool, Call | None]:
+        """Serve on the socket directly, blocking, while no call needs the event loop.
+
+        Returns ``(True, None)`` on Release; ``(False, call)`` for the first call that names a
+        coroutine method (the caller serves it, and everything after it, on the event loop);
+        ``(False, None)`` when a method left a task on the loop (e.g. ``asyncio.create_task``),
+        which then needs the loop to run. Heartbeats are sent from here while the loop is not
+        running; no call is in flight meanwhile and the heartbeat task has not started.
+        """
+        sock = zmq.Socket.shadow(self.sock.underlying)  # same socket, synchronous API
+        codec, fid, pid = self.codec, self.spec.function_id, os.getpid()
+        tasks = len(asyncio.all_tasks())
+        interval = self.hb_interval
+        next_hb = time.monotonic() + interval
+        while True:
+            now = time.monotonic()
+            if now >= next_hb:  # checked every message too: a stream of calls never starves it
+                next_hb = now + interval
+                self.send_now(sock, Heartbeat(fid, time.time(), pid, self.bad_messages))
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                if not sock.poll(max(1, math.ceil((next_hb - now) * 1000)), zmq.POLLIN):
+                    continue
+                frames = sock.recv_multipart(copy=False)
+            try:
+                msg = codec.decode(frames)
+            except BadMessage as exc:
+                self.bad(str(exc))
+                continue
+            if isinstance(msg, Call):
+                reply = self.call_sync(msg)
+                if reply is None:
+                    return False, msg
+                self.send_now(sock, reply)
+                if len(asyncio.all_tasks()) != tasks:
+                    return False, None
+            elif isinstance(msg, Heartbeat):
+                self.send_now(sock, Heartbeat(fid, time.time(), pid, self.bad_messages))
+            elif isinstance(msg, Release):
+                return True, None
+            else:
+                self.bad(f"unexpected {type(msg).__name__} in a function")
+
+    def send_now(self, sock: zmq.Socket, msg: msgspec.Struct) -> None:
+        try:
+            frames = self.codec.encode(msg)
+        except TypeError as exc:  # an unsendable return value becomes the caller's error
+            call_id = getattr(msg, "call_id", -1)
+            frames = self.codec.encode(Error(call_id, "TypeError", str(exc), ""))
+        sock.send_multipart(frames, copy=False)
+
+    def call_sync(self, msg: Call) -> Result | Error | None:
+        """Run a call to a synchronous method inline; ``None`` if the method is a coroutine."""
+        try:
+            if msg.method == STATS_METHOD:
+                return Result(msg.call_id, {"bad_messages": self.bad_messages, "pid": os.getpid()})
+            if msg.method.startswith("_"):
+                raise AttributeError(f"private method {msg.method!r} cannot be called remotely")
+            method = getattr(self.actor, msg.method)
+            if inspect.iscoroutinefunction(method):
+                return None
+            return Result(msg.call_id, method(*msg.args, **msg.kwargs))
+        except Exception as exc:
+            return Error(msg.call_id, _qualname(exc), str(exc), traceback.format_exc())
 
     async def call(self, msg: Call) -> None:
         try:

@@ -59,6 +59,7 @@ from rlhfless.runtime.zygote import ZYGOTE_IDENTITY
 
 log = logging.getLogger("rlhfless.runtime")
 T = TypeVar("T")
+_RECV_BURST = 64  # messages the receiver takes in a row before it lets other tasks run
 _ACTOR_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -173,6 +174,8 @@ class Runtime:
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable sends raise, never vanish
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.bind(self.endpoint)
+        # The same socket through the synchronous API, for sends and receives that need not wait.
+        self._sync = zmq.Socket.shadow(self._sock.underlying)
         if self.config.billing_path:
             os.makedirs(os.path.dirname(os.path.abspath(self.config.billing_path)), exist_ok=True)
             self._billing_file = open(self.config.billing_path, "ab")  # noqa: SIM115 - closed in aclose
@@ -493,6 +496,16 @@ class Runtime:
         await self._send_frames(identity, self._codec.encode(msg))
 
     async def _send_frames(self, identity: str, frames: list[Any]) -> None:
+        if not self._send_lock.locked():  # nothing queued ahead of us: try to send right away
+            try:
+                self._sync.send_multipart([identity.encode(), *frames], zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                pass  # the peer's queue is full: wait in line below
+            else:
+                # The socket's descriptor is edge-triggered and a send may have consumed the
+                # edge of an arrival: reading EVENTS through the asyncio socket re-arms its reader.
+                self._sock.get(zmq.EVENTS)
+                return
         async with self._send_lock:
             await self._sock.send_multipart([identity.encode(), *frames], copy=False)
 
@@ -503,8 +516,19 @@ class Runtime:
 
     async def _receive(self) -> None:
         try:
+            sync, burst = self._sync, 0
             while True:
-                frames = await self._sock.recv_multipart(copy=False)
+                # Take what has already arrived without a future; yield to the loop now and then.
+                try:
+                    frames = sync.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    frames = await self._sock.recv_multipart(copy=False)
+                    burst = 0
+                else:
+                    burst += 1
+                    if burst >= _RECV_BURST:
+                        burst = 0
+                        await asyncio.sleep(0)
                 try:
                     identity = frames[0].bytes.decode("utf-8", "replace")
                     msg = self._codec.decode(frames[1:])
