@@ -17,10 +17,10 @@ the tokens were actually drawn from; pass the same temperature to ``logprobs`` w
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 import torch
@@ -28,7 +28,7 @@ from torch import nn
 
 from rlhfless.adapters.tiny import TinyTokenizer, is_tiny_model_dir
 
-FinishReason = Literal["eos", "length"]
+FinishReason = Literal["eos", "length", "cut"]
 
 
 class EngineError(RuntimeError):
@@ -210,6 +210,54 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return ids, mask
 
 
+def _kv_of(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if hasattr(cache, "layers"):  # transformers >= 4.56
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))
+
+
+@dataclass
+class PrefixKV:
+    """Prefilled prompts: per-layer KV [P, kv_heads, L, head_dim], left-padded, and last logits."""
+
+    prompts: list[list[int]]  # row i holds the KV of prompts[i]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    mask: torch.Tensor  # [P, L] attention mask (left padding)
+    logits: torch.Tensor  # [P, V] logits at each prompt's last position
+    seconds: float = 0.0
+
+    def cache_for(self, index: torch.Tensor, config) -> Any:
+        """A fresh DynamicCache whose row j is this prefix's row ``index[j]``."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=config)
+        for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
+            cache.update(k.index_select(0, index), v.index_select(0, index), layer)
+        return cache
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """Flat name -> tensor dict for the runtime's zero-copy frames (prompts travel as ids)."""
+        out = {"mask": self.mask, "logits": self.logits}
+        for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
+            out[f"k{i}"], out[f"v{i}"] = k, v
+        return out
+
+    @classmethod
+    def from_tensors(cls, prompts: list[list[int]], tensors: dict[str, torch.Tensor]) -> PrefixKV:
+        n = sum(1 for name in tensors if name.startswith("k"))
+        return cls(
+            prompts=[list(p) for p in prompts],
+            keys=[tensors[f"k{i}"] for i in range(n)],
+            values=[tensors[f"v{i}"] for i in range(n)],
+            mask=tensors["mask"],
+            logits=tensors["logits"],
+        )
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.to_tensors().values())
+
+
 def load_tokenizer(model_dir: str | Path) -> Tokenizer:
     """The tokenizer of a model dir without its weights (the controller and reward need only it)."""
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
@@ -263,6 +311,43 @@ class HFEngine:
     # -- generation ------------------------------------------------------------------------
 
     @torch.no_grad()
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> PrefixKV:
+        """KV of each distinct prompt, computed once; hand it to ``generate(prefix=...)``.
+
+        This is the prefill function's half of prefill/decode disaggregation: the result can be
+        shipped (``PrefixKV.to_tensors``) to decode functions that never run these prompts.
+        """
+        distinct: dict[tuple[int, ...], None] = dict.fromkeys(tuple(p) for p in prompts)
+        return self._prefill([list(k) for k in distinct])
+
+    def _prefill(self, seqs: list[list[int]]) -> PrefixKV:
+        if not seqs or any(len(p) == 0 for p in seqs):
+            raise EngineError("an empty prompt cannot be decoded from; every prompt needs a token")
+        from transformers import DynamicCache
+
+        t0 = time.perf_counter()
+        ids, mask = _left_pad(seqs, self.tokenizer.pad_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            use_cache=True,
+            logits_to_keep=1,
+            **{_cache_kwarg(self.model): cache},
+        )
+        kv = _kv_of(cache)
+        return PrefixKV(
+            prompts=seqs,
+            keys=[k for k, _ in kv],
+            values=[v for _, v in kv],
+            mask=mask,
+            logits=out.logits[:, -1, :],
+            seconds=time.perf_counter() - t0,
+        )
+
+    @torch.no_grad()
     def generate(
         self,
         prompts: Sequence[Sequence[int]],
@@ -272,8 +357,18 @@ class HFEngine:
         seed: int | None = None,
         greedy: bool = False,
         shared_prefix: bool = True,
+        prefix: PrefixKV | None = None,
+        stop: Callable[[int, int], bool] | None = None,
     ) -> Generation:
-        """Sample ``group_size`` responses per prompt (token ids, not text)."""
+        """Sample ``group_size`` responses per prompt (token ids, not text).
+
+        ``shared_prefix``: prefill each distinct prompt once and expand its KV to its G samples
+        (False: prefill every sample separately, the naive path). ``prefix``: KV from
+        ``prefill`` (possibly another function's); every prompt must be in it, and nothing is
+        prefilled here. ``stop(finished, total)`` is asked after every decode step; when it says
+        True the unfinished samples end with ``finish_reason="cut"`` and their tokens so far
+        (cut-and-migrate: continue them elsewhere with ``resume``).
+        """
         if not prompts or group_size < 1 or max_new_tokens < 1:
             raise EngineError(
                 f"need prompts, group_size >= 1 and max_new_tokens >= 1 (got {len(prompts)} "
@@ -285,41 +380,33 @@ class HFEngine:
             )
         if any(len(p) == 0 for p in prompts):
             raise EngineError("an empty prompt cannot be decoded from; every prompt needs a token")
-        from transformers import DynamicCache
-
-        dev, pad = self.device, self.tokenizer.pad_id
+        dev = self.device
         temp = 1.0 if greedy else float(temperature)
         row_prompt = [i for i in range(len(prompts)) for _ in range(group_size)]
-        if shared_prefix:  # one prefill row per distinct prompt (duplicates across groups too)
-            first: dict[tuple[int, ...], int] = {}
-            for p in prompts:
-                first.setdefault(tuple(p), len(first))
-            prefill = [list(k) for k in first]
-            src = [first[tuple(prompts[i])] for i in row_prompt]
-        else:
-            prefill = [list(prompts[i]) for i in row_prompt]
+        if prefix is not None:  # prefilled elsewhere (a prefill function): nothing to run here
+            pre, prefill_tokens = prefix, 0
+        elif shared_prefix:  # one row per distinct prompt (duplicates across groups too)
+            pre = self.prefill(prompts)
+            prefill_tokens = sum(len(p) for p in pre.prompts)
+        else:  # naive baseline: every sample prefilled on its own row
+            pre = self._prefill([list(prompts[i]) for i in row_prompt])
+            prefill_tokens = sum(len(p) for p in pre.prompts)
+        if pre is not prefix and not shared_prefix:
             src = list(range(len(row_prompt)))
-        ids, mask = _left_pad(prefill, pad)
-        ids, mask = ids.to(dev), mask.to(dev)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-
-        t0 = time.perf_counter()
-        cache = DynamicCache(config=self.model.config)
-        ckw = _cache_kwarg(self.model)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=pos,
-            use_cache=True,
-            logits_to_keep=1,
-            **{ckw: cache},
-        )
-        logits = out.logits[:, -1, :]
-        if shared_prefix:
-            index = torch.tensor(src, dtype=torch.long, device=dev)
-            cache.reorder_cache(index)  # gathers KV rows: each prefix row becomes G rows
-            logits, mask, pos = logits[index], mask[index], pos[index]
+        else:
+            row_of = {tuple(p): i for i, p in enumerate(pre.prompts)}
+            missing = [i for i, p in enumerate(prompts) if tuple(p) not in row_of]
+            if missing:
+                raise EngineError(
+                    f"prompts {missing[:5]} are not in the given prefix; prefill them first"
+                )
+            src = [row_of[tuple(prompts[i])] for i in row_prompt]
         t1 = time.perf_counter()
+        # Gather KV rows: each prefix row becomes the G rows of its group.
+        index = torch.tensor(src, dtype=torch.long, device=dev)
+        cache = pre.cache_for(index, self.model.config)
+        logits, mask = pre.logits[index], pre.mask[index]
+        ckw = _cache_kwarg(self.model)
 
         gen = None
         if not greedy:
@@ -331,7 +418,8 @@ class HFEngine:
         logps: list[list[float]] = [[] for _ in range(n)]
         reason: list[FinishReason] = ["length"] * n
         active = torch.arange(n, device=dev)  # original row of each row still in the batch
-        next_pos = pos[:, -1] + 1
+        next_pos = mask.sum(-1)  # positions count real tokens only (left padding)
+        finished = 0
         for step in range(max_new_tokens):
             scores = torch.log_softmax(logits.float() / temp, dim=-1)
             if greedy:
@@ -347,14 +435,17 @@ class HFEngine:
                 logps[r].append(l_)
                 if d:
                     reason[r] = "eos"
-            if step == max_new_tokens - 1:
+                    finished += 1
+            if step == max_new_tokens - 1 or finished == n:
+                break
+            if stop is not None and stop(finished, n):
+                for r in active[~done].tolist():
+                    reason[r] = "cut"
                 break
             if bool(done.any()):
                 # Drop finished rows from the batch (and their KV): long-tailed lengths leave most
                 # rows finished long before the last one, and feeding them pads is wasted work.
                 keep = (~done).nonzero().squeeze(-1)
-                if keep.numel() == 0:
-                    break
                 cache.reorder_cache(keep)
                 active, tok, mask, next_pos = active[keep], tok[keep], mask[keep], next_pos[keep]
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
@@ -380,10 +471,61 @@ class HFEngine:
         return Generation(
             samples=samples,
             group_size=group_size,
-            prefill_tokens=sum(len(p) for p in prefill),
+            prefill_tokens=prefill_tokens,
             decode_tokens=sum(len(t) for t in tokens),
-            prefill_seconds=t1 - t0,
+            prefill_seconds=pre.seconds if prefix is None else 0.0,
             decode_seconds=t2 - t1,
+        )
+
+    @torch.no_grad()
+    def resume(
+        self,
+        prompts: Sequence[Sequence[int]],
+        partial: Sequence[Sample],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        seed: int | None = None,
+        greedy: bool = False,
+    ) -> Generation:
+        """Continue cut samples: ``partial[j]`` continues ``prompts[partial[j].prompt_index]``.
+
+        Each comes back whole (old tokens and log-probs, then the new ones), capped at
+        ``max_new_tokens`` in total; ``prefill_tokens`` counts the recomputed prompt + partial
+        KV, the price of migrating without shipping KV.
+        """
+        if not partial:
+            raise EngineError("resume needs at least one cut sample")
+        budgets = [max_new_tokens - len(s.token_ids) for s in partial]
+        if min(budgets) < 1:
+            raise EngineError(
+                f"a cut sample already has {max(len(s.token_ids) for s in partial)} tokens, "
+                f"no room left under max_new_tokens={max_new_tokens}"
+            )
+        seqs = [[*prompts[s.prompt_index], *s.token_ids] for s in partial]
+        # shared_prefix=False: every continuation is its own sequence, even if two coincide.
+        more = self.generate(seqs, 1, max(budgets), temperature, seed, greedy, shared_prefix=False)
+        out: list[Sample] = []
+        for s, m, budget in zip(partial, more.samples, budgets, strict=True):
+            toks, lps, why = m.token_ids[:budget], m.logprobs[:budget], m.finish_reason
+            if len(m.token_ids) > budget:
+                why = "length"
+            out.append(
+                Sample(
+                    prompt_index=s.prompt_index,
+                    token_ids=[*s.token_ids, *toks],
+                    logprobs=[*s.logprobs, *lps],
+                    finish_reason=why,
+                )
+            )
+        return Generation(
+            samples=out,
+            group_size=1,
+            prefill_tokens=more.prefill_tokens,
+            decode_tokens=sum(
+                len(o.token_ids) - len(p.token_ids) for o, p in zip(out, partial, strict=True)
+            ),
+            prefill_seconds=more.prefill_seconds,
+            decode_seconds=more.decode_seconds,
         )
 
     # -- scoring ---------------------------------------------------------------------------

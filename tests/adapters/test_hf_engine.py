@@ -8,6 +8,7 @@ import torch
 from rlhfless.adapters.hf import (
     EngineError,
     HFEngine,
+    PrefixKV,
     ValueModel,
     pack_sequences,
     response_logprobs,
@@ -149,3 +150,38 @@ def test_bad_inputs_are_named(engine: HFEngine, tmp_path: Path) -> None:
         engine.generate([[]], 2, 4)
     with pytest.raises(EngineError, match="config.json"):
         HFEngine.load(tmp_path)
+
+
+def test_prefix_from_another_engine_gives_the_same_samples(
+    engine: HFEngine, tiny_dir: Path, prompts: list[list[int]]
+) -> None:
+    # A prefill function computes the KV; a decode function (another engine) decodes from it.
+    prefill_fn, decode_fn = engine, HFEngine.load(tiny_dir)
+    shipped = PrefixKV.from_tensors(
+        prefill_fn.prefill(prompts).prompts,
+        {k: v.clone() for k, v in prefill_fn.prefill(prompts).to_tensors().items()},
+    )
+    kw = dict(group_size=4, max_new_tokens=20, temperature=1.0, seed=9)
+    local = prefill_fn.generate(prompts, **kw)
+    remote = decode_fn.generate(prompts, prefix=shipped, **kw)
+    assert remote.prefill_tokens == 0
+    assert [s.token_ids for s in remote.samples] == [s.token_ids for s in local.samples]
+    with pytest.raises(EngineError, match="not in the given prefix"):
+        decode_fn.generate([[1, 9, 9, 9]], 1, 4, prefix=shipped)
+
+
+def test_cut_then_resume_equals_uncut_under_greedy(
+    engine: HFEngine, prompts: list[list[int]]
+) -> None:
+    full = engine.generate(prompts, group_size=2, max_new_tokens=24, greedy=True)
+    steps = []
+    cut = engine.generate(
+        prompts, 2, 24, greedy=True, stop=lambda done, total: steps.append(done) or len(steps) >= 6
+    )
+    assert {s.finish_reason for s in cut.samples} == {"cut"}  # greedy random model: no EOS
+    assert all(len(s.token_ids) == 6 for s in cut.samples)
+    resumed = engine.resume(prompts, cut.samples, max_new_tokens=24, greedy=True)
+    for a, b in zip(resumed.samples, full.samples, strict=True):
+        assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) < 1e-4
+    assert resumed.decode_tokens == sum(24 - 6 for _ in cut.samples)
