@@ -199,8 +199,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     die_with_parent(signal.SIGTERM)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the finally: children go too
-    for name in filter(None, args.preload.split(",")):
-        importlib.import_module(name)
+    for entry in filter(None, args.preload.split(",")):
+        name = entry.removeprefix("?")
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            if not entry.startswith("?"):
+                raise  # a preload the user asked for must exist: fail loudly, at start
+            print(f"rlhfless zygote: optional preload {name} skipped: {exc}", file=sys.stderr)
+            continue
         if name == "transformers":  # transformers imports lazily: load the heavy parts now
             import transformers
 

@@ -117,3 +117,12 @@ async def test_fresh_interpreter_mode() -> None:
         h = await runtime.spawn(ECHO, "x")
         assert await h.hello("y") == "xy"
         assert await h.env("OMP_NUM_THREADS") == str(runtime.threads)
+
+
+async def test_optional_and_required_preloads() -> None:
+    async with Runtime(preload=("torch", "?no_such_module_xyz")) as runtime:
+        h = await runtime.spawn(ECHO, "o")
+        assert await h.hello("k") == "ok"
+    async with Runtime(preload=("no_such_module_xyz",)) as runtime:
+        with pytest.raises(SpawnError, match="zygote exited with code 1"):
+            await runtime.spawn(ECHO)
