@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
-from rlhfless.runtime.messages import BillingEvent
+from rlhfless.runtime.messages import BillingEvent, billing_to_json
 
 BUSY_GAP_S = 0.001
 
@@ -89,3 +93,39 @@ class BillingRecord:
             exit_code=self.exit_code,
             warm_starts=self.warm_starts,
         )
+
+
+class BillingLog:
+    """Finished functions' events: a list, a JSONL file when asked, and async subscribers."""
+
+    def __init__(self, path: str | None) -> None:
+        self.events: list[BillingEvent] = []
+        self._subscribers: list[asyncio.Queue[BillingEvent | None]] = []
+        self._file: Any = None
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self._file = open(path, "ab")  # noqa: SIM115 - closed in close()
+
+    def publish(self, event: BillingEvent) -> None:
+        self.events.append(event)
+        if self._file is not None:
+            self._file.write(billing_to_json(event) + b"\n")
+            self._file.flush()  # a crash later loses no finished function's bill
+        for queue in self._subscribers:
+            queue.put_nowait(event)
+
+    async def stream(self) -> AsyncIterator[BillingEvent]:
+        queue: asyncio.Queue[BillingEvent | None] = asyncio.Queue()
+        self._subscribers.append(queue)
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            self._subscribers.remove(queue)
+
+    def close(self) -> None:
+        for queue in self._subscribers:
+            queue.put_nowait(None)
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from rlhfless.runtime.errors import RuntimeClosed
 
 if TYPE_CHECKING:
-    from rlhfless.runtime.runtime import Runtime, _Function
+    from rlhfless.runtime.runtime import Runtime
+    from rlhfless.runtime.state import FunctionState
 
 T = TypeVar("T")
 
@@ -24,7 +25,7 @@ class Handle(Generic[T]):
     later call raises :class:`~rlhfless.runtime.errors.FunctionDied`.
     """
 
-    def __init__(self, runtime: Runtime, fn: _Function, lease: int) -> None:
+    def __init__(self, runtime: Runtime, fn: FunctionState, lease: int) -> None:
         self._rt = runtime
         self._fn = fn
         self._lease = lease

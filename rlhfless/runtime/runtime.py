@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import importlib.util
 import itertools
 import logging
-import os
-import re
 import secrets
 import shutil
 import socket
@@ -27,7 +23,7 @@ import zmq
 import zmq.asyncio
 
 from rlhfless.runtime import launch
-from rlhfless.runtime.billing import BillingRecord
+from rlhfless.runtime.billing import BillingLog, BillingRecord
 from rlhfless.runtime.config import RuntimeConfig
 from rlhfless.runtime.devices import NodeDevices, detect
 from rlhfless.runtime.errors import (
@@ -52,78 +48,14 @@ from rlhfless.runtime.messages import (
     Release,
     Result,
     Spawn,
-    billing_to_json,
 )
 from rlhfless.runtime.procutil import kill
+from rlhfless.runtime.state import FunctionState, RuntimeStats, actor_path, expire, reuse_key
 from rlhfless.runtime.zygote import ZYGOTE_IDENTITY
 
 log = logging.getLogger("rlhfless.runtime")
 T = TypeVar("T")
 _RECV_BURST = 64  # messages the receiver takes in a row before it lets other tasks run
-_ACTOR_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-
-
-class RuntimeStats(msgspec.Struct, kw_only=True):
-    functions_started: int = 0  # cold starts: new processes
-    warm_starts: int = 0  # spawns served from the warm pool
-    deaths: int = 0  # functions that ended other than by release or shutdown
-    calls: int = 0
-    bad_messages: int = 0  # garbage the controller rejected (functions count their own)
-    cold_start_s: list[float] = []  # requested -> ready, per new process
-
-
-class _Function:
-    """Controller-side state of one function process."""
-
-    def __init__(
-        self, spec: Spawn, actor: str, key: str, record: BillingRecord, init: list[Any]
-    ) -> None:
-        self.spec = spec
-        self.function_id = spec.function_id
-        self.actor = actor
-        self.key = key  # warm reuse only for the same actor, arguments, threads and env
-        self.slot = spec.slot
-        self.record = record
-        self.init_frames = init
-        self.state = "starting"  # starting | leased | warm | exiting | dead
-        self.lease = 1
-        self.pid = 0
-        self.methods: frozenset[str] = frozenset()
-        self.ready: asyncio.Future[Ready] = asyncio.get_running_loop().create_future()
-        # A failed start is reported to the spawner; never also warn "exception never retrieved".
-        self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self.pending: dict[int, tuple[asyncio.Future[Any], str]] = {}  # call id -> (future, method)
-        self.init_error: Error | None = None
-        self.death: FunctionDied | None = None
-        self.expected_exit = False
-        self.exited = asyncio.Event()
-        self.expiry: asyncio.TimerHandle | None = None
-        self.process: asyncio.subprocess.Process | None = None  # fresh-interpreter mode only
-
-
-def actor_path(actor: str | type) -> str:
-    """Validate an actor given by class or "pkg.mod:Class"; fail at spawn time, clearly."""
-    if isinstance(actor, type):
-        if actor.__module__ == "__main__":
-            raise SpawnError(
-                f"actor class {actor.__qualname__} is defined in __main__; functions import actors "
-                "by path, so move it into an importable module"
-            )
-        path = f"{actor.__module__}:{actor.__qualname__}"
-    else:
-        path = actor
-    if not _ACTOR_PATH.match(path):
-        raise SpawnError(f"actor path {path!r} is not of the form 'package.module:ClassName'")
-    module = path.partition(":")[0]
-    try:
-        found = importlib.util.find_spec(module)
-    except (ImportError, ValueError) as exc:
-        raise SpawnError(f"actor {path}: cannot import module {module!r}: {exc}") from None
-    if found is None:
-        raise SpawnError(
-            f"actor {path}: no module named {module!r} (is it installed / on PYTHONPATH?)"
-        )
-    return path
 
 
 class Runtime:
@@ -136,13 +68,11 @@ class Runtime:
         cores_per = max(1, self.devices.cores // self.devices.slots)
         self.threads = self.config.threads_per_function or cores_per
         self.stats = RuntimeStats()
-        self.billing_events: list[BillingEvent] = []
         self._codec = Codec()
-        self._fns: dict[str, _Function] = {}
+        self._fns: dict[str, FunctionState] = {}
         self._ids = itertools.count(1)
         self._token = secrets.token_hex(3)  # function ids stay unique across runtimes of one run
         self._call_ids = itertools.count(1)
-        self._subscribers: list[asyncio.Queue[BillingEvent | None]] = []
         self._room = asyncio.Condition()
         self._send_lock = asyncio.Lock()
         self._closed = False
@@ -152,7 +82,7 @@ class Runtime:
         self._zygote_ready: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._bg: set[asyncio.Task[Any]] = set()
-        self._billing_file: Any = None
+        self._billing = BillingLog(None)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -176,9 +106,7 @@ class Runtime:
         self._sock.bind(self.endpoint)
         # The same socket through the synchronous API, for sends and receives that need not wait.
         self._sync = zmq.Socket.shadow(self._sock.underlying)
-        if self.config.billing_path:
-            os.makedirs(os.path.dirname(os.path.abspath(self.config.billing_path)), exist_ok=True)
-            self._billing_file = open(self.config.billing_path, "ab")  # noqa: SIM115 - closed in aclose
+        self._billing = BillingLog(self.config.billing_path)
         self._tasks.append(asyncio.create_task(self._receive(), name="rlhfless-receiver"))
         if self.config.zygote:
             await self._start_zygote()
@@ -199,10 +127,7 @@ class Runtime:
             self._sock.close(linger=0)
             self._ctx.term()
             shutil.rmtree(self._dir, ignore_errors=True)
-            for queue in self._subscribers:
-                queue.put_nowait(None)
-            if self._billing_file is not None:
-                self._billing_file.close()
+            self._billing.close()
         if self._failure is not None:
             raise RuntimeClosed(
                 f"the runtime's receiver failed: {self._failure!r}"
@@ -233,7 +158,7 @@ class Runtime:
                 )
 
     @staticmethod
-    async def _wait_exits(fns: list[_Function], timeout: float) -> None:
+    async def _wait_exits(fns: list[FunctionState], timeout: float) -> None:
         if fns:
             await asyncio.wait(
                 [asyncio.ensure_future(fn.exited.wait()) for fn in fns], timeout=timeout
@@ -311,7 +236,7 @@ class Runtime:
         except TypeError as exc:
             raise SpawnError(f"actor {path}: cannot send its arguments: {exc}") from None
         threads = threads or self.threads
-        key = _reuse_key(path, threads, env or {}, init_frames)
+        key = reuse_key(path, threads, env or {}, init_frames)
         warm = self._take_warm(key, slot)
         if warm is not None:
             return Handle(self, warm, warm.lease)
@@ -321,7 +246,7 @@ class Runtime:
         bind = {"CUDA_VISIBLE_DEVICES": str(slot) if self.devices.gpu else ""}
         spec = Spawn(fid, path, self.endpoint, slot, {**bind, **(env or {})}, threads)
         record = BillingRecord(fid, path, stage, self.node, slot, self.devices.kind)
-        fn = _Function(spec, path, key, record, init_frames)
+        fn = FunctionState(spec, path, key, record, init_frames)
         self._fns[fid] = fn
         self.stats.functions_started += 1
         try:
@@ -345,7 +270,7 @@ class Runtime:
         )
         return Handle(self, fn, fn.lease)
 
-    async def _launch(self, fn: _Function, deadline: float) -> None:
+    async def _launch(self, fn: FunctionState, deadline: float) -> None:
         if self.config.zygote:
             try:
                 await asyncio.wait_for(self._zygote_handle(), max(0.0, deadline - time.monotonic()))
@@ -356,13 +281,13 @@ class Runtime:
             fn.process = await launch.start_function(fn.spec, self.config.heartbeat_s)
             self._tasks.append(asyncio.create_task(self._watch_process(fn)))
 
-    async def _watch_process(self, fn: _Function) -> None:
+    async def _watch_process(self, fn: FunctionState) -> None:
         assert fn.process is not None
         tail = await launch.pump_stderr(fn.process, fn.function_id, self.config.stderr_tail_lines)
         code = await fn.process.wait()
         self._on_exited(fn.function_id, fn.process.pid, code, tail)
 
-    def _kill(self, fn: _Function) -> None:
+    def _kill(self, fn: FunctionState) -> None:
         if fn.pid:
             kill(fn.pid)
         elif fn.process is not None:
@@ -371,7 +296,7 @@ class Runtime:
         else:  # not yet connected: the zygote forked it; Release reaches it once it says hello
             fn.state = "exiting"
 
-    def _take_warm(self, key: str, slot: int | None) -> _Function | None:
+    def _take_warm(self, key: str, slot: int | None) -> FunctionState | None:
         for fn in self._fns.values():
             if fn.state == "warm" and fn.key == key and (slot is None or fn.slot == slot):
                 if fn.expiry is not None:
@@ -384,7 +309,7 @@ class Runtime:
                 return fn
         return None
 
-    def _live_on(self, slot: int) -> list[_Function]:
+    def _live_on(self, slot: int) -> list[FunctionState]:
         return [fn for fn in self._fns.values() if fn.slot == slot and fn.state != "dead"]
 
     async def _choose_slot(self, slot: int | None, deadline: float) -> int:
@@ -414,7 +339,7 @@ class Runtime:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._room.wait(), left)
 
-    async def _release(self, fn: _Function, lease: int) -> None:
+    async def _release(self, fn: FunctionState, lease: int) -> None:
         if fn.lease != lease or fn.state in ("warm", "exiting"):
             return  # already released: releasing twice is harmless
         if fn.state == "dead":
@@ -437,7 +362,7 @@ class Runtime:
         async with self._room:
             self._room.notify_all()
 
-    async def _retire(self, fn: _Function) -> None:
+    async def _retire(self, fn: FunctionState) -> None:
         """Ask a function to exit (scale to zero)."""
         if fn.state == "dead" or (fn.state == "exiting" and fn.expected_exit):
             return
@@ -452,7 +377,7 @@ class Runtime:
 
     async def _call(
         self,
-        fn: _Function,
+        fn: FunctionState,
         lease: int,
         method: str,
         args: tuple[Any, ...],
@@ -476,7 +401,7 @@ class Runtime:
         self.stats.calls += 1
         limit = self.config.call_timeout_s if timeout is _DEFAULT else timeout
         # A timer instead of asyncio.wait_for: no extra task per call on the hot path.
-        timer = None if limit is None else loop.call_later(limit, _expire, fut, limit)
+        timer = None if limit is None else loop.call_later(limit, expire, fut, limit)
         try:
             await self._send_frames(fn.function_id, frames)
             return await fut
@@ -611,7 +536,7 @@ class Runtime:
             if not fut.done():
                 fut.set_exception(death)
         fn.record.exited(code)
-        self._publish(fn.record.event())
+        self._billing.publish(fn.record.event())
         fn.exited.set()
         self._background(self._notify_room())
 
@@ -631,23 +556,14 @@ class Runtime:
 
     # ---------------------------------------------------------------- billing
 
-    def _publish(self, event: BillingEvent) -> None:
-        self.billing_events.append(event)
-        if self._billing_file is not None:
-            self._billing_file.write(billing_to_json(event) + b"\n")
-            self._billing_file.flush()
-        for queue in self._subscribers:
-            queue.put_nowait(event)
+    @property
+    def billing_events(self) -> list[BillingEvent]:
+        """Events of every function that has exited, in exit order."""
+        return self._billing.events
 
-    async def billing_stream(self) -> AsyncIterator[BillingEvent]:
+    def billing_stream(self) -> AsyncIterator[BillingEvent]:
         """Every billing event from now on, as each function exits; ends when the runtime closes."""
-        queue: asyncio.Queue[BillingEvent | None] = asyncio.Queue()
-        self._subscribers.append(queue)
-        try:
-            while (event := await queue.get()) is not None:
-                yield event
-        finally:
-            self._subscribers.remove(queue)
+        return self._billing.stream()
 
     def live_billing(self) -> list[BillingEvent]:
         """Snapshots of functions still alive (exited_at is None), for pricing a run in progress."""
@@ -672,16 +588,3 @@ class Runtime:
         if self._zygote is not None:
             pids.append(self._zygote.pid)
         return pids
-
-
-def _expire(fut: asyncio.Future[Any], limit: float) -> None:
-    if not fut.done():
-        fut.set_exception(CallTimeout(f"no answer within {limit}s"))
-
-
-def _reuse_key(path: str, threads: int, env: dict[str, str], init_frames: list[Any]) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{path}\0{threads}\0{sorted(env.items())}".encode())
-    for frame in init_frames:
-        h.update(memoryview(frame).cast("B") if not isinstance(frame, bytes) else frame)
-    return h.hexdigest()
