@@ -62,14 +62,3 @@ def task_from_config(cfg: TaskConfig, max_new_tokens: int | None = None) -> Task
             sigma=cfg.sigma, **extra,
         )  # fmt: skip
     return make_task(cfg.name, cfg.size, cfg.seed, dataset=cfg.dataset)
-
-
-def load_tokenizer(model_dir: str | Path) -> Any:
-    """The model's tokenizer alone (the controller needs no weights to encode prompts)."""
-    from rlhfless.adapters.tiny import TinyTokenizer, is_tiny_model_dir
-
-    if is_tiny_model_dir(model_dir):
-        return TinyTokenizer.load(model_dir)
-    from rlhfless.adapters.hf import HFEngine
-
-    return HFEngine.load(model_dir).tokenizer

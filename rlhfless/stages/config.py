@@ -63,6 +63,7 @@ class RolloutConfig(_Section):
     temperature: Positive = 1.0  # log-probs are of logits / temperature, in rollout and trainer
     shared_prefix: bool = True  # prefill each prompt once for its G samples
     engine: Literal["hf"] = "hf"  # "vllm" once that adapter lands
+    functions: PosInt = 2  # rollout functions per iteration; prompts are split between them
 
 
 class TrainConfig(_Section):
@@ -93,7 +94,10 @@ class TrainConfig(_Section):
 class RuntimeConfig(_Section):
     slots: PosInt = 2  # device slots on this node (CPU slots where there is no GPU)
     keep_alive_s: NonNegative = 30.0  # idle functions stay warm this long, then are released
-    provider: Literal["local", "static", "ray"] = "local"
+    # Threads of the trainer function; 0 = every core. The trainer runs alone (the other stages'
+    # functions are idle by then), so it may use the whole machine.
+    trainer_threads: NonNegInt = 0
+    provider: Literal["local"] = "local"  # "static" and "ray" come with the many-machines issue
 
 
 class CheckpointConfig(_Section):

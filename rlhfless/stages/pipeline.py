@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 import msgspec
 import torch
 
+from rlhfless.adapters.hf import load_tokenizer
 from rlhfless.runtime import FunctionDied, Runtime
 from rlhfless.stages import algorithms as alg
-from rlhfless.stages.common import RolloutBatch, load_tokenizer, task_from_config
+from rlhfless.stages.common import RolloutBatch, task_from_config
 from rlhfless.stages.config import Config
 from rlhfless.stages.tasks import Prompt, batch_for_step
 
@@ -102,9 +103,12 @@ class Pipeline:
             self._trainer_args(),
             "train",
             lambda h: h.weights(),
-            threads=self.rt.devices.cores,
+            threads=self._trainer_threads(),
         )
         self.weights, self.version = published["state_dict"], published["version"]
+
+    def _trainer_threads(self) -> int:
+        return self.cfg.runtime.trainer_threads or self.rt.devices.cores
 
     def _trainer_args(self) -> tuple[Any, ...]:
         train_cfg = msgspec.to_builtins(self.cfg.train)
@@ -141,7 +145,7 @@ class Pipeline:
 
     async def _rollout(self, step: int, prompt_ids: list[list[int]]) -> tuple[dict[str, Any], int]:
         cfg, g = self.cfg.rollout, self.cfg.train.group_size
-        chunks = _split(len(prompt_ids), self.cfg.runtime.slots)
+        chunks = _split(len(prompt_ids), cfg.functions)
         started: list[int] = []
 
         async def run_chunk(index: int, rows: range) -> dict[str, Any]:
@@ -261,7 +265,7 @@ class Pipeline:
 
         train_jobs: list[Awaitable[Any]] = [
             self._with_function(
-                TRAINER, trainer_args, "train", train, threads=self.rt.devices.cores
+                TRAINER, trainer_args, "train", train, threads=self._trainer_threads()
             )
         ]
         if ppo:

@@ -6,8 +6,7 @@ from typing import Any
 
 import msgspec
 
-from rlhfless.adapters.hf import HFEngine
-from rlhfless.adapters.tiny import TinyTokenizer, is_tiny_model_dir
+from rlhfless.adapters.hf import load_tokenizer
 from rlhfless.stages.common import task_from_config
 from rlhfless.stages.config import TaskConfig
 
@@ -17,10 +16,7 @@ class RewardActor:
 
     def __init__(self, model_dir: str, task: dict[str, Any]) -> None:
         self.task = task_from_config(msgspec.convert(task, TaskConfig))
-        if is_tiny_model_dir(model_dir):
-            self.tokenizer: Any = TinyTokenizer.load(model_dir)
-        else:
-            self.tokenizer = HFEngine.load(model_dir).tokenizer
+        self.tokenizer = load_tokenizer(model_dir)
 
     def score(self, prompt_index: list[int], response_ids: list[list[int]]) -> list[float]:
         out = []

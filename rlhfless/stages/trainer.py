@@ -15,7 +15,13 @@ import msgspec
 import torch
 from safetensors.torch import load_model, save_model
 
-from rlhfless.adapters.hf import HFEngine, ValueModel, pack_sequences, response_logprobs
+from rlhfless.adapters.hf import (
+    HFEngine,
+    ValueModel,
+    load_tokenizer,
+    pack_sequences,
+    response_logprobs,
+)
 from rlhfless.stages import algorithms as alg
 from rlhfless.stages.common import DTYPES, atomic_dir_write
 from rlhfless.stages.config import TrainConfig
@@ -153,7 +159,7 @@ class CriticActor:
         self.cfg = msgspec.convert(train, TrainConfig)
         torch.manual_seed(0)
         self.model = ValueModel.from_pretrained(model_dir, dtype=DTYPES[dtype])
-        self.pad_id = HFEngine.load(model_dir).tokenizer.pad_id
+        self.pad_id = load_tokenizer(model_dir).pad_id
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.critic_lr)
         self.state = _StateDir(state_dir)
         self.version = self.state.load(self.model, self.opt) if self.state.exists() else 0
