@@ -1,0 +1,93 @@
+"""Scaling policy: length prediction, prompt assignment, actor-count choice, cut-and-migrate,
+shared-prefix plans. Pure functions and small classes; nothing here starts a process.
+
+    from rlhfless.scaling import Scaler, ScalingConfig
+    scaler = Scaler(ScalingConfig(policy="rlhfless", lam=0.001), slots=8, device_kind="l40s")
+    plan = scaler.plan(prompt_ids, prompt_tokens, group_size=8)
+    print(plan.decision.render())
+
+Depends on ``rlhfless.cost_models`` and the pure ``rlhfless.runtime.messages`` only.
+"""
+
+from rlhfless.scaling.assign import (
+    METHODS,
+    Assignment,
+    GroupWork,
+    assign,
+    assign_lpt,
+    assign_pack,
+    assign_round_robin,
+    function_load,
+)
+from rlhfless.scaling.config import ScalingConfig
+from rlhfless.scaling.errors import BadScalingInput, BadScalingSetting, ScalingError
+from rlhfless.scaling.migrate import (
+    FunctionProgress,
+    MigrationPlan,
+    Move,
+    SequenceProgress,
+    plan_cut_and_migrate,
+    plan_global_cut,
+)
+from rlhfless.scaling.policy import RolloutPlan, Scaler
+from rlhfless.scaling.predictor import LengthPredictor, PredictorError, spearman
+from rlhfless.scaling.prefix import (
+    PrefixPlan,
+    PrefixRoute,
+    SharedPrefix,
+    plan_prefix_routes,
+    plan_prefixes,
+)
+from rlhfless.scaling.scaler import CurvePoint, ScalingDecision, choose_k, evaluate
+from rlhfless.scaling.simulate import SimFunction, SimResult, simulate_rollout
+from rlhfless.scaling.throughput import (
+    ThroughputModel,
+    ThroughputParams,
+    decode_seconds,
+    decode_timeline,
+)
+from rlhfless.scaling.transfer import TransferParams, kv_bytes_per_token
+
+__all__ = [
+    "METHODS",
+    "Assignment",
+    "BadScalingInput",
+    "BadScalingSetting",
+    "CurvePoint",
+    "FunctionProgress",
+    "GroupWork",
+    "LengthPredictor",
+    "MigrationPlan",
+    "Move",
+    "PredictorError",
+    "PrefixPlan",
+    "PrefixRoute",
+    "RolloutPlan",
+    "Scaler",
+    "ScalingConfig",
+    "ScalingDecision",
+    "ScalingError",
+    "SequenceProgress",
+    "SharedPrefix",
+    "SimFunction",
+    "SimResult",
+    "ThroughputModel",
+    "ThroughputParams",
+    "TransferParams",
+    "assign",
+    "assign_lpt",
+    "assign_pack",
+    "assign_round_robin",
+    "choose_k",
+    "decode_seconds",
+    "decode_timeline",
+    "evaluate",
+    "function_load",
+    "kv_bytes_per_token",
+    "plan_cut_and_migrate",
+    "plan_global_cut",
+    "plan_prefix_routes",
+    "plan_prefixes",
+    "simulate_rollout",
+    "spearman",
+]

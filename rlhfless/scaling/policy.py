@@ -1,0 +1,238 @@
+"""The scaling policy for one job: what the pipeline calls before, during and after a rollout.
+
+    scaler = Scaler(config.scaling, slots=8, device_kind="l40s")
+    plan = scaler.plan(prompt_ids, prompt_tokens, group_size=8, warm=n_warm)  # before
+    #   start plan.functions functions; function f gets prompts plan.groups[f] (longest first)
+    cut = scaler.migration(progress)                                       # during (optional)
+    #   stop the functions in cut.cut, resume each cut.moves[i] on its dest with its tokens
+    scaler.observe(prompt_ids, lengths, decode=..., prefill=..., cold_starts=...)  # after
+    state = scaler.to_dict()   # checkpoint; Scaler.from_dict(state, config, slots, kind)
+
+``policy = "fixed"`` plans ``k`` functions (0 = one per slot) round robin, and never cuts;
+``policy = "rlhfless"`` predicts lengths, chooses k and packs groups (see :mod:`.scaler`).
+Both report predicted makespan and dollars, so the iteration summary can show predicted vs actual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import msgspec
+
+from rlhfless.cost_models import CostModel, get_model
+from rlhfless.runtime.messages import BillingEvent
+from rlhfless.scaling.assign import GroupWork, assign_round_robin
+from rlhfless.scaling.config import ScalingConfig
+from rlhfless.scaling.errors import BadScalingInput
+from rlhfless.scaling.migrate import (
+    FunctionProgress,
+    MigrationPlan,
+    plan_cut_and_migrate,
+    plan_global_cut,
+)
+from rlhfless.scaling.predictor import LengthPredictor, PredictorError, PromptId
+from rlhfless.scaling.prefix import PrefixPlan, plan_prefixes
+from rlhfless.scaling.scaler import ScalingDecision, choose_k, evaluate
+from rlhfless.scaling.throughput import ThroughputModel, ThroughputParams
+from rlhfless.scaling.transfer import TransferParams
+
+
+class RolloutPlan(msgspec.Struct, kw_only=True):
+    """One rollout's plan. ``groups[f]`` are indices into the batch's prompts, longest first."""
+
+    policy: str
+    functions: int
+    groups: list[list[int]]
+    predicted_seconds: float  # makespan incl. cold starts and weight load
+    predicted_usd: float  # under the config's cost model, functions released at their finish
+    predicted_lengths: list[float]  # per prompt: predicted mean response length
+    cut: str  # "none", "per_function" or "global"
+    cut_threshold: float
+    prefix: PrefixPlan | None = None
+    decision: ScalingDecision | None = None  # the k curve (rlhfless policy)
+
+
+class ScalerState(msgspec.Struct, kw_only=True):
+    predictor: dict
+    throughput: dict
+
+
+class Scaler:
+    """Predictor + throughput model + cost model + config: the per-job scaling policy."""
+
+    def __init__(
+        self,
+        config: ScalingConfig,
+        slots: int,
+        device_kind: str = "cpu",
+        *,
+        throughput: ThroughputParams | None = None,
+        transfer: TransferParams | None = None,
+        cost_model: CostModel | None = None,
+    ) -> None:
+        self.config = config
+        self.slots = slots
+        config.k_range(slots)  # validates slots
+        self.device_kind = config.device_kind or device_kind
+        self.model = cost_model or get_model(config.cost_model)
+        self.model.rate(self.device_kind)  # fail now, with the known kinds, if unpriced
+        self.predictor = LengthPredictor(
+            config.predictor_alpha,
+            config.predictor_window,
+            config.predictor_default,
+            shrink=config.predictor_shrink,
+        )
+        self.throughput = ThroughputModel(throughput)
+        self.transfer = transfer or TransferParams(
+            prefill_tokens_per_s=self.throughput.params().prefill_tokens_per_s
+        )
+
+    # ------------------------------------------------------------------ before a rollout
+
+    def works(
+        self,
+        prompt_ids: Sequence[PromptId],
+        prompt_tokens: Sequence[Sequence[int]] | Sequence[int],
+        group_size: int,
+    ) -> list[GroupWork]:
+        """Predicted work per prompt group (prompt tokens: ids, or just their counts)."""
+        if len(prompt_ids) != len(prompt_tokens):
+            raise BadScalingInput(
+                "Scaler.works", f"{len(prompt_ids)} prompt ids but {len(prompt_tokens)} prompts"
+            )
+        out = []
+        for i, (pid, toks) in enumerate(zip(prompt_ids, prompt_tokens, strict=True)):
+            n = toks if isinstance(toks, int) else len(toks)
+            lengths = self.predictor.predict_group(pid, group_size)
+            out.append(GroupWork(group_id=i, prefill_tokens=n, lengths=tuple(lengths)))
+        return out
+
+    def plan(
+        self,
+        prompt_ids: Sequence[PromptId],
+        prompt_tokens: Sequence[Sequence[int]] | Sequence[int],
+        group_size: int,
+        warm: int = 0,
+    ) -> RolloutPlan:
+        """How many functions to start and which prompts each gets."""
+        cfg = self.config
+        params = self.throughput.params()
+        works = self.works(prompt_ids, prompt_tokens, group_size)
+        prefix = None
+        if prompt_tokens and not isinstance(prompt_tokens[0], int):
+            prefix = plan_prefixes(prompt_tokens, group_size, cfg.prefix_min_len)  # type: ignore[arg-type]
+        lengths = [self.predictor.predict(pid) for pid in prompt_ids]
+        if cfg.policy == "fixed" or not works:
+            a = assign_round_robin(works, cfg.fixed_k(self.slots), params)
+            point = evaluate(a, params, self.model, self.device_kind, 0.0, warm)
+            return RolloutPlan(
+                policy=cfg.policy,
+                functions=a.functions,
+                groups=a.groups,
+                predicted_seconds=point.seconds,
+                predicted_usd=point.usd,
+                predicted_lengths=lengths,
+                cut="none",
+                cut_threshold=1.0,
+                prefix=prefix,
+            )
+        decision = choose_k(
+            works,
+            cfg.k_range(self.slots),
+            params,
+            self.model,
+            self.device_kind,
+            lam=cfg.lam,
+            within_fraction=cfg.within_fraction,
+            method=cfg.assign,
+            slack=cfg.pack_slack,
+            headroom=cfg.pack_headroom,
+            warm=warm,
+        )
+        return RolloutPlan(
+            policy=cfg.policy,
+            functions=decision.functions,
+            groups=decision.assignment.groups,
+            predicted_seconds=decision.chosen.seconds,
+            predicted_usd=decision.chosen.usd,
+            predicted_lengths=lengths,
+            cut=cfg.cut,
+            cut_threshold=cfg.cut_threshold,
+            prefix=prefix,
+            decision=decision,
+        )
+
+    # ------------------------------------------------------------------ during a rollout
+
+    def migration(self, progress: Sequence[FunctionProgress]) -> MigrationPlan:
+        """Which functions to cut now and where their unfinished sequences go (maybe nothing)."""
+        cfg = self.config
+        if cfg.policy == "fixed" or cfg.cut == "none":
+            return MigrationPlan(policy="none")
+        if cfg.cut == "global":
+            return plan_global_cut(progress, cfg.cut_threshold, self.transfer)
+        return plan_cut_and_migrate(
+            progress, cfg.cut_threshold, self.transfer, self.throughput.params()
+        )
+
+    # ------------------------------------------------------------------ after a rollout
+
+    def observe(
+        self,
+        prompt_ids: Sequence[PromptId],
+        lengths: Sequence[Sequence[int]],
+        *,
+        decode: Iterable[tuple[int, int, float]] = (),
+        prefill: Iterable[tuple[int, float]] = (),
+        cold_starts: Iterable[float] = (),
+        weight_loads: Iterable[float] = (),
+        billing_events: Iterable[BillingEvent] = (),
+    ) -> None:
+        """Record a finished rollout.
+
+        ``lengths[i]``: response lengths of prompt i's samples. ``decode``: per function call,
+        ``(steps, tokens, seconds)`` (steps = its longest response when all ran in one batch).
+        ``prefill``: ``(tokens, seconds)``. ``billing_events``: the rollout functions' events
+        (their cold starts). Predictions for these prompts are compared before updating.
+        """
+        if len(prompt_ids) != len(lengths):
+            raise BadScalingInput(
+                "Scaler.observe", f"{len(prompt_ids)} prompt ids but {len(lengths)} length lists"
+            )
+        for pid, ls in zip(prompt_ids, lengths, strict=True):
+            self.predictor.observe(pid, ls)
+        for steps, tokens, seconds in decode:
+            self.throughput.observe_decode(steps, tokens, seconds)
+        for tokens, seconds in prefill:
+            self.throughput.observe_prefill(tokens, seconds)
+        for seconds in cold_starts:
+            self.throughput.observe_cold_start(seconds)
+        for seconds in weight_loads:
+            self.throughput.observe_weight_load(seconds)
+        for event in billing_events:
+            self.throughput.observe_billing_event(event)
+
+    def prediction_error(self, last: int | None = None) -> PredictorError:
+        return self.predictor.error(last)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def to_dict(self) -> dict:
+        return msgspec.to_builtins(
+            ScalerState(predictor=self.predictor.to_dict(), throughput=self.throughput.to_dict())
+        )
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: Mapping,
+        config: ScalingConfig,
+        slots: int,
+        device_kind: str = "cpu",
+        **kwargs: object,
+    ) -> Scaler:
+        state = msgspec.convert(data, ScalerState)
+        out = cls(config, slots, device_kind, **kwargs)  # type: ignore[arg-type]
+        out.predictor = LengthPredictor.from_dict(state.predictor)
+        out.throughput = ThroughputModel.from_dict(state.throughput)
+        return out
