@@ -18,6 +18,7 @@ from rlhfless.stages.tasks import Task, make_task
 # console (with many functions they drown the pipeline's own progress bar).
 hf_logging.disable_progress_bar()
 
+COMPLETE = "COMPLETE"  # marker file: the directory was written to the end
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -32,26 +33,47 @@ class RolloutBatch(msgspec.Struct, kw_only=True):
     version: int  # weights version that produced every sample (never mixed)
 
 
-def atomic_dir_write(target: Path, write: Any) -> None:
-    """Write a directory via ``write(tmp_dir)`` then rename it over ``target`` in one step.
+def atomic_dir_write(target: Path, write: Any, durable: bool = True) -> None:
+    """Write a directory via ``write(tmp_dir)`` then swap it in for ``target``.
 
-    A crash mid-write leaves the old ``target`` intact (and a ``.tmp`` dir that is cleaned next
-    time), never a half-written one.
+    A crash at any point leaves a complete directory that :func:`recover_dir` finds: the old
+    ``target``, or the new one (marked COMPLETE) still under its temporary name. ``durable``
+    fsyncs every file first (checkpoints); a hand-over between processes on one machine does
+    not need to survive a power cut, and skips it.
     """
     tmp = target.with_name(target.name + ".tmp")
     old = target.with_name(target.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write(tmp)
-    for f in tmp.rglob("*"):  # durable before it becomes visible
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+    if durable:
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+    (tmp / COMPLETE).write_text("")  # last: a tmp dir without it is a torn write
     if target.exists():
         shutil.rmtree(old, ignore_errors=True)
         target.rename(old)
     tmp.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(target: Path) -> bool:
+    """Finish or undo a swap that a crash interrupted; True when a complete ``target`` exists."""
+    if (target / COMPLETE).exists():
+        return True
+    tmp = target.with_name(target.name + ".tmp")
+    old = target.with_name(target.name + ".old")
+    if (tmp / COMPLETE).exists():
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        return True
+    if (old / COMPLETE).exists():
+        shutil.rmtree(target, ignore_errors=True)
+        old.rename(target)
+        return True
+    return False
 
 
 def task_from_config(cfg: TaskConfig, max_new_tokens: int | None = None) -> Task:

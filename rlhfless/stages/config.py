@@ -71,6 +71,9 @@ class TrainConfig(_Section):
     iterations: PosInt = 40  # reward on the repeat task rises clearly within ~30 steps
     batch_prompts: PosInt = 16  # prompts per iteration (x group_size samples)
     group_size: PosInt = 8  # samples per prompt (G); GRPO needs G >= 2 for a nonzero advantage
+    # Micro-batches of similar length, at most this many padded tokens each (0 = one batch);
+    # long-tailed lengths otherwise spend most of the compute on padding.
+    micro_batch_tokens: NonNegInt = 4096
     grad_accum: PosInt = 1  # micro-batches per optimiser step (batch split into this many)
     # optimiser passes over each rollout batch; 4 doubles how fast the tiny run learns, and the
     # PPO clip keeps the later passes close to the sampling policy

@@ -260,6 +260,7 @@ class Pipeline:
                 advantages,
                 ref,
                 cfg.rollout.temperature,
+                expected_version=self.version,
             )
             return out, await h.weights()
 
@@ -277,7 +278,9 @@ class Pipeline:
             )
             train_jobs.append(self._with_function(
                 CRITIC, critic_args, "critic",
-                lambda h: h.step(batch.prompt_ids, batch.response_ids, old_values, returns),
+                lambda h: h.step(
+                    batch.prompt_ids, batch.response_ids, old_values, returns, expected_version=self.version
+                ),
             ))  # fmt: skip
         done = await asyncio.gather(*train_jobs)
         (train_stats, published) = done[0]

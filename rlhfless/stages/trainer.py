@@ -23,14 +23,32 @@ from rlhfless.adapters.hf import (
     response_logprobs,
 )
 from rlhfless.stages import algorithms as alg
-from rlhfless.stages.common import DTYPES, atomic_dir_write
+from rlhfless.stages.common import DTYPES, atomic_dir_write, recover_dir
 from rlhfless.stages.config import TrainConfig
 
 
-def _chunks(n: int, parts: int) -> list[range]:
-    parts = max(1, min(parts, n))
-    step = -(-n // parts)
-    return [range(s, min(n, s + step)) for s in range(0, n, step)]
+def micro_batches(lengths: list[int], parts: int, token_budget: int) -> list[list[int]]:
+    """Sample indices in micro-batches of similar length: sorted, then cut so that each has at
+    most ``token_budget`` padded tokens (0 = no limit), and at least ``parts`` micro-batches.
+
+    Padding to the longest sample of a batch wastes most of the compute when lengths are
+    long-tailed; sorting first keeps the long samples together.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    parts = max(1, min(parts, len(order)))
+    per_part = -(-len(order) // parts)
+    out: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        widest = max(lengths[i], *(lengths[j] for j in current)) if current else lengths[i]
+        too_wide = token_budget and current and widest * (len(current) + 1) > token_budget
+        if current and (len(current) >= per_part or too_wide):
+            out.append(current)
+            current = []
+        current.append(i)
+    if current:
+        out.append(current)
+    return out
 
 
 def _pad(rows: list[torch.Tensor], width: int) -> torch.Tensor:
@@ -40,14 +58,24 @@ def _pad(rows: list[torch.Tensor], width: int) -> torch.Tensor:
     return out
 
 
+def _check_version(role: str, have: int, expected: int | None) -> None:
+    """A cold function that found stale (or no) hand-over state must not train on silently."""
+    if expected is not None and have != expected:
+        raise RuntimeError(
+            f"{role} state is at version {have} but the run is at version {expected}: the "
+            "hand-over state directory is stale or was lost; resume from a checkpoint"
+        )
+
+
 class _StateDir:
     """Weights (safetensors), optimiser (torch.save, tensors only) and the version."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, durable: bool = False) -> None:
         self.path = Path(path)
+        self.durable = durable  # checkpoints: fsync; the per-step hand-over: page cache is enough
 
     def exists(self) -> bool:
-        return (self.path / "weights.safetensors").is_file()
+        return recover_dir(self.path)
 
     def save(self, module: torch.nn.Module, opt: torch.optim.Optimizer, version: int) -> None:
         def write(tmp: Path) -> None:
@@ -55,7 +83,7 @@ class _StateDir:
             torch.save(opt.state_dict(), tmp / "optimizer.pt")
             (tmp / "version").write_text(str(version))
 
-        atomic_dir_write(self.path, write)
+        atomic_dir_write(self.path, write, durable=self.durable)
 
     def load(self, module: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
         load_model(module, str(self.path / "weights.safetensors"))
@@ -93,11 +121,13 @@ class TrainerActor:
         advantages: list[torch.Tensor],
         ref_logprobs: list[torch.Tensor] | None,
         temperature: float,
+        expected_version: int | None = None,
     ) -> dict[str, float]:
         """One optimiser step per epoch over the batch (grad accumulation over micro-batches)."""
+        _check_version("trainer", self.version, expected_version)
         cfg = self.cfg
         t0 = time.perf_counter()
-        n = len(prompt_ids)
+        lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
         width = max(1, max(len(r) for r in response_ids))
         old = _pad(old_logprobs, width)
         adv = _pad(advantages, width)
@@ -106,8 +136,7 @@ class TrainerActor:
         stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
         for _ in range(cfg.epochs):
             self.opt.zero_grad(set_to_none=True)
-            for rows in _chunks(n, cfg.grad_accum):
-                idx = list(rows)
+            for idx in micro_batches(lengths, cfg.grad_accum, cfg.micro_batch_tokens):
                 batch = pack_sequences(
                     [prompt_ids[i] for i in idx], [response_ids[i] for i in idx], self.pad_id
                 )
@@ -146,7 +175,7 @@ class TrainerActor:
         return stats
 
     def save_checkpoint(self, path: str) -> str:
-        _StateDir(path).save(self.model, self.opt, self.version)
+        _StateDir(path, durable=True).save(self.model, self.opt, self.version)
         return path
 
 
@@ -178,7 +207,9 @@ class CriticActor:
         response_ids: list[list[int]],
         old_values: list[torch.Tensor],
         returns: list[torch.Tensor],
+        expected_version: int | None = None,
     ) -> dict[str, float]:
+        _check_version("critic", self.version, expected_version)
         width = max(1, max(len(r) for r in response_ids))
         batch = pack_sequences(prompt_ids, response_ids, self.pad_id)
         mask = batch.response_mask
@@ -195,5 +226,5 @@ class CriticActor:
         return {"value_loss": float(loss), "value_clip_frac": float(clip)}
 
     def save_checkpoint(self, path: str) -> str:
-        _StateDir(path).save(self.model, self.opt, self.version)
+        _StateDir(path, durable=True).save(self.model, self.opt, self.version)
         return path
