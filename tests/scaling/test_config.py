@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from rlhfless.scaling import BadScalingSetting, ScalingConfig
+
+
+def test_defaults_are_the_fixed_baseline() -> None:
+    c = ScalingConfig()
+    assert c.policy == "fixed" and c.fixed_k(8) == 8
+    assert ScalingConfig(k=3).fixed_k(8) == 3
+    assert list(ScalingConfig(k_min=2, k_max=5).k_range(8)) == [2, 3, 4, 5]
+    assert list(ScalingConfig(k_max=0).k_range(4)) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("lam", -1.0, "lam"),
+        ("cut_threshold", 0.0, "cut_threshold"),
+        ("cut_threshold", 1.5, "cut_threshold"),
+        ("k", -1, "k = -1"),
+        ("k_min", 0, "k_min"),
+        ("predictor_alpha", 0.0, "predictor_alpha"),
+        ("within_fraction", -0.1, "within_fraction"),
+        ("pack_headroom", 1.0, "pack_headroom"),
+    ],
+)
+def test_bad_settings_are_rejected_with_the_field_named(
+    field: str, value: object, match: str
+) -> None:
+    with pytest.raises(BadScalingSetting, match=match):
+        ScalingConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_k_max_below_k_min_is_rejected() -> None:
+    with pytest.raises(BadScalingSetting, match="k_max"):
+        ScalingConfig(k_min=4, k_max=2)
+
+
+def test_loads_from_a_toml_like_dict_and_rejects_unknown_fields() -> None:
+    c = msgspec.convert({"policy": "rlhfless", "lam": 0.01, "cut_threshold": 0.8}, ScalingConfig)
+    assert c.policy == "rlhfless" and c.cut_threshold == 0.8
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"lamda": 1}, ScalingConfig)
