@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from rlhfless.scaling.config import ScalingConfig
+
 Positive = Annotated[float, Meta(gt=0)]
 NonNegative = Annotated[float, Meta(ge=0)]
 PosInt = Annotated[int, Meta(ge=1)]
@@ -63,7 +65,8 @@ class RolloutConfig(_Section):
     temperature: Positive = 1.0  # log-probs are of logits / temperature, in rollout and trainer
     shared_prefix: bool = True  # prefill each prompt once for its G samples
     engine: Literal["hf"] = "hf"  # "vllm" once that adapter lands
-    functions: PosInt = 2  # rollout functions per iteration; prompts are split between them
+    functions: PosInt = 2  # most rollout functions per iteration (the scaler's slots)
+    greedy: bool = False  # argmax decoding (evaluation, exact-replay tests)
 
 
 class TrainConfig(_Section):
@@ -123,6 +126,8 @@ class Config(_Section):
     runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
     checkpoint: CheckpointConfig = msgspec.field(default_factory=CheckpointConfig)
     run: RunConfig = msgspec.field(default_factory=RunConfig)
+    # How many rollout functions, which prompts where, and cut-and-migrate (rlhfless.scaling).
+    scaling: ScalingConfig = msgspec.field(default_factory=ScalingConfig)
 
 
 def _parse_value(raw: str) -> Any:

@@ -11,7 +11,6 @@ work re-run on a new function, so an iteration never loses a sample.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +25,7 @@ from rlhfless.runtime import FunctionDied, Runtime
 from rlhfless.stages import algorithms as alg
 from rlhfless.stages.common import RolloutBatch, task_from_config
 from rlhfless.stages.config import Config
+from rlhfless.stages.rollout_stage import RolloutStage
 from rlhfless.stages.tasks import Prompt, batch_for_step
 
 log = logging.getLogger("rlhfless.pipeline")
@@ -58,24 +58,8 @@ class IterationMetrics(msgspec.Struct, kw_only=True):
     cold_starts: int  # new processes started this iteration
     warm_starts: int  # spawns served by warm functions this iteration
     retries: int  # units of work re-run after a function died
+    scaling: dict[str, Any]  # the rollout plan: policy, functions, predicted vs actual time and $
     seconds: float
-
-
-def _seed(*parts: object) -> int:
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & 0x7FFF_FFFF
-
-
-def _split(n: int, k: int) -> list[range]:
-    """k contiguous, nearly equal ranges over n items (a prompt's group stays together)."""
-    k = max(1, min(k, n))
-    base, extra = divmod(n, k)
-    out, start = [], 0
-    for i in range(k):
-        size = base + (i < extra)
-        out.append(range(start, start + size))
-        start += size
-    return out
 
 
 class Pipeline:
@@ -95,6 +79,8 @@ class Pipeline:
         self.weights: dict[str, torch.Tensor] | None = None  # None: the model dir's weights
         self.retries = 0
         self.on_rollout_started: Callable[[list[int]], Any] | None = None  # test hook: pids
+        self.rollout_stage = RolloutStage(self)
+        self.last_lengths: list[dict[str, Any]] = []
 
     async def restore_weights(self) -> None:
         """After a resume: the trainer loads the restored state; rollouts get its weights."""
@@ -123,9 +109,15 @@ class Pipeline:
         stage: str,
         work: Callable[[Any], Awaitable[R]],
         threads: int | None = None,
+        leases: list[tuple[float, bool]] | None = None,
     ) -> R:
-        """Spawn (or reuse warm), run ``work(handle)``, release; re-run on a new function if it dies."""
+        """Spawn (or reuse warm), run ``work(handle)``, release; re-run on a new function if it dies.
+
+        ``leases`` collects (seconds from spawn to release, warm?) per function used, to price
+        the stage as it ran.
+        """
         for attempt in range(MAX_RETRIES + 1):
+            t0 = time.perf_counter()
             handle = await self.rt.spawn(actor, *args, stage=stage, threads=threads)
             try:
                 return await work(handle)
@@ -141,41 +133,9 @@ class Pipeline:
                 )
             finally:
                 await handle.release()
+                if leases is not None:
+                    leases.append((time.perf_counter() - t0, handle.warm))
         raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _rollout(self, step: int, prompt_ids: list[list[int]]) -> tuple[dict[str, Any], int]:
-        cfg, g = self.cfg.rollout, self.cfg.train.group_size
-        chunks = _split(len(prompt_ids), cfg.functions)
-        started: list[int] = []
-
-        async def run_chunk(index: int, rows: range) -> dict[str, Any]:
-            async def work(h: Any) -> dict[str, Any]:
-                started.append(h.pid)
-                if self.on_rollout_started is not None and len(started) == len(chunks):
-                    self.on_rollout_started(list(started))
-                if self.weights is not None and await h.version() != self.version:
-                    await h.load_weights(self.weights, self.version)
-                return await h.generate(
-                    [prompt_ids[i] for i in rows], g, cfg.max_new_tokens, cfg.temperature,
-                    _seed(self.cfg.run.seed, step, index), cfg.shared_prefix,
-                )  # fmt: skip
-
-            return await self._with_function(
-                ROLLOUT, (self.model_dir, self.cfg.model.dtype), "rollout", work
-            )
-
-        parts = await asyncio.gather(*(run_chunk(i, rows) for i, rows in enumerate(chunks)))
-        merged: dict[str, Any] = {"response_ids": [], "logprobs": [], "finish": []}
-        for part in parts:
-            if part["version"] != self.version:  # never mix weights versions in one batch
-                raise RuntimeError(
-                    f"rollout served version {part['version']}, expected {self.version}"
-                )
-            for key in merged:
-                merged[key].extend(part[key])
-        merged["prefill_tokens"] = sum(p["prefill_tokens"] for p in parts)
-        merged["decode_tokens"] = sum(p["decode_tokens"] for p in parts)
-        return merged, len(chunks)
 
     # ------------------------------------------------------------------ one iteration
 
@@ -190,14 +150,20 @@ class Pipeline:
         prompt_ids = [self.tokenizer.encode_prompt(p.text) for p in prompts]
 
         t0 = time.perf_counter()
-        rollout, n_rollout = await self._rollout(step, prompt_ids)
+        rollout = await self.rollout_stage.run(step, prompts, prompt_ids)
+        # Per-prompt response lengths: the trace that benchmarks/scaling.py replays (--trace).
+        self.last_lengths = [
+            {"prompt_id": q.id, "lengths": [len(r) for r in rollout.response_ids[i * g : (i + 1) * g]],
+             "prompt_tokens": len(prompt_ids[i])}
+            for i, q in enumerate(prompts)
+        ]  # fmt: skip
         times["rollout"] = time.perf_counter() - t0
         batch = RolloutBatch(
             prompt_index=[p.index for p in prompts for _ in range(g)],
             prompt_ids=[ids for ids in prompt_ids for _ in range(g)],
-            response_ids=rollout["response_ids"],
-            logprobs=rollout["logprobs"],
-            finish=rollout["finish"],
+            response_ids=rollout.response_ids,
+            logprobs=rollout.logprobs,
+            finish=rollout.finish,
             version=self.version,
         )
 
@@ -292,7 +258,7 @@ class Pipeline:
             self.rt.stats.warm_starts - stats0[1],
             self.retries - stats0[2],
         )
-        functions = {"rollout": n_rollout, "reward": 1, "train": 1}
+        functions = {"rollout": rollout.functions + rollout.resumed, "reward": 1, "train": 1}
         if use_ref:
             functions["reference"] = 1
         if ppo:
@@ -312,14 +278,23 @@ class Pipeline:
             value_loss=done[1]["value_loss"] if ppo else None,
             stage_seconds=times,
             tokens={
-                "prefill": rollout["prefill_tokens"],
-                "decode": rollout["decode_tokens"],
+                "prefill": rollout.prefill_tokens,
+                "decode": rollout.decode_tokens,
                 "train": sum(lengths),
             },
             functions=functions,
             cold_starts=started,
             warm_starts=warm,
             retries=retries,
+            scaling={
+                "policy": rollout.policy,
+                "functions": rollout.functions,
+                "migrated": rollout.migrated,
+                "predicted_seconds": rollout.predicted_seconds,
+                "seconds": rollout.seconds,
+                "predicted_usd": rollout.predicted_usd,
+                "usd": rollout.usd,
+            },
             seconds=time.perf_counter() - t_start,
         )
 

@@ -1,11 +1,34 @@
-"""The rollout stage: sample G responses per prompt with the current policy weights."""
+"""The rollout stage: sample G responses per prompt with the current policy weights.
+
+With cut-and-migrate on, a function stops once ``cut_threshold`` of its sequences have finished
+and returns the others cut, tokens so far kept; the pipeline resumes them together on fewer
+functions (:meth:`RolloutActor.resume`), which continue them to the end. Nothing is truncated.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from rlhfless.adapters.hf import HFEngine
+import msgspec
+import torch
+
+from rlhfless.adapters.hf import Generation, HFEngine, Sample
 from rlhfless.stages.common import DTYPES
+
+
+def _pack(gen: Generation, version: int) -> dict[str, Any]:
+    return {
+        "response_ids": [s.token_ids for s in gen.samples],
+        "logprobs": [torch.tensor(s.logprobs, dtype=torch.float32) for s in gen.samples],
+        "finish": [s.finish_reason for s in gen.samples],
+        "version": version,
+        "prefill_tokens": gen.prefill_tokens,
+        "decode_tokens": gen.decode_tokens,
+        "prefill_seconds": gen.prefill_seconds,
+        "decode_seconds": gen.decode_seconds,
+        "steps": max((len(s.token_ids) for s in gen.samples), default=0),
+    }
 
 
 class RolloutActor:
@@ -29,19 +52,31 @@ class RolloutActor:
         temperature: float,
         seed: int,
         shared_prefix: bool = True,
+        greedy: bool = False,
+        cut_threshold: float | None = None,
     ) -> dict[str, Any]:
+        stop = None
+        if cut_threshold is not None:
+            # Cut once this share of the function's sequences is done (the paper's per-function
+            # threshold); the rest come back with finish_reason "cut" and their tokens so far.
+            need = math.ceil(cut_threshold * len(prompts) * group_size)
+            stop = lambda finished, total: finished >= need and finished < total  # noqa: E731
         gen = self.engine.generate(
             prompts, group_size, max_new_tokens, temperature=temperature, seed=seed,
-            shared_prefix=shared_prefix,
+            greedy=greedy, shared_prefix=shared_prefix, stop=stop,
         )  # fmt: skip
-        import torch
+        return _pack(gen, self.engine.version)
 
-        return {
-            "response_ids": [s.token_ids for s in gen.samples],
-            "logprobs": [torch.tensor(s.logprobs, dtype=torch.float32) for s in gen.samples],
-            "finish": [s.finish_reason for s in gen.samples],
-            "version": self.engine.version,
-            "prefill_tokens": gen.prefill_tokens,
-            "decode_tokens": gen.decode_tokens,
-            "seconds": gen.prefill_seconds + gen.decode_seconds,
-        }
+    def resume(
+        self,
+        prompts: list[list[int]],
+        partial: list[dict[str, Any]],
+        max_new_tokens: int,
+        temperature: float,
+        seed: int,
+        greedy: bool = False,
+    ) -> dict[str, Any]:
+        """Continue cut samples (``partial[j]["prompt_index"]`` indexes ``prompts``) to the end."""
+        samples = [msgspec.convert(p, Sample) for p in partial]
+        gen = self.engine.resume(prompts, samples, max_new_tokens, temperature, seed, greedy)
+        return _pack(gen, self.engine.version)

@@ -5,6 +5,7 @@ Run directory layout::
     <run_dir>/model/              the embedded tiny model (built from a seed; no download)
     <run_dir>/metrics.jsonl       one IterationMetrics per line
     <run_dir>/billing.jsonl       one BillingEvent per function (the cost models price these)
+    <run_dir>/lengths.jsonl       per prompt and iteration: response lengths (a scaling trace)
     <run_dir>/state/              trainer/critic hand-over state (written after every step)
     <run_dir>/checkpoints/iter-NNNNNN/, latest   checkpoints, written atomically
     <run_dir>/summary.json        the end-of-run summary
@@ -134,7 +135,7 @@ class Job:
             start, version = meta["next_iteration"], meta["version"]
         else:
             shutil.rmtree(state_dir, ignore_errors=True)  # a new run never inherits old state
-            for name in ("metrics.jsonl", "billing.jsonl"):
+            for name in ("metrics.jsonl", "billing.jsonl", "lengths.jsonl"):
                 (self.run_dir / name).unlink(missing_ok=True)
         t0 = time.time()
         async with Runtime(
@@ -144,12 +145,19 @@ class Job:
             pipeline = Pipeline(rt, cfg, model_dir, self.run_dir)
             if version:
                 await pipeline.restore_weights()
-            with open(self.run_dir / "metrics.jsonl", "ab") as metrics_file:
+            with (
+                open(self.run_dir / "metrics.jsonl", "ab") as metrics_file,
+                open(self.run_dir / "lengths.jsonl", "ab") as lengths_file,
+            ):
                 for step in range(start, cfg.train.iterations):
                     m = await pipeline.run_iteration(step)
                     self.metrics.append(m)
                     metrics_file.write(msgspec.json.encode(m) + b"\n")
                     metrics_file.flush()
+                    lengths_file.writelines(
+                        msgspec.json.encode(x) + b"\n" for x in pipeline.last_lengths
+                    )
+                    lengths_file.flush()
                     if self.on_iteration is not None:
                         self.on_iteration(m)
                     every = cfg.checkpoint.every

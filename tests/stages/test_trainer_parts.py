@@ -15,7 +15,7 @@ def test_micro_batches_cover_every_sample_once_and_respect_the_budget() -> None:
     for p in parts:
         assert max(lengths[i] for i in p) * len(p) <= 64 or len(p) == 1
     # the long samples (each too wide to share the budget) never pad the short ones
-    assert [[1], [4], [8]] == parts[-3:]
+    assert parts[-3:] == [[1], [4], [8]]
     assert len(parts) == 4 and sorted(parts[0]) == [0, 2, 3, 5, 6, 7, 9]
 
 
