@@ -1,0 +1,42 @@
+"""The cost models price what the runtime really writes: billing JSONL from real functions."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlhfless.cost_models import Ledger, get_model, read_billing_events
+from rlhfless.runtime import Runtime
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.mark.anyio
+async def test_runtime_billing_file_prices_under_every_model(tmp_path: Path) -> None:
+    path = tmp_path / "billing.jsonl"
+    async with Runtime(preload=("torch",), keep_alive_s=0.2, billing_path=str(path)) as rt:
+        for stage in ("rollout", "train"):
+            h = await rt.spawn("tests.runtime.actors:Echo", stage, stage=stage)
+            await h.sleep(0.3)
+            await h.release()
+    events = read_billing_events(path)
+    assert events == rt.billing_events and len(events) == 2
+    for name in ("aws", "gcp", "serverless", "onprem"):
+        result = Ledger(get_model(name), events).result()
+        assert set(result.by_stage) == {"rollout", "train"}
+        assert result.total.usd > 0 and result.total.busy_usd > 0
+        # the busy part is what the functions measured: at least the 0.3 s sleeps
+        assert result.total.busy_slot_seconds >= 0.6
+        if name in ("aws", "gcp"):  # a 60 s minimum per start, for both functions
+            assert result.total.billed_slot_seconds >= 120
+    out = subprocess.run(
+        [sys.executable, "-m", "rlhfless.cli", "cost", str(path), "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    priced = json.loads(out.stdout)
+    text = json.dumps(priced)
+    for name in ("aws", "gcp", "onprem"):
+        assert name in text
