@@ -67,6 +67,9 @@ class RolloutConfig(_Section):
     engine: Literal["hf"] = "hf"  # "vllm" once that adapter lands
     functions: PosInt = 2  # most rollout functions per iteration (the scaler's slots)
     greedy: bool = False  # argmax decoding (evaluation, exact-replay tests)
+    # Weights larger than this go to rollout functions through one node-local file (mapped by
+    # each function) instead of being sent to each function over the socket.
+    weights_file_mb: NonNegInt = 256
 
 
 class TrainConfig(_Section):

@@ -76,7 +76,8 @@ class Pipeline:
         self.task = task_from_config(config.task, config.rollout.max_new_tokens)
         self.tokenizer = load_tokenizer(self.model_dir)
         self.version = 0
-        self.weights: dict[str, torch.Tensor] | None = None  # None: the model dir's weights
+        # None: the model dir's weights; a dict of tensors; or a node-local file's path.
+        self.weights: dict[str, torch.Tensor] | str | None = None
         self.retries = 0
         self.on_rollout_started: Callable[[list[int]], Any] | None = None  # test hook: pids
         self.rollout_stage = RolloutStage(self)
@@ -88,10 +89,18 @@ class Pipeline:
             TRAINER,
             self._trainer_args(),
             "train",
-            lambda h: h.weights(),
+            lambda h: h.weights(*self._weights_route()),
             threads=self._trainer_threads(),
         )
-        self.weights, self.version = published["state_dict"], published["version"]
+        self._publish(published)
+
+    def _weights_route(self) -> tuple[str, int]:
+        """Where the trainer puts weights larger than rollout.weights_file_mb (node-local file)."""
+        return str(self.run_dir / "weights"), self.cfg.rollout.weights_file_mb << 20
+
+    def _publish(self, published: dict[str, Any]) -> None:
+        self.weights = published.get("path") or published["state_dict"]
+        self.version = published["version"]
 
     def _trainer_threads(self) -> int:
         return self.cfg.runtime.trainer_threads or self.rt.devices.cores
@@ -228,7 +237,7 @@ class Pipeline:
                 cfg.rollout.temperature,
                 expected_version=self.version,
             )
-            return out, await h.weights()
+            return out, await h.weights(*self._weights_route())
 
         train_jobs: list[Awaitable[Any]] = [
             self._with_function(
@@ -250,7 +259,7 @@ class Pipeline:
             ))  # fmt: skip
         done = await asyncio.gather(*train_jobs)
         (train_stats, published) = done[0]
-        self.weights, self.version = published["state_dict"], published["version"]
+        self._publish(published)
         times["train"] = time.perf_counter() - t0
 
         started, warm, retries = (

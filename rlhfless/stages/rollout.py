@@ -40,8 +40,15 @@ class RolloutActor:
     def version(self) -> int:
         return self.engine.version
 
-    def load_weights(self, state_dict: dict[str, Any], version: int) -> int:
-        self.engine.load_state_dict(state_dict, version)
+    def load_weights(self, weights: dict[str, Any] | str, version: int) -> int:
+        """A state dict sent as tensors, or the path of a node-local safetensors file."""
+        if isinstance(weights, str):
+            from safetensors.torch import load_model
+
+            load_model(self.engine.model, weights)
+            self.engine.version = version
+        else:
+            self.engine.load_state_dict(weights, version)
         return version
 
     def generate(

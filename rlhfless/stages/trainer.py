@@ -7,6 +7,7 @@ after every step; a warm function simply keeps it in memory.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -107,11 +108,24 @@ class TrainerActor:
         self.state = _StateDir(state_dir)
         self.version = self.state.load(self.model, self.opt) if self.state.exists() else 0
 
-    def weights(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "state_dict": {k: v.detach() for k, v in self.model.state_dict().items()},
-        }
+    def weights(self, file_dir: str | None = None, file_above_bytes: int = 0) -> dict[str, Any]:
+        """The current weights with their version: inline as tensors (zero-copy frames), or,
+        when larger than ``file_above_bytes`` and ``file_dir`` is given, written once to a
+        node-local safetensors file that every rollout function on the node maps from disk.
+        """
+        state = {k: v.detach() for k, v in self.model.state_dict().items()}
+        size = sum(t.numel() * t.element_size() for t in state.values())
+        if file_dir is None or size <= file_above_bytes:
+            return {"version": self.version, "state_dict": state}
+        folder = Path(file_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"policy-v{self.version:06d}.safetensors"
+        tmp = path.with_suffix(".tmp")
+        save_model(self.model, str(tmp))  # handles tied embeddings
+        os.replace(tmp, path)  # readers see a whole file or none
+        for old in sorted(folder.glob("policy-v*.safetensors"))[:-2]:  # keep this and the last
+            old.unlink(missing_ok=True)
+        return {"version": self.version, "path": str(path)}
 
     def step(
         self,

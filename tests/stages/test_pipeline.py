@@ -103,3 +103,15 @@ async def test_concurrent_stages_each_get_their_own_functions(tmp_path: Path) ->
     assert stages == {"rollout", "reward", "reference", "critic", "train"}
     assert all(e.exit_code == 0 and e.ready_at is not None for e in events)
     await asyncio.sleep(0)
+
+
+async def test_weights_through_a_node_local_file_match_inline_weights(tmp_path: Path) -> None:
+    inline = Job(_cfg(tmp_path / "inline", "train.iterations=3"))
+    await inline.run()
+    via_file = Job(_cfg(tmp_path / "file", "train.iterations=3", "rollout.weights_file_mb=0"))
+    await via_file.run()
+    files = sorted((tmp_path / "file" / "weights").glob("policy-v*.safetensors"))
+    assert [f.name for f in files] == ["policy-v000002.safetensors", "policy-v000003.safetensors"]
+    assert not (tmp_path / "inline" / "weights").exists()
+    for a, b in zip(inline.metrics, via_file.metrics, strict=True):
+        assert a.reward_mean == b.reward_mean and a.response_len_mean == b.response_len_mean
