@@ -30,10 +30,12 @@ Policies (same true lengths for all):
 * ``fixed+release`` — the same split, but each function released at its own finish, billed per
   start under the model's rules (minimum charge!) with a pre-warmed cold start: what early
   release alone buys.
-* ``rlhfless`` — the policy: predictor (EWMA, one epoch seen), length-aware packing, k chosen as
-  the cheapest (under ``aws``) within 5% of the fastest predicted, per-function cut-and-migrate at
-  τ = 0.7 with the no-extension guard; cold starts pre-warmed (billed, hidden from the makespan).
-* ``rlhfless/global`` — the same with an RLHFuse-style global cut instead.
+* ``rlhfless`` — the policy with ``ScalingConfig``'s defaults: predictor (EWMA, one epoch seen),
+  its assignment (LPT) and cut setting (none), k chosen as the cheapest (under ``aws``) within 5%
+  of the fastest predicted; cold starts pre-warmed (billed, hidden from the makespan).
+* ``rlhfless/paper`` — the paper's combination: length-aware packing and per-function
+  cut-and-migrate at τ = 0.7 with the no-extension guard.
+* ``rlhfless/global`` — packing with an RLHFuse-style global cut instead.
 * ``rlhfless/shrink`` — ``rlhfless`` with the predictor's shrinkage on (``shrink = 1``: one
   pseudo-epoch of the dataset profile mixed into each prompt's), against regression to the mean.
 * ``rlhfless/oracle`` — the same as ``rlhfless`` with perfect length prediction (the paper's
@@ -65,6 +67,7 @@ from rlhfless.cost_models import get_model
 from rlhfless.scaling import (
     GroupWork,
     LengthPredictor,
+    ScalingConfig,
     ThroughputParams,
     TransferParams,
     assign_round_robin,
@@ -188,14 +191,18 @@ def run_policies(
         rollout, prompt_tokens, rr.groups, PARAMS, predicted=predicted, prewarm=True
     )
     record("fixed+release", rel, False, {"functions": rr.functions})
-    for name, cut, oracle, predictor in (
-        ("rlhfless", "per_function", False, pred),
-        ("rlhfless/global", "global", False, pred),
-        ("rlhfless/shrink", "per_function", False, shrunk),
-        ("rlhfless/oracle", "per_function", True, pred),
+    default = ScalingConfig(policy="rlhfless")  # the policy as a user gets it by default
+    for name, cut, oracle, predictor, method in (
+        ("rlhfless", default.cut, False, pred, default.assign),
+        ("rlhfless/paper", "per_function", False, pred, "pack"),
+        ("rlhfless/global", "global", False, pred, "pack"),
+        ("rlhfless/shrink", "per_function", False, shrunk, "pack"),
+        ("rlhfless/oracle", default.cut, True, pred, default.assign),
     ):
         ww = works(oracle, predictor)
-        dec = choose_k(ww, range(1, slots + 1), PARAMS, aws, DEVICE, within_fraction=WITHIN)
+        dec = choose_k(
+            ww, range(1, slots + 1), PARAMS, aws, DEVICE, within_fraction=WITHIN, method=method
+        )
         r = simulate_rollout(
             rollout,
             prompt_tokens,

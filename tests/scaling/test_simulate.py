@@ -61,7 +61,7 @@ def test_zero_length_and_single_prompt_rollouts() -> None:
 
 
 def test_scaler_facade_plan_observe_migrate_checkpoint() -> None:
-    cfg = ScalingConfig(policy="rlhfless", cost_model="onprem", lam=0.0001)
+    cfg = ScalingConfig(policy="rlhfless", cost_model="onprem", lam=0.0001, cut="per_function")
     s = Scaler(cfg, slots=4, device_kind="l40s", throughput=PARAMS)
     ids = list(range(12))
     prompts = [[1, 2, 3, *range(100, 100 + i)] for i in ids]
