@@ -1,0 +1,202 @@
+"""Run a simulated job on each system and price it under each cost model.
+
+    from rlhfless.sim import SimConfig, simulate
+    report = simulate(SimConfig(nodes=20, gpu="h100", model="7b", costs=("aws", "onprem")))
+    report.systems["rlhfless"].usd["aws"]
+
+Dollars come from :class:`rlhfless.cost_models.Ledger` over the simulated functions' billing
+events, so the simulated bill follows the same rules as a real run's.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import msgspec
+
+from rlhfless.cost_models import Ledger, UnknownDeviceKind, get_model
+from rlhfless.sim.cluster import Cluster
+from rlhfless.sim.engine import Engine
+from rlhfless.sim.errors import BadSetting, UnknownName
+from rlhfless.sim.hardware import get_gpu, get_model_profile
+from rlhfless.sim.perf import PerfModel, StartupParams
+from rlhfless.sim.serverless import Rlhfless
+from rlhfless.sim.systems import ServerfulColocated, ServerfulFused, System
+from rlhfless.sim.workload import Batch, Workload
+
+SYSTEMS = ("serverful-colocated", "serverful-fused", "rlhfless")
+
+
+class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
+    nodes: int = 20
+    gpu: str = "h100"
+    model: str = "7b"
+    gpus_per_node: int = 0  # 0 = the GPU profile's (8)
+    workload: Workload = Workload()
+    systems: tuple[str, ...] = SYSTEMS
+    costs: tuple[str, ...] = ("aws", "onprem")
+    startup: StartupParams = StartupParams()
+
+
+class Span(msgspec.Struct, frozen=True, array_like=True):
+    row: str  # function id
+    start: float
+    end: float
+    kind: str  # "busy", "idle" or "cold"
+
+
+class SystemReport(msgspec.Struct, kw_only=True):
+    system: str
+    iterations: int
+    iteration_seconds: list[float]
+    mean_iteration_seconds: float  # steady state: iterations after the first (all if only one)
+    job_seconds: float
+    stages: dict[str, float]  # mean steady seconds per stage
+    gpu_hours: float
+    busy_gpu_hours: float
+    idle_gpu_hours: float  # held, not busy, not cold-starting
+    cold_gpu_hours: float
+    functions: int
+    rollout_functions: float  # mean per iteration
+    moves: int
+    usd: dict[str, float | None]  # per cost model; None where it does not price this GPU
+    samples: int
+    samples_trained: int
+    timeline: list[Span] = []  # one steady iteration
+
+
+class SimReport(msgspec.Struct, kw_only=True):
+    config: SimConfig
+    device_kind: str
+    gpus: int
+    tp: int
+    systems: dict[str, SystemReport]
+
+
+def _make(name: str, perf: PerfModel, w: Workload, cluster: Cluster, plan: str) -> System:
+    if name == "serverful-colocated":
+        return ServerfulColocated(perf, w, cluster)
+    if name == "serverful-fused":
+        return ServerfulFused(perf, w, cluster)
+    return Rlhfless(perf, w, cluster, get_model(plan))
+
+
+def resolve_systems(text: str) -> tuple[str, ...]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names or names == ["all"]:
+        return SYSTEMS
+    for n in names:
+        if n not in SYSTEMS:
+            raise UnknownName("system", n, [*SYSTEMS, "all"])
+    return tuple(names)
+
+
+def simulate(cfg: SimConfig, batches: list[Batch] | None = None) -> SimReport:
+    gpu, model = get_gpu(cfg.gpu), get_model_profile(cfg.model)
+    if cfg.nodes < 1:
+        raise BadSetting("nodes", cfg.nodes, "an integer >= 1")
+    per_node = cfg.gpus_per_node or gpu.gpus_per_node
+    gpu = msgspec.structs.replace(gpu, gpus_per_node=per_node)
+    for s in cfg.systems:
+        if s not in SYSTEMS:
+            raise UnknownName("system", s, SYSTEMS)
+    models = {name: get_model(name) for name in cfg.costs}  # fails early on a bad name
+    batches = list(cfg.workload.batches()) if batches is None else batches
+    samples = sum(b.samples for b in batches)
+    prompt_mean = (
+        sum(p * len(ls) for b in batches for p, ls in zip(b.prompt_tokens, b.lengths)) / samples
+    )
+    response_mean = sum(b.decode_tokens for b in batches) / samples
+    perf = PerfModel(gpu, model, prompt_mean, response_mean, cfg.startup)
+    if per_node % perf.tp:
+        raise BadSetting("gpus_per_node", per_node, f"a multiple of the model's tp ({perf.tp})")
+    out: dict[str, SystemReport] = {}
+    plans = list(cfg.costs) or ["aws"]
+    for name in cfg.systems:
+        # rlhfless adapts its policy (functions per rollout, when to release a GPU) to the
+        # billing rules, so it runs once per cost model; times come from the first.
+        runs = plans if name == "rlhfless" else plans[:1]
+        report: SystemReport | None = None
+        for plan in runs:
+            cluster = Cluster(cfg.nodes, per_node, gpu.device_kind)
+            system = _make(name, perf, cfg.workload, cluster, plan)
+            system.run(Engine(), batches)
+            priced = (
+                models if name != "rlhfless" else {plan: models[plan]} if plan in models else {}
+            )
+            one = _report(name, system, cluster, priced)
+            if report is None:
+                report = one
+            report.usd.update(one.usd)
+        assert report is not None
+        out[name] = report
+    return SimReport(
+        config=cfg, device_kind=gpu.device_kind, gpus=cfg.nodes * per_node, tp=perf.tp, systems=out
+    )
+
+
+def _report(name: str, system: System, cluster: Cluster, models: dict) -> SystemReport:
+    events = cluster.events()
+    usd: dict[str, float | None] = {}
+    result = None
+    for cost_name, model in models.items():
+        try:
+            result = Ledger(model, events).result()
+            usd[cost_name] = result.total.usd
+        except UnknownDeviceKind:
+            usd[cost_name] = None
+    if result is None:  # nothing priced it: GPU-seconds still come from the events
+        result = Ledger(get_model("onprem"), []).result()
+    total = sum((e.exited_at or 0) - e.requested_at for e in events for _ in range(e.slots))
+    busy = sum(sum(b - a for a, b in e.busy) * e.slots for e in events)
+    cold = sum(((e.ready_at or e.requested_at) - e.requested_at) * e.slots for e in events)
+    res = system.results
+    secs = [r.seconds for r in res]
+    steady = res[1:] or res
+    stages: dict[str, float] = {}
+    for r in steady:
+        for k, v in r.stages.items():
+            stages[k] = stages.get(k, 0.0) + v / len(steady)
+    return SystemReport(
+        system=name,
+        iterations=len(res),
+        iteration_seconds=secs,
+        mean_iteration_seconds=statistics.fmean(r.seconds for r in steady),
+        job_seconds=max(max((e.exited_at or 0) for e in events), system.end),
+        stages=stages,
+        gpu_hours=total / 3600,
+        busy_gpu_hours=busy / 3600,
+        idle_gpu_hours=max(0.0, total - busy - cold) / 3600,
+        cold_gpu_hours=cold / 3600,
+        functions=len(events),
+        rollout_functions=statistics.fmean(r.rollout_functions for r in res),
+        moves=sum(r.moves for r in res),
+        usd=usd,
+        samples=sum(r.samples for r in res),
+        samples_trained=sum(r.samples_trained for r in res),
+        timeline=_timeline(cluster, steady[len(steady) // 2]),
+    )
+
+
+def _timeline(cluster: Cluster, it: object) -> list[Span]:
+    """Busy / idle / cold spans of every function alive during one iteration, clipped to it."""
+    lo, hi = it.start, it.end  # type: ignore[attr-defined]
+    spans: list[Span] = []
+    for r in cluster.records:
+        a, b = max(r.requested_at, lo), min(r.exited_at, hi)
+        if b <= a:
+            continue
+        if r.ready_at > a:
+            spans.append(Span(r.function_id, a, min(r.ready_at, b), "cold"))
+        cursor = max(a, r.ready_at)
+        for s, e in sorted(r.busy):
+            s, e = max(s, cursor), min(e, b)
+            if e <= s:
+                continue
+            if s > cursor:
+                spans.append(Span(r.function_id, cursor, s, "idle"))
+            spans.append(Span(r.function_id, s, e, "busy"))
+            cursor = e
+        if cursor < b:
+            spans.append(Span(r.function_id, cursor, b, "idle"))
+    return spans
