@@ -1,0 +1,112 @@
+"""``rlhfless simulate``: the lead registers it with ``app.command("simulate")(simulate)``.
+
+    rlhfless simulate --nodes 20 --gpu h100 --model 7b --algo grpo --dataset gsm8k-like \\
+        --cost aws,gcp,onprem --systems all --json out.json --plot out.png --sweep nodes=4,8,16
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.progress import Progress
+
+from rlhfless.cost_models import CostModelError
+from rlhfless.sim.errors import BadSweep, SimError
+from rlhfless.sim.perf import StartupParams
+from rlhfless.sim.run import SimConfig, resolve_systems
+from rlhfless.sim.run import simulate as run_simulation
+from rlhfless.sim.workload import Workload
+
+SWEEP_KEYS = {"nodes": int, "batch": int, "model": str, "gpu": str}
+
+
+def parse_sweep(text: str) -> tuple[str, list]:
+    key, sep, values = text.partition("=")
+    key = key.strip()
+    if not sep or not values.strip():
+        raise BadSweep(text, "missing '='")
+    if key not in SWEEP_KEYS:
+        raise BadSweep(text, f"unknown key {key!r}; known: {', '.join(SWEEP_KEYS)}")
+    out = []
+    for v in values.split(","):
+        v = v.strip()
+        if not v:
+            raise BadSweep(text, "empty value")
+        try:
+            x = SWEEP_KEYS[key](v)
+        except ValueError:
+            raise BadSweep(text, f"{v!r} is not an integer") from None
+        if isinstance(x, int) and x < 1:
+            raise BadSweep(text, f"{v!r} must be >= 1")
+        out.append(x)
+    return key, out
+
+
+def simulate_command(
+    nodes: Annotated[int, typer.Option(help="nodes of --gpu (8 GPUs each)")] = 20,
+    gpu: Annotated[str, typer.Option(help="h100, a100, l40s, l4, cpu-tiny")] = "h100",
+    model: Annotated[str, typer.Option(help="0.5b 1.5b 3b 7b 14b 32b 70b tiny")] = "7b",
+    algo: Annotated[str, typer.Option(help="grpo or ppo")] = "grpo",
+    dataset: Annotated[
+        str, typer.Option(help="gsm8k-like, gpqa-like, livecodebench-like")
+    ] = "gsm8k-like",
+    cost: Annotated[str, typer.Option(help="cost models, comma separated")] = "aws,onprem",
+    systems: Annotated[str, typer.Option(help="all, or a comma list")] = "all",
+    iterations: Annotated[int, typer.Option(min=1)] = 4,
+    batch: Annotated[int, typer.Option(min=1, help="prompts per iteration")] = 256,
+    group: Annotated[int, typer.Option(min=0, help="samples per prompt (0: 8 GRPO, 1 PPO)")] = 0,
+    seed: int = 0,
+    trace: Annotated[Path | None, typer.Option(help="lengths JSONL to replay")] = None,
+    keep_alive: Annotated[float, typer.Option(min=0)] = 300.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write results here")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write a PNG here")] = None,
+    sweep: Annotated[str, typer.Option(help="KEY=V1,V2,... (nodes, batch, model, gpu)")] = "",
+) -> None:
+    """Simulate an RLHF job on a cluster under several systems and cost models."""
+    console = Console()
+    try:
+        key, values = parse_sweep(sweep) if sweep else ("", [None])
+        base = dict(nodes=nodes, gpu=gpu, model=model, batch=batch)
+        costs = tuple(c.strip() for c in cost.split(",") if c.strip())
+        names = resolve_systems(systems)
+        reports = []
+        with Progress(console=console, transient=True, disable=len(values) < 2) as bar:
+            task = bar.add_task("simulating", total=len(values))
+            for v in values:
+                p = dict(base, **({key: v} if key else {}))
+                w = Workload(
+                    algo=algo, dataset=dataset, batch_prompts=p["batch"],  # type: ignore[arg-type]
+                    group_size=group or (1 if algo == "ppo" else 8), iterations=iterations,
+                    seed=seed, trace=str(trace or ""),
+                )  # fmt: skip
+                cfg = SimConfig(
+                    nodes=p["nodes"], gpu=p["gpu"], model=p["model"], workload=w,  # type: ignore[arg-type]
+                    systems=names, costs=costs,
+                    startup=msgspec.structs.replace(StartupParams(), keep_alive_seconds=keep_alive),
+                )  # fmt: skip
+                reports.append(run_simulation(cfg))
+                bar.advance(task)
+    except (SimError, CostModelError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    from rlhfless.sim.report import plot as draw
+    from rlhfless.sim.report import table, to_json
+
+    for r in reports:
+        console.print(table(r))
+    if json_out:
+        json_out.write_bytes(to_json(reports))
+        console.print(f"wrote {json_out}")
+    if plot:
+        draw(reports, plot)
+        console.print(f"wrote {plot}")
+
+
+simulate = simulate_command  # the name the lead registers
+
+if __name__ == "__main__":
+    typer.run(simulate_command)
