@@ -1,0 +1,190 @@
+"""Tests of rlhfless.sim: engine, performance model, workloads, systems, validation, CLI."""
+
+from __future__ import annotations
+
+import ast
+import statistics
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from rlhfless.sim.calibration import CPU_TINY, calibrate, load_profile
+from rlhfless.sim.cli import parse_sweep, simulate
+from rlhfless.sim.engine import Engine
+from rlhfless.sim.errors import BadSweep, BadTrace, UnknownName
+from rlhfless.sim.hardware import GPUS, MODELS, get_gpu, get_model_profile
+from rlhfless.sim.perf import PerfModel
+from rlhfless.sim.run import SimConfig
+from rlhfless.sim.run import simulate as run_sim
+from rlhfless.sim.workload import Batch, Workload, read_trace
+
+DATA = Path(__file__).parent / "data"
+VIDUR = Path("/work/shared/data/vidur-profiling")
+
+
+def test_engine_orders_by_time_priority_then_insertion() -> None:
+    e = Engine()
+    seen: list[str] = []
+    e.at(2.0, lambda t: seen.append("c"))
+    e.at(1.0, lambda t: seen.append("b2"), priority=1)
+    e.at(1.0, lambda t: seen.append("a"))
+    e.at(1.0, lambda t: seen.append("b1"), priority=1)
+    e.at(0.5, lambda t: e.after(0.5, lambda t2: seen.append("d")))
+    e.run()
+    # same time: priority 0 before 1, then scheduling order ("d" was scheduled at 0.5)
+    assert seen == ["a", "d", "b2", "b1", "c"]
+    assert e.now == 2.0
+
+
+def test_engine_rejects_the_past() -> None:
+    e = Engine()
+    e.at(1.0, lambda t: e.at(0.5, lambda _: None))
+    with pytest.raises(Exception, match="before now"):
+        e.run()
+
+
+def test_perf_hand_computed_7b_h100() -> None:
+    gpu, m = GPUS["h100"], MODELS["7b"]
+    p = PerfModel(gpu, m, prompt_mean=100, response_mean=200)
+    t0, t1 = p.decode_step()
+    assert t0 == pytest.approx(7.62e9 * 2 / (3.35e12 * 0.77) + 0.004)
+    ctx = 100 + 100
+    assert t1 == pytest.approx(57344 * ctx / (3.35e12 * 0.77) + 2 * 7.62e9 / (989.4e12 * 0.705))
+    # prefill 1000 tokens of a 100-token prompt: 2 P N + attention 4 L H (S/2) N
+    flops = 1000 * (2 * 7.62e9 + 4 * 28 * 3584 * 50)
+    assert p.prefill_seconds(1000) == pytest.approx(flops / (989.4e12 * 0.705))
+    train = p.train_seconds(1e6, 300, 8, steps=0)
+    assert train == pytest.approx(
+        3 * 1e6 * (2 * 7.62e9 + 4 * 28 * 3584 * 150) / (8 * 989.4e12 * 0.40)
+    )
+    assert p.start_seconds(False) == pytest.approx(5 + 10 + 15.24e9 / 2e9)
+
+
+def test_70b_needs_8_gpus_and_a_too_small_gpu_is_refused() -> None:
+    import msgspec
+
+    assert MODELS["70b"].tp == 8
+    small_gpu = msgspec.structs.replace(GPUS["l4"], memory_bytes=16e9)
+    with pytest.raises(Exception, match="fit"):
+        PerfModel(small_gpu, MODELS["70b"], 100, 100)
+
+
+@pytest.mark.skipif(not VIDUR.exists(), reason="vidur profiling data absent")
+def test_committed_efficiencies_match_a_fresh_vidur_fit() -> None:
+    from rlhfless.sim.hardware import VIDUR_FIT
+    from rlhfless.sim.vidur_fit import fit
+
+    fresh = fit(VIDUR)
+    for gpu, values in VIDUR_FIT.items():
+        for k, v in values.items():
+            assert fresh[gpu][k] == pytest.approx(v, abs=1e-3)
+
+
+def test_unknown_names_are_clear() -> None:
+    with pytest.raises(UnknownName, match="known: .*h100"):
+        get_gpu("h1000")
+    with pytest.raises(UnknownName, match="model"):
+        get_model_profile("9b")
+    with pytest.raises(UnknownName, match="system"):
+        run_sim(SimConfig(nodes=1, systems=("verl",)))
+
+
+def test_sweep_syntax() -> None:
+    assert parse_sweep("nodes=4,8") == ("nodes", [4, 8])
+    for bad in ("nodes", "nodes=", "nodes=4,x", "cores=4", "nodes=4,,8", "nodes=0"):
+        with pytest.raises(BadSweep):
+            parse_sweep(bad)
+
+
+def test_trace_errors_name_the_line(tmp_path: Path) -> None:
+    f = tmp_path / "t.jsonl"
+    f.write_text('{"prompt_id": 1, "lengths": [3, 4], "prompt_tokens": 5}\n{"prompt_id": 2}\n')
+    with pytest.raises(BadTrace, match=":2:"):
+        read_trace(f)
+
+
+def small(
+    systems: tuple[str, ...] = ("serverful-colocated", "serverful-fused", "rlhfless"),
+) -> SimConfig:
+    w = Workload(batch_prompts=32, group_size=4, iterations=3, seed=1)
+    return SimConfig(
+        nodes=2, gpu="h100", model="1.5b", workload=w, systems=systems, costs=("aws", "onprem")
+    )
+
+
+def test_no_lost_work_and_systems_sanity() -> None:
+    r = run_sim(small())
+    for s in r.systems.values():
+        assert s.samples == 3 * 32 * 4 == s.samples_trained
+        assert s.iterations == 3
+    colo, rl = r.systems["serverful-colocated"], r.systems["rlhfless"]
+    # Serverful holds every GPU for the whole job; rlhfless never holds more GPU-time busy.
+    assert colo.gpu_hours == pytest.approx(r.gpus * colo.job_seconds / 3600)
+    assert rl.busy_gpu_hours <= colo.busy_gpu_hours * 1.05
+    assert rl.usd["onprem"] <= colo.usd["onprem"]
+    assert r.systems["serverful-fused"].mean_iteration_seconds <= colo.mean_iteration_seconds + 1e-9
+
+
+def test_deterministic() -> None:
+    a, b = run_sim(small(("rlhfless",))), run_sim(small(("rlhfless",)))
+    assert a.systems["rlhfless"].iteration_seconds == b.systems["rlhfless"].iteration_seconds
+
+
+def test_sim_imports_only_scaling_cost_models_and_messages() -> None:
+    root = Path(__file__).parents[2] / "rlhfless" / "sim"
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for n in names:
+                if n.startswith("rlhfless.") and not n.startswith("rlhfless.sim"):
+                    ok = (
+                        n.startswith(("rlhfless.scaling", "rlhfless.cost_models"))
+                        or n == "rlhfless.runtime.messages"
+                    )
+                    assert ok, f"{path.name} imports {n}"
+
+
+def test_cpu_tiny_constants_are_the_recorded_fit() -> None:
+    fit = calibrate(load_profile(DATA / "tiny_profile.json"))
+    for k, v in CPU_TINY.items():
+        assert fit[k] == pytest.approx(v, rel=0.01)
+
+
+def test_validation_simulated_tiny_run_within_25_percent() -> None:
+    """Held-out iterations 5-9 of the recorded run (calibration used 1-4)."""
+    prof = load_profile(DATA / "tiny_profile.json")
+    held = [prof["iterations"][i] for i in range(5, 10)]
+    batches = [
+        Batch(prompt_ids=r["prompt_ids"], prompt_tokens=r["prompt_tokens"], lengths=r["lengths"])
+        for r in held
+    ]
+    w = Workload(
+        batch_prompts=16, group_size=8, iterations=5, train_epochs=4, minibatches=1, reference=False
+    )
+    cfg = SimConfig(nodes=1, gpu="cpu-tiny", model="tiny", gpus_per_node=2, workload=w,
+                    systems=("serverful-colocated",), costs=("aws",))  # fmt: skip
+    sim = statistics.fmean(run_sim(cfg, batches).systems["serverful-colocated"].iteration_seconds)
+    measured = statistics.fmean(r["seconds"] for r in held)
+    assert abs(sim - measured) / measured < 0.25, (sim, measured)
+
+
+def test_cli_table_json_and_errors(tmp_path: Path) -> None:
+    app = typer.Typer()
+    app.command("simulate")(simulate)
+    app.command("other")(lambda: None)
+    runner = CliRunner()
+    out = tmp_path / "r.json"
+    res = runner.invoke(app, ["simulate", "--nodes", "1", "--model", "0.5b", "--batch", "8",
+                              "--iterations", "2", "--json", str(out), "--sweep", "nodes=1,2"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "gsm8k-like" in res.output and b'"rlhfless"' in out.read_bytes()
+    bad = runner.invoke(app, ["simulate", "--gpu", "h1000"])
+    assert bad.exit_code == 2 and "unknown gpu" in bad.output
+    bad = runner.invoke(app, ["simulate", "--sweep", "nodes=4,x"])
+    assert bad.exit_code == 2 and "bad --sweep" in bad.output
