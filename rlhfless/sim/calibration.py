@@ -68,11 +68,15 @@ def calibrate(profile: dict, iterations: tuple[int, ...] = CALIBRATION_ITERATION
         steps.append((r["stage_seconds"]["rollout"] - overhead) / max(per_fn))
     xs, ys = [], []
     for r in rows:
-        tokens = sum(pt * len(ls) + sum(ls) for pt, ls in zip(r["prompt_tokens"], r["lengths"]))
+        tokens = sum(
+            pt * len(ls) + sum(ls) for pt, ls in zip(r["prompt_tokens"], r["lengths"], strict=True)
+        )
         xs.append(tokens * cfg["train_epochs"])
         ys.append(r["stage_seconds"]["train"])
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
     b = max(b, 1e-9)
     a = max(0.0, my - b * mx)
     return {

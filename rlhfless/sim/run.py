@@ -104,7 +104,8 @@ def simulate(cfg: SimConfig, batches: list[Batch] | None = None) -> SimReport:
     batches = list(cfg.workload.batches()) if batches is None else batches
     samples = sum(b.samples for b in batches)
     prompt_mean = (
-        sum(p * len(ls) for b in batches for p, ls in zip(b.prompt_tokens, b.lengths)) / samples
+        sum(p * len(ls) for b in batches for p, ls in zip(b.prompt_tokens, b.lengths, strict=True))
+        / samples
     )
     response_mean = sum(b.decode_tokens for b in batches) / samples
     perf = PerfModel(gpu, model, prompt_mean, response_mean, cfg.startup)

@@ -51,7 +51,7 @@ DATASETS: dict[str, LengthDist] = {
         max_response=2048,
         prompt_median=120,
         prompt_sigma=0.3,
-    ),  # fmt: skip
+    ),
     "gpqa-like": LengthDist(
         response_median=900,
         sigma_prompt=0.5,
@@ -60,7 +60,7 @@ DATASETS: dict[str, LengthDist] = {
         max_response=2048,
         prompt_median=250,
         prompt_sigma=0.4,
-    ),  # fmt: skip
+    ),
     "livecodebench-like": LengthDist(
         response_median=1100,
         sigma_prompt=0.6,
@@ -69,7 +69,7 @@ DATASETS: dict[str, LengthDist] = {
         max_response=2048,
         prompt_median=400,
         prompt_sigma=0.5,
-    ),  # fmt: skip
+    ),
 }
 
 
