@@ -91,7 +91,9 @@ class Batch(msgspec.Struct, kw_only=True):
     @property
     def sequence_tokens(self) -> int:
         """Prompt + response tokens over all samples (what forward and training passes see)."""
-        return sum(p * len(ls) + sum(ls) for p, ls in zip(self.prompt_tokens, self.lengths))
+        return sum(
+            p * len(ls) + sum(ls) for p, ls in zip(self.prompt_tokens, self.lengths, strict=True)
+        )
 
 
 class Workload(msgspec.Struct, frozen=True, kw_only=True):
@@ -200,5 +202,5 @@ def trace_to_jsonl(batches: list[Batch]) -> str:
     return "".join(
         json.dumps({"prompt_id": pid, "lengths": ls, "prompt_tokens": pt}) + "\n"
         for b in batches
-        for pid, pt, ls in zip(b.prompt_ids, b.prompt_tokens, b.lengths)
+        for pid, pt, ls in zip(b.prompt_ids, b.prompt_tokens, b.lengths, strict=True)
     )
