@@ -1,0 +1,37 @@
+"""Simulated cluster for cost-model comparison runs (``rlhfless simulate``).
+
+    from rlhfless.sim import SimConfig, Workload, simulate
+    report = simulate(SimConfig(nodes=20, gpu="h100", model="7b", workload=Workload(algo="grpo")))
+    report.systems["rlhfless"].usd["aws"], report.systems["serverful-colocated"].mean_iteration_seconds
+
+Modules: ``hardware`` (GPU and model profiles), ``vidur_fit`` (efficiencies fitted to Vidur's
+profiles), ``perf`` (the performance model), ``calibration`` (``cpu-tiny``), ``workload``
+(lengths: parametric or a trace), ``engine`` (discrete events), ``cluster`` (functions and
+billing events), ``systems`` / ``serverless`` (the three systems), ``run`` (simulate and price),
+``report`` (table, JSON, PNG), ``cli`` (the command). Imports only ``rlhfless.scaling``,
+``rlhfless.cost_models`` and ``rlhfless.runtime.messages``.
+"""
+
+from rlhfless.sim.errors import BadSetting, BadSweep, BadTrace, SimError, UnknownName
+from rlhfless.sim.perf import PerfModel, StartupParams
+from rlhfless.sim.run import SYSTEMS, SimConfig, SimReport, SystemReport, simulate
+from rlhfless.sim.workload import DATASETS, Batch, Workload, read_trace
+
+__all__ = [
+    "DATASETS",
+    "SYSTEMS",
+    "BadSetting",
+    "BadSweep",
+    "BadTrace",
+    "Batch",
+    "PerfModel",
+    "SimConfig",
+    "SimError",
+    "SimReport",
+    "StartupParams",
+    "SystemReport",
+    "UnknownName",
+    "Workload",
+    "read_trace",
+    "simulate",
+]
