@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from rlhfless.cost_models.cli import cost
+from rlhfless.sim.cli import simulate
 from rlhfless.stages.cli import train
 
 app = typer.Typer(
@@ -14,6 +15,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("train")(train)
+app.command(
+    "simulate", help="Replay RLHF jobs on a simulated cluster; compare systems and cost models."
+)(simulate)
 app.command("cost", help="Price a run's billing events (JSONL) under one or several cost models.")(
     cost
 )

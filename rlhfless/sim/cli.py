@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -67,7 +68,7 @@ def simulate_command(
     sweep: Annotated[str, typer.Option(help="KEY=V1,V2,... (nodes, batch, model, gpu)")] = "",
 ) -> None:
     """Simulate an RLHF job on a cluster under several systems and cost models."""
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)  # never cut numbers in a pipe
     try:
         key, values = parse_sweep(sweep) if sweep else ("", [None])
         base = dict(nodes=nodes, gpu=gpu, model=model, batch=batch)

@@ -23,7 +23,7 @@ def table(report: SimReport, title: str = "") -> Table:
         t.add_column(col, justify="right")
     for m in costs:
         t.add_column(f"$ {m}", justify="right")
-        t.add_column(f"vs colo {m}", justify="right")
+        t.add_column(f"saved vs colo {m}", justify="right")
     base = report.systems.get("serverful-colocated")
     for name, s in report.systems.items():
         row = [
