@@ -31,6 +31,7 @@ from rlhfless.cost_models import CostModel
 from rlhfless.scaling import (
     GroupWork,
     LengthPredictor,
+    ScalingConfig,
     ScalingDecision,
     SimFunction,
     ThroughputParams,
@@ -44,7 +45,9 @@ from rlhfless.sim.systems import IterationResult, System, completed
 from rlhfless.sim.workload import Batch, Workload
 
 WITHIN_FRACTION = 0.05  # k: cheapest within 5% of the fastest predicted rollout
-CUT_THRESHOLD = 0.7  # tau of the paper's re-implementation
+# The rollout policy as a user gets it by default (assignment method, cut, tau), so the
+# simulated system is the one `rlhfless train --set scaling.policy=rlhfless` runs.
+POLICY = ScalingConfig(policy="rlhfless")
 
 
 def k_grid(limit: int, around: int | None = None) -> list[int]:
@@ -112,7 +115,7 @@ class Rlhfless(System):
     ) -> ScalingDecision:
         return choose_k(
             works, ks, params, self.plan_model, self.cluster.device_kind,
-            within_fraction=WITHIN_FRACTION, method="pack", slots_per_function=self.perf.tp,
+            within_fraction=WITHIN_FRACTION, method=POLICY.assign, slots_per_function=self.perf.tp,
         )  # fmt: skip
 
     def hold(self, boot: float) -> float:
@@ -156,7 +159,7 @@ class Rlhfless(System):
         groups = decision.assignment.groups
         r = simulate_rollout(
             batch.lengths, [float(x) for x in batch.prompt_tokens], groups, params,
-            predicted=predicted, cut="per_function", threshold=CUT_THRESHOLD,
+            predicted=predicted, cut=POLICY.cut, threshold=POLICY.cut_threshold,
             transfer=perf.transfer_params(), prewarm=i > 0,
         )  # fmt: skip
         for (node, slot), sf in zip(c.place(len(groups), tp), r.functions, strict=True):
