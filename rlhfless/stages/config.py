@@ -64,7 +64,7 @@ class RolloutConfig(_Section):
     max_new_tokens: PosInt = 48  # tail of the repeat task reaches ~40; longer only wastes time
     temperature: Positive = 1.0  # log-probs are of logits / temperature, in rollout and trainer
     shared_prefix: bool = True  # prefill each prompt once for its G samples
-    engine: Literal["hf"] = "hf"  # "vllm" once that adapter lands
+    engine: Literal["hf", "vllm"] = "hf"  # "vllm": adapters/vllm.py, in its own venv (docs/vllm.md)
     functions: PosInt = 2  # most rollout functions per iteration (the scaler's slots)
     greedy: bool = False  # argmax decoding (evaluation, exact-replay tests)
     # Weights larger than this go to rollout functions through one node-local file (mapped by

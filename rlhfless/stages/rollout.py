@@ -34,15 +34,24 @@ def _pack(gen: Generation, version: int) -> dict[str, Any]:
 class RolloutActor:
     """Hosts an engine; receives versioned weights; never mixes versions within one call."""
 
-    def __init__(self, model_dir: str, dtype: str = "float32") -> None:
-        self.engine = HFEngine.load(model_dir, dtype=DTYPES[dtype])
+    def __init__(self, model_dir: str, dtype: str = "float32", engine: str = "hf") -> None:
+        if engine == "hf":
+            self.engine = HFEngine.load(model_dir, dtype=DTYPES[dtype])
+        elif engine == "vllm":  # imported here: vLLM lives in its own venv (docs/vllm.md)
+            from rlhfless.adapters.vllm import VLLMEngine
+
+            self.engine = VLLMEngine.load(model_dir, dtype=DTYPES[dtype])
+        else:
+            raise ValueError(f"unknown rollout engine {engine!r}; choose 'hf' or 'vllm'")
 
     def version(self) -> int:
         return self.engine.version
 
     def load_weights(self, weights: dict[str, Any] | str, version: int) -> int:
         """A state dict sent as tensors, or the path of a node-local safetensors file."""
-        if isinstance(weights, str):
+        if isinstance(weights, str) and not isinstance(self.engine, HFEngine):
+            self.engine.load_file(weights, version)
+        elif isinstance(weights, str):
             from safetensors.torch import load_model
 
             load_model(self.engine.model, weights)
