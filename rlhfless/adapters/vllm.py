@@ -72,6 +72,12 @@ class VLLMSettings(msgspec.Struct, frozen=True):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0" if self.in_process else "1")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(self.reserved_cpus))
+        # One engine on one node: its torch.distributed rendezvous stays on the loopback (vLLM
+        # otherwise finds "its" address by routing towards a public one), and no usage report.
+        os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+        os.environ.setdefault("VLLM_LOOPBACK_IP", "127.0.0.1")
+        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+        os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
 def _sample_seed(seed: int, prompt: int, g: int) -> int:
