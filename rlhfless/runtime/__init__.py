@@ -15,6 +15,7 @@ _EXPORTS = {
     "BadMessage": "rlhfless.runtime.errors",
     "CallTimeout": "rlhfless.runtime.errors",
     "FunctionDied": "rlhfless.runtime.errors",
+    "NodeLost": "rlhfless.runtime.errors",
     "RemoteError": "rlhfless.runtime.errors",
     "RuntimeClosed": "rlhfless.runtime.errors",
     "SpawnError": "rlhfless.runtime.errors",

@@ -29,6 +29,15 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_s: float = 2.0  # functions report liveness and counters this often
     billing_path: str | None = None  # append every finished function's BillingEvent here (JSONL)
     stderr_tail_lines: int = 40  # lines of a dead function's stderr kept for its error
+    # Many machines (see docs/many_machines.md). With no agents everything stays on this machine.
+    provider: str = "local"  # "local" | "static" (agents listed below) | "ray" (see providers.py)
+    agents: tuple[str, ...] = ()  # "host:port" (or tcp://host:port) of running `rlhfless agent`s
+    keys_dir: str | None = None  # CURVE key directory (`rlhfless keys init`); needed with agents
+    local_node: bool = True  # also place functions on this machine's own slots
+    listen_host: str = "0.0.0.0"  # where remote functions reach the controller (CURVE tcp)
+    node_heartbeat_s: float = 0.5  # controller <-> agent heartbeat period
+    node_timeout_s: float = 3.0  # an agent silent this long is lost: its functions get NodeLost
+    join_timeout_s: float = 30.0  # start() waits this long for the listed agents to answer
 
     def __post_init__(self) -> None:
         # Validation with clear messages: these are user inputs, so no asserts.
@@ -40,7 +49,15 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("RuntimeConfig.max_warm_per_slot must be >= 0")
         if self.max_functions_per_slot is not None and self.max_functions_per_slot < 1:
             raise ValueError("RuntimeConfig.max_functions_per_slot must be >= 1 or None")
-        for name in ("ready_timeout_s", "shutdown_timeout_s", "heartbeat_s"):
+        if self.provider not in ("local", "static", "ray"):
+            raise ValueError(
+                f"RuntimeConfig.provider must be local, static or ray, not {self.provider!r}"
+            )
+        if self.agents and not self.keys_dir:
+            raise ValueError(
+                "RuntimeConfig.agents needs keys_dir: every cross-machine link is CURVE"
+            )
+        for name in ("ready_timeout_s", "shutdown_timeout_s", "heartbeat_s", "node_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"RuntimeConfig.{name} must be > 0")
         if self.call_timeout_s is not None and self.call_timeout_s <= 0:

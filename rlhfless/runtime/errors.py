@@ -89,3 +89,14 @@ class CallTimeout(RuntimeErrorBase, TimeoutError):
 
 class RuntimeClosed(RuntimeErrorBase):
     """The runtime was closed (or its receiver failed); no further spawns or calls."""
+
+
+class NodeLost(FunctionDied):
+    """The function's node (its agent, or the link to it) was lost; the work it held is gone.
+
+    A :class:`FunctionDied`, so code that re-runs the work of dead functions handles it already.
+    """
+
+    def __init__(self, function_id: str, actor: str, node: str, why: str) -> None:
+        self.node = node
+        super().__init__(function_id, actor, None, [], why=f"node {node} was lost: {why}")

@@ -128,6 +128,10 @@ class _Server:
     async def run(self, hb_interval: float) -> int:
         self.hb_interval = hb_interval
         spec = self.spec
+        if spec.endpoint.startswith("tcp://"):  # a remote function: CURVE to the controller
+            from rlhfless.runtime.auth import KEYS_ENV, Keys
+
+            Keys(os.environ[KEYS_ENV]).client(self.sock)
         self.sock.connect(spec.endpoint)
         await self.send(Heartbeat(spec.function_id, time.time(), os.getpid(), 0))  # hello
         t0 = time.perf_counter()

@@ -136,6 +136,33 @@ class Billing(msgspec.Struct, array_like=True, frozen=True):
     event: BillingEvent
 
 
+class NodeHello(msgspec.Struct, array_like=True, frozen=True):
+    """Agent -> controller: this node's devices (the answer to every controller heartbeat)."""
+
+    node: str
+    slots: int
+    device_kind: str
+    gpu: bool
+    cores: int
+    pid: int
+    weight_versions: list[int] = []  # policy weight versions in this node's cache
+
+
+class Kill(msgspec.Struct, array_like=True, frozen=True):
+    """Controller -> agent: kill one of the agent's functions (by pid; the agent checks it owns it)."""
+
+    function_id: str
+    pid: int
+    signal: int = 9
+
+
+class Weights(msgspec.Struct, array_like=True, frozen=True):
+    """Controller -> agent: policy weights of ``version``, cached node-locally (tensor frames)."""
+
+    version: int
+    tensors: dict[str, Any]
+
+
 # ---------------------------------------------------------------------------------------------
 # Kind bytes: the first frame of every message.
 
@@ -150,6 +177,9 @@ KINDS: dict[int, type[msgspec.Struct]] = {
     8: Release,
     9: Exited,
     10: Billing,
+    11: NodeHello,
+    12: Kill,
+    13: Weights,
 }
 KIND_OF: dict[type[msgspec.Struct], bytes] = {cls: bytes([k]) for k, cls in KINDS.items()}
 

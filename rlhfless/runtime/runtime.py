@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import secrets
 import shutil
 import socket
@@ -49,8 +50,11 @@ from rlhfless.runtime.messages import (
     Result,
     Spawn,
 )
+from rlhfless.runtime.nodes import Cluster
+from rlhfless.runtime.placement import NodeView, choose
 from rlhfless.runtime.procutil import kill
 from rlhfless.runtime.state import FunctionState, RuntimeStats, actor_path, expire, reuse_key
+from rlhfless.runtime.weights import WEIGHTS_ENV, save
 from rlhfless.runtime.zygote import ZYGOTE_IDENTITY
 
 log = logging.getLogger("rlhfless.runtime")
@@ -63,6 +67,15 @@ class Runtime:
 
     def __init__(self, config: RuntimeConfig | None = None, **overrides: Any) -> None:
         self.config = msgspec.structs.replace(config or RuntimeConfig(), **overrides)
+        if not self.config.agents and os.environ.get("RLHFLESS_AGENTS"):
+            # `rlhfless launch` runs an unchanged command against its agents through these.
+            self.config = msgspec.structs.replace(
+                self.config,
+                provider="static",
+                agents=tuple(os.environ["RLHFLESS_AGENTS"].split(",")),
+                keys_dir=os.environ.get("RLHFLESS_KEYS_DIR"),
+                local_node=False,
+            )
         self.devices: NodeDevices = detect(self.config.slots, self.config.device_kind)
         self.node = self.config.node or socket.gethostname()
         cores_per = max(1, self.devices.cores // self.devices.slots)
@@ -83,6 +96,8 @@ class Runtime:
         self._tasks: list[asyncio.Task[Any]] = []
         self._bg: set[asyncio.Task[Any]] = set()
         self._billing = BillingLog(None)
+        self.cluster: Cluster | None = None  # remote nodes (agents), when config.agents lists any
+        self._weights: tuple[int, dict[str, Any], int] | None = None  # version, tensors, bytes
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -99,6 +114,7 @@ class Runtime:
         self._started = True
         self._dir = tempfile.mkdtemp(prefix="rlhfless-")  # 0700: only this user reaches the socket
         self.endpoint = f"ipc://{self._dir}/controller"
+        self._weights_dir = f"{self._dir}/weights"  # this node's weight cache
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable sends raise, never vanish
@@ -110,6 +126,9 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self._receive(), name="rlhfless-receiver"))
         if self.config.zygote:
             await self._start_zygote()
+        if self.config.agents:
+            self.cluster = Cluster(self)
+            await self.cluster.start()
 
     async def aclose(self) -> None:
         """Release every function, wait for exits with a deadline, then kill what is left."""
@@ -121,6 +140,8 @@ class Runtime:
             await self._shutdown_functions()
             await self._stop_zygote()
         finally:
+            if self.cluster is not None:
+                await self.cluster.aclose()
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -145,11 +166,7 @@ class Runtime:
         await self._wait_exits(live, self.config.shutdown_timeout_s)
         left = [fn for fn in live if fn.state != "dead"]
         for fn in left:
-            if fn.pid:
-                kill(fn.pid)
-            elif fn.process is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    fn.process.kill()
+            self._kill(fn)
         await self._wait_exits(left, 2.0)
         for fn in left:  # no exit report (e.g. the zygote was gone): close the books anyway
             if fn.state != "dead":
@@ -186,7 +203,7 @@ class Runtime:
                 SpawnError(f"the zygote exited with code {code} before it was ready")
             )
         for fn in list(self._fns.values()):  # its children die with it (PDEATHSIG)
-            if fn.process is None and fn.state != "dead":
+            if fn.process is None and fn.state != "dead" and fn.record.node == self.node:
                 if fn.pid:
                     kill(fn.pid)
                 self._on_exited(
@@ -223,13 +240,20 @@ class Runtime:
         env: dict[str, str] | None = None,
         init_kwargs: dict[str, Any] | None = None,
         timeout: float | None = None,
+        node: str | None = None,
     ) -> Handle[T]:
-        """Start (or reuse a warm) function hosting ``actor(*args, **init_kwargs)`` on a slot."""
+        """Start (or reuse a warm) function hosting ``actor(*args, **init_kwargs)`` on a slot.
+
+        ``node`` pins the function to one node (see :meth:`nodes`); by default placement picks.
+        """
         self._check_open()
         path = actor_path(actor)
-        if slot is not None and not 0 <= slot < self.devices.slots:
+        if node is not None and node not in self.nodes():
+            raise SpawnError(f"node {node!r} is not up; nodes up: {sorted(self.nodes())}")
+        if slot is not None and not 0 <= slot < self._devices_of(node).slots:
             raise SpawnError(
-                f"slot {slot} does not exist: this node has slots 0..{self.devices.slots - 1}"
+                f"slot {slot} does not exist: this node has slots "
+                f"0..{self._devices_of(node).slots - 1}"
             )
         try:
             init_frames = self._codec.encode(Init(list(args), dict(init_kwargs or {})))
@@ -237,15 +261,24 @@ class Runtime:
             raise SpawnError(f"actor {path}: cannot send its arguments: {exc}") from None
         threads = threads or self.threads
         key = reuse_key(path, threads, env or {}, init_frames)
-        warm = self._take_warm(key, slot)
+        warm = self._take_warm(key, slot, node)
         if warm is not None:
             return Handle(self, warm, warm.lease)
         deadline = time.monotonic() + (timeout or self.config.ready_timeout_s)
-        slot = await self._choose_slot(slot, deadline)
-        fid = f"{self.node}-{self._token}-f{next(self._ids)}"
-        bind = {"CUDA_VISIBLE_DEVICES": str(slot) if self.devices.gpu else ""}
-        spec = Spawn(fid, path, self.endpoint, slot, {**bind, **(env or {})}, threads)
-        record = BillingRecord(fid, path, stage, self.node, slot, self.devices.kind)
+        node = node or self._place(path)
+        devices = self._devices_of(node)
+        slot = await self._choose_slot(slot, deadline, node)
+        fid = f"{node}-{self._token}-f{next(self._ids)}"
+        bind = {"CUDA_VISIBLE_DEVICES": str(slot) if devices.gpu else ""}
+        endpoint = self.endpoint
+        if node != self.node:
+            remote = self.cluster.by_name(node) if self.cluster else None
+            assert remote is not None  # _place and the check above only name live nodes
+            endpoint = remote.endpoint
+        else:
+            bind[WEIGHTS_ENV] = self._weights_dir
+        spec = Spawn(fid, path, endpoint, slot, {**bind, **(env or {})}, threads)
+        record = BillingRecord(fid, path, stage, node, slot, devices.kind)
         fn = FunctionState(spec, path, key, record, init_frames)
         self._fns[fid] = fn
         self.stats.functions_started += 1
@@ -271,7 +304,10 @@ class Runtime:
         return Handle(self, fn, fn.lease)
 
     async def _launch(self, fn: FunctionState, deadline: float) -> None:
-        if self.config.zygote:
+        if fn.record.node != self.node:
+            assert self.cluster is not None
+            await self.cluster.launch(fn, deadline)
+        elif self.config.zygote:
             try:
                 await asyncio.wait_for(self._zygote_handle(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
@@ -288,7 +324,12 @@ class Runtime:
         self._on_exited(fn.function_id, fn.process.pid, code, tail)
 
     def _kill(self, fn: FunctionState) -> None:
-        if fn.pid:
+        if fn.record.node != self.node:  # remote: its agent kills it (pids are per machine)
+            if self.cluster is not None and fn.pid:
+                self.cluster.kill(fn)
+            else:
+                fn.state = "exiting"
+        elif fn.pid:
             kill(fn.pid)
         elif fn.process is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -296,9 +337,16 @@ class Runtime:
         else:  # not yet connected: the zygote forked it; Release reaches it once it says hello
             fn.state = "exiting"
 
-    def _take_warm(self, key: str, slot: int | None) -> FunctionState | None:
+    def _take_warm(self, key: str, slot: int | None, node: str | None) -> FunctionState | None:
+        up = self.nodes()
         for fn in self._fns.values():
-            if fn.state == "warm" and fn.key == key and (slot is None or fn.slot == slot):
+            where = fn.record.node
+            if (
+                fn.state == "warm"
+                and fn.key == key
+                and (slot is None or fn.slot == slot)
+                and (where == node if node is not None else where in up)
+            ):
                 if fn.expiry is not None:
                     fn.expiry.cancel()
                     fn.expiry = None
@@ -309,16 +357,22 @@ class Runtime:
                 return fn
         return None
 
-    def _live_on(self, slot: int) -> list[FunctionState]:
-        return [fn for fn in self._fns.values() if fn.slot == slot and fn.state != "dead"]
+    def _live_on(self, slot: int, node: str | None = None) -> list[FunctionState]:
+        node = node or self.node
+        return [
+            fn
+            for fn in self._fns.values()
+            if fn.slot == slot and fn.state != "dead" and fn.record.node == node
+        ]
 
-    async def _choose_slot(self, slot: int | None, deadline: float) -> int:
+    async def _choose_slot(self, slot: int | None, deadline: float, node: str) -> int:
         """The requested slot, or the least-loaded one; waits (to the deadline) for room."""
         limit = self.config.max_functions_per_slot
         async with self._room:
             while True:
-                candidates = [slot] if slot is not None else list(range(self.devices.slots))
-                load = {s: self._live_on(s) for s in candidates}
+                slots = self._devices_of(node).slots
+                candidates = [slot] if slot is not None else list(range(slots))
+                load = {s: self._live_on(s, node) for s in candidates}
                 best = min(
                     candidates,
                     key=lambda s: (sum(f.state != "warm" for f in load[s]), len(load[s]), s),
@@ -345,7 +399,7 @@ class Runtime:
         if fn.state == "dead":
             return
         fn.record.release()
-        warm_here = sum(f.state == "warm" for f in self._live_on(fn.slot))
+        warm_here = sum(f.state == "warm" for f in self._live_on(fn.slot, fn.record.node))
         if (
             not self._closed
             and self.config.keep_alive_s > 0
@@ -501,7 +555,10 @@ class Runtime:
                 if fn.state == "exiting":
                     await self._send_quiet(identity, Release("cancelled"))
                 else:
-                    await self._send_frames(identity, fn.init_frames)
+                    # A function whose import failed says hello and exits at once: it may be
+                    # gone (EHOSTUNREACH) before its Init goes out; its exit report follows.
+                    with contextlib.suppress(zmq.ZMQError):
+                        await self._send_frames(identity, fn.init_frames)
         elif isinstance(msg, Ready):
             fn.record.ready_at = time.time()
             if not fn.ready.done():
@@ -511,7 +568,14 @@ class Runtime:
         else:
             raise BadMessage(f"unexpected {type(msg).__name__} from function {identity}")
 
-    def _on_exited(self, fid: str, pid: int, code: int | None, tail: list[str]) -> None:
+    def _on_exited(
+        self,
+        fid: str,
+        pid: int,
+        code: int | None,
+        tail: list[str],
+        death: FunctionDied | None = None,
+    ) -> None:
         fn = self._fns.get(fid)
         if fn is None or fn.state == "dead":
             return
@@ -519,11 +583,11 @@ class Runtime:
         fn.pid = fn.pid or pid
         if fn.expiry is not None:
             fn.expiry.cancel()
-        if fn.init_error is not None:
+        if death is not None:
+            pass  # given by the caller (NodeLost)
+        elif fn.init_error is not None:
             e = fn.init_error
-            death: FunctionDied = ActorInitError(
-                fid, fn.actor, code, tail, e.type, e.message, e.traceback
-            )
+            death = ActorInitError(fid, fn.actor, code, tail, e.type, e.message, e.traceback)
         else:
             death = FunctionDied(fid, fn.actor, code, tail)
         fn.death = death
@@ -568,6 +632,58 @@ class Runtime:
     def live_billing(self) -> list[BillingEvent]:
         """Snapshots of functions still alive (exited_at is None), for pricing a run in progress."""
         return [fn.record.event() for fn in self._fns.values() if fn.state != "dead"]
+
+    # ---------------------------------------------------------------- nodes and weights
+
+    def nodes(self) -> dict[str, NodeDevices]:
+        """Nodes that can take functions now: this machine (unless excluded) and live agents."""
+        out = {self.node: self.devices} if self.config.local_node or self.cluster is None else {}
+        for remote in self.cluster.up() if self.cluster else []:
+            assert remote.devices is not None  # set when the agent joined
+            out[remote.name] = remote.devices
+        return out
+
+    def _devices_of(self, node: str | None) -> NodeDevices:
+        if node is None or node == self.node:
+            return self.devices
+        return self.nodes()[node]
+
+    def _place(self, path: str) -> str:
+        nodes = self.nodes()
+        if len(nodes) == 1:
+            return next(iter(nodes))
+        version = self._weights[0] if self._weights else None
+        views = []
+        for name, devices in nodes.items():
+            live = [f for f in self._fns.values() if f.record.node == name and f.state != "dead"]
+            if name == self.node:
+                has = True  # written here at publish time
+            else:
+                remote = self.cluster.by_name(name) if self.cluster else None
+                has = version is None or (remote is not None and version in remote.versions)
+            views.append(
+                NodeView(
+                    name=name,
+                    slots=devices.slots,
+                    busy=sum(f.state != "warm" for f in live),
+                    live=len(live),
+                    warm_actor=any(f.state == "warm" and f.actor == path for f in live),
+                    has_version=has,
+                )
+            )
+        return choose(views)
+
+    def publish_weights(self, version: int, tensors: dict[str, Any]) -> None:
+        """Make ``version`` current: cached here now, sent to each other node once, lazily.
+
+        A function loads it with :func:`rlhfless.runtime.weights.load` from its node's cache.
+        """
+        nbytes = save(self._weights_dir, version, tensors)
+        self._weights = (version, dict(tensors), nbytes)
+
+    def weight_bytes_sent(self) -> dict[str, int]:
+        """Weight bytes sent over the network, per remote node (locality: once per version)."""
+        return {n.name: n.bytes_sent for n in self.cluster.nodes} if self.cluster else {}
 
     # ---------------------------------------------------------------- misc
 

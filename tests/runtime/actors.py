@@ -96,3 +96,12 @@ class TinyModel:
 
     def params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+
+class WeightUser:
+    """Loads policy weights from its node's cache (never over the network)."""
+
+    def total(self, version: int) -> float:
+        from rlhfless.runtime.weights import load
+
+        return float(sum(t.double().sum() for t in load(version).values()))

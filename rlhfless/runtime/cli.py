@@ -1,0 +1,101 @@
+"""``rlhfless agent``, ``rlhfless keys init`` and ``rlhfless launch``: typer command functions.
+
+Registered in :mod:`rlhfless.cli`; kept here so the command line of many machines lives with
+the runtime that implements it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+AGENTS_ENV = "RLHFLESS_AGENTS"  # comma-separated host:port; read by Runtime when agents=()
+KEYS_DIR_ENV = "RLHFLESS_KEYS_DIR"
+
+
+def keys_init(
+    directory: Annotated[Path, typer.Argument(help="where to write the cluster's key pairs")],
+    force: Annotated[bool, typer.Option("--force", help="replace existing keys")] = False,
+) -> None:
+    """Create the cluster's CURVE server and client key pairs (copy DIR to every machine)."""
+    from rlhfless.runtime.auth import keys_init as make
+
+    try:
+        root = make(directory, force=force)
+    except FileExistsError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    typer.echo(f"keys written to {root} (keep it private: it holds secret keys)")
+
+
+def agent(
+    listen: Annotated[str, typer.Option("--listen", help="tcp://HOST:PORT to serve on")],
+    keys: Annotated[Path, typer.Option("--keys", help="key directory (rlhfless keys init)")],
+    slots: Annotated[int | None, typer.Option("--slots", help="device slots to offer")] = None,
+    gpus: Annotated[
+        str | None, typer.Option("--gpus", help="'auto': one slot per visible GPU")
+    ] = None,
+    node: Annotated[str, typer.Option("--node", help="node name (default: host name)")] = "",
+    preload: Annotated[str, typer.Option("--preload", help="modules the zygote imports")] = "torch",
+    controller_timeout: Annotated[
+        float, typer.Option("--controller-timeout", help="drop functions after this silence (s)")
+    ] = 10.0,
+) -> None:
+    """Run a node agent: this machine's slots, zygote and warm pool, for one controller."""
+    import logging
+
+    from rlhfless.runtime.agent import Agent
+
+    if gpus not in (None, "auto"):
+        raise typer.BadParameter("--gpus takes only 'auto' (use --slots N for a number)")
+    if slots is not None and gpus is not None:
+        raise typer.BadParameter("give --slots or --gpus auto, not both")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    mods = tuple(filter(None, preload.split(",")))
+    a = Agent(listen, str(keys), slots, node, mods, controller_timeout)
+    import signal
+
+    def _stop(*_: object) -> None:
+        a.stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    raise typer.Exit(a.serve())
+
+
+def launch(
+    command: Annotated[list[str], typer.Argument(help="the rlhfless command to run, after --")],
+    provider: Annotated[str, typer.Option("--provider", help="static | ray")] = "static",
+    agent_addr: Annotated[
+        list[str] | None, typer.Option("--agent", help="host:port of a running agent (static)")
+    ] = None,
+    keys: Annotated[Path | None, typer.Option("--keys", help="key directory")] = None,
+) -> None:
+    """Run ``rlhfless COMMAND`` (e.g. ``train CONFIG``) with its runtime on remote agents.
+
+    ``rlhfless launch --provider static --agent 10.0.0.2:7700 --agent 10.0.0.3:7700
+    --keys ~/.rlhfless/keys -- train my.toml``
+    """
+    if provider == "ray":
+        raise typer.BadParameter(
+            "the ray provider is not built yet: start `rlhfless agent` on each Ray node "
+            "yourself and use --provider static"
+        )
+    if provider != "static":
+        raise typer.BadParameter(f"unknown provider {provider!r}: static or ray")
+    if not agent_addr:
+        raise typer.BadParameter("--provider static needs at least one --agent HOST:PORT")
+    if keys is None or not (keys / "server.key_secret").exists():
+        raise typer.BadParameter("--keys DIR must hold the cluster's keys (rlhfless keys init)")
+    from rlhfless.runtime.nodes import parse_address
+
+    for addr in agent_addr:
+        host, port = parse_address(addr)
+        typer.echo(f"agent: {host}:{port}")
+    env = {**os.environ, AGENTS_ENV: ",".join(agent_addr), KEYS_DIR_ENV: str(keys.resolve())}
+    code = subprocess.call([sys.executable, "-m", "rlhfless.cli", *command], env=env)
+    raise typer.Exit(code)
