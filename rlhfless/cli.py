@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from rlhfless.cost_models.cli import cost
+from rlhfless.runtime.cli import agent, keys_init, launch
 from rlhfless.sim.cli import simulate
 from rlhfless.stages.cli import train
 
@@ -20,6 +21,15 @@ app.command(
 )(simulate)
 app.command("cost", help="Price a run's billing events (JSONL) under one or several cost models.")(
     cost
+)
+
+
+keys_app = typer.Typer(help="CURVE keys for links between machines.", no_args_is_help=True)
+keys_app.command("init")(keys_init)
+app.add_typer(keys_app, name="keys")
+app.command("agent")(agent)
+app.command("launch", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+    launch
 )
 
 
