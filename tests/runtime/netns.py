@@ -1,6 +1,6 @@
 """Real hosts on this machine: network namespaces with a veth pair each (root only).
 
-Each host gets its own /24 (10.213.X.0/24): the root namespace is .1, the host is .2. Only
+Each host gets its own /24 (10.O.X.0/24, O from the pid): the root namespace is .1, the host is .2. Only
 namespaces and links this helper made are touched, and all of them are deleted afterwards.
 """
 
@@ -76,12 +76,15 @@ class Host:
 
 def make_hosts(n: int, tmp: Path, base: int = 0) -> list[Host]:
     tag = os.getpid() % 10000
+    # The second octet depends on the pid too: two test runs on one machine (or a namespace
+    # leaked by a killed run) never share a subnet, which would misroute one run's traffic.
+    octet = 64 + os.getpid() % 128
     hosts: list[Host] = []
     try:
         for i in range(n):
             net = 10 + base + i
-            h = Host(ns=f"rlh{tag}n{i}", veth=f"rlh{tag}r{i}", ip=f"10.213.{net}.2",
-                     root_ip=f"10.213.{net}.1", log=tmp / f"agent{i}.log")  # fmt: skip
+            h = Host(ns=f"rlh{tag}n{i}", veth=f"rlh{tag}r{i}", ip=f"10.{octet}.{net}.2",
+                     root_ip=f"10.{octet}.{net}.1", log=tmp / f"agent{i}.log")  # fmt: skip
             hosts.append(h)
             peer = f"rlh{tag}p{i}"
             _ip("netns", "add", h.ns)

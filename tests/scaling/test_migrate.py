@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlhfless.scaling import (
@@ -116,7 +116,7 @@ def rollouts(draw: st.DrawFn) -> list[FunctionProgress]:
     return out
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rollouts(), st.floats(0.05, 1.0), st.booleans(), st.booleans())
 def test_a_plan_never_loses_or_duplicates_a_sequence(
     fs: list[FunctionProgress], tau: float, use_global: bool, guard: bool
