@@ -52,6 +52,11 @@ class RolloutStage:
         self.warm = 0  # rollout functions released by the last iteration (likely still warm)
         self.weight_loads: list[float] = []
 
+    def actor_args(self) -> tuple[Any, ...]:
+        """RolloutActor's constructor arguments: same arguments, same warm function."""
+        cfg = self.p.cfg
+        return (self.p.model_dir, cfg.model.dtype, cfg.rollout.engine)
+
     async def _prepare(self, h: Any) -> None:
         p = self.p
         if p.weights is not None and await h.version() != p.version:
@@ -72,7 +77,7 @@ class RolloutStage:
         self.weight_loads: list[float] = []
         leases: list[tuple[float, bool]] = []
         started: list[int] = []
-        args = (p.model_dir, p.cfg.model.dtype)
+        args = self.actor_args()
 
         async def run_function(index: int, rows: list[int]) -> dict[str, Any]:
             async def work(h: Any) -> dict[str, Any]:
@@ -164,9 +169,7 @@ class RolloutStage:
                 cfg.greedy,
             )
 
-        return await p._with_function(
-            ROLLOUT, (p.model_dir, p.cfg.model.dtype), "rollout", work, leases=leases
-        )
+        return await p._with_function(ROLLOUT, self.actor_args(), "rollout", work, leases=leases)
 
     def _check_version(self, part: dict[str, Any]) -> None:
         if part["version"] != self.p.version:  # never mix weights versions in one batch
