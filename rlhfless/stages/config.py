@@ -106,7 +106,21 @@ class RuntimeConfig(_Section):
     # Threads of the trainer function; 0 = every core. The trainer runs alone (the other stages'
     # functions are idle by then), so it may use the whole machine.
     trainer_threads: NonNegInt = 0
-    provider: Literal["local"] = "local"  # "static" and "ray" come with the many-machines issue
+    # Many machines (docs/many_machines.md): "static" places functions on running agents too.
+    provider: Literal["local", "static"] = "local"  # "ray" is not built yet
+    agents: list[str] = []  # "host:port" of running `rlhfless agent`s (provider = "static")
+    keys_dir: str = ""  # CURVE key directory from `rlhfless keys init` (needed with agents)
+    local_node: bool = True  # also place functions on this machine's own slots
+    node_timeout_s: Positive = 3.0  # an agent silent this long is lost (NodeLost, work re-run)
+
+    def __post_init__(self) -> None:
+        # msgspec.ValidationError is mapped to a ConfigError naming the key by config_from_dict.
+        if self.provider == "static" and not self.agents:
+            raise msgspec.ValidationError("provider 'static' needs agents - at `$.runtime.agents`")
+        if self.agents and not self.keys_dir:
+            raise msgspec.ValidationError(
+                "agents need keys_dir (every link between machines is CURVE) - at `$.runtime.keys_dir`"
+            )
 
 
 class CheckpointConfig(_Section):

@@ -138,9 +138,12 @@ class Job:
             for name in ("metrics.jsonl", "billing.jsonl", "lengths.jsonl"):
                 (self.run_dir / name).unlink(missing_ok=True)
         t0 = time.time()
+        rc = cfg.runtime
         async with Runtime(
-            slots=cfg.runtime.slots, keep_alive_s=cfg.runtime.keep_alive_s,
+            slots=rc.slots, keep_alive_s=rc.keep_alive_s,
             billing_path=str(self.run_dir / "billing.jsonl"),
+            provider=rc.provider, agents=tuple(rc.agents), keys_dir=rc.keys_dir or None,
+            local_node=rc.local_node, node_timeout_s=rc.node_timeout_s,
         ) as rt:  # fmt: skip
             pipeline = Pipeline(rt, cfg, model_dir, self.run_dir)
             if version:
