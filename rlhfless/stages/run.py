@@ -187,7 +187,6 @@ class Job:
             "window": k,
             "stage_seconds": stage_totals,
             "functions_started": stats.functions_started,
-            "cold_starts": stats.functions_started,
             "warm_starts": stats.warm_starts,
             "cold_start_median_s": sorted(stats.cold_start_s)[len(stats.cold_start_s) // 2]
             if stats.cold_start_s
