@@ -33,6 +33,14 @@ class RolloutBatch(msgspec.Struct, kw_only=True):
     version: int  # weights version that produced every sample (never mixed)
 
 
+def pad_rows(rows: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Per-sample 1-D tensors of different lengths as one zero-padded [B, width] float32 batch."""
+    out = torch.zeros(len(rows), width, dtype=torch.float32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
 def atomic_dir_write(target: Path, write: Any, durable: bool = True) -> None:
     """Write a directory via ``write(tmp_dir)`` then swap it in for ``target``.
 

@@ -23,7 +23,7 @@ import torch
 from rlhfless.adapters.hf import load_tokenizer
 from rlhfless.runtime import FunctionDied, Runtime
 from rlhfless.stages import algorithms as alg
-from rlhfless.stages.common import RolloutBatch, task_from_config
+from rlhfless.stages.common import RolloutBatch, pad_rows, task_from_config
 from rlhfless.stages.config import Config
 from rlhfless.stages.rollout_stage import RolloutStage
 from rlhfless.stages.tasks import Prompt, batch_for_step
@@ -314,20 +314,18 @@ class Pipeline:
         ref: list[torch.Tensor] | None,
         values: list[torch.Tensor] | None,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        from rlhfless.stages.trainer import _pad
-
         cfg = self.cfg.train
         lengths = [len(r) for r in batch.response_ids]
         width = max(1, max(lengths))
         mask = torch.zeros(len(lengths), width)
         for i, n in enumerate(lengths):
             mask[i, :n] = 1
-        logp = _pad(batch.logprobs, width)
-        kl = alg.kl_estimate(logp, _pad(ref, width), "k1") if ref is not None else None
+        logp = pad_rows(batch.logprobs, width)
+        kl = alg.kl_estimate(logp, pad_rows(ref, width), "k1") if ref is not None else None
         token_r = alg.token_rewards(scores, mask, kl, cfg.kl_coef)
         adv, ret = alg.gae(
             token_r,
-            _pad(values or [], width) if values else torch.zeros_like(mask),
+            pad_rows(values, width) if values else torch.zeros_like(mask),
             mask,
             cfg.gamma,
             cfg.lam,

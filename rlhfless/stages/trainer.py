@@ -24,7 +24,7 @@ from rlhfless.adapters.hf import (
     response_logprobs,
 )
 from rlhfless.stages import algorithms as alg
-from rlhfless.stages.common import DTYPES, atomic_dir_write, recover_dir
+from rlhfless.stages.common import DTYPES, atomic_dir_write, pad_rows, recover_dir
 from rlhfless.stages.config import TrainConfig
 
 
@@ -49,13 +49,6 @@ def micro_batches(lengths: list[int], parts: int, token_budget: int) -> list[lis
         current.append(i)
     if current:
         out.append(current)
-    return out
-
-
-def _pad(rows: list[torch.Tensor], width: int) -> torch.Tensor:
-    out = torch.zeros(len(rows), width, dtype=torch.float32)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
     return out
 
 
@@ -143,9 +136,9 @@ class TrainerActor:
         t0 = time.perf_counter()
         lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
         width = max(1, max(len(r) for r in response_ids))
-        old = _pad(old_logprobs, width)
-        adv = _pad(advantages, width)
-        ref = _pad(ref_logprobs, width) if ref_logprobs is not None else None
+        old = pad_rows(old_logprobs, width)
+        adv = pad_rows(advantages, width)
+        ref = pad_rows(ref_logprobs, width) if ref_logprobs is not None else None
         total_tokens = sum(len(r) for r in response_ids)
         stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
         for _ in range(cfg.epochs):
@@ -230,7 +223,7 @@ class CriticActor:
         self.opt.zero_grad(set_to_none=True)
         v = self.model(batch)
         loss, clip = alg.value_loss(
-            v, _pad(old_values, width), _pad(returns, width), mask, self.cfg.value_clip
+            v, pad_rows(old_values, width), pad_rows(returns, width), mask, self.cfg.value_clip
         )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
