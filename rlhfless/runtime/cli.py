@@ -6,16 +6,12 @@ the runtime that implements it.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-
-AGENTS_ENV = "RLHFLESS_AGENTS"  # comma-separated host:port; read by Runtime when agents=()
-KEYS_DIR_ENV = "RLHFLESS_KEYS_DIR"
 
 
 def keys_init(
@@ -68,34 +64,58 @@ def agent(
 
 
 def launch(
-    command: Annotated[list[str], typer.Argument(help="the rlhfless command to run, after --")],
+    command: Annotated[list[str], typer.Argument(help="`train [CONFIG] [options]`, after --")],
     provider: Annotated[str, typer.Option("--provider", help="static | ray")] = "static",
     agent_addr: Annotated[
         list[str] | None, typer.Option("--agent", help="host:port of a running agent (static)")
     ] = None,
     keys: Annotated[Path | None, typer.Option("--keys", help="key directory")] = None,
+    ray_address: Annotated[
+        str, typer.Option("--ray-address", help="Ray cluster (ray): 'auto' or HOST:PORT")
+    ] = "auto",
 ) -> None:
-    """Run ``rlhfless COMMAND`` (e.g. ``train CONFIG``) with its runtime on remote agents.
+    """Run ``rlhfless train ...`` with its functions on remote agents, not on this machine.
 
     ``rlhfless launch --provider static --agent 10.0.0.2:7700 --agent 10.0.0.3:7700
-    --keys ~/.rlhfless/keys -- train my.toml``
+    --keys ~/.rlhfless/keys -- train my.toml``; ``rlhfless launch --provider ray --keys DIR --
+    train my.toml`` first places one agent on every node of the Ray cluster.
     """
-    if provider == "ray":
+    if not command or command[0] != "train":
         raise typer.BadParameter(
-            "the ray provider is not built yet: start `rlhfless agent` on each Ray node "
-            "yourself and use --provider static"
+            f"launch runs `train [CONFIG] [options]` on the agents, not {' '.join(command)!r}"
         )
-    if provider != "static":
-        raise typer.BadParameter(f"unknown provider {provider!r}: static or ray")
-    if not agent_addr:
-        raise typer.BadParameter("--provider static needs at least one --agent HOST:PORT")
     if keys is None or not (keys / "server.key_secret").exists():
         raise typer.BadParameter("--keys DIR must hold the cluster's keys (rlhfless keys init)")
-    from rlhfless.runtime.nodes import parse_address
+    ray_agents = None
+    if provider == "static":
+        if not agent_addr:
+            raise typer.BadParameter("--provider static needs at least one --agent HOST:PORT")
+        from rlhfless.runtime.nodes import parse_address
 
-    for addr in agent_addr:
-        host, port = parse_address(addr)
-        typer.echo(f"agent: {host}:{port}")
-    env = {**os.environ, AGENTS_ENV: ",".join(agent_addr), KEYS_DIR_ENV: str(keys.resolve())}
-    code = subprocess.call([sys.executable, "-m", "rlhfless.cli", *command], env=env)
+        for addr in agent_addr:
+            host, port = parse_address(addr)
+            typer.echo(f"agent: {host}:{port}")
+        addresses = list(agent_addr)
+    elif provider == "ray":
+        if agent_addr:
+            raise typer.BadParameter("--agent is for --provider static; ray places its own")
+        from rlhfless.runtime.ray_provider import RayAgents
+
+        ray_agents = RayAgents.start(ray_address, str(keys.resolve()))
+        for line in ray_agents.describe():
+            typer.echo(f"agent: {line}")
+        addresses = list(ray_agents.addresses)
+    else:
+        raise typer.BadParameter(f"unknown provider {provider!r}: static or ray")
+    # The agents reach train as ordinary config overrides: explicit, and visible in its config.
+    agents_toml = "[" + ", ".join(f'"{a}"' for a in addresses) + "]"
+    overrides = [
+        "--set", "runtime.provider=static", "--set", f"runtime.agents={agents_toml}",
+        "--set", f"runtime.keys_dir={keys.resolve()}", "--set", "runtime.local_node=false",
+    ]  # fmt: skip
+    try:
+        code = subprocess.call([sys.executable, "-m", "rlhfless.cli", *command, *overrides])
+    finally:
+        if ray_agents is not None:
+            ray_agents.close()
     raise typer.Exit(code)

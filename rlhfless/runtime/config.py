@@ -30,8 +30,9 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True):
     billing_path: str | None = None  # append every finished function's BillingEvent here (JSONL)
     stderr_tail_lines: int = 40  # lines of a dead function's stderr kept for its error
     # Many machines (see docs/many_machines.md). With no agents everything stays on this machine.
-    provider: str = "local"  # "local" | "static" (agents listed below) | "ray" (see providers.py)
+    provider: str = "local"  # "local" | "static" (agents listed below) | "ray" (ray_provider.py)
     agents: tuple[str, ...] = ()  # "host:port" (or tcp://host:port) of running `rlhfless agent`s
+    ray_address: str = "auto"  # provider "ray": the Ray cluster to place one agent per node on
     keys_dir: str | None = None  # CURVE key directory (`rlhfless keys init`); needed with agents
     local_node: bool = True  # also place functions on this machine's own slots
     listen_host: str = "0.0.0.0"  # where remote functions reach the controller (CURVE tcp)
@@ -53,10 +54,13 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(
                 f"RuntimeConfig.provider must be local, static or ray, not {self.provider!r}"
             )
-        if self.agents and not self.keys_dir:
+        if (self.agents or self.provider == "ray") and not self.keys_dir:
             raise ValueError(
-                "RuntimeConfig.agents needs keys_dir: every cross-machine link is CURVE"
+                "RuntimeConfig.agents (or provider='ray') needs keys_dir: "
+                "every cross-machine link is CURVE"
             )
+        if self.provider == "static" and not self.agents:
+            raise ValueError("RuntimeConfig.provider='static' needs agents (host:port of each)")
         for name in ("ready_timeout_s", "shutdown_timeout_s", "heartbeat_s", "node_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"RuntimeConfig.{name} must be > 0")

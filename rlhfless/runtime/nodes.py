@@ -66,6 +66,7 @@ class RemoteNode:
         self.last_seen = 0.0
         self.lost_at: float | None = None
         self.connected_at = 0.0  # when the current socket was made
+        self.linked = False  # a message went out on the current socket (its handshake is done)
         self.versions: set[int] = set()
         self.bytes_sent = 0  # weight bytes sent to this node
         self.sock: zmq.asyncio.Socket | None = None
@@ -125,6 +126,7 @@ class Cluster:
         sock.connect(f"tcp://{node.host}:{node.port}")
         node.sock = sock
         node.connected_at = time.monotonic()
+        node.linked = False
         node.sync = zmq.Socket.shadow(sock.underlying)
         node.reader = asyncio.create_task(self._read(node, sock), name=f"rlhfless-node-{node.host}")
 
@@ -163,6 +165,7 @@ class Cluster:
             node.sync.send_multipart(self.codec.encode(msg), zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return False
+        node.linked = True  # IMMEDIATE: a send succeeds only over a finished handshake
         return True
 
     async def _send(self, node: RemoteNode, frames: list[Any], timeout: float) -> None:
@@ -243,11 +246,21 @@ class Cluster:
             for node in self.nodes:
                 if node.state == "up" and now - node.last_seen > timeout:
                     self.lost(node, f"no answer for {now - node.last_seen:.1f}s")
-                elif node.state != "up" and now - node.connected_at > RECONNECT_S:
+                elif node.state != "up" and now - node.connected_at > self._patience(node):
                     # libzmq may stop retrying a connect that failed while the route was gone
                     # (link down): a fresh socket tries again, so a link that returns is seen.
                     self._reconnect(node)
             await asyncio.sleep(period)
+
+    @staticmethod
+    def _patience(node: RemoteNode) -> float:
+        """How long a not-up node's socket is given before a fresh one replaces it.
+
+        A socket whose handshake finished is waiting for the agent's hello; replacing it then
+        starts the handshake over and, on a loaded machine where the round trip takes longer
+        than RECONNECT_S, would never let the agent answer in time (re-admission flaked so).
+        """
+        return RECONNECT_S * (4 if node.linked else 1)
 
     def lost(self, node: RemoteNode, why: str) -> None:
         """Fail the node's functions now (billing stops now); reconnect from scratch."""

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
 import secrets
 import shutil
 import socket
@@ -67,15 +66,6 @@ class Runtime:
 
     def __init__(self, config: RuntimeConfig | None = None, **overrides: Any) -> None:
         self.config = msgspec.structs.replace(config or RuntimeConfig(), **overrides)
-        if not self.config.agents and os.environ.get("RLHFLESS_AGENTS"):
-            # `rlhfless launch` runs an unchanged command against its agents through these.
-            self.config = msgspec.structs.replace(
-                self.config,
-                provider="static",
-                agents=tuple(os.environ["RLHFLESS_AGENTS"].split(",")),
-                keys_dir=os.environ.get("RLHFLESS_KEYS_DIR"),
-                local_node=False,
-            )
         self.devices: NodeDevices = detect(self.config.slots, self.config.device_kind)
         self.node = self.config.node or socket.gethostname()
         cores_per = max(1, self.devices.cores // self.devices.slots)
@@ -97,6 +87,7 @@ class Runtime:
         self._bg: set[asyncio.Task[Any]] = set()
         self._billing = BillingLog(None)
         self.cluster: Cluster | None = None  # remote nodes (agents), when config.agents lists any
+        self.ray_agents: Any = None  # provider "ray": the RayAgents this runtime placed
         self._weights: tuple[int, dict[str, Any], int] | None = None  # version, tensors, bytes
 
     # ---------------------------------------------------------------- lifecycle
@@ -126,6 +117,8 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self._receive(), name="rlhfless-receiver"))
         if self.config.zygote:
             await self._start_zygote()
+        if self.config.provider == "ray":
+            await self._place_ray_agents()
         if self.config.agents:
             self.cluster = Cluster(self)
             await self.cluster.start()
@@ -142,6 +135,8 @@ class Runtime:
         finally:
             if self.cluster is not None:
                 await self.cluster.aclose()
+            if self.ray_agents is not None:
+                await asyncio.to_thread(self.ray_agents.close)
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -153,6 +148,19 @@ class Runtime:
             raise RuntimeClosed(
                 f"the runtime's receiver failed: {self._failure!r}"
             ) from self._failure
+
+    async def _place_ray_agents(self) -> None:
+        """Provider "ray": one agent per Ray node (placed by Ray), then joined like static ones."""
+        from rlhfless.runtime.ray_provider import RayAgents  # ray is an optional extra
+
+        cfg = self.config
+        assert cfg.keys_dir is not None  # RuntimeConfig checks this for provider "ray"
+        self.ray_agents = await asyncio.to_thread(
+            RayAgents.start, cfg.ray_address, cfg.keys_dir, timeout_s=cfg.join_timeout_s
+        )
+        for line in self.ray_agents.describe():
+            log.info("ray provider: %s", line)
+        self.config = msgspec.structs.replace(cfg, agents=(*cfg.agents, *self.ray_agents.addresses))
 
     async def _shutdown_functions(self) -> None:
         live = [fn for fn in self._fns.values() if fn.state != "dead"]

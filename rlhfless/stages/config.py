@@ -106,9 +106,11 @@ class RuntimeConfig(_Section):
     # Threads of the trainer function; 0 = every core. The trainer runs alone (the other stages'
     # functions are idle by then), so it may use the whole machine.
     trainer_threads: NonNegInt = 0
-    # Many machines (docs/many_machines.md): "static" places functions on running agents too.
-    provider: Literal["local", "static"] = "local"  # "ray" is not built yet
+    # Many machines (docs/many_machines.md): "static" places functions on running agents too;
+    # "ray" first places one agent on every node of a Ray cluster (pip install rlhfless[ray]).
+    provider: Literal["local", "static", "ray"] = "local"
     agents: list[str] = []  # "host:port" of running `rlhfless agent`s (provider = "static")
+    ray_address: str = "auto"  # provider "ray": "auto" (this machine's cluster) or HOST:PORT
     keys_dir: str = ""  # CURVE key directory from `rlhfless keys init` (needed with agents)
     local_node: bool = True  # also place functions on this machine's own slots
     node_timeout_s: Positive = 3.0  # an agent silent this long is lost (NodeLost, work re-run)
@@ -117,9 +119,9 @@ class RuntimeConfig(_Section):
         # msgspec.ValidationError is mapped to a ConfigError naming the key by config_from_dict.
         if self.provider == "static" and not self.agents:
             raise msgspec.ValidationError("provider 'static' needs agents - at `$.runtime.agents`")
-        if self.agents and not self.keys_dir:
+        if (self.agents or self.provider == "ray") and not self.keys_dir:
             raise msgspec.ValidationError(
-                "agents need keys_dir (every link between machines is CURVE) - at `$.runtime.keys_dir`"
+                "agents (and provider 'ray') need keys_dir (every link between machines is CURVE) - at `$.runtime.keys_dir`"
             )
 
 

@@ -143,6 +143,7 @@ class Job:
             slots=rc.slots, keep_alive_s=rc.keep_alive_s,
             billing_path=str(self.run_dir / "billing.jsonl"),
             provider=rc.provider, agents=tuple(rc.agents), keys_dir=rc.keys_dir or None,
+            ray_address=rc.ray_address,
             local_node=rc.local_node, node_timeout_s=rc.node_timeout_s,
         ) as rt:  # fmt: skip
             pipeline = Pipeline(rt, cfg, model_dir, self.run_dir)

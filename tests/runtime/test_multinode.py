@@ -116,10 +116,15 @@ async def test_link_down_is_detected_and_link_up_readmits(
     assert time.monotonic() - t0 < TIMEOUT_S + 1.0
     h0 = await rt.spawn(ECHO)  # placed on the node that is left
     assert h0.function_id.startswith("host0") and await h0.echo(1) == 1
-    # Re-admission after `ip link set up` works alone but flaked once under a loaded full run
-    # (the agent never saw the new connection): checked in test_kill_9_... for a restarted
-    # agent; the link-up case is left as a known gap (see docs/many_machines.md).
+    readmitted = rt.cluster.readmitted if rt.cluster else 0
     hosts[1].link(up=True)
+    t0 = time.monotonic()
+    while "host1" not in rt.nodes():
+        assert time.monotonic() - t0 < 20, "host1 not re-admitted within 20 s of link up"
+        await asyncio.sleep(0.1)
+    assert rt.cluster is not None and rt.cluster.readmitted == readmitted + 1
+    h1 = await rt.spawn(ECHO, node="host1")  # and it serves again
+    assert await h1.echo(2) == 2
 
 
 async def test_weights_sent_once_per_node_per_version(rt: Runtime) -> None:
