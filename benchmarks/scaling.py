@@ -1,7 +1,7 @@
 """The scaling policy against a fixed split, on a simulated rollout (no GPU, ~10 s).
 
-    python benchmarks/scaling.py                      # synthetic distributions, 5 seeds each
-    python benchmarks/scaling.py --trace lengths.jsonl  # plus a recorded trace
+    python benchmarks/scaling.py                      # synthetic distributions + our tiny trace
+    python benchmarks/scaling.py --trace lengths.jsonl  # plus another recorded trace
     python benchmarks/scaling.py --prompts 256 --seeds 3
 
 Prints a table and writes ``benchmarks/results/scaling.json``.
@@ -14,8 +14,11 @@ the length predictor, the second is rolled out. Prompts are 200-1024 tokens.
 
 Trace (``--trace FILE.jsonl``): one JSON object per line, ``{"prompt_id": ..., "lengths": [...]}``
 with an optional ``"prompt_tokens": N`` (default 512). Lines with the same prompt_id are
-successive epochs: the last one is rolled out, the earlier ones warm the predictor. (Our runs'
-``metrics.jsonl`` has no per-sample lengths yet, so no recorded trace ships with the repo.)
+successive epochs: the last one is rolled out, the earlier ones warm the predictor. The pipeline
+writes this file as ``<run_dir>/lengths.jsonl``; ``tests/scaling/data/tiny_trace.jsonl`` (always
+run) is the default run's (tiny model, 256 prompts x 8 samples over 3 iterations, responses
+capped at 48 tokens): replayed at L40S speed such a rollout lasts ~3 s, so it mostly shows
+what a per-start minimum charge does to very short rollouts.
 
 Speed model (``ThroughputParams``; estimates for a 7B model in bf16 under vLLM on one L40S, not
 measurements): decode step ``18 ms + 0.08 ms x batch``, prefill 12k tokens/s, at most 256
@@ -31,8 +34,10 @@ Policies (same true lengths for all):
   start under the model's rules (minimum charge!) with a pre-warmed cold start: what early
   release alone buys.
 * ``rlhfless`` — the policy with ``ScalingConfig``'s defaults: predictor (EWMA, one epoch seen),
-  its assignment (LPT) and cut setting (none), k chosen as the cheapest (under ``aws``) within 5%
-  of the fastest predicted; cold starts pre-warmed (billed, hidden from the makespan).
+  its assignment (stratified) and cut setting (none), k chosen as the cheapest (under ``aws``)
+  within 3% of the fastest predicted (a margin below the 5% target for prediction error); cold
+  starts pre-warmed (billed, hidden from the makespan).
+* ``rlhfless/lpt`` — the same with LPT assignment (the previous default).
 * ``rlhfless/paper`` — the paper's combination: length-aware packing and per-function
   cut-and-migrate at τ = 0.7 with the no-extension guard.
 * ``rlhfless/global`` — packing with an RLHFuse-style global cut instead.
@@ -43,8 +48,20 @@ Policies (same true lengths for all):
 
 Idle function-seconds = held - cold start - busy (weight load, prefill, decoding). Dollars under
 ``aws`` and ``onprem`` for the ``--device`` kind (default l40s, the paper's testbed GPU).
+
+Two ``aws`` bills, because AWS charges a 60 s minimum per instance *start*:
+
+* ``aws/start`` — every non-fixed function is a fresh instance started for this rollout and
+  terminated at its release, so each pays at least 60 s (the pessimistic case for a serverless
+  system: nothing reuses its instances);
+* ``aws/pool`` — instances come from a warm pool that outlives the rollout (kept across stages
+  and iterations, as a serverless platform reuses warm workers), so the minimum is paid once per
+  instance per job, not per rollout: each function pays the seconds it holds (still rounded up
+  per second, cold start included). The ``fixed`` baseline is the same in both (a continuous
+  rental: its minimum is paid once per job too), so both systems get the same rule.
+
 Targets (issue 5), for ``rlhfless`` against ``fixed``: >= 30% less idle function-time, >= 20%
-lower ``aws`` cost, makespan at most 5% longer.
+lower ``aws`` cost, makespan at most 5% longer; the aws target is checked under both bills.
 """
 
 from __future__ import annotations
@@ -74,8 +91,10 @@ from rlhfless.scaling import (
     choose_k,
     simulate_rollout,
 )
+from rlhfless.scaling.scaler import WarmPool
 
 RESULTS = Path(__file__).parent / "results" / "scaling.json"
+TINY_TRACE = Path(__file__).parent.parent / "tests" / "scaling" / "data" / "tiny_trace.jsonl"
 PARAMS = ThroughputParams(
     step_seconds=0.018,
     step_seconds_per_seq=0.00008,
@@ -89,12 +108,16 @@ POLICIES = (
     "fixed",
     "fixed+release",
     "rlhfless",
+    "rlhfless/lpt",
+    "rlhfless/paper",
     "rlhfless/global",
     "rlhfless/shrink",
     "rlhfless/oracle",
 )
-WITHIN = 0.05  # k: the cheapest within this fraction of the fastest predicted makespan
-METRICS = ("makespan", "function_seconds", "idle_seconds", "usd_aws", "usd_onprem")
+# k: the cheapest within this fraction of the fastest predicted makespan. 3%, not the 5% target:
+# the predicted makespan is optimistic by the prediction error (measured: +1-3 points).
+WITHIN = 0.03
+METRICS = ("makespan", "function_seconds", "idle_seconds", "usd_aws", "usd_pool", "usd_onprem")
 
 
 def synthetic(
@@ -142,6 +165,7 @@ def run_policies(
 ) -> dict[str, dict[str, float]]:
     """``history[p]``: earlier epochs of prompt p; ``rollout[p]``: the lengths rolled out now."""
     aws, onprem = get_model("aws"), get_model("onprem")
+    pool = WarmPool(aws)
     pred = LengthPredictor(alpha=0.5)
     shrunk = LengthPredictor(alpha=0.5, shrink=1.0)
     for p, epochs in enumerate(history):
@@ -174,6 +198,7 @@ def run_policies(
             "busy_seconds": r.busy_seconds,
             "cold_seconds": r.cold_seconds,
             "usd_aws": r.usd(aws, DEVICE, continuous=serverful),
+            "usd_pool": r.usd(pool, DEVICE, continuous=serverful),
             "usd_onprem": r.usd(onprem, DEVICE, continuous=serverful),
             "moves": r.moves,
             "cuts": r.cuts,
@@ -194,6 +219,7 @@ def run_policies(
     default = ScalingConfig(policy="rlhfless")  # the policy as a user gets it by default
     for name, cut, oracle, predictor, method in (
         ("rlhfless", default.cut, False, pred, default.assign),
+        ("rlhfless/lpt", default.cut, False, pred, "lpt"),
         ("rlhfless/paper", "per_function", False, pred, "pack"),
         ("rlhfless/global", "global", False, pred, "pack"),
         ("rlhfless/shrink", "per_function", False, shrunk, "pack"),
@@ -213,6 +239,7 @@ def run_policies(
             threshold=0.7,
             transfer=TRANSFER,
             prewarm=True,
+            shape=predictor.shape_ratios(),
         )
         assert r.tokens_per_sequence == [x for g in rollout for x in g], "a sequence was lost"
         record(
@@ -234,14 +261,17 @@ def targets(rows: dict[str, dict[str, float]]) -> dict[str, Any]:
     base, ours = rows["fixed"], rows["rlhfless"]
     idle_cut = 1 - ours["idle_seconds"] / base["idle_seconds"] if base["idle_seconds"] else 0.0
     aws_cut = 1 - ours["usd_aws"] / base["usd_aws"]
+    pool_cut = 1 - ours["usd_pool"] / base["usd_pool"]
     slower = ours["makespan"] / base["makespan"] - 1
     return {
         "idle_reduction": idle_cut,
         "aws_cost_reduction": aws_cut,
+        "aws_pool_cost_reduction": pool_cut,
         "onprem_cost_reduction": 1 - ours["usd_onprem"] / base["usd_onprem"],
         "makespan_change": slower,
         "idle_target_met": idle_cut >= 0.30,
         "aws_target_met": aws_cut >= 0.20,
+        "aws_pool_target_met": pool_cut >= 0.20,
         "makespan_target_met": slower <= 0.05,
     }
 
@@ -249,7 +279,9 @@ def targets(rows: dict[str, dict[str, float]]) -> dict[str, Any]:
 def table(name: str, rows: dict[str, dict[str, float]]) -> Table:
     base = rows["fixed"]
     t = Table(title=f"{name}: mean over seeds (vs fixed)")
-    for col in ("policy", "fns", "makespan s", "fn-s", "idle fn-s", "aws $", "onprem $", "moves"):
+    cols = ("policy", "fns", "makespan s", "fn-s", "idle fn-s", "aws/start $", "aws/pool $",
+            "onprem $", "moves")  # fmt: skip
+    for col in cols:
         t.add_column(col, justify="right" if col != "policy" else "left")
 
     def cell(v: float, b: float, fmt: str) -> str:
@@ -264,6 +296,7 @@ def table(name: str, rows: dict[str, dict[str, float]]) -> Table:
             cell(r["function_seconds"], base["function_seconds"], ".0f"),
             cell(r["idle_seconds"], base["idle_seconds"], ".0f"),
             cell(r["usd_aws"], base["usd_aws"], ".3f"),
+            cell(r["usd_pool"], base["usd_pool"], ".3f"),
             cell(r["usd_onprem"], base["usd_onprem"], ".4f"),
             f"{r['moves']:.0f}",
         )
@@ -283,10 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="l40s")
     ap.add_argument("--within", type=float, default=WITHIN, help="k choice: cheapest within")
     ap.add_argument("--trace", type=Path, action="append", default=[])
+    ap.add_argument("--no-tiny-trace", action="store_true", help=f"skip {TINY_TRACE.name}")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     DEVICE, WITHIN = args.device, args.within
-    console = Console(width=120)
+    console = Console(width=140)
     results: dict[str, Any] = {}
     for dist in ("lognormal", "heavy"):
         runs = []
@@ -296,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run_policies(history, epochs[1], prompt_tokens, args.slots))
         rows = mean_rows(runs)
         results[dist] = {"mean": rows, "targets": targets(rows), "seeds": runs}
-    for path in args.trace:
+    traces = ([] if args.no_tiny_trace else [TINY_TRACE]) + list(args.trace)
+    for path in traces:
         epochs, prompt_tokens, _ = read_trace(path)
         history = [e[:-1] for e in epochs]
         rollout = [e[-1] for e in epochs]
@@ -309,8 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         console.print(
             f"  rlhfless vs fixed: idle {-tg['idle_reduction']:+.0%} "
             f"({'met' if tg['idle_target_met'] else 'NOT met'}: <= -30%), "
-            f"aws {-tg['aws_cost_reduction']:+.0%} "
+            f"aws/start {-tg['aws_cost_reduction']:+.0%} "
             f"({'met' if tg['aws_target_met'] else 'NOT met'}: <= -20%), "
+            f"aws/pool {-tg['aws_pool_cost_reduction']:+.0%} "
+            f"({'met' if tg['aws_pool_target_met'] else 'NOT met'}), "
             f"makespan {tg['makespan_change']:+.1%} "
             f"({'met' if tg['makespan_target_met'] else 'NOT met'}: <= +5%); "
             f"onprem {-tg['onprem_cost_reduction']:+.0%}; predictor: Spearman(max) "

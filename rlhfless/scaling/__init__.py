@@ -17,6 +17,7 @@ from rlhfless.scaling.assign import (
     assign_lpt,
     assign_pack,
     assign_round_robin,
+    assign_stratified,
     function_load,
 )
 from rlhfless.scaling.config import ScalingConfig
@@ -30,7 +31,13 @@ from rlhfless.scaling.migrate import (
     plan_global_cut,
 )
 from rlhfless.scaling.policy import RolloutPlan, Scaler
-from rlhfless.scaling.predictor import LengthPredictor, PredictorError, spearman
+from rlhfless.scaling.predictor import (
+    LengthPredictor,
+    PredictorError,
+    expected_remaining,
+    length_support,
+    spearman,
+)
 from rlhfless.scaling.prefix import (
     PrefixPlan,
     PrefixRoute,
@@ -38,7 +45,7 @@ from rlhfless.scaling.prefix import (
     plan_prefix_routes,
     plan_prefixes,
 )
-from rlhfless.scaling.scaler import CurvePoint, ScalingDecision, choose_k, evaluate
+from rlhfless.scaling.scaler import CurvePoint, ScalingDecision, WarmPool, choose_k, evaluate
 from rlhfless.scaling.simulate import SimFunction, SimResult, simulate_rollout
 from rlhfless.scaling.throughput import (
     ThroughputModel,
@@ -74,16 +81,20 @@ __all__ = [
     "ThroughputModel",
     "ThroughputParams",
     "TransferParams",
+    "WarmPool",
     "assign",
     "assign_lpt",
     "assign_pack",
     "assign_round_robin",
+    "assign_stratified",
     "choose_k",
     "decode_seconds",
     "decode_timeline",
     "evaluate",
+    "expected_remaining",
     "function_load",
     "kv_bytes_per_token",
+    "length_support",
     "plan_cut_and_migrate",
     "plan_global_cut",
     "plan_prefix_routes",

@@ -23,6 +23,17 @@ Methods:
   contiguous split under the bound (chunks taken greedily as large as possible start as late as
   possible). It may use fewer than k functions.
 
+* ``stratified`` — groups sorted by predicted longest sample, cut into k contiguous strata of
+  (nearly) equal predicted token work, none over one batch. Each function gets about the tokens
+  round robin would give it, so its per-sequence step cost (``t1 * tokens``) is round robin's,
+  while the long groups share functions: the short strata finish early and are released, and
+  the sum of the functions' longest samples (``t0 * steps``, most of their seconds) shrinks.
+  Unlike LPT and pack it never loads a function more because its groups were *predicted*
+  short, so a sample that runs far past its prediction costs no more than under round robin:
+  prediction error moves groups between strata, not the makespan. Known limit: the last
+  (shortest) stratum holds the most sequences and may exceed one batch (then it queues);
+  forcing it under the batch would unbalance the work, which measured worse.
+
 Empty functions are dropped from the result and counted in ``Assignment.empty_functions``.
 """
 
@@ -37,8 +48,8 @@ import msgspec
 from rlhfless.scaling.errors import BadScalingInput, BadScalingSetting
 from rlhfless.scaling.throughput import ThroughputParams, decode_seconds
 
-AssignMethod = Literal["round_robin", "lpt", "pack"]
-METHODS: tuple[str, ...] = ("round_robin", "lpt", "pack")
+AssignMethod = Literal["round_robin", "lpt", "pack", "stratified"]
+METHODS: tuple[str, ...] = ("round_robin", "lpt", "pack", "stratified")
 
 
 class GroupWork(msgspec.Struct, frozen=True, kw_only=True):
@@ -286,6 +297,47 @@ def assign_pack(
     return _finish("pack", k, works, chunks, params)
 
 
+def _work(w: GroupWork, params: ThroughputParams | None) -> float:
+    """A group's additive share of a function's time: prefill + per-sequence step cost."""
+    if params is None:
+        return w.tokens
+    return params.prefill_seconds(w.prefill_tokens) + params.step_seconds_per_seq * w.decode_tokens
+
+
+def assign_stratified(
+    works: Sequence[GroupWork], k: int, params: ThroughputParams | None = None
+) -> Assignment:
+    """Longest predicted first, cut into k contiguous strata of about equal work (see above)."""
+    _check(works, k)
+    if not works:
+        return _finish("stratified", k, works, [], params)
+    order = sorted(range(len(works)), key=lambda i: (-works[i].max_length, -works[i].tokens, i))
+    # Zero-work groups (zero lengths, no prompt) count as a sliver so they still spread out.
+    work = [max(_work(works[i], params), 1e-9) for i in order]
+    total = sum(work)
+    # At most a batch per function; when k batches cannot hold them all, an even share each
+    # (else the last stratum would queue all the overflow and finish last).
+    n_seqs = sum(len(w.lengths) for w in works)
+    cap = max(params.max_batch, math.ceil(n_seqs / k)) if params is not None else math.inf
+    chunks: list[list[int]] = []
+    cur: list[int] = []
+    done = seqs = 0.0
+    for pos, i in enumerate(order):
+        # Close the stratum where the cumulative work is nearest its share, or at a full batch.
+        target = total * (len(chunks) + 1) / k
+        n = len(works[i].lengths)
+        if cur and len(chunks) < k - 1:
+            over_batch = seqs + n > cap
+            if over_batch or abs(done + work[pos] - target) > abs(done - target):
+                chunks.append(cur)
+                cur, seqs = [], 0.0
+        cur.append(i)
+        seqs += n
+        done += work[pos]
+    chunks.append(cur)
+    return _finish("stratified", k, works, chunks, params)
+
+
 def assign(
     works: Sequence[GroupWork],
     k: int,
@@ -301,4 +353,6 @@ def assign(
         return assign_lpt(works, k, params)
     if method == "pack":
         return assign_pack(works, k, params, slack, headroom)
+    if method == "stratified":
+        return assign_stratified(works, k, params)
     raise BadScalingSetting("assign method", method, f"one of {', '.join(METHODS)}")

@@ -32,7 +32,7 @@ from rlhfless.scaling.migrate import (
 )
 from rlhfless.scaling.predictor import LengthPredictor, PredictorError, PromptId
 from rlhfless.scaling.prefix import PrefixPlan, plan_prefixes
-from rlhfless.scaling.scaler import ScalingDecision, choose_k, evaluate
+from rlhfless.scaling.scaler import ScalingDecision, WarmPool, choose_k, evaluate
 from rlhfless.scaling.throughput import ThroughputModel, ThroughputParams
 from rlhfless.scaling.transfer import TransferParams
 
@@ -76,6 +76,8 @@ class Scaler:
         self.device_kind = config.device_kind or device_kind
         self.model = cost_model or get_model(config.cost_model)
         self.model.rate(self.device_kind)  # fail now, with the known kinds, if unpriced
+        if config.warm_pool:
+            self.model = WarmPool(self.model)
         self.predictor = LengthPredictor(
             config.predictor_alpha,
             config.predictor_window,
@@ -211,6 +213,11 @@ class Scaler:
             self.throughput.observe_weight_load(seconds)
         for event in billing_events:
             self.throughput.observe_billing_event(event)
+
+    def remaining(self, prompt_id: PromptId, produced: float) -> float:
+        """Expected tokens still to come for a sample of ``prompt_id`` that has produced
+        ``produced``: the ``predicted_remaining`` to put in a migration plan's progress."""
+        return self.predictor.remaining(prompt_id, produced)
 
     def prediction_error(self, last: int | None = None) -> PredictorError:
         return self.predictor.error(last)

@@ -95,6 +95,39 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return sxy / math.sqrt(sxx * syy)
 
 
+def expected_remaining(support: Sequence[float], produced: float, tail: float = 1.0) -> float:
+    """Expected tokens still to come for a sample that has produced ``produced`` tokens so far:
+    ``E[L - produced | L > produced]`` with ``L`` drawn evenly from ``support`` (the lengths the
+    predictor thinks a sample of its prompt can have: :meth:`LengthPredictor.support`), at
+    least 1.
+
+    A sequence past every point of ``support`` has overrun all the evidence: its remaining length
+    is taken proportional to what it has produced (``tail * produced``; the longer a generation
+    has run, the longer it tends to keep running), instead of the 1 token a plain
+    ``predicted - produced`` floor would give. That floor made a long straggler look almost
+    finished, so a migration plan would move it onto a busy function.
+    """
+    if not (math.isfinite(produced) and produced >= 0):
+        raise BadScalingInput("expected_remaining", f"produced must be >= 0, got {produced}")
+    if not (math.isfinite(tail) and tail > 0):
+        raise BadScalingSetting("remaining tail", tail, "a finite number > 0")
+    above = [x - produced for x in support if x > produced]
+    if above:
+        return max(1.0, sum(above) / len(above))
+    return max(1.0, tail * produced)
+
+
+def length_support(profile: Sequence[float], shape: Sequence[float] = ()) -> list[float]:
+    """A sample's possible lengths: its group's predicted ``profile`` plus the profile's median
+    times each dataset ``shape`` ratio (sample / its prompt's median, from every prompt seen):
+    a tail the prompt's own few epochs have not shown yet, e.g. a rare 10x sample."""
+    pts = [float(x) for x in profile]
+    if pts and shape:
+        mid = float(median(pts))
+        pts.extend(mid * r for r in shape)
+    return pts
+
+
 class ErrorSample(msgspec.Struct, frozen=True, array_like=True):
     """What was predicted for one group before its lengths were observed, and what they were."""
 
@@ -299,6 +332,27 @@ class LengthPredictor:
             spearman_mean=spearman([e.predicted_mean for e in s], [e.actual_mean for e in s]),
             spearman_max=spearman([e.predicted_max for e in s], [e.actual_max for e in s]),
         )
+
+    def shape_ratios(self, points: int = 16) -> list[float]:
+        """Quantiles of ``sample length / its prompt's median`` over the dataset's latest
+        profiles: how far from its prompt's typical length a sample can land."""
+        ratios = []
+        for prof in self._dataset:
+            mid = median(prof)
+            if mid > 0:
+                ratios.extend(x / mid for x in prof)
+        if not ratios:
+            return []
+        return resample_sorted(ratios, min(points, len(ratios)))
+
+    def support(self, prompt_id: PromptId) -> list[float]:
+        """Lengths a sample of ``prompt_id`` can have (:func:`length_support`)."""
+        return length_support(self.profile(prompt_id), self.shape_ratios())
+
+    def remaining(self, prompt_id: PromptId, produced: float, tail: float = 1.0) -> float:
+        """Expected tokens still to come for a sample of ``prompt_id`` that has produced
+        ``produced`` (:func:`expected_remaining`): what a migration plan should be told."""
+        return expected_remaining(self.support(prompt_id), produced, tail)
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
-from rlhfless.cost_models import CostModel, Lifetime
+from rlhfless.cost_models import BillingRules, CostModel, Lifetime
 from rlhfless.scaling.assign import Assignment, AssignMethod, GroupWork, assign
 from rlhfless.scaling.errors import BadScalingSetting
 from rlhfless.scaling.throughput import ThroughputParams
@@ -85,6 +85,28 @@ class ScalingDecision(msgspec.Struct, kw_only=True):
         out = io.StringIO()
         Console(file=out, width=width, force_terminal=False, color_system=None).print(table)
         return out.getvalue()
+
+
+class WarmPool(CostModel):
+    """``model``'s prices and granularity, for functions drawn from a warm pool that outlives one
+    rollout (instances kept alive across stages and iterations, the way a serverless platform
+    reuses warm workers). Such an instance pays the provider's per-start minimum once per job,
+    not once per rollout, and is already warm (model loaded) when a rollout takes it, so a
+    rollout is billed for the seconds it holds each one from ready to release: no minimum, no
+    cold start. A serverful rental held for the whole job gets exactly this treatment too; use
+    it for both sides of a comparison, or for neither."""
+
+    def __init__(self, model: CostModel) -> None:
+        rules = BillingRules(
+            granularity_seconds=model.rules.granularity_seconds,
+            minimum_seconds=0.0,
+            bill_cold_start=False,
+        )
+        super().__init__(f"{model.name}/pool", rules, f"{model.description} (warm pool)")
+        self.inner = model
+
+    def rates(self) -> Mapping[str, float]:
+        return self.inner.rates()
 
 
 def check_lam(lam: float) -> float:

@@ -8,8 +8,11 @@ decides with *predicted* ones. Model (all times in seconds from the rollout's st
 * Decode: at most ``max_batch`` sequences run, admitted FIFO (the assignment's order, longest
   predicted first); each step takes ``t0 + t1 * batch`` and gives every running sequence a token.
 * Cut-and-migrate (``cut = "per_function"`` or ``"global"``): whenever a sequence finishes, the
-  planner of :mod:`~rlhfless.scaling.migrate` is asked with every working function's progress
-  (predicted remaining = predicted length - produced, at least 1). A cut function stops at once;
+  planner of :mod:`~rlhfless.scaling.migrate` is asked with every working function's progress.
+  Predicted remaining (``remaining = "conditional"``, the default) is
+  :func:`~rlhfless.scaling.predictor.expected_remaining`: ``E[L - produced | L > produced]`` over
+  the sequence's group profile plus its median times the dataset's ``shape`` ratios, ``tail`` x
+  produced once it has overrun them all; ``"naive"``: predicted - produced, at least 1. A cut function stops at once;
   each moved sequence keeps its produced tokens and joins its destination's queue after the
   transfer time of its move (ship KV or re-prefill; re-prefill is charged to the sequence's
   arrival, not to the destination's other sequences: a simplification). A cut function is
@@ -41,10 +44,12 @@ from rlhfless.scaling.migrate import (
     plan_cut_and_migrate,
     plan_global_cut,
 )
+from rlhfless.scaling.predictor import expected_remaining, length_support
 from rlhfless.scaling.throughput import ThroughputParams
 from rlhfless.scaling.transfer import TransferParams
 
 CutPolicy = Literal["none", "per_function", "global"]
+RemainingEstimate = Literal["conditional", "naive"]
 
 
 class SimFunction(msgspec.Struct, kw_only=True):
@@ -144,13 +149,22 @@ def simulate_rollout(
     hold_to_end: bool = False,
     prewarm: bool = False,
     guard: bool = True,
+    remaining: RemainingEstimate = "conditional",
+    shape: Sequence[float] = (),
+    tail: float = 1.0,
 ) -> SimResult:
     """Simulate decoding ``lengths[g]`` (true lengths of group g's samples) on functions holding
     ``groups[f]`` (group indices). ``predicted[g]`` (same shape as lengths; default: the true
     lengths, an oracle) orders admission and feeds the cut planner. ``warm``: the first that
     many functions skip the cold start. ``prewarm``: cold starts happen before the rollout (timed
     from history, overlapping the previous stage): billed, but not in the makespan. ``guard``:
-    per-function cuts use the step-time model so as not to extend the rollout."""
+    per-function cuts use the step-time model so as not to extend the rollout. ``remaining``,
+    ``shape`` (:meth:`LengthPredictor.shape_ratios`) and ``tail``: how the planner is told a
+    sequence's remaining length (module docstring)."""
+    if remaining not in ("conditional", "naive"):
+        raise BadScalingInput(
+            "simulate_rollout", f"remaining must be conditional/naive, got {remaining!r}"
+        )
     if cut not in ("none", "per_function", "global"):
         raise BadScalingInput(
             "simulate_rollout", f"cut must be none/per_function/global, got {cut!r}"
@@ -165,6 +179,7 @@ def simulate_rollout(
     seq_len: list[int] = []
     seq_pred: list[float] = []
     seq_prompt: list[int] = []
+    seq_group: list[int] = []
     seq_of_group: list[list[int]] = []
     for g, ls in enumerate(lengths):
         if len(pred[g]) != len(ls):
@@ -177,7 +192,9 @@ def simulate_rollout(
             seq_len.append(math.ceil(x))
             seq_pred.append(float(p))
             seq_prompt.append(int(prefill_tokens[g]))
+            seq_group.append(g)
         seq_of_group.append(ids)
+    support = [length_support(p, shape) for p in pred] if remaining == "conditional" else []
     n = len(seq_len)
     produced = [0] * n  # decode tokens of completed steps, over all functions
     start_step = [0] * n  # its function's step count when it was admitted there
@@ -237,12 +254,16 @@ def simulate_rollout(
             unfinished = []
             for s in [s for _, s in fn.active] + list(fn.queue) + [s for _, s in fn.arrivals]:
                 m = made(fn, s)
+                if remaining == "conditional":
+                    rem = expected_remaining(support[seq_group[s]], m, tail)
+                else:
+                    rem = max(seq_pred[s] - m, 1.0)
                 unfinished.append(
                     SequenceProgress(
                         seq_id=s,
                         prompt_tokens=seq_prompt[s],
                         produced=m,
-                        predicted_remaining=max(seq_pred[s] - m, 1.0),
+                        predicted_remaining=rem,
                     )
                 )
             rows.append(
