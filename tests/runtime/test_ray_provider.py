@@ -133,13 +133,13 @@ def _stop_cluster(procs: list[subprocess.Popen[bytes]], temp: str) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)  # its own session: only our node's processes
             p.wait(10)
-    for pid in _pids_mentioning(temp):  # anything of ours that escaped its process group
+    for pid in pids_mentioning(temp):  # anything of ours that escaped its process group
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     shutil.rmtree(temp, ignore_errors=True)
 
 
-def _pids_mentioning(text: str) -> list[int]:
+def pids_mentioning(text: str) -> list[int]:
     pids = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -169,11 +169,11 @@ def _tree(agents: RayAgents) -> set[int]:
     command line, which the forked janitor shares)."""
     pids = {p for pid in agents.pids for p in {pid, *_descendants(pid)}}
     for address in agents.addresses:
-        pids.update(_pids_mentioning(f"tcp://{address}\0"))
+        pids.update(pids_mentioning(f"tcp://{address}\0"))
     return pids
 
 
-def _caches(name: str) -> list[Path]:
+def weight_caches(name: str) -> list[Path]:
     """The weight cache the ray provider made for the agent ``name`` (in /dev/shm)."""
     return list(Path("/dev/shm").glob(f"rlhfless-weights-{name}-*"))
 
@@ -225,7 +225,7 @@ async def test_one_agent_per_ray_node_then_a_runtime_across_them(
         # The agents' process trees and weight caches, to check that close() leaves nothing.
         trees = _tree(agents)
         assert len(trees) >= 6, trees  # per node: the agent, its zygote, its janitor
-        assert all(len(_caches(name)) == 1 for name in names)
+        assert all(len(weight_caches(name)) == 1 for name in names)
 
         async with Runtime(
             preload=("torch",),
@@ -248,7 +248,9 @@ async def test_one_agent_per_ray_node_then_a_runtime_across_them(
     while any(_running(p) for p in trees) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert not [p for p in trees if _running(p)], "an agent (or its zygote) outlived close()"
-    assert not [c for name in names for c in _caches(name)], "a weight cache outlived its agent"
+    assert not [c for name in names for c in weight_caches(name)], (
+        "a weight cache outlived its agent"
+    )
     print(f"total {time.monotonic() - t0:.1f}s")
 
 
@@ -264,6 +266,6 @@ async def test_agent_dies_with_its_actor(cluster: str, tmp_path: Path) -> None:
         while any(_running(p) for p in trees) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert not [p for p in trees if _running(p)]
-        assert not [c for a in agents.agents for c in _caches(a.name)]  # it cleaned up
+        assert not [c for a in agents.agents for c in weight_caches(a.name)]  # it cleaned up
     finally:
         agents.close()

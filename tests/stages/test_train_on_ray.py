@@ -1,0 +1,60 @@
+"""`Job` training across a Ray cluster: `runtime.provider=ray` places one agent per Ray node.
+
+Two Ray nodes on this machine (tests/runtime/test_ray_provider.py's local cluster), two slots
+each; nothing runs on the controller's own slots (`runtime.local_node=false`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from rlhfless.runtime.auth import keys_init
+from rlhfless.runtime.messages import BillingEvent
+from rlhfless.stages.config import load_config
+from rlhfless.stages.run import Job
+
+ray = pytest.importorskip("ray", reason="training on Ray needs Ray: pip install 'rlhfless[ray]'")
+
+from tests.runtime.test_ray_provider import local_ray_cluster, pids_mentioning, weight_caches  # noqa: E402
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def ray_cluster() -> Iterator[str]:
+    with local_ray_cluster(nodes=2, cpus=2) as address:
+        yield address
+
+
+async def test_two_iterations_across_two_ray_nodes(tmp_path: Path, ray_cluster: str) -> None:
+    keys = str(keys_init(tmp_path / "keys"))
+    cfg = load_config(None, [
+        "train.iterations=2", "train.batch_prompts=4", "train.group_size=4",
+        "rollout.max_new_tokens=16", "rollout.functions=2",
+        "runtime.provider=ray", f"runtime.ray_address={ray_cluster}", f"runtime.keys_dir={keys}",
+        "runtime.local_node=false", f"run.run_dir={tmp_path / 'run'}",
+    ])  # fmt: skip
+    job = Job(cfg)
+    summary = await job.run()
+    assert [m.version for m in job.metrics] == [1, 2]
+    assert all(m.samples == 16 and math.isfinite(m.loss) for m in job.metrics)
+    lines = (tmp_path / "run" / "billing.jsonl").read_bytes().splitlines()
+    events = [msgspec.json.decode(line, type=BillingEvent) for line in lines]
+    nodes = {e.node for e in events}
+    assert len(nodes) == 2 and all(n.startswith("ray-") for n in nodes), nodes  # both Ray nodes
+    assert {e.stage for e in events} >= {"rollout", "reward", "train"}
+    assert summary["deaths"] == 0 and summary["nodes_lost"] == 0
+    # The run took its agents down: Ray left, no agent (or janitor) and no weight cache behind.
+    assert not ray.is_initialized()
+    deadline = time.monotonic() + 5  # a janitor looks every 0.5 s
+    while pids_mentioning(keys) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert pids_mentioning(keys) == []
+    assert not [c for n in nodes for c in weight_caches(n)]
