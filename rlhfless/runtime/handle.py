@@ -47,6 +47,11 @@ class Handle(Generic[T]):
         return self._fn.pid
 
     @property
+    def node(self) -> str:
+        """The node (machine) the function runs on: this one's name or an agent's."""
+        return self._fn.record.node
+
+    @property
     def warm(self) -> bool:
         """True when this lease was served by a warm function (no cold start)."""
         return self._fn.record.warm_starts > 0 and self._lease > 1

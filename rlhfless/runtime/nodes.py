@@ -67,7 +67,8 @@ class RemoteNode:
         self.lost_at: float | None = None
         self.connected_at = 0.0  # when the current socket was made
         self.linked = False  # a message went out on the current socket (its handshake is done)
-        self.versions: set[int] = set()
+        self.versions: set[int] = set()  # weight versions the agent says it holds
+        self.sent: set[int] = set()  # versions sent on this link, maybe not yet confirmed
         self.bytes_sent = 0  # weight bytes sent to this node
         self.sock: zmq.asyncio.Socket | None = None
         self.sync: zmq.Socket | None = None  # the same socket, synchronous API
@@ -169,25 +170,72 @@ class Cluster:
         return True
 
     async def _send(self, node: RemoteNode, frames: list[Any], timeout: float) -> None:
-        assert node.sock is not None
+        sock = node.sock
+        assert sock is not None
         try:
-            await asyncio.wait_for(node.sock.send_multipart(frames, copy=False), timeout)
+            await asyncio.wait_for(sock.send_multipart(frames, copy=False), timeout)
         except TimeoutError:
             raise SpawnError(f"node {node.name} did not take a message within {timeout}s") from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if node.sock is sock or (task is not None and task.cancelling()):
+                raise  # a real cancellation of the caller
+            # lost() closed the socket under the send: the node is gone, not the caller.
+            raise SpawnError(f"node {node.name} was lost while sending to it") from None
 
     async def launch(self, fn: FunctionState, deadline: float) -> None:
-        node = self.by_name(fn.record.node)
+        """Send ``fn``'s spawn to its node; :class:`NodeLost` if the node goes meanwhile."""
+        try:
+            node = self._up(fn.record.node)
+            # The agent handles its messages in order: the weights are in its cache before the
+            # function starts, so no confirmation is needed here.
+            await self.ensure_weights(node, deadline, confirmed=False)
+            left = max(0.1, deadline - time.monotonic())
+            await self._send(node, self.codec.encode(fn.spec), left)
+        except SpawnError as exc:
+            # Placement chose a node that was up; losing it since is the node's failure, and
+            # callers re-run the work of lost functions (NodeLost is a FunctionDied).
+            raise NodeLost(fn.function_id, fn.actor, fn.record.node, str(exc)) from None
+
+    def _up(self, name: str) -> RemoteNode:
+        node = self.by_name(name)
         if node is None or node.state != "up":
-            raise SpawnError(f"node {fn.record.node} is not up")
-        left = max(0.1, deadline - time.monotonic())
+            raise SpawnError(f"node {name} is not up")
+        return node
+
+    def has_current(self, node: RemoteNode) -> bool:
         weights = self.rt._weights
-        if weights is not None and weights[0] not in node.versions:
-            # Once per node and version: later functions on this node read the node's cache.
-            version, tensors, nbytes = weights
-            await self._send(node, self.codec.encode(Weights(version, tensors)), left)
-            node.versions.add(version)
+        return weights is None or weights[0] in node.versions | node.sent
+
+    async def ensure_weights(self, node: RemoteNode, deadline: float, confirmed: bool) -> None:
+        """Send the current weights to ``node`` unless it has them: once per node and version.
+
+        ``confirmed`` waits until the agent says the version is in its cache: a warm function
+        that loads it next reads the cache directly, not through the agent.
+        """
+        weights = self.rt._weights
+        if weights is None:
+            return
+        version, tensors, nbytes = weights
+        if version not in node.versions and version not in node.sent:
+            # Claimed before the send yields: concurrent spawns on this node send it once.
+            node.sent.add(version)
+            left = max(0.1, deadline - time.monotonic())
+            try:
+                await self._send(node, self.codec.encode(Weights(version, tensors)), left)
+            except BaseException:
+                node.sent.discard(version)
+                raise
             node.bytes_sent += nbytes
-        await self._send(node, self.codec.encode(fn.spec), left)
+        while confirmed and version not in node.versions:
+            if node.state != "up":
+                raise SpawnError(f"node {node.name} was lost while taking weights v{version}")
+            if time.monotonic() > deadline:
+                raise SpawnError(f"node {node.name} did not confirm weights v{version} in time")
+            await asyncio.sleep(0.005)
+
+    async def ensure_weights_on(self, name: str, deadline: float) -> None:
+        await self.ensure_weights(self._up(name), deadline, confirmed=True)
 
     def kill(self, fn: FunctionState) -> None:
         node = self.by_name(fn.record.node)
@@ -267,6 +315,7 @@ class Cluster:
         node.state = "lost"
         node.lost_at = time.time()
         node.versions.clear()  # unknown after a loss: resend on the next spawn there
+        node.sent.clear()
         self.lost_events += 1
         log.warning("node %s lost: %s", node.name, why)
         for fn in list(self.rt._fns.values()):

@@ -31,6 +31,7 @@ from rlhfless.runtime.errors import (
     BadMessage,
     CallTimeout,
     FunctionDied,
+    NodeLost,
     RemoteError,
     RuntimeClosed,
     SpawnError,
@@ -271,6 +272,19 @@ class Runtime:
         key = reuse_key(path, threads, env or {}, init_frames)
         warm = self._take_warm(key, slot, node)
         if warm is not None:
+            if self.cluster is not None and warm.record.node != self.node:
+                # The invariant a caller relies on: after publish_weights(v), any function it
+                # gets, warm or new, finds v in its node's cache.
+                try:
+                    deadline = time.monotonic() + (timeout or self.config.ready_timeout_s)
+                    await self.cluster.ensure_weights_on(warm.record.node, deadline)
+                except BaseException as exc:
+                    await self._release(warm, warm.lease)
+                    if isinstance(exc, SpawnError):  # the node failed: its work is re-run
+                        raise NodeLost(
+                            warm.function_id, warm.actor, warm.record.node, str(exc)
+                        ) from None
+                    raise
             return Handle(self, warm, warm.lease)
         deadline = time.monotonic() + (timeout or self.config.ready_timeout_s)
         node = node or self._place(path)
@@ -660,7 +674,6 @@ class Runtime:
         nodes = self.nodes()
         if len(nodes) == 1:
             return next(iter(nodes))
-        version = self._weights[0] if self._weights else None
         views = []
         for name, devices in nodes.items():
             live = [f for f in self._fns.values() if f.record.node == name and f.state != "dead"]
@@ -668,7 +681,11 @@ class Runtime:
                 has = True  # written here at publish time
             else:
                 remote = self.cluster.by_name(name) if self.cluster else None
-                has = version is None or (remote is not None and version in remote.versions)
+                has = (
+                    remote is not None
+                    and self.cluster is not None
+                    and self.cluster.has_current(remote)
+                )
             views.append(
                 NodeView(
                     name=name,

@@ -78,6 +78,13 @@ class Pipeline:
         self.version = 0
         # None: the model dir's weights; a dict of tensors; or a node-local file's path.
         self.weights: dict[str, torch.Tensor] | str | None = None
+        # Across machines the runtime sends each version once per node into that node's cache
+        # (rt.publish_weights) and rollout functions load it there: no per-function copies.
+        self.weights_cached = False
+        # Per role (trainer, critic): the node whose disk holds its hand-over state; later steps
+        # go back there. If it is lost, placement picks another; the version check then says
+        # whether run_dir/state is shared storage that the new node can read.
+        self.homes: dict[str, str] = {}
         self.retries = 0
         self.on_rollout_started: Callable[[list[int]], Any] | None = None  # test hook: pids
         self.rollout_stage = RolloutStage(self)
@@ -89,18 +96,37 @@ class Pipeline:
             TRAINER,
             self._trainer_args(),
             "train",
-            lambda h: h.weights(*self._weights_route()),
+            lambda h: self._at_home(TRAINER, h, h.weights(*self._weights_route())),
             threads=self._trainer_threads(),
+            node=self._home(TRAINER),
         )
         self._publish(published)
 
     def _weights_route(self) -> tuple[str, int]:
-        """Where the trainer puts weights larger than rollout.weights_file_mb (node-local file)."""
+        """Where the trainer puts weights larger than rollout.weights_file_mb (node-local file).
+
+        Across machines a file on the trainer's node is no use elsewhere: always inline, and
+        the runtime distributes them node by node.
+        """
+        if self.rt.cluster is not None:
+            return str(self.run_dir / "weights"), 1 << 62
         return str(self.run_dir / "weights"), self.cfg.rollout.weights_file_mb << 20
 
     def _publish(self, published: dict[str, Any]) -> None:
-        self.weights = published.get("path") or published["state_dict"]
         self.version = published["version"]
+        if self.rt.cluster is not None:
+            self.rt.publish_weights(self.version, published["state_dict"])
+            self.weights, self.weights_cached = None, True
+        else:
+            self.weights = published.get("path") or published["state_dict"]
+
+    def _home(self, role: str) -> str | None:
+        home = self.homes.get(role)
+        return home if home in self.rt.nodes() else None
+
+    async def _at_home(self, role: str, h: Any, result: Awaitable[R]) -> R:
+        self.homes[role] = h.node
+        return await result
 
     def _trainer_threads(self) -> int:
         return self.cfg.runtime.trainer_threads or self.rt.devices.cores
@@ -119,6 +145,7 @@ class Pipeline:
         work: Callable[[Any], Awaitable[R]],
         threads: int | None = None,
         leases: list[tuple[float, bool]] | None = None,
+        node: str | None = None,
     ) -> R:
         """Spawn (or reuse warm), run ``work(handle)``, release; re-run on a new function if it dies.
 
@@ -127,8 +154,11 @@ class Pipeline:
         """
         for attempt in range(MAX_RETRIES + 1):
             t0 = time.perf_counter()
-            handle = await self.rt.spawn(actor, *args, stage=stage, threads=threads)
-            try:
+            if node is not None and node not in self.rt.nodes():
+                node = None  # the pinned node is gone: placement picks
+            handle = None
+            try:  # a node lost while the function starts is a death too (NodeLost)
+                handle = await self.rt.spawn(actor, *args, stage=stage, threads=threads, node=node)
                 return await work(handle)
             except FunctionDied as exc:
                 if attempt == MAX_RETRIES:
@@ -141,9 +171,10 @@ class Pipeline:
                     exc.exit_code,
                 )
             finally:
-                await handle.release()
-                if leases is not None:
-                    leases.append((time.perf_counter() - t0, handle.warm))
+                if handle is not None:
+                    await handle.release()
+                    if leases is not None:
+                        leases.append((time.perf_counter() - t0, handle.warm))
         raise AssertionError("unreachable")  # pragma: no cover
 
     # ------------------------------------------------------------------ one iteration
@@ -204,7 +235,8 @@ class Pipeline:
         if ppo:
             jobs.append(timed("critic", self._with_function(
                 CRITIC, (self.model_dir, train_cfg, str(self.state_dir / "critic"), cfg.model.dtype), "critic",
-                lambda h: h.values(batch.prompt_ids, batch.response_ids),
+                lambda h: self._at_home(CRITIC, h, h.values(batch.prompt_ids, batch.response_ids)),
+                node=self._home(CRITIC),
             )))  # fmt: skip
         results = await asyncio.gather(*jobs)
         times["score"] = time.perf_counter() - t0
@@ -237,11 +269,16 @@ class Pipeline:
                 cfg.rollout.temperature,
                 expected_version=self.version,
             )
-            return out, await h.weights(*self._weights_route())
+            return out, await self._at_home(TRAINER, h, h.weights(*self._weights_route()))
 
         train_jobs: list[Awaitable[Any]] = [
             self._with_function(
-                TRAINER, trainer_args, "train", train, threads=self._trainer_threads()
+                TRAINER,
+                trainer_args,
+                "train",
+                train,
+                threads=self._trainer_threads(),
+                node=self._home(TRAINER),
             )
         ]
         if ppo:
@@ -253,9 +290,9 @@ class Pipeline:
             )
             train_jobs.append(self._with_function(
                 CRITIC, critic_args, "critic",
-                lambda h: h.step(
+                lambda h: self._at_home(CRITIC, h, h.step(
                     batch.prompt_ids, batch.response_ids, old_values, returns, expected_version=self.version
-                ),
+                )), node=self._home(CRITIC),
             ))  # fmt: skip
         done = await asyncio.gather(*train_jobs)
         (train_stats, published) = done[0]

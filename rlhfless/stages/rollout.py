@@ -60,6 +60,13 @@ class RolloutActor:
             self.engine.load_state_dict(weights, version)
         return version
 
+    def load_cached(self, version: int) -> int:
+        """``version`` from this node's weight cache, where the runtime sent it once per node."""
+        from rlhfless.runtime.weights import load
+
+        self.engine.load_state_dict(load(version), version)
+        return version
+
     def generate(
         self,
         prompts: list[list[int]],

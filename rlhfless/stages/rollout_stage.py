@@ -59,9 +59,12 @@ class RolloutStage:
 
     async def _prepare(self, h: Any) -> None:
         p = self.p
-        if p.weights is not None and await h.version() != p.version:
+        if (p.weights is not None or p.weights_cached) and await h.version() != p.version:
             t0 = time.perf_counter()
-            await h.load_weights(p.weights, p.version)
+            if p.weights_cached:  # sent to this function's node once by the runtime
+                await h.load_cached(p.version)
+            else:
+                await h.load_weights(p.weights, p.version)
             self.weight_loads.append(time.perf_counter() - t0)
 
     async def run(

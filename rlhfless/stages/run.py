@@ -196,6 +196,10 @@ class Job:
             "retries": sum(m.retries for m in ms),
             "dollars": {},
         }
+        if rt.cluster is not None:  # many machines: what happened to the nodes
+            out["nodes_lost"] = rt.cluster.lost_events
+            out["nodes_readmitted"] = rt.cluster.readmitted
+            out["weight_bytes_sent"] = rt.weight_bytes_sent()
         try:
             from rlhfless.cost_models import Ledger, get_model
 
