@@ -74,6 +74,7 @@ class Agent:
         self.codec = Codec()
         self.dir = tempfile.mkdtemp(prefix="rlhfless-agent-")
         default_cache = "/dev/shm" if os.path.isdir("/dev/shm") else self.dir
+        self.own_cache = cache_dir is None  # made here: removed at shutdown (it is RAM)
         self.cache_dir = cache_dir or tempfile.mkdtemp(
             prefix="rlhfless-weights-", dir=default_cache
         )
@@ -91,7 +92,8 @@ class Agent:
         env = {**os.environ, KEYS_ENV: self.keys_dir, WEIGHTS_ENV: self.cache_dir}
         self.zygote = subprocess.Popen(
             [sys.executable, "-m", "rlhfless.runtime.zygote", "--endpoint", self.back_endpoint,
-             "--preload", ",".join(self.preload), "--heartbeat", str(self.heartbeat_s)],
+             "--preload", ",".join(self.preload), "--heartbeat", str(self.heartbeat_s),
+             "--parent-pid", str(os.getpid())],
             stdin=subprocess.DEVNULL, env=env,
         )  # fmt: skip
         self.zygote_ready = False
@@ -238,6 +240,8 @@ class Agent:
             self.back.close(linger=0)
             ctx.term()
             shutil.rmtree(self.dir, ignore_errors=True)
+            if self.own_cache:
+                shutil.rmtree(self.cache_dir, ignore_errors=True)
         return 0
 
     def check(self) -> None:

@@ -18,6 +18,7 @@ async def start_zygote(
         sys.executable, "-m", "rlhfless.runtime.zygote",
         "--endpoint", endpoint, "--preload", ",".join(preload),
         "--tail-lines", str(tail_lines), "--heartbeat", str(hb_interval),
+        "--parent-pid", str(os.getpid()),
         stdin=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
 

@@ -288,9 +288,20 @@ class Cluster:
     async def _liveness(self) -> None:
         period = self.rt.config.node_heartbeat_s
         timeout = self.rt.config.node_timeout_s
+        last_tick = time.monotonic()
         while True:
             await self._ping_all()
             now = time.monotonic()
+            stalled = now - last_tick - period
+            last_tick = now
+            if stalled > timeout / 2:
+                # This loop (the controller) was blocked, not the agents: their answers may be
+                # queued unread. Judge them again after a fresh round, never on stale clocks.
+                log.warning("controller stalled %.1fs: node liveness deadlines restart", stalled)
+                for node in self.nodes:
+                    node.last_seen = max(node.last_seen, now)
+                await asyncio.sleep(period)
+                continue
             for node in self.nodes:
                 if node.state == "up" and now - node.last_seen > timeout:
                     self.lost(node, f"no answer for {now - node.last_seen:.1f}s")

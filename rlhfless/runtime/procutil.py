@@ -11,13 +11,17 @@ import sys
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
+def die_with_parent(sig: int = signal.SIGKILL, parent: int | None = None) -> None:
     """Ask Linux to send ``sig`` to this process when its parent dies (no orphans).
 
+    ``parent`` is the pid that started us, when known: a parent that died before this call
+    (we are already init's child) is only detectable against it.
     Elsewhere this is a no-op; the heartbeat and the parent's shutdown still reap functions.
     """
     if not sys.platform.startswith("linux"):
         return
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)  # the parent is already gone
     parent = os.getppid()
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)

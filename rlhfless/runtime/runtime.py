@@ -37,6 +37,7 @@ from rlhfless.runtime.errors import (
     SpawnError,
 )
 from rlhfless.runtime.handle import _DEFAULT, Handle
+from rlhfless.runtime.locality import Locality
 from rlhfless.runtime.messages import (
     BillingEvent,
     Call,
@@ -51,10 +52,10 @@ from rlhfless.runtime.messages import (
     Spawn,
 )
 from rlhfless.runtime.nodes import Cluster
-from rlhfless.runtime.placement import NodeView, choose
+from rlhfless.runtime.pool import WarmPool
 from rlhfless.runtime.procutil import kill
 from rlhfless.runtime.state import FunctionState, RuntimeStats, actor_path, expire, reuse_key
-from rlhfless.runtime.weights import WEIGHTS_ENV, save
+from rlhfless.runtime.weights import WEIGHTS_ENV
 from rlhfless.runtime.zygote import ZYGOTE_IDENTITY
 
 log = logging.getLogger("rlhfless.runtime")
@@ -62,7 +63,7 @@ T = TypeVar("T")
 _RECV_BURST = 64  # messages the receiver takes in a row before it lets other tasks run
 
 
-class Runtime:
+class Runtime(WarmPool, Locality):
     """Function processes on demand. ``async with Runtime() as rt: h = await rt.spawn(...)``."""
 
     def __init__(self, config: RuntimeConfig | None = None, **overrides: Any) -> None:
@@ -149,19 +150,6 @@ class Runtime:
             raise RuntimeClosed(
                 f"the runtime's receiver failed: {self._failure!r}"
             ) from self._failure
-
-    async def _place_ray_agents(self) -> None:
-        """Provider "ray": one agent per Ray node (placed by Ray), then joined like static ones."""
-        from rlhfless.runtime.ray_provider import RayAgents  # ray is an optional extra
-
-        cfg = self.config
-        assert cfg.keys_dir is not None  # RuntimeConfig checks this for provider "ray"
-        self.ray_agents = await asyncio.to_thread(
-            RayAgents.start, cfg.ray_address, cfg.keys_dir, timeout_s=cfg.join_timeout_s
-        )
-        for line in self.ray_agents.describe():
-            log.info("ray provider: %s", line)
-        self.config = msgspec.structs.replace(cfg, agents=(*cfg.agents, *self.ray_agents.addresses))
 
     async def _shutdown_functions(self) -> None:
         live = [fn for fn in self._fns.values() if fn.state != "dead"]
@@ -359,96 +347,6 @@ class Runtime:
         else:  # not yet connected: the zygote forked it; Release reaches it once it says hello
             fn.state = "exiting"
 
-    def _take_warm(self, key: str, slot: int | None, node: str | None) -> FunctionState | None:
-        up = self.nodes()
-        for fn in self._fns.values():
-            where = fn.record.node
-            if (
-                fn.state == "warm"
-                and fn.key == key
-                and (slot is None or fn.slot == slot)
-                and (where == node if node is not None else where in up)
-            ):
-                if fn.expiry is not None:
-                    fn.expiry.cancel()
-                    fn.expiry = None
-                fn.state = "leased"
-                fn.lease += 1
-                fn.record.lease()
-                self.stats.warm_starts += 1
-                return fn
-        return None
-
-    def _live_on(self, slot: int, node: str | None = None) -> list[FunctionState]:
-        node = node or self.node
-        return [
-            fn
-            for fn in self._fns.values()
-            if fn.slot == slot and fn.state != "dead" and fn.record.node == node
-        ]
-
-    async def _choose_slot(self, slot: int | None, deadline: float, node: str) -> int:
-        """The requested slot, or the least-loaded one; waits (to the deadline) for room."""
-        limit = self.config.max_functions_per_slot
-        async with self._room:
-            while True:
-                slots = self._devices_of(node).slots
-                candidates = [slot] if slot is not None else list(range(slots))
-                load = {s: self._live_on(s, node) for s in candidates}
-                best = min(
-                    candidates,
-                    key=lambda s: (sum(f.state != "warm" for f in load[s]), len(load[s]), s),
-                )
-                if limit is None or len(load[best]) < limit:
-                    return best
-                for s in sorted(candidates, key=lambda s: len(load[s])):  # evict a warm function
-                    warm = [f for f in load[s] if f.state == "warm"]
-                    if warm:
-                        await self._retire(warm[0])
-                        break
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise SpawnError(
-                        f"no room on slot(s) {candidates}: each holds {limit} live functions "
-                        "(max_functions_per_slot); release some or raise the limit"
-                    )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._room.wait(), left)
-
-    async def _release(self, fn: FunctionState, lease: int) -> None:
-        if fn.lease != lease or fn.state in ("warm", "exiting"):
-            return  # already released: releasing twice is harmless
-        if fn.state == "dead":
-            return
-        fn.record.release()
-        warm_here = sum(f.state == "warm" for f in self._live_on(fn.slot, fn.record.node))
-        if (
-            not self._closed
-            and self.config.keep_alive_s > 0
-            and not fn.pending
-            and warm_here < self.config.max_warm_per_slot
-        ):
-            fn.state = "warm"
-            loop = asyncio.get_running_loop()
-            fn.expiry = loop.call_later(
-                self.config.keep_alive_s, lambda: self._background(self._retire(fn))
-            )
-        else:
-            await self._retire(fn)
-        async with self._room:
-            self._room.notify_all()
-
-    async def _retire(self, fn: FunctionState) -> None:
-        """Ask a function to exit (scale to zero)."""
-        if fn.state == "dead" or (fn.state == "exiting" and fn.expected_exit):
-            return
-        fn.expected_exit = True
-        fn.state = "exiting"
-        if fn.expiry is not None:
-            fn.expiry.cancel()
-            fn.expiry = None
-        await self._send_quiet(fn.function_id, Release("released"))
-
     # ---------------------------------------------------------------- calls
 
     async def _call(
@@ -636,10 +534,6 @@ class Runtime:
         if not task.cancelled() and task.exception() is not None and self._failure is None:
             self._failure = task.exception()  # surfaces at the next call and at aclose()
 
-    async def _notify_room(self) -> None:
-        async with self._room:
-            self._room.notify_all()
-
     # ---------------------------------------------------------------- billing
 
     @property
@@ -654,61 +548,6 @@ class Runtime:
     def live_billing(self) -> list[BillingEvent]:
         """Snapshots of functions still alive (exited_at is None), for pricing a run in progress."""
         return [fn.record.event() for fn in self._fns.values() if fn.state != "dead"]
-
-    # ---------------------------------------------------------------- nodes and weights
-
-    def nodes(self) -> dict[str, NodeDevices]:
-        """Nodes that can take functions now: this machine (unless excluded) and live agents."""
-        out = {self.node: self.devices} if self.config.local_node or self.cluster is None else {}
-        for remote in self.cluster.up() if self.cluster else []:
-            assert remote.devices is not None  # set when the agent joined
-            out[remote.name] = remote.devices
-        return out
-
-    def _devices_of(self, node: str | None) -> NodeDevices:
-        if node is None or node == self.node:
-            return self.devices
-        return self.nodes()[node]
-
-    def _place(self, path: str) -> str:
-        nodes = self.nodes()
-        if len(nodes) == 1:
-            return next(iter(nodes))
-        views = []
-        for name, devices in nodes.items():
-            live = [f for f in self._fns.values() if f.record.node == name and f.state != "dead"]
-            if name == self.node:
-                has = True  # written here at publish time
-            else:
-                remote = self.cluster.by_name(name) if self.cluster else None
-                has = (
-                    remote is not None
-                    and self.cluster is not None
-                    and self.cluster.has_current(remote)
-                )
-            views.append(
-                NodeView(
-                    name=name,
-                    slots=devices.slots,
-                    busy=sum(f.state != "warm" for f in live),
-                    live=len(live),
-                    warm_actor=any(f.state == "warm" and f.actor == path for f in live),
-                    has_version=has,
-                )
-            )
-        return choose(views)
-
-    def publish_weights(self, version: int, tensors: dict[str, Any]) -> None:
-        """Make ``version`` current: cached here now, sent to each other node once, lazily.
-
-        A function loads it with :func:`rlhfless.runtime.weights.load` from its node's cache.
-        """
-        nbytes = save(self._weights_dir, version, tensors)
-        self._weights = (version, dict(tensors), nbytes)
-
-    def weight_bytes_sent(self) -> dict[str, int]:
-        """Weight bytes sent over the network, per remote node (locality: once per version)."""
-        return {n.name: n.bytes_sent for n in self.cluster.nodes} if self.cluster else {}
 
     # ---------------------------------------------------------------- misc
 

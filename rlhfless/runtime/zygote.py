@@ -196,8 +196,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preload", default="")
     parser.add_argument("--tail-lines", type=int, default=40)
     parser.add_argument("--heartbeat", type=float, default=2.0)
+    parser.add_argument("--parent-pid", type=int, default=None)
     args = parser.parse_args(argv)
-    die_with_parent(signal.SIGTERM)
+    die_with_parent(signal.SIGTERM, args.parent_pid)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the finally: children go too
     for entry in filter(None, args.preload.split(",")):
         name = entry.removeprefix("?")

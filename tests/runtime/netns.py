@@ -7,6 +7,7 @@ namespaces and links this helper made are touched, and all of them are deleted a
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -104,8 +105,18 @@ def make_hosts(n: int, tmp: Path, base: int = 0) -> list[Host]:
 def remove_hosts(hosts: list[Host]) -> None:
     for h in hosts:
         h.stop_agent()
+        _remove_weight_caches(h)
         _ip("netns", "del", h.ns, check=False)  # takes its end of the pair, and so the pair
         _ip("link", "del", h.veth, check=False)
+
+
+def _remove_weight_caches(h: Host) -> None:
+    """An agent killed with -9 leaves its /dev/shm weight cache: its log names the place."""
+    if h.log is None or not h.log.exists():
+        return
+    for m in re.finditer(r"weight cache (\S+)", h.log.read_text(errors="replace")):
+        if "rlhfless-weights-" in m.group(1):
+            shutil.rmtree(m.group(1), ignore_errors=True)
 
 
 def wait_for(pred: object, timeout: float, what: str) -> float:

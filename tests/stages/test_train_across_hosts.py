@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import subprocess
 import sys
 import time
@@ -79,9 +80,8 @@ def _model_bytes(model_dir: Path) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
-def _namespace_of(pid: int) -> str:
-    out = subprocess.run(["ip", "netns", "identify", str(pid)], capture_output=True, text=True)
-    return out.stdout.strip()
+def _netns_inode(path: str) -> int:
+    return os.stat(path).st_ino
 
 
 async def test_agent_killed_and_link_down_mid_rollout_lose_no_sample(
@@ -94,13 +94,15 @@ async def test_agent_killed_and_link_down_mid_rollout_lose_no_sample(
         "rollout.max_new_tokens=16", "rollout.functions=3", f"run.run_dir={tmp_path / 'run'}",
     ])  # fmt: skip
     model_dir = build_tiny_model(tmp_path / "model", seed=0)
-    by_ns = {h.ns: h for h in hosts}
+    # Which host a pid runs in: its network namespace's inode (no subprocess in the event loop).
+    by_ns = {_netns_inode(f"/run/netns/{h.ns}"): h for h in hosts}
     hit: dict[str, float] = {}
 
     def strike(pids: list[int]) -> None:
         if hit:
             return  # once, in the first rollout
-        holding = [by_ns[ns] for ns in dict.fromkeys(map(_namespace_of, pids)) if ns in by_ns]
+        spaces = dict.fromkeys(_netns_inode(f"/proc/{pid}/ns/net") for pid in pids)
+        holding = [by_ns[ino] for ino in spaces if ino in by_ns]
         victims = holding + [h for h in hosts if h not in holding]  # rollout holders first
         assert victims[0].agent is not None
         victims[0].agent.kill()  # kill -9 the agent: its zygote and functions go with it
