@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,3 +60,32 @@ async def test_two_iterations_across_two_ray_nodes(tmp_path: Path, ray_cluster: 
         await asyncio.sleep(0.1)
     assert pids_mentioning(keys) == []
     assert not [c for n in nodes for c in weight_caches(n)]
+
+
+def test_launch_on_ray_prints_the_agents_and_trains_on_them(
+    tmp_path: Path, ray_cluster: str
+) -> None:
+    """`rlhfless launch --provider ray`: agents placed by Ray, `train` run against them."""
+    keys = str(keys_init(tmp_path / "keys"))
+    run = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "rlhfless.cli", "launch", "--provider", "ray",
+         "--ray-address", ray_cluster, "--keys", keys, "--", "train", "--run-dir", str(run),
+         "--set", "train.iterations=1", "--set", "train.batch_prompts=2",
+         "--set", "rollout.max_new_tokens=8"],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    placed = [line for line in out.stdout.splitlines() if line.startswith("agent: ")]
+    assert len(placed) == 2, out.stdout  # one line per Ray node: where each agent runs
+    lines = (run / "billing.jsonl").read_bytes().splitlines()
+    nodes = {msgspec.json.decode(line, type=BillingEvent).node for line in lines}
+    assert nodes and all(n.startswith("ray-") for n in nodes), nodes  # nothing ran locally
+    assert pids_mentioning(keys) == [] or _gone_soon(keys)
+
+
+def _gone_soon(keys: str) -> bool:
+    deadline = time.monotonic() + 5  # launch stopped its agents; janitors look every 0.5 s
+    while pids_mentioning(keys) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return pids_mentioning(keys) == []
