@@ -46,7 +46,7 @@ from rlhfless.adapters.hf import (
     load_tokenizer,
 )
 
-__all__ = ["VLLMEngine", "VLLMSettings"]
+__all__ = ["CPU_ZYGOTE_PRELOAD", "VLLMEngine", "VLLMSettings", "zygote_preload"]
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
@@ -78,6 +78,30 @@ class VLLMSettings(msgspec.Struct, frozen=True):
         os.environ.setdefault("VLLM_LOOPBACK_IP", "127.0.0.1")
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+# What the zygote imports ahead of time for vLLM rollout functions on a CPU node. ``import vllm``
+# alone loads almost nothing (its names are lazy); these two hold ~3 s of the ~4 s a function
+# would spend importing before its engine starts (benchmarks/vllm_zygote.py). Forking after them is
+# safe: they start no Python threads, no processes, no torch.distributed; the one native thread
+# they add is OpenCV's OpenBLAS pool (vLLM imports cv2), which OpenBLAS re-creates after a fork,
+# as numpy's already in the zygote. vLLM's environment knobs are read when an engine starts, not
+# at import, so ``VLLMSettings.apply_env`` in the forked function still takes effect (checked).
+CPU_ZYGOTE_PRELOAD = ("?vllm.entrypoints.llm", "?vllm.v1.worker.cpu_worker")
+
+
+def zygote_preload(base: Sequence[str] | None = None) -> tuple[str, ...]:
+    """``base`` (default: ``RuntimeConfig``'s preload) plus vLLM's modules, on a CPU node only.
+
+    Not on CUDA: untested here (no GPU), and a zygote must never initialise CUDA before it forks;
+    a GPU function imports vLLM itself.
+    """
+    if base is None:
+        from rlhfless.runtime.config import RuntimeConfig
+
+        base = RuntimeConfig().preload
+    extra = () if torch.cuda.is_available() else CPU_ZYGOTE_PRELOAD
+    return (*base, *(m for m in extra if m not in base))
 
 
 def _sample_seed(seed: int, prompt: int, g: int) -> int:

@@ -13,7 +13,7 @@ billing events), ``systems`` / ``serverless`` (the three systems), ``run`` (simu
 """
 
 from rlhfless.sim.errors import BadSetting, BadSweep, BadTrace, SimError, UnknownName
-from rlhfless.sim.perf import PerfModel, StartupParams
+from rlhfless.sim.perf import PerfModel, StartupParams, startup_for
 from rlhfless.sim.run import SYSTEMS, SimConfig, SimReport, SystemReport, simulate
 from rlhfless.sim.workload import DATASETS, Batch, Workload, read_trace
 
@@ -34,4 +34,5 @@ __all__ = [
     "Workload",
     "read_trace",
     "simulate",
+    "startup_for",
 ]

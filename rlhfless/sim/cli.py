@@ -17,7 +17,8 @@ from rich.progress import Progress
 
 from rlhfless.cost_models import CostModelError
 from rlhfless.sim.errors import BadSweep, SimError
-from rlhfless.sim.perf import StartupParams
+from rlhfless.sim.hardware import get_gpu
+from rlhfless.sim.perf import startup_for
 from rlhfless.sim.run import SimConfig, resolve_systems
 from rlhfless.sim.run import simulate as run_simulation
 from rlhfless.sim.workload import Workload
@@ -87,7 +88,9 @@ def simulate_command(
                 cfg = SimConfig(
                     nodes=p["nodes"], gpu=p["gpu"], model=p["model"], workload=w,  # type: ignore[arg-type]
                     systems=names, costs=costs,
-                    startup=msgspec.structs.replace(StartupParams(), keep_alive_seconds=keep_alive),
+                    startup=msgspec.structs.replace(
+                        startup_for(get_gpu(p["gpu"])), keep_alive_seconds=keep_alive
+                    ),
                 )  # fmt: skip
                 reports.append(run_simulation(cfg))
                 bar.advance(task)

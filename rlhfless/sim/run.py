@@ -19,7 +19,7 @@ from rlhfless.sim.cluster import Cluster
 from rlhfless.sim.engine import Engine
 from rlhfless.sim.errors import BadSetting, UnknownName
 from rlhfless.sim.hardware import get_gpu, get_model_profile
-from rlhfless.sim.perf import PerfModel, StartupParams
+from rlhfless.sim.perf import PerfModel, StartupParams, startup_for
 from rlhfless.sim.serverless import Rlhfless
 from rlhfless.sim.systems import ServerfulColocated, ServerfulFused, System
 from rlhfless.sim.workload import Batch, Workload
@@ -35,7 +35,7 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     workload: Workload = Workload()
     systems: tuple[str, ...] = SYSTEMS
     costs: tuple[str, ...] = ("aws", "onprem")
-    startup: StartupParams = StartupParams()
+    startup: StartupParams | None = None  # None: the device's own (perf.startup_for)
 
 
 class Span(msgspec.Struct, frozen=True, array_like=True):
@@ -108,7 +108,7 @@ def simulate(cfg: SimConfig, batches: list[Batch] | None = None) -> SimReport:
         / samples
     )
     response_mean = sum(b.decode_tokens for b in batches) / samples
-    perf = PerfModel(gpu, model, prompt_mean, response_mean, cfg.startup)
+    perf = PerfModel(gpu, model, prompt_mean, response_mean, cfg.startup or startup_for(gpu))
     if per_node % perf.tp:
         raise BadSetting("gpus_per_node", per_node, f"a multiple of the model's tp ({perf.tp})")
     out: dict[str, SystemReport] = {}

@@ -4,11 +4,14 @@ Needs the pipeline to pass ``cfg.rollout.engine`` to ``RolloutActor`` (rollout_s
 tiny model's head size has no vLLM CPU kernel, so these use ``model.tiny_size = "small"``.
 """
 
+import asyncio
 import inspect
 import math
 import os
 import signal
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,11 +19,14 @@ pytest.importorskip(
     "vllm", reason="vllm not installed: run `pytest -m vllm` in the vLLM venv (docs/vllm.md)"
 )
 
+from rlhfless.adapters.hf import HFEngine
 from rlhfless.adapters.tiny import build_tiny_model
+from rlhfless.adapters.vllm import CPU_ZYGOTE_PRELOAD, zygote_preload
 from rlhfless.runtime import Runtime
 from rlhfless.stages import rollout_stage
 from rlhfless.stages.config import load_config
 from rlhfless.stages.pipeline import Pipeline
+from rlhfless.stages.rollout import RolloutActor
 from rlhfless.stages.run import Job
 
 pytestmark = [
@@ -33,6 +39,22 @@ pytestmark = [
         reason="the pipeline does not pass cfg.rollout.engine to RolloutActor yet",
     ),
 ]
+
+_FORKED_WITH_VLLM = "vllm.entrypoints.llm" in sys.modules  # in a function: what the fork gave
+
+
+class PreloadProbe(RolloutActor):
+    """The rollout actor, reporting whether its process started with vLLM already imported."""
+
+    def preloaded(self) -> dict[str, Any]:
+        import vllm.envs as envs
+
+        return {
+            "vllm": _FORKED_WITH_VLLM,
+            "in_process": not envs.VLLM_ENABLE_V1_MULTIPROCESSING,  # apply_env after the import
+            "reserved_cpus": envs.VLLM_CPU_NUM_OF_RESERVED_CPU,
+        }
+
 
 SMALL = [
     "model.tiny_size=small",
@@ -76,3 +98,23 @@ async def test_killed_vllm_rollout_function_loses_no_sample(tmp_path: Path) -> N
     assert hit.samples == clean.samples == 16
     assert hit.reward_mean == clean.reward_mean  # the re-run sampled the very same responses
     assert hit.response_len_mean == clean.response_len_mean
+
+
+async def test_functions_forked_from_a_vllm_preloaded_zygote_decode_like_hf(tmp_path: Path) -> None:
+    """The zygote imports vLLM (``zygote_preload``); two functions forked from it at once start
+    their engines with the settings they ask for and decode HF's greedy tokens."""
+    assert set(CPU_ZYGOTE_PRELOAD) <= set(zygote_preload())
+    model_dir = build_tiny_model(tmp_path / "model", seed=0, size="small")
+    hf = HFEngine.load(model_dir)
+    prompts = [hf.tokenizer.encode_prompt(t) for t in ("3xa", "12xb", "99xabcdefgh")]
+    ref = [s.token_ids for s in hf.generate(prompts, 2, 24, greedy=True).samples]
+    probe = f"{__name__}:PreloadProbe"
+    async with Runtime(slots=2, keep_alive_s=0, preload=zygote_preload()) as rt:
+        handles = await asyncio.gather(
+            *(rt.spawn(probe, str(model_dir), "float32", "vllm", slot=i) for i in range(2))
+        )
+        for h in handles:
+            info = await h.call("preloaded")
+            assert info == {"vllm": True, "in_process": True, "reserved_cpus": 0}
+            out = await h.call("generate", prompts, 2, 24, 1.0, 0, greedy=True)
+            assert out["response_ids"] == ref

@@ -14,7 +14,13 @@ from rlhfless.sim.cli import parse_sweep, simulate
 from rlhfless.sim.engine import Engine
 from rlhfless.sim.errors import BadSweep, BadTrace, UnknownName
 from rlhfless.sim.hardware import GPUS, MODELS, get_gpu, get_model_profile
-from rlhfless.sim.perf import PerfModel
+from rlhfless.sim.perf import (
+    VLLM_CPU_ENGINE_START_SECONDS,
+    VLLM_CPU_FORK_SECONDS,
+    PerfModel,
+    StartupParams,
+    startup_for,
+)
 from rlhfless.sim.run import SimConfig
 from rlhfless.sim.run import simulate as run_sim
 from rlhfless.sim.workload import Batch, Workload, read_trace
@@ -169,3 +175,16 @@ def test_cli_table_json_and_errors(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "unknown gpu" in bad.output
     bad = runner.invoke(app, ["simulate", "--sweep", "nodes=4,x"])
     assert bad.exit_code == 2 and "bad --sweep" in bad.output
+
+
+def test_cpu_cold_start_is_the_measured_vllm_engine_start_gpus_keep_assumptions() -> None:
+    cpu = get_gpu("cpu-tiny")
+    st = startup_for(cpu)
+    assert st.engine_init_seconds == VLLM_CPU_ENGINE_START_SECONDS
+    assert st.container_start_seconds == VLLM_CPU_FORK_SECONDS
+    perf = PerfModel(cpu, get_model_profile("tiny"), 100, 100)  # no startup: the device's own
+    weights = get_model_profile("tiny").weight_bytes / st.storage_bytes_per_s
+    expected = VLLM_CPU_FORK_SECONDS + VLLM_CPU_ENGINE_START_SECONDS + weights
+    assert perf.start_seconds(warm=False) == pytest.approx(expected)
+    assert perf.throughput_params(warm=False).cold_start_seconds == pytest.approx(expected)
+    assert startup_for(get_gpu("h100")) == StartupParams()  # no GPU measured: assumptions
