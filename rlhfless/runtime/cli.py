@@ -110,8 +110,8 @@ def launch(
     # The agents reach train as ordinary config overrides: explicit, and visible in its config.
     agents_toml = "[" + ", ".join(f'"{a}"' for a in addresses) + "]"
     overrides = [
-        "--set", "runtime.provider=static", "--set", f"runtime.agents={agents_toml}",
-        "--set", f"runtime.keys_dir={keys.resolve()}", "--set", "runtime.local_node=false",
+        "--set", "cluster.provider=static", "--set", f"cluster.agents={agents_toml}",
+        "--set", f"cluster.keys_dir={keys.resolve()}", "--set", "cluster.local_node=false",
     ]  # fmt: skip
     try:
         code = subprocess.call([sys.executable, "-m", "rlhfless.cli", *command, *overrides])

@@ -106,8 +106,13 @@ class RuntimeConfig(_Section):
     # Threads of the trainer function; 0 = every core. The trainer runs alone (the other stages'
     # functions are idle by then), so it may use the whole machine.
     trainer_threads: NonNegInt = 0
-    # Many machines (docs/many_machines.md): "static" places functions on running agents too;
-    # "ray" first places one agent on every node of a Ray cluster (pip install rlhfless[ray]).
+
+
+class ClusterConfig(_Section):
+    """Many machines (docs/many_machines.md); the default keeps everything on this machine."""
+
+    # "static": also place functions on running agents; "ray": first place one agent on every
+    # node of a Ray cluster (pip install rlhfless[ray]).
     provider: Literal["local", "static", "ray"] = "local"
     agents: list[str] = []  # "host:port" of running `rlhfless agent`s (provider = "static")
     ray_address: str = "auto"  # provider "ray": "auto" (this machine's cluster) or HOST:PORT
@@ -118,10 +123,10 @@ class RuntimeConfig(_Section):
     def __post_init__(self) -> None:
         # msgspec.ValidationError is mapped to a ConfigError naming the key by config_from_dict.
         if self.provider == "static" and not self.agents:
-            raise msgspec.ValidationError("provider 'static' needs agents - at `$.runtime.agents`")
+            raise msgspec.ValidationError("provider 'static' needs agents - at `$.cluster.agents`")
         if (self.agents or self.provider == "ray") and not self.keys_dir:
             raise msgspec.ValidationError(
-                "agents (and provider 'ray') need keys_dir (every link between machines is CURVE) - at `$.runtime.keys_dir`"
+                "agents (and provider 'ray') need keys_dir (every link between machines is CURVE) - at `$.cluster.keys_dir`"
             )
 
 
@@ -143,6 +148,7 @@ class Config(_Section):
     rollout: RolloutConfig = msgspec.field(default_factory=RolloutConfig)
     train: TrainConfig = msgspec.field(default_factory=TrainConfig)
     runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     checkpoint: CheckpointConfig = msgspec.field(default_factory=CheckpointConfig)
     run: RunConfig = msgspec.field(default_factory=RunConfig)
     # How many rollout functions, which prompts where, and cut-and-migrate (rlhfless.scaling).

@@ -138,7 +138,7 @@ class Job:
             for name in ("metrics.jsonl", "billing.jsonl", "lengths.jsonl"):
                 (self.run_dir / name).unlink(missing_ok=True)
         t0 = time.time()
-        rc = cfg.runtime
+        rc, cc = cfg.runtime, cfg.cluster
         preload: dict[str, Any] = {}
         if cfg.rollout.engine == "vllm":  # the zygote imports vLLM once: ~3 s off each cold start
             from rlhfless.adapters.vllm import zygote_preload
@@ -147,9 +147,9 @@ class Job:
         async with Runtime(
             slots=rc.slots, keep_alive_s=rc.keep_alive_s,
             billing_path=str(self.run_dir / "billing.jsonl"),
-            provider=rc.provider, agents=tuple(rc.agents), keys_dir=rc.keys_dir or None,
-            ray_address=rc.ray_address,
-            local_node=rc.local_node, node_timeout_s=rc.node_timeout_s, **preload,
+            provider=cc.provider, agents=tuple(cc.agents), keys_dir=cc.keys_dir or None,
+            ray_address=cc.ray_address,
+            local_node=cc.local_node, node_timeout_s=cc.node_timeout_s, **preload,
         ) as rt:  # fmt: skip
             pipeline = Pipeline(rt, cfg, model_dir, self.run_dir)
             if version:

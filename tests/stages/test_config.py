@@ -73,3 +73,24 @@ def test_config_is_frozen_and_dumps_to_plain_data() -> None:
     from rlhfless.stages.config import config_from_dict
 
     assert config_from_dict(data) == cfg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["cluster.provider=static"], r"cluster\.agents"),
+        (['cluster.agents=["10.0.0.2:7700"]'], r"cluster\.keys_dir"),
+        (["cluster.provider=ray"], r"cluster\.keys_dir"),
+        (["cluster.provider=slurm"], r"cluster\.provider"),
+        (["runtime.provider=static"], r"unknown key 'runtime\.provider'"),  # moved to [cluster]
+    ],
+)
+def test_cluster_settings_are_checked(overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
+
+
+def test_cluster_defaults_to_this_machine() -> None:
+    cfg = load_config(None, ["cluster.provider=ray", "cluster.keys_dir=/k"])
+    assert cfg.cluster.ray_address == "auto" and cfg.cluster.local_node
+    assert load_config(None, []).cluster.provider == "local"

@@ -49,8 +49,8 @@ async def test_three_iterations_across_three_hosts(tmp_path: Path, cluster) -> N
     cfg = load_config(None, [
         "train.iterations=3", "train.batch_prompts=6", "train.group_size=4",
         "rollout.max_new_tokens=16", "rollout.functions=6",
-        "runtime.provider=static", f"runtime.agents=[{agents}]", f"runtime.keys_dir={keys}",
-        "runtime.local_node=false", f"run.run_dir={tmp_path / 'run'}",
+        "cluster.provider=static", f"cluster.agents=[{agents}]", f"cluster.keys_dir={keys}",
+        "cluster.local_node=false", f"run.run_dir={tmp_path / 'run'}",
     ])  # fmt: skip
     job = Job(cfg)
     summary = await job.run()

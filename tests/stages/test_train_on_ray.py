@@ -1,7 +1,7 @@
-"""`Job` training across a Ray cluster: `runtime.provider=ray` places one agent per Ray node.
+"""`Job` training across a Ray cluster: `cluster.provider=ray` places one agent per Ray node.
 
 Two Ray nodes on this machine (tests/runtime/test_ray_provider.py's local cluster), two slots
-each; nothing runs on the controller's own slots (`runtime.local_node=false`).
+each; nothing runs on the controller's own slots (`cluster.local_node=false`).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ async def test_two_iterations_across_two_ray_nodes(tmp_path: Path, ray_cluster: 
     cfg = load_config(None, [
         "train.iterations=2", "train.batch_prompts=4", "train.group_size=4",
         "rollout.max_new_tokens=16", "rollout.functions=2",
-        "runtime.provider=ray", f"runtime.ray_address={ray_cluster}", f"runtime.keys_dir={keys}",
-        "runtime.local_node=false", f"run.run_dir={tmp_path / 'run'}",
+        "cluster.provider=ray", f"cluster.ray_address={ray_cluster}", f"cluster.keys_dir={keys}",
+        "cluster.local_node=false", f"run.run_dir={tmp_path / 'run'}",
     ])  # fmt: skip
     job = Job(cfg)
     summary = await job.run()
