@@ -8,7 +8,10 @@ sees the same positions and masks the rollout saw (its log-probs match to ~1e-6 
 Shared-prefix prefill: each distinct prompt is prefilled once (all of them in one left-padded
 batch) and its KV cache rows are then gathered G times, one per sample of its group; decoding runs
 over the expanded cache. Prefill work drops by G and the decode is identical to prefilling every
-sample separately (greedy outputs equal token for token; tested).
+sample separately (greedy outputs equal token for token; tested). On top of that, a token prefix
+common to all the distinct prompts (a chat template's system prompt) is prefilled once and only the
+suffixes after it are run per prompt (``common_prefix.py``; vLLM's automatic prefix caching does
+the same for the vLLM adapter).
 
 Log-probs are of ``logits / temperature`` (temperature 1 under greedy decoding), the distribution
 the tokens were actually drawn from; pass the same temperature to ``logprobs`` when recomputing.
@@ -26,6 +29,12 @@ import msgspec
 import torch
 from torch import nn
 
+from rlhfless.adapters.common_prefix import (
+    DEFAULT_MIN_COMMON_PREFIX,
+    common_prefix_len,
+    left_pad,
+    suffix_batch,
+)
 from rlhfless.adapters.errors import EngineError
 from rlhfless.adapters.scoring import (  # re-exported: the engine's public surface
     PackedBatch,
@@ -74,6 +83,8 @@ class Generation(msgspec.Struct):
     decode_tokens: int  # generated tokens (EOS included)
     prefill_seconds: float
     decode_seconds: float
+    common_prefix_tokens: int = 0  # prefix shared by all distinct prompts, prefilled once
+    prefill_tokens_saved: int = 0  # (distinct prompts - 1) * common_prefix_tokens, not recomputed
 
 
 class HFTokenizer:
@@ -113,41 +124,46 @@ def _cache_kwarg(model: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, width - len(s) :] = 1
-    return ids, mask
-
-
 def _kv_of(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     if hasattr(cache, "layers"):  # transformers >= 4.56
         return [(layer.keys, layer.values) for layer in cache.layers]
     return list(zip(cache.key_cache, cache.value_cache, strict=True))
 
 
+def _cache_of(keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], config) -> Any:
+    """A fresh DynamicCache holding these per-layer KV tensors."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=config)
+    for layer, (k, v) in enumerate(zip(keys, values, strict=True)):
+        cache.update(k, v, layer)
+    return cache
+
+
 @dataclass
 class PrefixKV:
-    """Prefilled prompts: per-layer KV [P, kv_heads, L, head_dim], left-padded, and last logits."""
+    """Prefilled prompts: per-layer KV [P, kv_heads, L, head_dim] and last logits.
+
+    Rows are left-padded, or [common prefix | pad | suffix] when a common prefix was prefilled
+    once; either way ``mask`` marks the real tokens, which are all a decode step needs.
+    """
 
     prompts: list[list[int]]  # row i holds the KV of prompts[i]
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
-    mask: torch.Tensor  # [P, L] attention mask (left padding)
+    mask: torch.Tensor  # [P, L] attention mask (0 = padding)
     logits: torch.Tensor  # [P, V] logits at each prompt's last position
     seconds: float = 0.0
+    tokens: int = 0  # prompt tokens run through the model (padding and the reuse not counted)
+    common: int = 0  # length of the prefix common to all prompts, prefilled once (0: none)
 
     def cache_for(self, index: torch.Tensor, config) -> Any:
         """A fresh DynamicCache whose row j is this prefix's row ``index[j]``."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=config)
-        for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
-            cache.update(k.index_select(0, index), v.index_select(0, index), layer)
-        return cache
+        return _cache_of(
+            [k.index_select(0, index) for k in self.keys],
+            [v.index_select(0, index) for v in self.values],
+            config,
+        )
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """Flat name -> tensor dict for the runtime's zero-copy frames (prompts travel as ids)."""
@@ -224,40 +240,85 @@ class HFEngine:
     # -- generation ------------------------------------------------------------------------
 
     @torch.no_grad()
-    def prefill(self, prompts: Sequence[Sequence[int]]) -> PrefixKV:
+    def prefill(
+        self,
+        prompts: Sequence[Sequence[int]],
+        min_common_prefix: int | None = DEFAULT_MIN_COMMON_PREFIX,
+    ) -> PrefixKV:
         """KV of each distinct prompt, computed once; hand it to ``generate(prefix=...)``.
 
+        When the distinct prompts all start with the same ``>= min_common_prefix`` tokens, that
+        prefix is run once and only the rest of each prompt after it (None: never).
         This is the prefill function's half of prefill/decode disaggregation: the result can be
         shipped (``PrefixKV.to_tensors``) to decode functions that never run these prompts.
         """
-        distinct: dict[tuple[int, ...], None] = dict.fromkeys(tuple(p) for p in prompts)
-        return self._prefill([list(k) for k in distinct])
-
-    def _prefill(self, seqs: list[list[int]]) -> PrefixKV:
-        if not seqs or any(len(p) == 0 for p in seqs):
+        if min_common_prefix is not None and min_common_prefix < 1:
+            raise EngineError(f"min_common_prefix must be >= 1 or None (got {min_common_prefix})")
+        distinct = [list(k) for k in dict.fromkeys(tuple(p) for p in prompts)]
+        if not distinct or any(len(p) == 0 for p in distinct):
             raise EngineError("an empty prompt cannot be decoded from; every prompt needs a token")
-        from transformers import DynamicCache
+        cut = common_prefix_len(distinct, min_common_prefix)
+        return self._prefill_common(distinct, cut) if cut else self._prefill(distinct)
 
-        t0 = time.perf_counter()
-        ids, mask = _left_pad(seqs, self.tokenizer.pad_id)
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        cache = DynamicCache(config=self.model.config)
+    def _forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, cache: Any
+    ) -> torch.Tensor:
+        """One prefill forward into ``cache``; the logits at each row's last column."""
         out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=position_ids.to(self.device),
             use_cache=True,
             logits_to_keep=1,
             **{_cache_kwarg(self.model): cache},
         )
+        return out.logits[:, -1, :]
+
+    def _prefill(self, seqs: list[list[int]]) -> PrefixKV:
+        t0 = time.perf_counter()
+        ids, mask = left_pad(seqs, self.tokenizer.pad_id)
+        cache = _cache_of([], [], self.model.config)
+        logits = self._forward(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache)
+        return self._prefix_kv(seqs, cache, mask, logits, t0, sum(len(p) for p in seqs))
+
+    def _prefill_common(self, seqs: list[list[int]], cut: int) -> PrefixKV:
+        """``seqs[0][:cut]`` (common to all) on one row, then every suffix on top of its KV."""
+        t0 = time.perf_counter()
+        head = torch.tensor([seqs[0][:cut]], dtype=torch.long)
+        cache = _cache_of([], [], self.model.config)
+        self._forward(head, torch.ones_like(head), torch.arange(cut).unsqueeze(0), cache)
+        # Every distinct prompt continues from this one row of KV: broadcast it to all of them.
+        kv = _kv_of(cache)
+        cache = _cache_of(
+            [k.expand(len(seqs), -1, -1, -1) for k, _ in kv],
+            [v.expand(len(seqs), -1, -1, -1) for _, v in kv],
+            self.model.config,
+        )
+        tail = suffix_batch(seqs, cut, self.tokenizer.pad_id)
+        logits = self._forward(tail.ids, tail.mask, tail.position_ids, cache)
+        tokens = cut + sum(len(p) - cut for p in seqs)
+        return self._prefix_kv(seqs, cache, tail.mask, logits, t0, tokens, common=cut)
+
+    def _prefix_kv(
+        self,
+        seqs: list[list[int]],
+        cache: Any,
+        mask: torch.Tensor,
+        logits: torch.Tensor,
+        t0: float,
+        tokens: int,
+        common: int = 0,
+    ) -> PrefixKV:
         kv = _kv_of(cache)
         return PrefixKV(
             prompts=seqs,
             keys=[k for k, _ in kv],
             values=[v for _, v in kv],
-            mask=mask,
-            logits=out.logits[:, -1, :],
+            mask=mask.to(self.device),
+            logits=logits,
             seconds=time.perf_counter() - t0,
+            tokens=tokens,
+            common=common,
         )
 
     @torch.no_grad()
@@ -272,11 +333,14 @@ class HFEngine:
         shared_prefix: bool = True,
         prefix: PrefixKV | None = None,
         stop: Callable[[int, int], bool] | None = None,
+        min_common_prefix: int | None = DEFAULT_MIN_COMMON_PREFIX,
     ) -> Generation:
         """Sample ``group_size`` responses per prompt (token ids, not text).
 
         ``shared_prefix``: prefill each distinct prompt once and expand its KV to its G samples
-        (False: prefill every sample separately, the naive path). ``prefix``: KV from
+        (False: prefill every sample separately, the naive path); with it, a token prefix that all
+        distinct prompts share, ``>= min_common_prefix`` long, is prefilled once for all of them
+        (None: off). ``prefix``: KV from
         ``prefill`` (possibly another function's); every prompt must be in it, and nothing is
         prefilled here. ``stop(finished, total)`` is asked after every decode step; when it says
         True the unfinished samples end with ``finish_reason="cut"`` and their tokens so far
@@ -299,11 +363,11 @@ class HFEngine:
         if prefix is not None:  # prefilled elsewhere (a prefill function): nothing to run here
             pre, prefill_tokens = prefix, 0
         elif shared_prefix:  # one row per distinct prompt (duplicates across groups too)
-            pre = self.prefill(prompts)
-            prefill_tokens = sum(len(p) for p in pre.prompts)
+            pre = self.prefill(prompts, min_common_prefix)
+            prefill_tokens = pre.tokens
         else:  # naive baseline: every sample prefilled on its own row
             pre = self._prefill([list(prompts[i]) for i in row_prompt])
-            prefill_tokens = sum(len(p) for p in pre.prompts)
+            prefill_tokens = pre.tokens
         if pre is not prefix and not shared_prefix:
             src = list(range(len(row_prompt)))
         else:
@@ -388,6 +452,8 @@ class HFEngine:
             decode_tokens=sum(len(t) for t in tokens),
             prefill_seconds=pre.seconds if prefix is None else 0.0,
             decode_seconds=t2 - t1,
+            common_prefix_tokens=pre.common if prefix is None else 0,
+            prefill_tokens_saved=(len(pre.prompts) - 1) * pre.common if prefix is None else 0,
         )
 
     @torch.no_grad()
