@@ -325,6 +325,7 @@ class Pipeline:
             stage_seconds=times,
             tokens={
                 "prefill": rollout.prefill_tokens,
+                "prefill_saved": rollout.prefill_saved,
                 "decode": rollout.decode_tokens,
                 "train": sum(lengths),
             },

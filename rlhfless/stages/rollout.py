@@ -24,6 +24,7 @@ def _pack(gen: Generation, version: int) -> dict[str, Any]:
         "finish": [s.finish_reason for s in gen.samples],
         "version": version,
         "prefill_tokens": gen.prefill_tokens,
+        "prefill_saved": gen.prefill_tokens_saved,  # a batch-wide common prefix prefilled once
         "decode_tokens": gen.decode_tokens,
         "prefill_seconds": gen.prefill_seconds,
         "decode_seconds": gen.decode_seconds,

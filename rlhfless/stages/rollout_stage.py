@@ -26,6 +26,7 @@ class RolloutOutcome(msgspec.Struct, kw_only=True):
     logprobs: list[Any]
     finish: list[str]
     prefill_tokens: int
+    prefill_saved: int = 0  # tokens of a batch-wide common prefix not prefilled again
     decode_tokens: int
     functions: int  # generate functions (the resume function, if any, is counted in `resumed`)
     migrated: int  # sequences cut and continued on another function
@@ -135,6 +136,7 @@ class RolloutStage:
         return RolloutOutcome(
             response_ids=response_ids, logprobs=logprobs, finish=finish,
             prefill_tokens=sum(c["prefill_tokens"] for c in calls),
+            prefill_saved=sum(c.get("prefill_saved", 0) for c in calls),
             decode_tokens=sum(c["decode_tokens"] for c in calls),
             functions=len(groups), migrated=len(cut_at), resumed=1 if cut_at else 0,
             policy=plan.policy, predicted_seconds=plan.predicted_seconds, predicted_usd=plan.predicted_usd,

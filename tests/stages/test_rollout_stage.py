@@ -87,3 +87,19 @@ async def test_scaling_metrics_in_every_iteration(tmp_path: Path) -> None:
         s["predicted_seconds"] > 0 and s["seconds"] > 0 and s["predicted_usd"] > 0 and s["usd"] > 0
     )
     assert m.samples == 24
+
+
+async def test_a_batch_wide_prefix_is_prefilled_once_and_reported(tmp_path: Path) -> None:
+    """A system prompt shared by every prompt: prefilled once per function, counted as saved."""
+    model_dir = build_tiny_model(tmp_path / "model", seed=0)
+    cfg = load_config(None, [*BASE, f"run.run_dir={tmp_path}", "rollout.functions=1"])
+    async with Runtime(slots=2, keep_alive_s=5) as rt:
+        p = Pipeline(rt, cfg, model_dir, tmp_path)
+        prompts = batch_for_step(p.task, 0, cfg.train.batch_prompts, cfg.run.seed)
+        system = p.tokenizer.encode_prompt("abcdefgh0123456789abcdefgh")  # a fixed preamble
+        ids = [system + p.tokenizer.encode(q.text) for q in prompts]
+        common = len(system)
+        out = await p.rollout_stage.run(0, prompts, ids)
+    assert common >= 16 and len({tuple(i) for i in ids}) == len(ids)
+    assert out.prefill_saved >= (len(ids) - 1) * common  # the shared part is computed once
+    assert all(out.response_ids) and len(out.response_ids) == len(ids) * 4
