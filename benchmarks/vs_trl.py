@@ -4,6 +4,9 @@
     python benchmarks/vs_trl.py --quick      # 3 steps per side, 2 prompts x G=8 per step
     python benchmarks/vs_trl.py --steps 10   # more steps, steadier medians
     python benchmarks/vs_trl.py --only ours  # one side only (also: --only trl)
+    .venv-vllm/bin/python benchmarks/vs_trl.py --only ours --engine vllm   # vLLM rollout
+
+``benchmarks/grpo_vllm_vs_trl.py`` runs the vLLM side and TRL from their own venvs, alternating.
 
 Prints a table and writes ``benchmarks/results/vs_trl.json``. TRL is measured when ``import trl``
 works (``pip install trl``); otherwise the table says that side was skipped and why.
@@ -83,11 +86,19 @@ def make_config(args: argparse.Namespace) -> Config:
             "model.tiny_size=75m",
             f"model.seed={args.seed}",
             f"rollout.max_new_tokens={args.max_new_tokens}",
+            f"rollout.engine={args.engine}",
             "rollout.temperature=1.0",
             f"train.batch_prompts={args.batch_prompts}",
             f"train.group_size={args.group_size}",
             "train.epochs=1",  # one optimiser step per batch, as TRL with num_iterations=1
             "train.grad_accum=1",
+            # Ours only: micro-batches of similar length, at most this many padded tokens each,
+            # summed into the same one optimiser step (config default 4096: one micro-batch here).
+            *(
+                [f"train.micro_batch_tokens={args.micro_batch_tokens}"]
+                if args.micro_batch_tokens
+                else []
+            ),
             f"train.lr={args.lr}",
             "train.weight_decay=0.0",
             "train.max_grad_norm=1.0",
@@ -148,7 +159,16 @@ async def run_ours(
     run_dir.mkdir(parents=True, exist_ok=True)
     steps: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    async with Runtime(slots=cfg.runtime.slots, keep_alive_s=cfg.runtime.keep_alive_s) as rt:
+    extra: dict[str, Any] = {}
+    if args.preload is not None:  # the zygote's imports; default: what `rlhfless train` uses
+        extra["preload"] = tuple(filter(None, args.preload.split(",")))
+    elif cfg.rollout.engine == "vllm":
+        from rlhfless.adapters.vllm import zygote_preload
+
+        extra["preload"] = zygote_preload()
+    async with Runtime(
+        slots=cfg.runtime.slots, keep_alive_s=cfg.runtime.keep_alive_s, **extra
+    ) as rt:
         startup = time.perf_counter() - t0
         pipe = Pipeline(rt, cfg, model_dir, run_dir)
         for step in range(args.steps):
@@ -178,6 +198,8 @@ async def run_ours(
                 )
     return {
         "status": "ok",
+        "engine": cfg.rollout.engine,
+        "preload": list(rt.config.preload),
         "runtime_start_s": startup,
         "threads": {"rollout": rt.threads, "train": rt.devices.cores},
         "steps": steps,
@@ -352,7 +374,8 @@ def print_table(result: dict[str, Any]) -> None:
     ours, theirs = result["ours"], result["trl"]
     c = result["config"]
     title = (
-        f"GRPO per step: rlhfless vs TRL — 75M Qwen2-style, {c['batch_prompts']} prompts x "
+        f"GRPO per step: rlhfless ({c.get('engine', 'hf')} rollout) vs TRL — 75M Qwen2-style, "
+        f"{c['batch_prompts']} prompts x "
         f"G={c['group_size']}, <= {c['max_new_tokens']} new tokens, {c['steps']} steps"
     )
     t = Table(title=title)
@@ -438,6 +461,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slots", type=int, default=os.cpu_count() or 1, help="our runtime slots")
     ap.add_argument("--only", choices=["both", "ours", "trl"], default="both")
     ap.add_argument(
+        "--engine",
+        choices=["hf", "vllm"],
+        default="hf",
+        help="our rollout engine (vllm: run from the vLLM venv, docs/vllm.md)",
+    )
+    ap.add_argument(
+        "--micro-batch-tokens",
+        type=int,
+        default=None,
+        help="our trainer's padded-token budget per micro-batch (default: the config's)",
+    )
+    ap.add_argument(
+        "--preload",
+        default=None,
+        help="our zygote's preload, comma separated ('?mod' optional; default RuntimeConfig's)",
+    )
+    ap.add_argument(
         "--order",
         choices=["ours-first", "trl-first"],
         default="ours-first",
@@ -521,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
             "lr": cfg.train.lr,
             "kl_coef": cfg.train.kl_coef,
             "slots": cfg.runtime.slots,
+            "engine": cfg.rollout.engine,
+            "micro_batch_tokens": cfg.train.micro_batch_tokens,
             "keep_alive_s": cfg.runtime.keep_alive_s,
             "order": args.order,
             "seed": cfg.run.seed,
