@@ -31,6 +31,7 @@ import time
 import zmq
 
 from rlhfless.runtime.auth import KEYS_ENV, Guard, Keys
+from rlhfless.runtime.config import RuntimeConfig
 from rlhfless.runtime.devices import detect
 from rlhfless.runtime.errors import BadMessage
 from rlhfless.runtime.messages import (
@@ -47,6 +48,8 @@ from rlhfless.runtime.procutil import kill
 from rlhfless.runtime.weights import WEIGHTS_ENV, save, versions
 from rlhfless.runtime.zygote import ZYGOTE_IDENTITY
 
+# The same zygote preload as this machine's own runtime: remote cold starts match local ones.
+DEFAULT_PRELOAD = RuntimeConfig().preload
 log = logging.getLogger("rlhfless.agent")
 POLL_MS = 100
 
@@ -58,7 +61,7 @@ class Agent:
         keys_dir: str,
         slots: int | None = None,
         node: str = "",
-        preload: tuple[str, ...] = ("torch",),
+        preload: tuple[str, ...] = DEFAULT_PRELOAD,
         controller_timeout_s: float = 10.0,
         heartbeat_s: float = 2.0,
         cache_dir: str | None = None,
@@ -273,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keys", required=True, help="key directory (rlhfless keys init)")
     parser.add_argument("--slots", type=int, default=None, help="slots (default: GPUs or cores)")
     parser.add_argument("--node", default="", help="node name in billing (default: host name)")
-    parser.add_argument("--preload", default="torch")
+    parser.add_argument("--preload", default=",".join(DEFAULT_PRELOAD))
     parser.add_argument("--controller-timeout", type=float, default=10.0)
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args(argv)

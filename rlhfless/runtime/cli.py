@@ -36,7 +36,15 @@ def agent(
         str | None, typer.Option("--gpus", help="'auto': one slot per visible GPU")
     ] = None,
     node: Annotated[str, typer.Option("--node", help="node name (default: host name)")] = "",
-    preload: Annotated[str, typer.Option("--preload", help="modules the zygote imports")] = "torch",
+    preload: Annotated[
+        str,
+        typer.Option(
+            "--preload",
+            help="modules the zygote imports ('?mod' = optional); default: torch, transformers "
+            "and the Llama/Qwen2 model code. vLLM nodes: add ?vllm.entrypoints.llm,"
+            "?vllm.v1.worker.cpu_worker (CPU)",
+        ),
+    ] = "",
     controller_timeout: Annotated[
         float, typer.Option("--controller-timeout", help="drop functions after this silence (s)")
     ] = 10.0,
@@ -51,7 +59,9 @@ def agent(
     if slots is not None and gpus is not None:
         raise typer.BadParameter("give --slots or --gpus auto, not both")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    mods = tuple(filter(None, preload.split(",")))
+    from rlhfless.runtime.agent import DEFAULT_PRELOAD
+
+    mods = tuple(filter(None, preload.split(","))) or DEFAULT_PRELOAD
     a = Agent(listen, str(keys), slots, node, mods, controller_timeout)
     import signal
 
