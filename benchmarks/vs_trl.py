@@ -93,10 +93,11 @@ def make_config(args: argparse.Namespace) -> Config:
             "train.epochs=1",  # one optimiser step per batch, as TRL with num_iterations=1
             "train.grad_accum=1",
             # Ours only: micro-batches of similar length, at most this many padded tokens each,
-            # summed into the same one optimiser step (config default 4096: one micro-batch here).
+            # summed into the same one optimiser step (config default 256 tokens; the gradient is
+            # the same up to rounding; --micro-batch-tokens 0 pads the whole batch as TRL does).
             *(
                 [f"train.micro_batch_tokens={args.micro_batch_tokens}"]
-                if args.micro_batch_tokens
+                if args.micro_batch_tokens is not None
                 else []
             ),
             f"train.lr={args.lr}",
@@ -470,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         "--micro-batch-tokens",
         type=int,
         default=None,
-        help="our trainer's padded-token budget per micro-batch (default: the config's)",
+        help="our trainer's padded-token budget per micro-batch (default: the config's; 0: one batch)",
     )
     ap.add_argument(
         "--preload",

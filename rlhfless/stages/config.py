@@ -78,8 +78,10 @@ class TrainConfig(_Section):
     batch_prompts: PosInt = 16  # prompts per iteration (x group_size samples)
     group_size: PosInt = 8  # samples per prompt (G); GRPO needs G >= 2 for a nonzero advantage
     # Micro-batches of similar length, at most this many padded tokens each (0 = one batch);
-    # long-tailed lengths otherwise spend most of the compute on padding.
-    micro_batch_tokens: NonNegInt = 4096
+    # long-tailed lengths otherwise spend most of the compute on padding. 256 measured fastest on
+    # the CPU (75M model, 32 samples: one train step 4.98 s at 4096, 3.42 s at 512, 2.87 s at
+    # 256); on a GPU a larger budget (e.g. 4096) keeps it busy.
+    micro_batch_tokens: NonNegInt = 256
     grad_accum: PosInt = 1  # micro-batches per optimiser step (batch split into this many)
     # optimiser passes over each rollout batch; 4 doubles how fast the tiny run learns, and the
     # PPO clip keeps the later passes close to the sampling policy

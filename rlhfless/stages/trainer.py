@@ -100,6 +100,8 @@ class TrainerActor:
         )
         self.state = _StateDir(state_dir)
         self.version = self.state.load(self.model, self.opt) if self.state.exists() else 0
+        # The version whose weights this process wrote to the state dir (None: not this process)
+        self._saved_version: int | None = None
 
     def weights(self, file_dir: str | None = None, file_above_bytes: int = 0) -> dict[str, Any]:
         """The current weights with their version: inline as tensors (zero-copy frames), or,
@@ -114,11 +116,29 @@ class TrainerActor:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"policy-v{self.version:06d}.safetensors"
         tmp = path.with_suffix(".tmp")
-        save_model(self.model, str(tmp))  # handles tied embeddings
+        tmp.unlink(missing_ok=True)
+        if not self._link_saved_weights(tmp):
+            save_model(self.model, str(tmp))  # handles tied embeddings
         os.replace(tmp, path)  # readers see a whole file or none
         for old in sorted(folder.glob("policy-v*.safetensors"))[:-2]:  # keep this and the last
             old.unlink(missing_ok=True)
         return {"version": self.version, "path": str(path)}
+
+    def _link_saved_weights(self, dest: Path) -> bool:
+        """Hard-link the hand-over state's weights file (written by ``step`` at this version, the
+        same ``save_model`` bytes) to ``dest`` instead of serialising the model a second time.
+
+        Safe because no file is ever rewritten in place: each state save writes a new directory
+        and unlinks the old one, and a link keeps the inode alive. False (write it) where the
+        state is of another version or on another file system.
+        """
+        if self._saved_version != self.version:
+            return False
+        try:
+            os.link(self.state.path / "weights.safetensors", dest)
+        except OSError:
+            return False
+        return True
 
     def step(
         self,
@@ -176,7 +196,9 @@ class TrainerActor:
             stats["grad_norm"] += float(norm) / cfg.epochs
             self.opt.step()
         self.version += 1
+        self._saved_version = None  # the state dir is being replaced
         self.state.save(self.model, self.opt, self.version)
+        self._saved_version = self.version
         stats["version"] = self.version
         stats["seconds"] = time.perf_counter() - t0
         return stats

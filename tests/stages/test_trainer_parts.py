@@ -1,11 +1,16 @@
 """Trainer building blocks: length-bucketed micro-batches and crash-safe state directories."""
 
+import random
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
+from rlhfless.adapters.tiny import build_tiny_model
 from rlhfless.stages.common import COMPLETE, atomic_dir_write, recover_dir
-from rlhfless.stages.trainer import _check_version, micro_batches
+from rlhfless.stages.config import TrainConfig
+from rlhfless.stages.trainer import TrainerActor, _check_version, micro_batches
 
 
 def test_micro_batches_cover_every_sample_once_and_respect_the_budget() -> None:
@@ -52,3 +57,72 @@ def test_stale_state_is_an_error_not_a_silent_restart() -> None:
     _check_version("trainer", 3, None)
     with pytest.raises(RuntimeError, match="version 0 but the run is at version 5"):
         _check_version("trainer", 0, 5)
+
+
+def _batch(n: int = 12, seed: int = 0):
+    rng = random.Random(seed)
+    prompts = [[1] + [rng.randrange(3, 23) for _ in range(rng.randrange(2, 5))] for _ in range(n)]
+    # long-tailed response lengths, as sampled rollouts give
+    responses = [
+        [rng.randrange(3, 23) for _ in range(rng.choice([1, 2, 3, 5, 30]))] for _ in prompts
+    ]
+    old = [torch.full((len(r),), -3.0) for r in responses]
+    adv = [torch.full((len(r),), rng.gauss(0.0, 1.0)) for r in responses]
+    return prompts, responses, old, adv
+
+
+def test_default_micro_batches_give_the_one_batch_update(tmp_path: Path) -> None:
+    """The default token budget splits this batch into several micro-batches; the step equals
+    one padded batch (budget 0) up to float rounding: same loss, same new weights."""
+    model_dir = build_tiny_model(tmp_path / "model", seed=0)
+    batch = _batch()
+    lengths = [len(p) + len(r) for p, r in zip(batch[0], batch[1], strict=True)]
+    assert len(micro_batches(lengths, 1, TrainConfig().micro_batch_tokens)) > 1
+    out = {}
+    for budget in (TrainConfig().micro_batch_tokens, 0):
+        t = TrainerActor(
+            str(model_dir),
+            {"epochs": 1, "micro_batch_tokens": budget, "lr": 1e-2},
+            str(tmp_path / f"state{budget}"),
+        )
+        stats = t.step(*batch, None, 1.0)
+        out[budget] = (stats["loss"], {k: v.clone() for k, v in t.model.state_dict().items()})
+    (loss_a, w_a), (loss_b, w_b) = out.values()
+    assert loss_a == pytest.approx(loss_b, rel=1e-4, abs=1e-6)
+    for k in w_a:
+        # Adam's first step is ~lr * sign(grad): rounding moves a near-zero grad's step a little
+        torch.testing.assert_close(w_a[k], w_b[k], rtol=0, atol=1e-2 * 1e-2)
+
+
+def test_published_weights_file_is_the_step_state_and_survives_the_next_step(
+    tmp_path: Path,
+) -> None:
+    """weights() links the file the step just wrote for the hand-over (no second write); the
+    next step replaces the state dir, and the published file still holds its own version."""
+    model_dir = build_tiny_model(tmp_path / "model", seed=0)
+    t = TrainerActor(str(model_dir), {"epochs": 1, "lr": 1e-2}, str(tmp_path / "state"))
+    wdir = tmp_path / "weights"
+    batch = _batch()
+    t.step(*batch, None, 1.0)
+    v1 = {k: v.clone() for k, v in t.model.state_dict().items()}
+    pub1 = t.weights(str(wdir), 0)
+    path1 = Path(pub1["path"])
+    assert pub1["version"] == 1
+    assert path1.stat().st_ino == (tmp_path / "state" / "weights.safetensors").stat().st_ino
+    t.step(*batch, None, 1.0)
+    pub2 = t.weights(str(wdir), 0)
+    assert pub2["version"] == 2 and Path(pub2["path"]) != path1
+    for path, want in ((path1, v1), (Path(pub2["path"]), t.model.state_dict())):
+        got = load_file(str(path))
+        for k, v in got.items():
+            torch.testing.assert_close(v, want[k], rtol=0, atol=0)
+    # a cold trainer (state loaded, not written by it) writes the file itself
+    cold = TrainerActor(str(model_dir), {"epochs": 1}, str(tmp_path / "state"))
+    pub = cold.weights(str(tmp_path / "weights_cold"), 0)
+    assert pub["version"] == 2
+    assert (
+        Path(pub["path"]).stat().st_ino
+        != (tmp_path / "state" / "weights.safetensors").stat().st_ino
+    )
+    for k, v in load_file(pub["path"]).items():
+        torch.testing.assert_close(v, t.model.state_dict()[k], rtol=0, atol=0)
