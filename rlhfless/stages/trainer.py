@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_model, save_model
 
 from rlhfless.adapters.hf import (
     HFEngine,
@@ -74,50 +74,15 @@ class _StateDir:
     def save(self, module: torch.nn.Module, opt: torch.optim.Optimizer, version: int) -> None:
         def write(tmp: Path) -> None:
             save_model(module, str(tmp / "weights.safetensors"))  # handles tied embeddings
-            _save_optimizer(opt, tmp)
+            torch.save(opt.state_dict(), tmp / "optimizer.pt")
             (tmp / "version").write_text(str(version))
 
         atomic_dir_write(self.path, write, durable=self.durable)
 
     def load(self, module: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
         load_model(module, str(self.path / "weights.safetensors"))
-        opt.load_state_dict(_load_optimizer(self.path))
+        opt.load_state_dict(torch.load(self.path / "optimizer.pt", weights_only=True))
         return int((self.path / "version").read_text())
-
-
-def _save_optimizer(opt: torch.optim.Optimizer, folder: Path) -> None:
-    """The optimiser's tensors as one safetensors file, the rest (param groups, which tensors
-    each parameter has) as a small torch.save file.
-
-    torch.save of the whole state dict (two fp32 moments per parameter: 600 MB for 75M
-    parameters) was ~0.5 s of every train step under the pipeline's page-cache pressure, about
-    4x slower per byte than the safetensors write of the weights beside it.
-    """
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    layout: dict[Any, tuple[list[str], dict[str, Any]]] = {}  # pid: (tensor names, other values)
-    for pid, per_param in sd["state"].items():
-        names, other = layout.setdefault(pid, ([], {}))
-        for name, value in per_param.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{pid}/{name}"] = value.contiguous()
-                names.append(name)
-            else:
-                other[name] = value
-    save_file(tensors, str(folder / "optimizer.safetensors"))
-    torch.save({"param_groups": sd["param_groups"], "state": layout}, folder / "optimizer_meta.pt")
-
-
-def _load_optimizer(folder: Path) -> dict[str, Any]:
-    if not (folder / "optimizer.safetensors").exists():  # written before the split format
-        return torch.load(folder / "optimizer.pt", weights_only=True)
-    meta = torch.load(folder / "optimizer_meta.pt", weights_only=True)
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    state = {
-        pid: {**other, **{name: tensors[f"{pid}/{name}"] for name in names}}
-        for pid, (names, other) in meta["state"].items()
-    }
-    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 class TrainerActor:

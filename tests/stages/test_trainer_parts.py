@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file
 
 from rlhfless.adapters.tiny import build_tiny_model
 from rlhfless.stages.common import COMPLETE, atomic_dir_write, recover_dir
 from rlhfless.stages.config import TrainConfig
-from rlhfless.stages.trainer import TrainerActor, _check_version, _StateDir, micro_batches
+from rlhfless.stages.trainer import TrainerActor, _check_version, micro_batches
 
 
 def test_micro_batches_cover_every_sample_once_and_respect_the_budget() -> None:
@@ -126,53 +126,3 @@ def test_published_weights_file_is_the_step_state_and_survives_the_next_step(
     )
     for k, v in load_file(pub["path"]).items():
         torch.testing.assert_close(v, t.model.state_dict()[k], rtol=0, atol=0)
-
-
-def _optimizer_after_a_step(seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
-    opt = torch.optim.AdamW(model.parameters(), lr=0.1, betas=(0.8, 0.95))
-    model(torch.randn(3, 4)).sum().backward()
-    opt.step()
-    return model, opt
-
-
-def test_state_dir_round_trips_the_optimizer_exactly(tmp_path: Path) -> None:
-    """Saved and loaded back, the optimiser state is identical, and the next step with it is the
-    step the original optimiser takes."""
-    model, opt = _optimizer_after_a_step()
-    state = _StateDir(str(tmp_path / "state"))
-    state.save(model, opt, 7)
-    fresh, fresh_opt = _optimizer_after_a_step(seed=1)  # other weights and moments
-    assert state.exists() and state.load(fresh, fresh_opt) == 7
-    a, b = opt.state_dict(), fresh_opt.state_dict()
-    assert a["param_groups"] == b["param_groups"]
-    assert a["state"].keys() == b["state"].keys()
-    for pid in a["state"]:
-        assert a["state"][pid].keys() == b["state"][pid].keys()
-        for name, value in a["state"][pid].items():
-            torch.testing.assert_close(b["state"][pid][name], value, rtol=0, atol=0)
-    x = torch.randn(5, 4)
-    for m, o in ((model, opt), (fresh, fresh_opt)):
-        o.zero_grad()
-        m(x).sum().backward()
-        o.step()
-    for p, q in zip(model.parameters(), fresh.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=0)
-
-
-def test_state_dir_loads_the_older_single_file_optimizer(tmp_path: Path) -> None:
-    """Checkpoints written before the split format (optimizer.pt) still resume."""
-    model, opt = _optimizer_after_a_step()
-    folder = tmp_path / "state"
-    folder.mkdir()
-    save_model(model, str(folder / "weights.safetensors"))
-    torch.save(opt.state_dict(), folder / "optimizer.pt")
-    (folder / "version").write_text("3")
-    (folder / COMPLETE).write_text("")
-    fresh, fresh_opt = _optimizer_after_a_step(seed=1)
-    state = _StateDir(str(folder))
-    assert state.exists() and state.load(fresh, fresh_opt) == 3
-    for pid, per_param in opt.state_dict()["state"].items():
-        for name, value in per_param.items():
-            torch.testing.assert_close(fresh_opt.state_dict()["state"][pid][name], value)
