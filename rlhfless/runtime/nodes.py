@@ -12,9 +12,11 @@ trying; an agent that answers again is re-admitted (and told to kill any stale f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -183,19 +185,25 @@ class Cluster:
             # lost() closed the socket under the send: the node is gone, not the caller.
             raise SpawnError(f"node {node.name} was lost while sending to it") from None
 
+    @staticmethod
+    @contextlib.contextmanager
+    def _node_failure_is_lost(fn: FunctionState) -> Iterator[None]:
+        """The node was up when ``fn`` was placed there; losing it since is the node's failure,
+        and callers re-run the work of lost functions (:class:`NodeLost` is a FunctionDied)."""
+        try:
+            yield
+        except SpawnError as exc:
+            raise NodeLost(fn.function_id, fn.actor, fn.record.node, str(exc)) from None
+
     async def launch(self, fn: FunctionState, deadline: float) -> None:
         """Send ``fn``'s spawn to its node; :class:`NodeLost` if the node goes meanwhile."""
-        try:
+        with self._node_failure_is_lost(fn):
             node = self._up(fn.record.node)
             # The agent handles its messages in order: the weights are in its cache before the
             # function starts, so no confirmation is needed here.
             await self.ensure_weights(node, deadline, confirmed=False)
             left = max(0.1, deadline - time.monotonic())
             await self._send(node, self.codec.encode(fn.spec), left)
-        except SpawnError as exc:
-            # Placement chose a node that was up; losing it since is the node's failure, and
-            # callers re-run the work of lost functions (NodeLost is a FunctionDied).
-            raise NodeLost(fn.function_id, fn.actor, fn.record.node, str(exc)) from None
 
     def _up(self, name: str) -> RemoteNode:
         node = self.by_name(name)
@@ -234,8 +242,11 @@ class Cluster:
                 raise SpawnError(f"node {node.name} did not confirm weights v{version} in time")
             await asyncio.sleep(0.005)
 
-    async def ensure_weights_on(self, name: str, deadline: float) -> None:
-        await self.ensure_weights(self._up(name), deadline, confirmed=True)
+    async def refresh_warm(self, fn: FunctionState, deadline: float) -> None:
+        """Before warm ``fn`` is handed out again: its node holds the current weights (confirmed),
+        so it finds them in its cache; :class:`NodeLost` if the node goes meanwhile."""
+        with self._node_failure_is_lost(fn):
+            await self.ensure_weights(self._up(fn.record.node), deadline, confirmed=True)
 
     def kill(self, fn: FunctionState) -> None:
         node = self.by_name(fn.record.node)

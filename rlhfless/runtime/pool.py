@@ -109,8 +109,7 @@ class WarmPool:
             )
         else:
             await self._retire(fn)
-        async with self._room:
-            self._room.notify_all()
+        await self._notify_room()
 
     async def _retire(self, fn: FunctionState) -> None:
         """Ask a function to exit (scale to zero)."""

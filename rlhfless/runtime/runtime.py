@@ -31,7 +31,6 @@ from rlhfless.runtime.errors import (
     BadMessage,
     CallTimeout,
     FunctionDied,
-    NodeLost,
     RemoteError,
     RuntimeClosed,
     SpawnError,
@@ -265,13 +264,9 @@ class Runtime(WarmPool, Locality):
                 # gets, warm or new, finds v in its node's cache.
                 try:
                     deadline = time.monotonic() + (timeout or self.config.ready_timeout_s)
-                    await self.cluster.ensure_weights_on(warm.record.node, deadline)
-                except BaseException as exc:
+                    await self.cluster.refresh_warm(warm, deadline)
+                except BaseException:
                     await self._release(warm, warm.lease)
-                    if isinstance(exc, SpawnError):  # the node failed: its work is re-run
-                        raise NodeLost(
-                            warm.function_id, warm.actor, warm.record.node, str(exc)
-                        ) from None
                     raise
             return Handle(self, warm, warm.lease)
         deadline = time.monotonic() + (timeout or self.config.ready_timeout_s)

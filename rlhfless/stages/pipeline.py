@@ -78,9 +78,6 @@ class Pipeline:
         self.version = 0
         # None: the model dir's weights; a dict of tensors; or a node-local file's path.
         self.weights: dict[str, torch.Tensor] | str | None = None
-        # Across machines the runtime sends each version once per node into that node's cache
-        # (rt.publish_weights) and rollout functions load it there: no per-function copies.
-        self.weights_cached = False
         # Per role (trainer, critic): the node whose disk holds its hand-over state; later steps
         # go back there. If it is lost, placement picks another; the version check then says
         # whether run_dir/state is shared storage that the new node can read.
@@ -116,13 +113,17 @@ class Pipeline:
         self.version = published["version"]
         if self.rt.cluster is not None:
             self.rt.publish_weights(self.version, published["state_dict"])
-            self.weights, self.weights_cached = None, True
         else:
             self.weights = published.get("path") or published["state_dict"]
 
+    @property
+    def weights_cached(self) -> bool:
+        """Across machines the runtime sends each version once per node into that node's cache
+        (rt.publish_weights) and rollout functions load it there: no per-function copies."""
+        return self.rt.cluster is not None and self.version > 0
+
     def _home(self, role: str) -> str | None:
-        home = self.homes.get(role)
-        return home if home in self.rt.nodes() else None
+        return self.homes.get(role)  # _with_function lets placement pick if it is gone
 
     async def _at_home(self, role: str, h: Any, result: Awaitable[R]) -> R:
         self.homes[role] = h.node
