@@ -22,6 +22,7 @@ from rlhfless.scaling.assign import (
 )
 from rlhfless.scaling.config import ScalingConfig
 from rlhfless.scaling.errors import BadScalingInput, BadScalingSetting, ScalingError
+from rlhfless.scaling.margin import ErrorModel, Margin, build_margin
 from rlhfless.scaling.migrate import (
     FunctionProgress,
     MigrationPlan,
@@ -45,7 +46,14 @@ from rlhfless.scaling.prefix import (
     plan_prefix_routes,
     plan_prefixes,
 )
-from rlhfless.scaling.scaler import CurvePoint, ScalingDecision, WarmPool, choose_k, evaluate
+from rlhfless.scaling.scaler import (
+    CurvePoint,
+    ScalingDecision,
+    WarmPool,
+    choose_k,
+    evaluate,
+    expected_point,
+)
 from rlhfless.scaling.simulate import SimFunction, SimResult, simulate_rollout
 from rlhfless.scaling.throughput import (
     ThroughputModel,
@@ -61,9 +69,11 @@ __all__ = [
     "BadScalingInput",
     "BadScalingSetting",
     "CurvePoint",
+    "ErrorModel",
     "FunctionProgress",
     "GroupWork",
     "LengthPredictor",
+    "Margin",
     "MigrationPlan",
     "Move",
     "PredictorError",
@@ -87,10 +97,12 @@ __all__ = [
     "assign_pack",
     "assign_round_robin",
     "assign_stratified",
+    "build_margin",
     "choose_k",
     "decode_seconds",
     "decode_timeline",
     "evaluate",
+    "expected_point",
     "expected_remaining",
     "function_load",
     "kv_bytes_per_token",

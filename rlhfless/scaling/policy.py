@@ -9,7 +9,8 @@
     state = scaler.to_dict()   # checkpoint; Scaler.from_dict(state, config, slots, kind)
 
 ``policy = "fixed"`` plans ``k`` functions (0 = one per slot) round robin, and never cuts;
-``policy = "rlhfless"`` predicts lengths, chooses k and packs groups (see :mod:`.scaler`).
+``policy = "rlhfless"`` predicts lengths, chooses k and packs groups (see :mod:`.scaler`), with
+a margin drawn from the predictor's measured error (see :mod:`.margin`).
 Both report predicted makespan and dollars, so the iteration summary can show predicted vs actual.
 """
 
@@ -24,6 +25,7 @@ from rlhfless.runtime.messages import BillingEvent
 from rlhfless.scaling.assign import GroupWork, assign_round_robin
 from rlhfless.scaling.config import ScalingConfig
 from rlhfless.scaling.errors import BadScalingInput
+from rlhfless.scaling.margin import Margin, build_margin
 from rlhfless.scaling.migrate import (
     FunctionProgress,
     MigrationPlan,
@@ -145,11 +147,12 @@ class Scaler:
             self.model,
             self.device_kind,
             lam=cfg.lam,
-            within_fraction=cfg.within_fraction,
+            within_fraction=cfg.within(),
             method=cfg.assign,
             slack=cfg.pack_slack,
             headroom=cfg.pack_headroom,
             warm=warm,
+            margin=self.margin(prompt_ids, works),
         )
         return RolloutPlan(
             policy=cfg.policy,
@@ -162,6 +165,20 @@ class Scaler:
             cut_threshold=cfg.cut_threshold,
             prefix=prefix,
             decision=decision,
+        )
+
+    def margin(self, prompt_ids: Sequence[PromptId], works: Sequence[GroupWork]) -> Margin | None:
+        """The error margin for a plan of ``works`` (None when ``margin_scenarios`` is 0)."""
+        cfg = self.config
+        if not cfg.margin_scenarios:
+            return None
+        alternatives = () if cfg.margin_fallback == "none" else (cfg.margin_fallback,)
+        return build_margin(
+            self.predictor,
+            works,
+            [self.predictor.seen(pid) for pid in prompt_ids],
+            cfg.margin_scenarios,
+            alternatives,  # type: ignore[arg-type]
         )
 
     # ------------------------------------------------------------------ during a rollout

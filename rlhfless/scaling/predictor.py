@@ -333,6 +333,20 @@ class LengthPredictor:
             spearman_max=spearman([e.predicted_max for e in s], [e.actual_max for e in s]),
         )
 
+    def error_samples(self, last: int | None = None) -> list[ErrorSample]:
+        """The scored predictions behind :meth:`error` (the last ``last``; default all kept):
+        what :class:`~rlhfless.scaling.margin.ErrorModel` draws its margin from."""
+        if last is not None and last < 1:
+            raise BadScalingInput("error_samples", f"last must be >= 1, got {last}")
+        s = list(self._errors)
+        return s if last is None else s[-last:]
+
+    def max_observed(self) -> float | None:
+        """The longest response in the scored groups and the dataset's latest profiles (None
+        before any observation): an upper bound for a drawn length."""
+        highs = [e.actual_max for e in self._errors] + [p[-1] for p in self._dataset]
+        return max(highs) if highs else None
+
     def shape_ratios(self, points: int = 16) -> list[float]:
         """Quantiles of ``sample length / its prompt's median`` over the dataset's latest
         profiles: how far from its prompt's typical length a sample can land."""

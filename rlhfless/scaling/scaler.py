@@ -14,6 +14,14 @@ iteration has new weights), then its own predicted load; it is released at its o
 The choice is the k minimising ``C(k) + lam * T(k)`` (``lam`` in $/s, >= 0), or, with
 ``within_fraction = x``, the cheapest k whose ``T(k) <= (1 + x) * min T``. Ties go to fewer
 functions. :meth:`ScalingDecision.render` prints the curve.
+
+With a :class:`~rlhfless.scaling.margin.Margin` (what :class:`~rlhfless.scaling.policy.Scaler`
+passes by default), each candidate also gets its *expected* ``E[T(k)]`` and ``E[C(k)]`` over
+scenarios of true lengths drawn from the predictor's measured error, and the choice uses those
+instead of the point predictions; every k is tried with the margin's alternative assignments
+too (e.g. LPT beside stratified), ties going to the configured one; and "within x of the
+fastest" leaves out a cold start that every candidate pays (nothing warm), so it is a fraction
+of the rollout's own time.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import msgspec
 from rlhfless.cost_models import BillingRules, CostModel, Lifetime
 from rlhfless.scaling.assign import Assignment, AssignMethod, GroupWork, assign
 from rlhfless.scaling.errors import BadScalingSetting
+from rlhfless.scaling.margin import Margin, scenario_loads
 from rlhfless.scaling.throughput import ThroughputParams
 
 
@@ -37,7 +46,19 @@ class CurvePoint(msgspec.Struct, frozen=True, kw_only=True):
     usd: float  # C(k), each function released at its own finish
     serverful_usd: float  # every function held until T(k)
     function_seconds: float  # sum of the functions' lifetimes (slot-seconds per slot)
-    score: float  # usd + lam * seconds
+    score: float  # usd + lam * seconds (expected_usd + lam * expected_seconds with a margin)
+    method: str = ""  # the assignment method behind this point
+    expected_seconds: float | None = None  # E[T(k)] under the predictor's measured error
+    expected_usd: float | None = None  # E[C(k)] likewise
+
+    @property
+    def planned_seconds(self) -> float:
+        """What the choice compares: the expected makespan when known, else the predicted."""
+        return self.seconds if self.expected_seconds is None else self.expected_seconds
+
+    @property
+    def planned_usd(self) -> float:
+        return self.usd if self.expected_usd is None else self.expected_usd
 
 
 class ScalingDecision(msgspec.Struct, kw_only=True):
@@ -48,12 +69,17 @@ class ScalingDecision(msgspec.Struct, kw_only=True):
     within_fraction: float | None
     cost_model: str
     device_kind: str
-    curve: list[CurvePoint]
+    curve: list[CurvePoint]  # every (method, k) evaluated
     assignment: Assignment  # for the chosen k
+    method: str = ""  # the chosen point's assignment method
+    margin: str = "off"  # where the margin's scenarios came from (seen/new/shape/none), or off
+    scenarios: int = 0  # error scenarios behind the expected T and C (0: point predictions)
 
     @property
     def chosen(self) -> CurvePoint:
-        return next(p for p in self.curve if p.k == self.k)
+        return next(
+            p for p in self.curve if p.k == self.k and (not self.method or p.method == self.method)
+        )
 
     def render(self, width: int = 100) -> str:
         """The curve as a table (the chosen row marked), for logs and ``--show-curve``."""
@@ -65,19 +91,28 @@ class ScalingDecision(msgspec.Struct, kw_only=True):
             if self.criterion == "lam"
             else f"cheapest within {self.within_fraction:.0%} of the fastest"
         )
-        table = Table(
-            title=f"rollout functions: k={self.k} ({self.functions} used), {how}, "
-            f"{self.cost_model} {self.device_kind}"
+        margin = (
+            f", expected over {self.scenarios} error scenarios ({self.margin})"
+            if self.scenarios
+            else ""
         )
-        for col in ("k", "used", "T (s)", "C ($)", "held to T ($)", "fn-s", "score"):
+        table = Table(
+            title=f"rollout functions: k={self.k} {self.method} ({self.functions} used), {how}"
+            f"{margin}, {self.cost_model} {self.device_kind}"
+        )
+        cols = ["k", "method", "used", "T (s)", "C ($)"]
+        if self.scenarios:
+            cols += ["E[T] (s)", "E[C] ($)"]
+        for col in (*cols, "held to T ($)", "fn-s", "score"):
             table.add_column(col, justify="right")
+        chosen = self.chosen
         for p in self.curve:
-            mark = "*" if p.k == self.k else ""
+            mark = "*" if p is chosen else ""
+            row = [f"{mark}{p.k}", p.method, str(p.functions), f"{p.seconds:.2f}", f"{p.usd:.5f}"]
+            if self.scenarios:
+                row += [f"{p.planned_seconds:.2f}", f"{p.planned_usd:.5f}"]
             table.add_row(
-                f"{mark}{p.k}",
-                str(p.functions),
-                f"{p.seconds:.2f}",
-                f"{p.usd:.5f}",
+                *row,
                 f"{p.serverful_usd:.5f}",
                 f"{p.function_seconds:.1f}",
                 f"{p.score:.5f}",
@@ -167,6 +202,38 @@ def evaluate(
         serverful_usd=held,
         function_seconds=sum(ends) * slots_per_function,
         score=usd + lam * t,
+        method=assignment.method,
+    )
+
+
+def expected_point(
+    point: CurvePoint,
+    assignment: Assignment,
+    works: Sequence[GroupWork],
+    margin: Margin,
+    params: ThroughputParams,
+    cost_model: CostModel,
+    device_kind: str,
+    lam: float = 0.0,
+    warm: int = 0,
+    slots_per_function: int = 1,
+) -> CurvePoint:
+    """``point`` with its expected T and C over ``margin``'s scenarios (and its score on them)."""
+    if not margin.scenarios:
+        return point
+    seconds = usd = 0.0
+    for lengths in margin.scenarios:
+        loads = scenario_loads(assignment, works, lengths, params)
+        drawn = msgspec.structs.replace(assignment, loads=loads, makespan=max(loads, default=0.0))
+        p = evaluate(drawn, params, cost_model, device_kind, lam, warm, slots_per_function)
+        seconds += p.seconds
+        usd += p.usd
+    n = len(margin.scenarios)
+    return msgspec.structs.replace(
+        point,
+        expected_seconds=seconds / n,
+        expected_usd=usd / n,
+        score=usd / n + lam * seconds / n,
     )
 
 
@@ -184,6 +251,7 @@ def choose_k(
     headroom: float = 0.0,
     warm: int = 0,
     slots_per_function: int = 1,
+    margin: Margin | None = None,
 ) -> ScalingDecision:
     """Evaluate every k in ``ks`` and pick one (see the module docstring)."""
     lam = check_lam(lam)
@@ -194,19 +262,39 @@ def choose_k(
     candidates = sorted(set(ks))
     if not candidates:
         raise BadScalingSetting("k range", candidates, "non-empty", "check k_min and k_max.")
+    methods: list[AssignMethod] = [method]
+    for alt in margin.alternatives if margin is not None else ():
+        if alt not in methods:
+            methods.append(alt)  # type: ignore[arg-type]
     curve: list[CurvePoint] = []
-    assignments: dict[int, Assignment] = {}
-    for k in candidates:
-        a = assign(works, k, method, params, slack, headroom)
-        assignments[k] = a
-        curve.append(evaluate(a, params, cost_model, device_kind, lam, warm, slots_per_function))
+    assignments: dict[tuple[str, int], Assignment] = {}
+    for m in methods:
+        for k in candidates:
+            a = assign(works, k, m, params, slack, headroom)
+            assignments[(a.method, k)] = a
+            p = evaluate(a, params, cost_model, device_kind, lam, warm, slots_per_function)
+            if margin is not None:
+                p = expected_point(
+                    p, a, works, margin, params, cost_model, device_kind, lam, warm,
+                    slots_per_function,
+                )  # fmt: skip
+            curve.append(p)
+    rank = {m: i for i, m in enumerate(methods)}
     if within_fraction is None:
-        best = min(curve, key=lambda p: (p.score, p.functions, p.k))
+        best = min(curve, key=lambda p: (p.score, p.functions, p.k, rank[p.method]))
         criterion = "lam"
     else:
-        fastest = min(p.seconds for p in curve)
-        ok = [p for p in curve if p.seconds <= fastest * (1.0 + within_fraction) + 1e-12]
-        best = min(ok, key=lambda p: (p.usd, p.seconds, p.functions, p.k))
+        # With a margin, a cold start every candidate pays is no part of the rollout's own time.
+        common = params.cold_start_seconds if margin is not None and warm <= 0 else 0.0
+        fastest = min(p.planned_seconds for p in curve) - common
+        ok = [
+            p
+            for p in curve
+            if p.planned_seconds - common <= fastest * (1.0 + within_fraction) + 1e-12
+        ]
+        best = min(
+            ok, key=lambda p: (p.planned_usd, p.planned_seconds, p.functions, p.k, rank[p.method])
+        )
         criterion = "within"
     return ScalingDecision(
         k=best.k,
@@ -217,5 +305,8 @@ def choose_k(
         cost_model=cost_model.name,
         device_kind=device_kind,
         curve=curve,
-        assignment=assignments[best.k],
+        assignment=assignments[(best.method, best.k)],
+        method=best.method,
+        margin=margin.source if margin is not None else "off",
+        scenarios=len(margin.scenarios) if margin is not None else 0,
     )

@@ -1,0 +1,226 @@
+"""A safety margin from the length predictor's *measured* error: T(k) and C(k) as they are
+expected to come out when the lengths are as wrong as the predictor's have been.
+
+Why. :func:`~rlhfless.scaling.scaler.choose_k` compares predicted makespans. When predictions
+are good (lognormal lengths, mean relative error ~17%) the predicted curve is close to the true
+one. When they are poor (a heavy tail: 5% of samples 10x, error ~50%) it flatters plans that put
+many sequences on one function: a sequence predicted short but 10x long, admitted late behind a
+full batch, finishes last; and it cannot tell that fewer functions leave less room for a miss.
+A fixed margin (the cheapest k within 3% of the fastest *predicted*) cannot know which case it
+is in; the predictor can, because it scores every prediction it made once the lengths are known
+(:meth:`~rlhfless.scaling.predictor.LengthPredictor.error_samples`).
+
+Scenarios. :class:`ErrorModel` draws ``n`` plausible sets of true lengths for the rollout's
+groups (:meth:`ErrorModel.scenarios`, seeded, so a plan is reproducible):
+
+* a group whose prompt the predictor has seen: its predicted lengths times the ratios
+  ``actual / predicted`` (of the mean, and of the max for its longest sample) of a scored group
+  whose prediction was about as long (the ``window`` scored groups nearest in predicted max).
+  Conditioning matters: a group predicted long because last epoch it drew a rare long sample
+  tends to come out shorter (ratio < 1), one predicted short can come out much longer;
+* a group whose prompt is new: likewise from the scored predictions of new prompts (the
+  per-dataset fallback's error);
+* too few scored groups of that kind (fewer than ``min_samples``; e.g. the first iteration of a
+  run's second epoch): fresh draws around the predicted median: ``median x r`` with ``r`` drawn
+  from the dataset's measured ``sample / its prompt's median`` ratios
+  (:meth:`~rlhfless.scaling.predictor.LengthPredictor.shape_ratios`), which hold a rare long
+  tail even before any prediction has been scored;
+* nothing measured at all (no observation yet): no scenario; the plan uses the point prediction.
+
+Every drawn length is capped at the longest response ever observed (responses are capped by the
+generation limit), and never capped below its own prediction.
+
+Expected T and C. :func:`expected_point` evaluates an assignment on each scenario: function f's
+load is the prefill of its prompts plus the continuous-batching decode of its drawn lengths,
+admitted in predicted order (longest predicted first, as the assignment submits them), so a
+long sequence queued behind a full batch finishes late; then cold start, weight load and the
+bill exactly as :func:`~rlhfless.scaling.scaler.evaluate` does. The expected makespan and
+dollars are the means over the scenarios. With an exact predictor every ratio is 1, every
+scenario is the prediction, and the expected point is the predicted one.
+
+:class:`Margin` carries the scenarios (and the assignments to try besides the configured one,
+e.g. LPT, which measured safer than stratified when errors are large) into ``choose_k``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+from collections.abc import Sequence
+from statistics import median
+
+import msgspec
+
+from rlhfless.scaling.assign import METHODS, Assignment, AssignMethod, GroupWork
+from rlhfless.scaling.errors import BadScalingInput, BadScalingSetting
+from rlhfless.scaling.predictor import ErrorSample, LengthPredictor
+from rlhfless.scaling.throughput import ThroughputParams, decode_seconds
+
+MIN_SAMPLES = 16  # scored groups of a kind (seen / new prompt) before their ratios are used
+WINDOW_FRACTION = 8  # the nearest n // 8 scored groups (at least MIN_SAMPLES // 2) are drawn from
+
+Scenario = list[list[float]]  # drawn true lengths per group
+
+
+def check_scenarios(n: int, name: str = "margin_scenarios") -> int:
+    if not (isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 1024):
+        raise BadScalingSetting(
+            name,
+            n,
+            "an integer in 0..1024",
+            "0 plans on the point predictions (no margin); 16 is the default.",
+        )
+    return n
+
+
+class _Ratios:
+    """Scored groups of one kind, sorted by predicted max: (predicted max, mean ratio, max ratio)."""
+
+    def __init__(self, samples: Sequence[ErrorSample]) -> None:
+        rows = sorted(
+            (
+                e.predicted_max,
+                e.actual_mean / max(e.predicted_mean, 1.0),
+                e.actual_max / max(e.predicted_max, 1.0),
+            )
+            for e in samples
+        )
+        self.keys = [r[0] for r in rows]
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def draw(self, predicted_max: float, rng: random.Random) -> tuple[float, float]:
+        n = len(self.rows)
+        width = min(n, max(MIN_SAMPLES // 2, n // WINDOW_FRACTION))
+        at = bisect.bisect_left(self.keys, predicted_max)
+        lo = max(0, min(at - width // 2, n - width))
+        _, mean_ratio, max_ratio = self.rows[rng.randrange(lo, lo + width)]
+        return mean_ratio, max_ratio
+
+
+class ErrorModel:
+    """What the predictor's measured error says a group's true lengths may be (module docstring)."""
+
+    def __init__(
+        self,
+        samples: Sequence[ErrorSample],
+        shape: Sequence[float] = (),
+        cap: float | None = None,
+        min_samples: int = MIN_SAMPLES,
+    ) -> None:
+        if not (isinstance(min_samples, int) and min_samples >= 1):
+            raise BadScalingSetting("margin min_samples", min_samples, "an integer >= 1")
+        if any(not (math.isfinite(r) and r >= 0) for r in shape):
+            raise BadScalingInput("ErrorModel", f"shape ratios must be finite and >= 0: {shape}")
+        self.seen = _Ratios([e for e in samples if e.seen])
+        self.new = _Ratios([e for e in samples if not e.seen])
+        self.shape = [float(r) for r in shape]
+        observed = [e.actual_max for e in samples]
+        self.cap = cap if cap is not None else (max(observed) if observed else math.inf)
+        self.min_samples = min_samples
+
+    @classmethod
+    def from_predictor(cls, predictor: LengthPredictor, last: int | None = None) -> ErrorModel:
+        """The error of ``predictor``'s last ``last`` (default: all kept) scored predictions."""
+        return cls(
+            predictor.error_samples(last), predictor.shape_ratios(), predictor.max_observed()
+        )
+
+    def source(self, seen: bool) -> str:
+        """Where a group's draws come from: "seen", "new", "shape" or "none" (no draws)."""
+        pool = self.seen if seen else self.new
+        if len(pool) >= self.min_samples:
+            return "seen" if seen else "new"
+        return "shape" if self.shape else "none"
+
+    def draw(self, work: GroupWork, seen: bool, rng: random.Random) -> list[float]:
+        """One plausible set of true lengths for ``work`` (same order as its predictions)."""
+        pred = list(work.lengths)
+        if not pred:
+            return []
+        how = self.source(seen)
+        if how == "none":
+            return pred
+        top = max(range(len(pred)), key=lambda i: pred[i])
+        cap = max(self.cap, max(pred))
+        if how == "shape":
+            mid = float(median(pred))
+            out = [mid * self.shape[rng.randrange(len(self.shape))] for _ in pred]
+        else:
+            mean_ratio, max_ratio = (self.seen if seen else self.new).draw(pred[top], rng)
+            out = [x * mean_ratio for x in pred]
+            out[top] = max(out[top], pred[top] * max_ratio)
+        return [min(cap, x) for x in out]
+
+    def scenarios(
+        self, works: Sequence[GroupWork], seen: Sequence[bool], n: int, seed: int = 0
+    ) -> list[Scenario]:
+        """``n`` scenarios (each: drawn lengths per group); none when nothing was measured."""
+        check_scenarios(n, "scenarios")
+        if len(seen) != len(works):
+            raise BadScalingInput("ErrorModel.scenarios", f"{len(works)} groups, {len(seen)} flags")
+        if all(self.source(s) == "none" for s in seen):
+            return []
+        rng = random.Random(seed)
+        return [[self.draw(w, s, rng) for w, s in zip(works, seen, strict=True)] for _ in range(n)]
+
+
+class Margin(msgspec.Struct, kw_only=True):
+    """What ``choose_k`` needs for an error-aware choice.
+
+    ``scenarios``: drawn true lengths (:meth:`ErrorModel.scenarios`); empty: expected = predicted.
+    ``alternatives``: assignment methods tried for every k besides the configured one.
+    With a margin, "within x of the fastest" is measured on the rollout's own seconds: a cold
+    start that every candidate pays (no warm function) is left out of the comparison, so a short
+    rollout is not given a looser tolerance.
+    """
+
+    scenarios: list[Scenario] = []
+    alternatives: tuple[str, ...] = ()
+    source: str = "none"  # how most groups were drawn: seen / new / shape / none
+
+    def __post_init__(self) -> None:
+        for m in self.alternatives:
+            if m not in METHODS:
+                raise BadScalingSetting("margin alternative", m, f"one of {', '.join(METHODS)}")
+
+
+def build_margin(
+    predictor: LengthPredictor,
+    works: Sequence[GroupWork],
+    seen: Sequence[bool],
+    n: int,
+    alternatives: Sequence[AssignMethod] = (),
+    seed: int = 0,
+) -> Margin:
+    """The :class:`Margin` for a plan of ``works`` (``seen[i]``: group i's prompt was seen)."""
+    model = ErrorModel.from_predictor(predictor)
+    sources = [model.source(s) for s in seen]
+    top = max(set(sources), key=sources.count) if sources else "none"
+    return Margin(
+        scenarios=model.scenarios(works, seen, n, seed) if n else [],
+        alternatives=tuple(alternatives),
+        source=top if n else "off",
+    )
+
+
+def scenario_loads(
+    assignment: Assignment,
+    works: Sequence[GroupWork],
+    lengths: Scenario,
+    params: ThroughputParams,
+) -> list[float]:
+    """Each function's seconds (prefill + decode) when its groups' lengths are ``lengths``,
+    admitted longest *predicted* first."""
+    if len(lengths) != len(works):
+        raise BadScalingInput("scenario_loads", f"{len(works)} groups, {len(lengths)} in scenario")
+    loads = []
+    for members in assignment.groups:
+        seqs = [(p, x) for g in members for p, x in zip(works[g].lengths, lengths[g], strict=True)]
+        seqs.sort(key=lambda t: -t[0])
+        prefill = params.prefill_seconds(sum(works[g].prefill_tokens for g in members))
+        loads.append(prefill + decode_seconds([x for _, x in seqs], params))
+    return loads
