@@ -196,13 +196,16 @@ def build_margin(
     alternatives: Sequence[AssignMethod] = (),
     seed: int = 0,
 ) -> Margin:
-    """The :class:`Margin` for a plan of ``works`` (``seen[i]``: group i's prompt was seen)."""
+    """The :class:`Margin` for a plan of ``works`` (``seen[i]``: group i's prompt was seen).
+    The ``alternatives`` are tried only when there are scenarios (some error was measured)."""
     model = ErrorModel.from_predictor(predictor)
     sources = [model.source(s) for s in seen]
     top = max(set(sources), key=sources.count) if sources else "none"
+    scenarios = model.scenarios(works, seen, n, seed) if n else []
     return Margin(
-        scenarios=model.scenarios(works, seen, n, seed) if n else [],
-        alternatives=tuple(alternatives),
+        scenarios=scenarios,
+        # Nothing measured, nothing to guard against: keep the configured assignment.
+        alternatives=tuple(alternatives) if scenarios else (),
         source=top if n else "off",
     )
 

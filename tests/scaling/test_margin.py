@@ -116,8 +116,9 @@ def test_margin_picks_more_functions_or_lpt_when_predictions_are_poor() -> None:
 def test_without_measurements_there_are_no_scenarios() -> None:
     pred = LengthPredictor()
     works = _works(pred, 4, 2)
-    margin = build_margin(pred, works, [False] * 4, 16)
+    margin = build_margin(pred, works, [False] * 4, 16, ("lpt",))
     assert margin.scenarios == [] and margin.source == "none"
+    assert margin.alternatives == ()  # nothing measured: the configured assignment stays
     d = choose_k(works, range(1, 4), PARAMS, AWS, "l40s", margin=margin)
     assert all(p.expected_seconds is None for p in d.curve)
 
