@@ -71,7 +71,7 @@ def public_methods(cls: type) -> list[str]:
     return sorted(
         name
         for name, member in inspect.getmembers(cls)
-        if not name.startswith("_") and callable(member)
+        if not name.startswith(("_", "rlhfless_")) and callable(member)
     )
 
 
@@ -161,6 +161,20 @@ class _Server:
             hb.cancel()
         if self.tasks:  # a release lets calls already running finish
             await asyncio.wait(self.tasks, timeout=30)
+        return self.on_release()
+
+    def on_release(self) -> int:
+        """Run the actor's ``rlhfless_on_release()`` hook, if it has one, before the process
+        exits: the last chance to put state somewhere durable (e.g. a trainer's hand-over state
+        written behind its steps). Not run when the process dies; a failing hook exits with 1."""
+        hook = getattr(self.actor, "rlhfless_on_release", None)
+        if hook is None:
+            return 0
+        try:
+            hook()
+        except BaseException:
+            traceback.print_exc()
+            return 1
         return 0
 
     async def wait_init(self) -> Init | None:

@@ -201,7 +201,8 @@ class Cluster:
             node = self._up(fn.record.node)
             # The agent handles its messages in order: the weights are in its cache before the
             # function starts, so no confirmation is needed here.
-            await self.ensure_weights(node, deadline, confirmed=False)
+            if fn.uses_weights:
+                await self.ensure_weights(node, deadline, confirmed=False)
             left = max(0.1, deadline - time.monotonic())
             await self._send(node, self.codec.encode(fn.spec), left)
 

@@ -237,10 +237,13 @@ class Runtime(WarmPool, Locality):
         init_kwargs: dict[str, Any] | None = None,
         timeout: float | None = None,
         node: str | None = None,
+        weights: bool = True,
     ) -> Handle[T]:
         """Start (or reuse a warm) function hosting ``actor(*args, **init_kwargs)`` on a slot.
 
         ``node`` pins the function to one node (see :meth:`nodes`); by default placement picks.
+        ``weights=False``: the function never loads the published weights
+        (:meth:`publish_weights`), so across machines its node is not sent them on its account.
         """
         self._check_open()
         path = actor_path(actor)
@@ -259,7 +262,7 @@ class Runtime(WarmPool, Locality):
         key = reuse_key(path, threads, env or {}, init_frames)
         warm = self._take_warm(key, slot, node)
         if warm is not None:
-            if self.cluster is not None and warm.record.node != self.node:
+            if weights and self.cluster is not None and warm.record.node != self.node:
                 # The invariant a caller relies on: after publish_weights(v), any function it
                 # gets, warm or new, finds v in its node's cache.
                 try:
@@ -285,6 +288,7 @@ class Runtime(WarmPool, Locality):
         spec = Spawn(fid, path, endpoint, slot, {**bind, **(env or {})}, threads)
         record = BillingRecord(fid, path, stage, node, slot, devices.kind)
         fn = FunctionState(spec, path, key, record, init_frames)
+        fn.uses_weights = weights
         self._fns[fid] = fn
         self.stats.functions_started += 1
         try:

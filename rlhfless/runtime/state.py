@@ -53,6 +53,7 @@ class FunctionState:
         self.exited = asyncio.Event()
         self.expiry: asyncio.TimerHandle | None = None
         self.process: asyncio.subprocess.Process | None = None  # fresh-interpreter mode only
+        self.uses_weights = True  # across machines: its node needs the published weights
 
 
 def actor_path(actor: str | type) -> str:

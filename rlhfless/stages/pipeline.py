@@ -58,6 +58,9 @@ class IterationMetrics(msgspec.Struct, kw_only=True):
     cold_starts: int  # new processes started this iteration
     warm_starts: int  # spawns served by warm functions this iteration
     retries: int  # units of work re-run after a function died
+    # training steps re-run from kept inputs: a cold trainer's state lacked them (its function
+    # died before the state written behind the step landed; stages/handover.py)
+    replayed: int = 0
     scaling: dict[str, Any]  # the rollout plan: policy, functions, predicted vs actual time and $
     seconds: float
 
@@ -82,6 +85,10 @@ class Pipeline:
         # go back there. If it is lost, placement picks another; the version check then says
         # whether run_dir/state is shared storage that the new node can read.
         self.homes: dict[str, str] = {}
+        # Per role: the steps whose hand-over state may not be on disk yet (written behind the
+        # step, stages/handover.py), as {"version", "args"}; sent along with the role's next
+        # call so that a function that came back cold replays them instead of losing them.
+        self.unsaved: dict[str, list[dict[str, Any]]] = {TRAINER: [], CRITIC: []}
         self.retries = 0
         self.on_rollout_started: Callable[[list[int]], Any] | None = None  # test hook: pids
         self.rollout_stage = RolloutStage(self)
@@ -136,6 +143,32 @@ class Pipeline:
         train_cfg = msgspec.to_builtins(self.cfg.train)
         return (self.model_dir, train_cfg, str(self.state_dir / "policy"), self.cfg.model.dtype)
 
+    def _critic_args(self) -> tuple[Any, ...]:
+        train_cfg = msgspec.to_builtins(self.cfg.train)
+        return (self.model_dir, train_cfg, str(self.state_dir / "critic"), self.cfg.model.dtype)
+
+    def _stepped(self, role: str, args: dict[str, Any], stats: dict[str, Any]) -> None:
+        """Keep a step's inputs until a reply says its state is durable."""
+        entries = [*self.unsaved[role], {"version": self.version + 1, "args": args}]
+        self.unsaved[role] = [e for e in entries if e["version"] > stats["durable_version"]]
+
+    async def persist_state(self) -> None:
+        """Make every role's hand-over state durable at the run's version: a checkpoint copies
+        ``run_dir/state`` next. A role's function that died before its write landed is
+        replaced by one that replays the missing steps."""
+        roles = [(TRAINER, self._trainer_args(), "train", self._trainer_threads())]
+        if self.cfg.train.algo == "ppo":
+            roles.append((CRITIC, self._critic_args(), "critic", None))
+        for role, args, stage, threads in roles:
+            await self._with_function(
+                role, args, stage,
+                lambda h, role=role: self._at_home(
+                    role, h, h.persist(self.version, self.unsaved[role])
+                ),
+                threads=threads, node=self._home(role),
+            )  # fmt: skip
+            self.unsaved[role] = []
+
     # ------------------------------------------------------------------ stage helpers
 
     async def _with_function(
@@ -159,7 +192,10 @@ class Pipeline:
                 node = None  # the pinned node is gone: placement picks
             handle = None
             try:  # a node lost while the function starts is a death too (NodeLost)
-                handle = await self.rt.spawn(actor, *args, stage=stage, threads=threads, node=node)
+                handle = await self.rt.spawn(
+                    actor, *args, stage=stage, threads=threads, node=node,
+                    weights=actor == ROLLOUT,  # only rollouts read the published weights
+                )  # fmt: skip
                 return await work(handle)
             except FunctionDied as exc:
                 if attempt == MAX_RETRIES:
@@ -213,7 +249,6 @@ class Pipeline:
         ppo = cfg.train.algo == "ppo"
         use_ref = cfg.train.kl_coef > 0
         task_cfg = msgspec.to_builtins(cfg.task)
-        train_cfg = msgspec.to_builtins(cfg.train)
 
         async def timed(name: str, coro: Awaitable[R]) -> R:
             s = time.perf_counter()
@@ -235,8 +270,11 @@ class Pipeline:
             )))  # fmt: skip
         if ppo:
             jobs.append(timed("critic", self._with_function(
-                CRITIC, (self.model_dir, train_cfg, str(self.state_dir / "critic"), cfg.model.dtype), "critic",
-                lambda h: self._at_home(CRITIC, h, h.values(batch.prompt_ids, batch.response_ids)),
+                CRITIC, self._critic_args(), "critic",
+                lambda h: self._at_home(CRITIC, h, h.values(
+                    batch.prompt_ids, batch.response_ids,
+                    expected_version=self.version, replay=self.unsaved[CRITIC],
+                )),
                 node=self._home(CRITIC),
             )))  # fmt: skip
         results = await asyncio.gather(*jobs)
@@ -260,15 +298,18 @@ class Pipeline:
         t0 = time.perf_counter()
         trainer_args = self._trainer_args()
 
+        step_args = {
+            "prompt_ids": batch.prompt_ids,
+            "response_ids": batch.response_ids,
+            "old_logprobs": batch.logprobs,
+            "advantages": advantages,
+            "ref_logprobs": ref,
+            "temperature": cfg.rollout.temperature,
+        }
+
         async def train(h: Any) -> tuple[dict[str, float], dict[str, Any]]:
             out = await h.step(
-                batch.prompt_ids,
-                batch.response_ids,
-                batch.logprobs,
-                advantages,
-                ref,
-                cfg.rollout.temperature,
-                expected_version=self.version,
+                **step_args, expected_version=self.version, replay=self.unsaved[TRAINER]
             )
             return out, await self._at_home(TRAINER, h, h.weights(*self._weights_route()))
 
@@ -283,20 +324,28 @@ class Pipeline:
             )
         ]
         if ppo:
-            critic_args = (
-                self.model_dir,
-                train_cfg,
-                str(self.state_dir / "critic"),
-                cfg.model.dtype,
-            )
+            critic_step = {
+                "prompt_ids": batch.prompt_ids,
+                "response_ids": batch.response_ids,
+                "old_values": old_values,
+                "returns": returns,
+            }
             train_jobs.append(self._with_function(
-                CRITIC, critic_args, "critic",
+                CRITIC, self._critic_args(), "critic",
                 lambda h: self._at_home(CRITIC, h, h.step(
-                    batch.prompt_ids, batch.response_ids, old_values, returns, expected_version=self.version
+                    **critic_step, expected_version=self.version, replay=self.unsaved[CRITIC]
                 )), node=self._home(CRITIC),
             ))  # fmt: skip
         done = await asyncio.gather(*train_jobs)
         (train_stats, published) = done[0]
+        if train_stats["replayed"]:
+            log.warning(
+                "the trainer came back cold without its last %d step(s) on disk: replayed them",
+                train_stats["replayed"],
+            )
+        self._stepped(TRAINER, step_args, train_stats)
+        if ppo:
+            self._stepped(CRITIC, critic_step, done[1])
         self._publish(published)
         times["train"] = time.perf_counter() - t0
 
@@ -334,6 +383,7 @@ class Pipeline:
             cold_starts=started,
             warm_starts=warm,
             retries=retries,
+            replayed=int(train_stats["replayed"]),
             scaling={
                 "policy": rollout.policy,
                 "functions": rollout.functions,

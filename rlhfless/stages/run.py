@@ -69,6 +69,12 @@ class Checkpoints:
             for part in ("policy", "critic"):
                 if (state_dir / part).is_dir():
                     shutil.copytree(state_dir / part, tmp / part)
+                    have = int((tmp / part / "version").read_text())
+                    if have != version:  # a checkpoint that cannot resume is worse than none
+                        raise RunError(
+                            f"checkpoint: {state_dir / part} is at version {have}, the run at "
+                            f"{version}; its hand-over state was not made durable first"
+                        )
             meta = {
                 "next_iteration": next_iteration,
                 "version": version,
@@ -172,6 +178,7 @@ class Job:
                     every = cfg.checkpoint.every
                     last = step + 1 == cfg.train.iterations
                     if (every and (step + 1) % every == 0) or last:
+                        await pipeline.persist_state()  # written behind: land it first
                         self.checkpoints.save(state_dir, step + 1, pipeline.version, cfg)
             stats = rt.stats
         summary = self.summary(rt, time.time() - t0, stats)

@@ -1,8 +1,9 @@
 """The training stage: GRPO / PPO policy updates, and the PPO critic.
 
 A trainer function may be released between iterations and come back cold, so its state (weights,
-optimiser, version) is handed over through a node-local state directory written atomically
-after every step; a warm function simply keeps it in memory.
+optimiser, version) is handed over through a node-local state directory, written behind each step
+(``stages/handover.py``: a dead function's unwritten steps are replayed, never lost); a warm
+function simply keeps it in memory.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import msgspec
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 
 from rlhfless.adapters.hf import (
     HFEngine,
@@ -24,8 +25,9 @@ from rlhfless.adapters.hf import (
     response_logprobs,
 )
 from rlhfless.stages import algorithms as alg
-from rlhfless.stages.common import DTYPES, atomic_dir_write, pad_rows, recover_dir
+from rlhfless.stages.common import DTYPES, pad_rows
 from rlhfless.stages.config import TrainConfig
+from rlhfless.stages.handover import HandOver, StateDir
 
 
 def micro_batches(lengths: list[int], parts: int, token_budget: int) -> list[list[int]]:
@@ -52,39 +54,6 @@ def micro_batches(lengths: list[int], parts: int, token_budget: int) -> list[lis
     return out
 
 
-def _check_version(role: str, have: int, expected: int | None) -> None:
-    """A cold function that found stale (or no) hand-over state must not train on silently."""
-    if expected is not None and have != expected:
-        raise RuntimeError(
-            f"{role} state is at version {have} but the run is at version {expected}: the "
-            "hand-over state directory is stale or was lost; resume from a checkpoint"
-        )
-
-
-class _StateDir:
-    """Weights (safetensors), optimiser (torch.save, tensors only) and the version."""
-
-    def __init__(self, path: str, durable: bool = False) -> None:
-        self.path = Path(path)
-        self.durable = durable  # checkpoints: fsync; the per-step hand-over: page cache is enough
-
-    def exists(self) -> bool:
-        return recover_dir(self.path)
-
-    def save(self, module: torch.nn.Module, opt: torch.optim.Optimizer, version: int) -> None:
-        def write(tmp: Path) -> None:
-            save_model(module, str(tmp / "weights.safetensors"))  # handles tied embeddings
-            torch.save(opt.state_dict(), tmp / "optimizer.pt")
-            (tmp / "version").write_text(str(version))
-
-        atomic_dir_write(self.path, write, durable=self.durable)
-
-    def load(self, module: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
-        load_model(module, str(self.path / "weights.safetensors"))
-        opt.load_state_dict(torch.load(self.path / "optimizer.pt", weights_only=True))
-        return int((self.path / "version").read_text())
-
-
 class TrainerActor:
     """Policy updates; publishes weights with a version number after every step."""
 
@@ -98,47 +67,38 @@ class TrainerActor:
         self.opt = torch.optim.AdamW(
             self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
         )
-        self.state = _StateDir(state_dir)
-        self.version = self.state.load(self.model, self.opt) if self.state.exists() else 0
-        # The version whose weights this process wrote to the state dir (None: not this process)
-        self._saved_version: int | None = None
+        self.handover = HandOver(state_dir, self.model, self.opt)
+
+    @property
+    def version(self) -> int:
+        return self.handover.version
 
     def weights(self, file_dir: str | None = None, file_above_bytes: int = 0) -> dict[str, Any]:
         """The current weights with their version: inline as tensors (zero-copy frames), or,
         when larger than ``file_above_bytes`` and ``file_dir`` is given, written once to a
         node-local safetensors file that every rollout function on the node maps from disk.
+
+        Then the hand-over state of this version starts being written behind (reusing that
+        file for its weights): it overlaps the next rollout instead of delaying this reply.
         """
+        self.handover.wait()  # nothing writes the weights while they are read out
         state = {k: v.detach() for k, v in self.model.state_dict().items()}
         size = sum(t.numel() * t.element_size() for t in state.values())
         if file_dir is None or size <= file_above_bytes:
+            self.handover.write_behind()
             return {"version": self.version, "state_dict": state}
         folder = Path(file_dir)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"policy-v{self.version:06d}.safetensors"
-        tmp = path.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)
-        if not self._link_saved_weights(tmp):
+        if not path.exists():  # asked twice for one version: the file is already there
+            tmp = path.with_suffix(".tmp")
+            tmp.unlink(missing_ok=True)
             save_model(self.model, str(tmp))  # handles tied embeddings
-        os.replace(tmp, path)  # readers see a whole file or none
+            os.replace(tmp, path)  # readers see a whole file or none
+        self.handover.write_behind(weights_file=path)
         for old in sorted(folder.glob("policy-v*.safetensors"))[:-2]:  # keep this and the last
             old.unlink(missing_ok=True)
         return {"version": self.version, "path": str(path)}
-
-    def _link_saved_weights(self, dest: Path) -> bool:
-        """Hard-link the hand-over state's weights file (written by ``step`` at this version, the
-        same ``save_model`` bytes) to ``dest`` instead of serialising the model a second time.
-
-        Safe because no file is ever rewritten in place: each state save writes a new directory
-        and unlinks the old one, and a link keeps the inode alive. False (write it) where the
-        state is of another version or on another file system.
-        """
-        if self._saved_version != self.version:
-            return False
-        try:
-            os.link(self.state.path / "weights.safetensors", dest)
-        except OSError:
-            return False
-        return True
 
     def step(
         self,
@@ -149,11 +109,36 @@ class TrainerActor:
         ref_logprobs: list[torch.Tensor] | None,
         temperature: float,
         expected_version: int | None = None,
+        replay: list[dict[str, Any]] | None = None,
     ) -> dict[str, float]:
-        """One optimiser step per epoch over the batch (grad accumulation over micro-batches)."""
-        _check_version("trainer", self.version, expected_version)
-        cfg = self.cfg
+        """One optimiser step per epoch over the batch (grad accumulation over micro-batches).
+
+        ``replay``: earlier steps' inputs (``{"version", "args"}``) whose state may not be on
+        disk yet; a cold function re-runs the ones its loaded state lacks first.
+        """
+        self.handover.flush()  # the last step's state, if weights() did not start it
+        replayed = self.handover.catch_up("trainer", expected_version, replay, self._update)
         t0 = time.perf_counter()
+        stats = self._update(
+            prompt_ids, response_ids, old_logprobs, advantages, ref_logprobs, temperature
+        )
+        self.handover.stepped()
+        stats["version"] = self.version
+        stats["durable_version"] = self.handover.durable
+        stats["replayed"] = replayed
+        stats["seconds"] = time.perf_counter() - t0
+        return stats
+
+    def _update(
+        self,
+        prompt_ids: list[list[int]],
+        response_ids: list[list[int]],
+        old_logprobs: list[torch.Tensor],
+        advantages: list[torch.Tensor],
+        ref_logprobs: list[torch.Tensor] | None,
+        temperature: float,
+    ) -> dict[str, float]:
+        cfg = self.cfg
         lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
         width = max(1, max(len(r) for r in response_ids))
         old = pad_rows(old_logprobs, width)
@@ -195,17 +180,25 @@ class TrainerActor:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
             stats["grad_norm"] += float(norm) / cfg.epochs
             self.opt.step()
-        self.version += 1
-        self._saved_version = None  # the state dir is being replaced
-        self.state.save(self.model, self.opt, self.version)
-        self._saved_version = self.version
-        stats["version"] = self.version
-        stats["seconds"] = time.perf_counter() - t0
         return stats
 
+    def persist(
+        self, expected_version: int | None = None, replay: list[dict[str, Any]] | None = None
+    ) -> int:
+        """Make the hand-over state durable at the run's version (before a checkpoint copies
+        it): catch up from ``replay`` if this function came back cold, write, wait."""
+        self.handover.flush()
+        self.handover.catch_up("trainer", expected_version, replay, self._update)
+        return self.handover.flush()
+
     def save_checkpoint(self, path: str) -> str:
-        _StateDir(path, durable=True).save(self.model, self.opt, self.version)
+        self.handover.wait()
+        StateDir(path, durable=True).save(self.model, self.opt, self.version)
         return path
+
+    def rlhfless_on_release(self) -> None:
+        """Released (scaled to zero): land the write behind before the process exits."""
+        self.handover.flush()
 
 
 class CriticActor:
@@ -219,13 +212,22 @@ class CriticActor:
         self.model = ValueModel.from_pretrained(model_dir, dtype=DTYPES[dtype])
         self.pad_id = load_tokenizer(model_dir).pad_id
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.critic_lr)
-        self.state = _StateDir(state_dir)
-        self.version = self.state.load(self.model, self.opt) if self.state.exists() else 0
+        self.handover = HandOver(state_dir, self.model, self.opt)
+
+    @property
+    def version(self) -> int:
+        return self.handover.version
 
     @torch.no_grad()
     def values(
-        self, prompt_ids: list[list[int]], response_ids: list[list[int]]
+        self,
+        prompt_ids: list[list[int]],
+        response_ids: list[list[int]],
+        expected_version: int | None = None,
+        replay: list[dict[str, Any]] | None = None,
     ) -> list[torch.Tensor]:
+        """Values under the critic at the run's version (a cold one replays what it lacks)."""
+        self.handover.catch_up("critic", expected_version, replay, self._update)
         batch = pack_sequences(prompt_ids, response_ids, self.pad_id)
         v = self.model(batch)
         return [v[i, : len(r)] for i, r in enumerate(response_ids)]
@@ -237,8 +239,25 @@ class CriticActor:
         old_values: list[torch.Tensor],
         returns: list[torch.Tensor],
         expected_version: int | None = None,
+        replay: list[dict[str, Any]] | None = None,
     ) -> dict[str, float]:
-        _check_version("critic", self.version, expected_version)
+        """One clipped value-loss step; ``replay`` as in :meth:`TrainerActor.step`."""
+        self.handover.flush()
+        replayed = self.handover.catch_up("critic", expected_version, replay, self._update)
+        stats = self._update(prompt_ids, response_ids, old_values, returns)
+        self.handover.stepped()
+        self.handover.write_behind()  # overlaps the next iteration; see stages/handover.py
+        stats["durable_version"] = self.handover.durable
+        stats["replayed"] = replayed
+        return stats
+
+    def _update(
+        self,
+        prompt_ids: list[list[int]],
+        response_ids: list[list[int]],
+        old_values: list[torch.Tensor],
+        returns: list[torch.Tensor],
+    ) -> dict[str, float]:
         width = max(1, max(len(r) for r in response_ids))
         batch = pack_sequences(prompt_ids, response_ids, self.pad_id)
         mask = batch.response_mask
@@ -250,10 +269,20 @@ class CriticActor:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         self.opt.step()
-        self.version += 1
-        self.state.save(self.model, self.opt, self.version)
         return {"value_loss": float(loss), "value_clip_frac": float(clip)}
 
+    def persist(
+        self, expected_version: int | None = None, replay: list[dict[str, Any]] | None = None
+    ) -> int:
+        """As :meth:`TrainerActor.persist`."""
+        self.handover.flush()
+        self.handover.catch_up("critic", expected_version, replay, self._update)
+        return self.handover.flush()
+
     def save_checkpoint(self, path: str) -> str:
-        _StateDir(path, durable=True).save(self.model, self.opt, self.version)
+        self.handover.wait()
+        StateDir(path, durable=True).save(self.model, self.opt, self.version)
         return path
+
+    def rlhfless_on_release(self) -> None:
+        self.handover.flush()

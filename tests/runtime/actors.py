@@ -105,3 +105,21 @@ class WeightUser:
         from rlhfless.runtime.weights import load
 
         return float(sum(t.double().sum() for t in load(version).values()))
+
+
+class ReleaseHook:
+    """Writes ``path`` slowly from its release hook: the process must not exit before it lands;
+    ``fail`` makes the hook raise instead."""
+
+    def __init__(self, path: str, fail: bool = False) -> None:
+        self.path, self.fail = path, fail
+
+    def ping(self) -> int:
+        return os.getpid()
+
+    def rlhfless_on_release(self) -> None:
+        if self.fail:
+            raise OSError("disk full")
+        time.sleep(0.3)
+        with open(self.path, "w") as fh:
+            fh.write(str(os.getpid()))

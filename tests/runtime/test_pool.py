@@ -65,3 +65,32 @@ async def test_max_functions_per_slot_waits_then_fails() -> None:
         await a.release()  # a goes warm; the waiting spawn evicts it to make room
         b = await waiter
         assert await b.hello("!") == "b!"
+
+
+async def test_release_hook_runs_before_the_process_exits(tmp_path) -> None:
+    """A released function runs its actor's ``rlhfless_on_release()`` before exiting (the
+    trainer lands its hand-over state there); the hook is not callable remotely; one that
+    raises makes the exit code 1."""
+    hook = "tests.runtime.actors:ReleaseHook"
+    async with Runtime(preload=("torch",), keep_alive_s=0.2) as rt:
+        done = tmp_path / "done"
+        h = await rt.spawn(hook, str(done))
+        pid = await h.ping()
+        with pytest.raises(AttributeError):
+            h.rlhfless_on_release  # noqa: B018 - not among the remote methods
+        await h.release()
+        assert not done.exists()  # warm: the hook waits for the real release
+        for _ in range(100):
+            if list(rt.functions().values()) == ["dead"]:
+                break
+            await asyncio.sleep(0.05)
+        assert done.read_text() == str(pid)
+        (event,) = rt.billing_events
+        assert event.exit_code == 0 and event.exited_at - event.released_at >= 0.2 + 0.3
+        bad = await rt.spawn(hook, str(done), True)
+        await bad.release()
+        for _ in range(100):
+            if len(rt.billing_events) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert rt.billing_events[1].exit_code == 1

@@ -3,8 +3,10 @@
 import asyncio
 import math
 import os
+import shutil
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from safetensors.torch import load_file
 from rlhfless.adapters.tiny import build_tiny_model
 from rlhfless.runtime import Runtime
 from rlhfless.stages.config import load_config
-from rlhfless.stages.pipeline import Pipeline
+from rlhfless.stages.pipeline import TRAINER, Pipeline
 from rlhfless.stages.run import Job
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
@@ -115,3 +117,41 @@ async def test_weights_through_a_node_local_file_match_inline_weights(tmp_path: 
     assert not (tmp_path / "inline" / "weights").exists()
     for a, b in zip(inline.metrics, via_file.metrics, strict=True):
         assert a.reward_mean == b.reward_mean and a.response_len_mean == b.response_len_mean
+
+
+async def test_trainer_dead_before_its_state_landed_loses_no_step(tmp_path: Path) -> None:
+    """The trainer's hand-over state is written behind its step. Kill -9 the warm trainer and
+    leave its state directory as if its last write never landed (version 1 while the run is at
+    2): the next iteration's cold trainer replays step 2 from the inputs the pipeline kept and
+    the run ends bit-for-bit where an undisturbed run does."""
+    cfg = _cfg(tmp_path, "train.iterations=3")
+    model_dir = build_tiny_model(tmp_path / "model", seed=0)
+
+    async def three_iterations(fault: bool, run: Path) -> tuple[list[Any], dict[str, Any]]:
+        async with Runtime(slots=2, keep_alive_s=30) as rt:
+            p = Pipeline(rt, cfg, model_dir, run)
+            ms = [await p.run_iteration(0)]
+            await p.persist_state()
+            policy = run / "state" / "policy"
+            shutil.copytree(policy, run / "policy_v1")
+            ms.append(await p.run_iteration(1))
+            if fault:
+                (trainer,) = [
+                    fn for fn in rt._fns.values() if fn.actor == TRAINER and fn.state == "warm"
+                ]
+                os.kill(trainer.pid, signal.SIGKILL)
+                await asyncio.wait_for(trainer.exited.wait(), 10)
+                shutil.rmtree(policy)
+                shutil.copytree(run / "policy_v1", policy)
+            ms.append(await p.run_iteration(2))
+            await p.persist_state()
+            assert (policy / "version").read_text() == "3"
+            return ms, load_file(policy / "weights.safetensors")
+
+    clean, want = await three_iterations(False, tmp_path / "clean")
+    hit, got = await three_iterations(True, tmp_path / "hit")
+    assert [m.version for m in hit] == [1, 2, 3]
+    assert [m.replayed for m in clean] == [0, 0, 0] and [m.replayed for m in hit] == [0, 0, 1]
+    assert hit[2].reward_mean == clean[2].reward_mean and hit[2].loss == clean[2].loss
+    for k, v in got.items():
+        torch.testing.assert_close(v, want[k], rtol=0, atol=0)
