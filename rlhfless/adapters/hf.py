@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +35,10 @@ from rlhfless.adapters.common_prefix import (
     suffix_batch,
 )
 from rlhfless.adapters.errors import EngineError
+from rlhfless.adapters.kv_transfer import PrefixKV, export_rows, resume_prefix
+from rlhfless.adapters.kv_transfer import cache_kwarg as _cache_kwarg
+from rlhfless.adapters.kv_transfer import cache_of as _cache_of
+from rlhfless.adapters.kv_transfer import kv_of as _kv_of
 from rlhfless.adapters.scoring import (  # re-exported: the engine's public surface
     PackedBatch,
     ValueModel,
@@ -85,6 +88,9 @@ class Generation(msgspec.Struct):
     decode_seconds: float
     common_prefix_tokens: int = 0  # prefix shared by all distinct prompts, prefilled once
     prefill_tokens_saved: int = 0  # (distinct prompts - 1) * common_prefix_tokens, not recomputed
+    # generate(ship_kv=True): sample index -> KV of each cut sample (kv_transfer.export_rows)
+    kv: dict[int, Any] = {}
+    kv_tokens: int = 0  # resume: tokens whose KV arrived shipped instead of being re-prefilled
 
 
 class HFTokenizer:
@@ -115,76 +121,6 @@ class HFTokenizer:
 
 
 Tokenizer = TinyTokenizer | HFTokenizer
-
-
-def _cache_kwarg(model: nn.Module) -> str:
-    """transformers renamed ``past_key_values`` to ``cache`` in 5.2x; accept either version."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _kv_of(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    if hasattr(cache, "layers"):  # transformers >= 4.56
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    return list(zip(cache.key_cache, cache.value_cache, strict=True))
-
-
-def _cache_of(keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], config) -> Any:
-    """A fresh DynamicCache holding these per-layer KV tensors."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=config)
-    for layer, (k, v) in enumerate(zip(keys, values, strict=True)):
-        cache.update(k, v, layer)
-    return cache
-
-
-@dataclass
-class PrefixKV:
-    """Prefilled prompts: per-layer KV [P, kv_heads, L, head_dim] and last logits.
-
-    Rows are left-padded, or [common prefix | pad | suffix] when a common prefix was prefilled
-    once; either way ``mask`` marks the real tokens, which are all a decode step needs.
-    """
-
-    prompts: list[list[int]]  # row i holds the KV of prompts[i]
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-    mask: torch.Tensor  # [P, L] attention mask (0 = padding)
-    logits: torch.Tensor  # [P, V] logits at each prompt's last position
-    seconds: float = 0.0
-    tokens: int = 0  # prompt tokens run through the model (padding and the reuse not counted)
-    common: int = 0  # length of the prefix common to all prompts, prefilled once (0: none)
-
-    def cache_for(self, index: torch.Tensor, config) -> Any:
-        """A fresh DynamicCache whose row j is this prefix's row ``index[j]``."""
-        return _cache_of(
-            [k.index_select(0, index) for k in self.keys],
-            [v.index_select(0, index) for v in self.values],
-            config,
-        )
-
-    def to_tensors(self) -> dict[str, torch.Tensor]:
-        """Flat name -> tensor dict for the runtime's zero-copy frames (prompts travel as ids)."""
-        out = {"mask": self.mask, "logits": self.logits}
-        for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
-            out[f"k{i}"], out[f"v{i}"] = k, v
-        return out
-
-    @classmethod
-    def from_tensors(cls, prompts: list[list[int]], tensors: dict[str, torch.Tensor]) -> PrefixKV:
-        n = sum(1 for name in tensors if name.startswith("k"))
-        return cls(
-            prompts=[list(p) for p in prompts],
-            keys=[tensors[f"k{i}"] for i in range(n)],
-            values=[tensors[f"v{i}"] for i in range(n)],
-            mask=tensors["mask"],
-            logits=tensors["logits"],
-        )
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.to_tensors().values())
 
 
 def load_tokenizer(model_dir: str | Path) -> Tokenizer:
@@ -334,6 +270,7 @@ class HFEngine:
         prefix: PrefixKV | None = None,
         stop: Callable[[int, int], bool] | None = None,
         min_common_prefix: int | None = DEFAULT_MIN_COMMON_PREFIX,
+        ship_kv: bool = False,
     ) -> Generation:
         """Sample ``group_size`` responses per prompt (token ids, not text).
 
@@ -344,7 +281,8 @@ class HFEngine:
         ``prefill`` (possibly another function's); every prompt must be in it, and nothing is
         prefilled here. ``stop(finished, total)`` is asked after every decode step; when it says
         True the unfinished samples end with ``finish_reason="cut"`` and their tokens so far
-        (cut-and-migrate: continue them elsewhere with ``resume``).
+        (cut-and-migrate: continue them elsewhere with ``resume``); with ``ship_kv`` their KV
+        comes back in ``Generation.kv``, for ``resume(kv=...)`` to continue without re-prefill.
         """
         if not prompts or group_size < 1 or max_new_tokens < 1:
             raise EngineError(
@@ -396,7 +334,7 @@ class HFEngine:
         reason: list[FinishReason] = ["length"] * n
         active = torch.arange(n, device=dev)  # original row of each row still in the batch
         next_pos = mask.sum(-1)  # positions count real tokens only (left padding)
-        finished = 0
+        finished, shipped = 0, {}
         for step in range(max_new_tokens):
             scores = torch.log_softmax(logits.float() / temp, dim=-1)
             if greedy:
@@ -418,6 +356,7 @@ class HFEngine:
             if stop is not None and stop(finished, n):
                 for r in active[~done].tolist():
                     reason[r] = "cut"
+                shipped = export_rows(cache, mask, active, ~done) if ship_kv else {}
                 break
             if bool(done.any()):
                 # Drop finished rows from the batch (and their KV): long-tailed lengths leave most
@@ -454,6 +393,7 @@ class HFEngine:
             decode_seconds=t2 - t1,
             common_prefix_tokens=pre.common if prefix is None else 0,
             prefill_tokens_saved=(len(pre.prompts) - 1) * pre.common if prefix is None else 0,
+            kv=shipped,
         )
 
     @torch.no_grad()
@@ -465,12 +405,15 @@ class HFEngine:
         temperature: float = 1.0,
         seed: int | None = None,
         greedy: bool = False,
+        kv: Sequence[Any] | None = None,
     ) -> Generation:
         """Continue cut samples: ``partial[j]`` continues ``prompts[partial[j].prompt_index]``.
 
         Each comes back whole (old tokens and log-probs, then the new ones), capped at
         ``max_new_tokens`` in total; ``prefill_tokens`` counts the recomputed prompt + partial
-        KV, the price of migrating without shipping KV.
+        KV, the price of migrating without shipping KV. ``kv[j]``: sample j's cache as
+        ``generate(ship_kv=True)`` exported it, or None to re-prefill that one
+        (``kv_transfer.resume_prefix``); ``kv_tokens`` counts the tokens not recomputed.
         """
         if not partial:
             raise EngineError("resume needs at least one cut sample")
@@ -481,8 +424,13 @@ class HFEngine:
                 f"no room left under max_new_tokens={max_new_tokens}"
             )
         seqs = [[*prompts[s.prompt_index], *s.token_ids] for s in partial]
+        pre = None
+        if kv is not None and any(k is not None for k in kv):  # shipped caches: no re-prefill
+            pre = resume_prefix(self, seqs, kv)
         # shared_prefix=False: every continuation is its own sequence, even if two coincide.
-        more = self.generate(seqs, 1, max(budgets), temperature, seed, greedy, shared_prefix=False)
+        more = self.generate(
+            seqs, 1, max(budgets), temperature, seed, greedy, shared_prefix=False, prefix=pre
+        )
         out: list[Sample] = []
         for s, m, budget in zip(partial, more.samples, budgets, strict=True):
             toks, lps, why = m.token_ids[:budget], m.logprobs[:budget], m.finish_reason
@@ -499,12 +447,13 @@ class HFEngine:
         return Generation(
             samples=out,
             group_size=1,
-            prefill_tokens=more.prefill_tokens,
+            prefill_tokens=more.prefill_tokens if pre is None else pre.tokens,
             decode_tokens=sum(
                 len(o.token_ids) - len(p.token_ids) for o, p in zip(out, partial, strict=True)
             ),
-            prefill_seconds=more.prefill_seconds,
+            prefill_seconds=more.prefill_seconds if pre is None else pre.seconds,
             decode_seconds=more.decode_seconds,
+            kv_tokens=sum(k.shape[3] for k in kv if k is not None) if pre is not None else 0,
         )
 
     # -- scoring ---------------------------------------------------------------------------

@@ -70,6 +70,14 @@ class RolloutConfig(_Section):
     # Weights larger than this go to rollout functions through one node-local file (mapped by
     # each function) instead of being sent to each function over the socket.
     weights_file_mb: NonNegInt = 256
+    # Cut-and-migrate (scaling.cut): each function's cut sequences reach the resume function
+    # as a shipped KV cache when latency + tokens * kv_bytes_per_token / bandwidth beats
+    # re-prefilling them there (tokens / the measured prefill rate; scaling/transfer.py). KV
+    # bytes per token come from the model config. Defaults: one machine, where the cache goes
+    # function -> controller -> function over ipc (docs/scaling.md, "Shipped KV"). 0 = always
+    # re-prefill; engine = "vllm" always re-prefills (it cannot import a cache).
+    kv_bandwidth_bytes_per_s: NonNegative = 1e9
+    kv_latency_s: NonNegative = 0.002  # per migration: two messages and the cache assembly
 
 
 class TrainConfig(_Section):

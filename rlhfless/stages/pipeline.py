@@ -388,6 +388,11 @@ class Pipeline:
                 "policy": rollout.policy,
                 "functions": rollout.functions,
                 "migrated": rollout.migrated,
+                # how the cut sequences moved (rollout_stage.py): KV shipped vs re-prefilled
+                "ship_kv_migrations": rollout.ship_kv_migrations,
+                "reprefill_migrations": rollout.reprefill_migrations,
+                "kv_shipped_tokens": rollout.kv_shipped_tokens,
+                "reprefill_tokens": rollout.reprefill_tokens,
                 "predicted_seconds": rollout.predicted_seconds,
                 "seconds": rollout.seconds,
                 "predicted_usd": rollout.predicted_usd,

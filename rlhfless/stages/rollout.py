@@ -3,6 +3,11 @@
 With cut-and-migrate on, a function stops once ``cut_threshold`` of its sequences have finished
 and returns the others cut, tokens so far kept; the pipeline resumes them together on fewer
 functions (:meth:`RolloutActor.resume`), which continue them to the end. Nothing is truncated.
+
+Each function's cut is one migration: given the stage's ``TransferParams`` (``ship_kv``), the
+function asks :meth:`~rlhfless.scaling.transfer.TransferParams.choose` whether shipping its cut
+rows' KV cache beats re-prefilling them on the resume function, and returns the caches only
+then (``adapters/kv_transfer.py``), so a cache that would be recomputed anyway never travels.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import msgspec
 import torch
 
 from rlhfless.adapters.hf import Generation, HFEngine, Sample
+from rlhfless.scaling.transfer import TransferParams
 from rlhfless.stages.common import DTYPES
 
 
@@ -29,7 +35,26 @@ def _pack(gen: Generation, version: int) -> dict[str, Any]:
         "prefill_seconds": gen.prefill_seconds,
         "decode_seconds": gen.decode_seconds,
         "steps": max((len(s.token_ids) for s in gen.samples), default=0),
+        "kv_tokens": gen.kv_tokens,  # resume: state tokens that arrived as a shipped cache
     }
+
+
+def _migration(
+    prompts: list[list[int]], gen: Generation, transfer: TransferParams | None
+) -> dict[str, Any] | None:
+    """This function's cut as one migration: its state tokens and how they move (None: no cut)."""
+    cut = [r for r, s in enumerate(gen.samples) if s.finish_reason == "cut"]
+    if not cut:
+        return None
+    # The receiver needs the KV of prompt + tokens[:-1]; the last token is fed there either way.
+    tokens = sum(
+        len(prompts[gen.samples[r].prompt_index]) + len(gen.samples[r].token_ids) - 1 for r in cut
+    )
+    method = "reprefill"
+    if transfer is not None and all(r in gen.kv for r in cut):
+        method, _ = transfer.choose(tokens)
+    kv = [gen.kv.get(r) for r in range(len(gen.samples))] if method == "ship_kv" else None
+    return {"method": method, "tokens": tokens, "kv": kv}
 
 
 class RolloutActor:
@@ -78,18 +103,27 @@ class RolloutActor:
         shared_prefix: bool = True,
         greedy: bool = False,
         cut_threshold: float | None = None,
+        ship_kv: dict[str, float] | None = None,
     ) -> dict[str, Any]:
+        """``ship_kv``: the stage's ``TransferParams`` (as a dict); None never ships a cache."""
         stop = None
         if cut_threshold is not None:
             # Cut once this share of the function's sequences is done (the paper's per-function
             # threshold); the rest come back with finish_reason "cut" and their tokens so far.
             need = math.ceil(cut_threshold * len(prompts) * group_size)
             stop = lambda finished, total: finished >= need and finished < total  # noqa: E731
+        transfer = None
+        kw: dict[str, Any] = {}
+        if ship_kv is not None and stop is not None and isinstance(self.engine, HFEngine):
+            transfer = msgspec.convert(ship_kv, TransferParams)
+            kw["ship_kv"] = True  # export the cut rows' KV; shipped if choose() says so
         gen = self.engine.generate(
             prompts, group_size, max_new_tokens, temperature=temperature, seed=seed,
-            greedy=greedy, shared_prefix=shared_prefix, stop=stop,
+            greedy=greedy, shared_prefix=shared_prefix, stop=stop, **kw,
         )  # fmt: skip
-        return _pack(gen, self.engine.version)
+        out = _pack(gen, self.engine.version)
+        out["migration"] = _migration(prompts, gen, transfer)
+        return out
 
     def resume(
         self,
@@ -99,8 +133,13 @@ class RolloutActor:
         temperature: float,
         seed: int,
         greedy: bool = False,
+        kv: list[Any] | None = None,
     ) -> dict[str, Any]:
-        """Continue cut samples (``partial[j]["prompt_index"]`` indexes ``prompts``) to the end."""
+        """Continue cut samples (``partial[j]["prompt_index"]`` indexes ``prompts``) to the end.
+
+        ``kv[j]``: sample j's shipped cache, or None to re-prefill it (always, on vLLM).
+        """
         samples = [msgspec.convert(p, Sample) for p in partial]
-        gen = self.engine.resume(prompts, samples, max_new_tokens, temperature, seed, greedy)
+        kw = {"kv": kv} if kv is not None and isinstance(self.engine, HFEngine) else {}
+        gen = self.engine.resume(prompts, samples, max_new_tokens, temperature, seed, greedy, **kw)
         return _pack(gen, self.engine.version)

@@ -1,18 +1,25 @@
 """The rollout stage as the pipeline runs it: plan (scaler) -> generate on k functions ->
 resume cut sequences on fewer functions -> observe (the scaler learns lengths and speeds).
+
+A cut function's sequences move to the resume function either as their KV caches or by
+re-prefill there, whichever :class:`~rlhfless.scaling.transfer.TransferParams` says is faster
+(:meth:`transfer`: KV bytes per token from the model config, bandwidth and latency from
+``[rollout]``, the prefill rate the scaler has measured); the outcome counts both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from rlhfless.cost_models import Lifetime
-from rlhfless.scaling import Scaler
+from rlhfless.scaling import Scaler, TransferParams, kv_bytes_per_token
 
 if TYPE_CHECKING:
     from rlhfless.stages.pipeline import Pipeline
@@ -31,6 +38,12 @@ class RolloutOutcome(msgspec.Struct, kw_only=True):
     functions: int  # generate functions (the resume function, if any, is counted in `resumed`)
     migrated: int  # sequences cut and continued on another function
     resumed: int  # functions that continued cut sequences (0 or 1)
+    # How the cut sequences moved: migrations (one per cutting function) by method, and the
+    # state tokens that arrived as a shipped KV cache vs were re-prefilled on the resume function.
+    ship_kv_migrations: int = 0
+    reprefill_migrations: int = 0
+    kv_shipped_tokens: int = 0
+    reprefill_tokens: int = 0
     policy: str
     predicted_seconds: float  # the scaler's makespan (incl. cold starts it expected)
     predicted_usd: float
@@ -52,6 +65,21 @@ class RolloutStage:
         )
         self.warm = 0  # rollout functions released by the last iteration (likely still warm)
         self.weight_loads: list[float] = []
+        self._kv_bytes: float | None = None
+
+    def transfer(self) -> TransferParams | None:
+        """Ship-KV vs re-prefill costs for this run's model; None: never ship (vLLM, bandwidth 0)."""
+        cfg = self.p.cfg.rollout
+        if cfg.engine != "hf" or cfg.kv_bandwidth_bytes_per_s <= 0:
+            return None
+        if self._kv_bytes is None:
+            self._kv_bytes = model_kv_bytes_per_token(self.p.model_dir, self.p.cfg.model.dtype)
+        return TransferParams(
+            kv_bytes_per_token=self._kv_bytes,
+            bandwidth_bytes_per_s=cfg.kv_bandwidth_bytes_per_s,
+            latency_seconds=cfg.kv_latency_s,
+            prefill_tokens_per_s=self.scaler.throughput.params().prefill_tokens_per_s,
+        )
 
     def actor_args(self) -> tuple[Any, ...]:
         """RolloutActor's constructor arguments: same arguments, same warm function."""
@@ -82,6 +110,8 @@ class RolloutStage:
         leases: list[tuple[float, bool]] = []
         started: list[int] = []
         args = self.actor_args()
+        transfer = self.transfer() if cut is not None else None
+        ship_kv = msgspec.to_builtins(transfer) if transfer is not None else None
 
         async def run_function(index: int, rows: list[int]) -> dict[str, Any]:
             async def work(h: Any) -> dict[str, Any]:
@@ -92,6 +122,7 @@ class RolloutStage:
                 return await h.generate(
                     [prompt_ids[i] for i in rows], g, cfg.max_new_tokens, cfg.temperature,
                     seed_of(p.cfg.run.seed, step, index), cfg.shared_prefix, cfg.greedy, cut,
+                    ship_kv=ship_kv,
                 )  # fmt: skip
 
             return await p._with_function(ROLLOUT, args, "rollout", work, leases=leases)
@@ -102,8 +133,13 @@ class RolloutStage:
         logprobs: list[Any] = [None] * n
         finish = [""] * n
         cut_at: list[int] = []  # global sample index of every cut sequence
+        kv_at: dict[int, Any] = {}  # global sample index -> its shipped KV cache
+        methods: list[str] = []  # one per migration (a function that cut)
         for rows, part in zip(groups, parts, strict=True):
             self._check_version(part)
+            move = part.get("migration")
+            if move is not None:
+                methods.append(move["method"])
             for j, (ids, lp, why) in enumerate(
                 zip(part["response_ids"], part["logprobs"], part["finish"], strict=True)
             ):
@@ -111,9 +147,14 @@ class RolloutStage:
                 response_ids[k], logprobs[k], finish[k] = ids, lp, why
                 if why == "cut":
                     cut_at.append(k)
+                    if move is not None and move["kv"] is not None:
+                        kv_at[k] = move["kv"][j]
         extra = [parts[0]] if not cut_at else []
         if cut_at:  # consolidate every function's stragglers on one function; the rest are free
-            resumed = await self._resume(step, prompt_ids, cut_at, response_ids, logprobs, leases)
+            kv = [kv_at.get(k) for k in cut_at] if kv_at else None
+            resumed = await self._resume(
+                step, prompt_ids, cut_at, response_ids, logprobs, leases, kv
+            )
             self._check_version(resumed)
             for k, ids, lp, why in zip(
                 cut_at, resumed["response_ids"], resumed["logprobs"], resumed["finish"], strict=True
@@ -139,6 +180,10 @@ class RolloutStage:
             prefill_saved=sum(c.get("prefill_saved", 0) for c in calls),
             decode_tokens=sum(c["decode_tokens"] for c in calls),
             functions=len(groups), migrated=len(cut_at), resumed=1 if cut_at else 0,
+            ship_kv_migrations=methods.count("ship_kv"),
+            reprefill_migrations=methods.count("reprefill"),
+            kv_shipped_tokens=extra[0].get("kv_tokens", 0) if cut_at else 0,
+            reprefill_tokens=extra[0]["prefill_tokens"] if cut_at else 0,
             policy=plan.policy, predicted_seconds=plan.predicted_seconds, predicted_usd=plan.predicted_usd,
             seconds=seconds, usd=self._price(leases),
         )  # fmt: skip
@@ -151,6 +196,7 @@ class RolloutStage:
         response_ids: list[list[int]],
         logprobs: list[Any],
         leases: list[tuple[float, bool]],
+        kv: list[Any] | None = None,
     ) -> dict[str, Any]:
         p, cfg, g = self.p, self.p.cfg.rollout, self.p.cfg.train.group_size
         partial = [
@@ -172,6 +218,7 @@ class RolloutStage:
                 cfg.temperature,
                 seed_of(p.cfg.run.seed, step, "resume"),
                 cfg.greedy,
+                **({"kv": kv} if kv is not None else {}),
             )
 
         return await p._with_function(ROLLOUT, self.actor_args(), "rollout", work, leases=leases)
@@ -197,3 +244,17 @@ class RolloutStage:
                     kind, Lifetime.planned(cold_start_seconds=0.0, busy_seconds=seconds)
                 ).usd
         return usd
+
+
+def model_kv_bytes_per_token(model_dir: str | Path, dtype: str) -> float:
+    """KV cache bytes per token of the model in ``model_dir`` (its config.json) at ``dtype``."""
+    c = json.loads((Path(model_dir) / "config.json").read_text())
+    c = c.get("text_config", c)  # multimodal configs nest the language model's
+    heads = c["num_attention_heads"]
+    head_dim = c.get("head_dim") or c["hidden_size"] // heads
+    return kv_bytes_per_token(
+        c["num_hidden_layers"],
+        c.get("num_key_value_heads") or heads,
+        head_dim,
+        2 if dtype in ("bfloat16", "float16") else 4,
+    )

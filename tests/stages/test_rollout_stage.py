@@ -1,5 +1,6 @@
 """The rollout stage with the scaler: plans, cut-and-migrate, and exact sequences."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ from rlhfless.adapters.tiny import build_tiny_model
 from rlhfless.runtime import Runtime
 from rlhfless.stages.config import load_config
 from rlhfless.stages.pipeline import Pipeline
+from rlhfless.stages.rollout_stage import model_kv_bytes_per_token
 from rlhfless.stages.tasks import batch_for_step
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
@@ -26,6 +28,7 @@ CUT = [
     "scaling.cut_threshold=0.3",
     "scaling.assign=round_robin",
 ]
+REPREFILL = ["rollout.kv_bandwidth_bytes_per_s=0"]  # never ship a KV cache
 
 
 async def _rollout(tmp_path: Path, model_dir: Path, *extra: str):
@@ -47,6 +50,18 @@ async def test_cut_and_migrate_fires_and_every_sample_completes(tmp_path: Path) 
     assert all(
         len(ids) == len(lp) > 0 for ids, lp in zip(out.response_ids, out.logprobs, strict=True)
     )
+    # At the defaults a cut's KV is cheaper to ship than to re-prefill (tiny model: 512 B/token).
+    assert out.ship_kv_migrations == 2 and out.reprefill_migrations == 0
+    assert out.kv_shipped_tokens > 0 and out.reprefill_tokens == 0
+
+
+async def test_cut_and_migrate_by_reprefill_when_kv_cannot_ship(tmp_path: Path) -> None:
+    model_dir = build_tiny_model(tmp_path / "model", seed=0)
+    out = await _rollout(tmp_path / "cut", model_dir, *CUT, *REPREFILL)
+    assert out.migrated > 0 and out.resumed == 1
+    assert all(why in ("eos", "length") for why in out.finish)
+    assert out.ship_kv_migrations == 0 and out.reprefill_migrations == 2
+    assert out.kv_shipped_tokens == 0 and out.reprefill_tokens > 0
 
 
 async def test_cut_and_migrate_gives_the_same_sequences_under_greedy(tmp_path: Path) -> None:
@@ -56,23 +71,28 @@ async def test_cut_and_migrate_gives_the_same_sequences_under_greedy(tmp_path: P
     train = load_config(None, [*BASE, f"run.run_dir={tmp_path}", "train.iterations=12"])
     plain_cfg = load_config(None, [*BASE, f"run.run_dir={tmp_path}", "rollout.greedy=true"])
     cut_cfg = load_config(None, [*BASE, f"run.run_dir={tmp_path}", "rollout.greedy=true", *CUT])
+    redo_cfg = load_config(
+        None, [*BASE, f"run.run_dir={tmp_path}", "rollout.greedy=true", *CUT, *REPREFILL]
+    )
     async with Runtime(slots=2, keep_alive_s=5) as rt:
         p = Pipeline(rt, train, model_dir, tmp_path)
         for step in range(train.train.iterations):
             await p.run_iteration(step)
         outs = []
-        for cfg in (plain_cfg, cut_cfg):
+        for cfg in (plain_cfg, cut_cfg, redo_cfg):
             q = Pipeline(rt, cfg, model_dir, tmp_path)
             q.weights, q.version = p.weights, p.version
             prompts = batch_for_step(q.task, 99, cfg.train.batch_prompts, cfg.run.seed)
             ids = [q.tokenizer.encode_prompt(x.text) for x in prompts]
             outs.append(await q.rollout_stage.run(99, prompts, ids))
-    plain, cut = outs
+    plain, cut, redo = outs
     assert len({len(r) for r in plain.response_ids}) > 1, "greedy lengths still all equal"
-    assert plain.migrated == 0 and cut.migrated > 0
-    assert cut.response_ids == plain.response_ids  # no truncation, no loss, same tokens
-    for a, b in zip(cut.logprobs, plain.logprobs, strict=True):
-        assert (a - b).abs().max() < 1e-4
+    assert plain.migrated == 0 and cut.migrated > 0 and redo.migrated == cut.migrated
+    assert cut.kv_shipped_tokens > 0 and redo.kv_shipped_tokens == 0  # both ways of moving
+    for moved in (cut, redo):
+        assert moved.response_ids == plain.response_ids  # no truncation, no loss, same tokens
+        for a, b in zip(moved.logprobs, plain.logprobs, strict=True):
+            assert (a - b).abs().max() < 1e-4
 
 
 async def test_scaling_metrics_in_every_iteration(tmp_path: Path) -> None:
@@ -86,6 +106,20 @@ async def test_scaling_metrics_in_every_iteration(tmp_path: Path) -> None:
     assert (
         s["predicted_seconds"] > 0 and s["seconds"] > 0 and s["predicted_usd"] > 0 and s["usd"] > 0
     )
+    assert s["ship_kv_migrations"] == 2 and s["kv_shipped_tokens"] > 0
+    assert s["reprefill_tokens"] == 0
+    assert m.samples == 24
+
+
+async def test_an_iteration_with_reprefill_forced_completes(tmp_path: Path) -> None:
+    model_dir = build_tiny_model(tmp_path / "model", seed=0)
+    cfg = load_config(None, [*BASE, f"run.run_dir={tmp_path}", *CUT, *REPREFILL])
+    async with Runtime(slots=2, keep_alive_s=5) as rt:
+        p = Pipeline(rt, cfg, model_dir, tmp_path)
+        m = await p.run_iteration(0)
+    s = m.scaling
+    assert s["migrated"] > 0 and s["reprefill_migrations"] == 2
+    assert s["kv_shipped_tokens"] == 0 and s["reprefill_tokens"] > 0
     assert m.samples == 24
 
 
@@ -103,3 +137,13 @@ async def test_a_batch_wide_prefix_is_prefilled_once_and_reported(tmp_path: Path
     assert common >= 16 and len({tuple(i) for i in ids}) == len(ids)
     assert out.prefill_saved >= (len(ids) - 1) * common  # the shared part is computed once
     assert all(out.response_ids) and len(out.response_ids) == len(ids) * 4
+
+
+def test_kv_bytes_per_token_come_from_the_model_config(tmp_path: Path) -> None:
+    # Qwen2.5-7B: 28 layers, 4 KV heads of 3584 / 28 = 128 dims; K and V, 2 bytes in bf16.
+    config = {"num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4}
+    (tmp_path / "config.json").write_text(json.dumps({**config, "hidden_size": 3584}))
+    assert model_kv_bytes_per_token(tmp_path, "bfloat16") == 57344  # scaling/transfer.py's default
+    assert model_kv_bytes_per_token(tmp_path, "float32") == 2 * 57344
+    tiny = build_tiny_model(tmp_path / "model", seed=0)  # 2 layers, 2 KV heads of 16, fp32
+    assert model_kv_bytes_per_token(tiny, "float32") == 2 * 2 * 2 * 16 * 4
