@@ -54,8 +54,49 @@ def micro_batches(lengths: list[int], parts: int, token_budget: int) -> list[lis
     return out
 
 
-class TrainerActor:
+class _HandsOver:
+    """What the trainer and the critic share: state handed over through ``self.handover``
+    (stages/handover.py), re-run from kept inputs by ``self._update`` when a cold function's
+    state lacks steps."""
+
+    role = ""
+    handover: HandOver
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+
+    def _update(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        raise NotImplementedError
+
+    @property
+    def version(self) -> int:
+        return self.handover.version
+
+    def _catch_up(self, expected_version: int | None, replay: list[dict[str, Any]] | None) -> int:
+        return self.handover.catch_up(self.role, expected_version, replay, self._update)
+
+    def persist(
+        self, expected_version: int | None = None, replay: list[dict[str, Any]] | None = None
+    ) -> int:
+        """Make the hand-over state durable at the run's version (before a checkpoint copies
+        it): catch up from ``replay`` if this function came back cold, write, wait."""
+        self.handover.flush()
+        self._catch_up(expected_version, replay)
+        return self.handover.flush()
+
+    def save_checkpoint(self, path: str) -> str:
+        self.handover.wait()
+        StateDir(path, durable=True).save(self.model, self.opt, self.version)
+        return path
+
+    def rlhfless_on_release(self) -> None:
+        """Released (scaled to zero): land the write behind before the process exits."""
+        self.handover.flush()
+
+
+class TrainerActor(_HandsOver):
     """Policy updates; publishes weights with a version number after every step."""
+
+    role = "trainer"
 
     def __init__(
         self, model_dir: str, train: dict[str, Any], state_dir: str, dtype: str = "float32"
@@ -68,10 +109,6 @@ class TrainerActor:
             self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
         )
         self.handover = HandOver(state_dir, self.model, self.opt)
-
-    @property
-    def version(self) -> int:
-        return self.handover.version
 
     def weights(self, file_dir: str | None = None, file_above_bytes: int = 0) -> dict[str, Any]:
         """The current weights with their version: inline as tensors (zero-copy frames), or,
@@ -117,7 +154,7 @@ class TrainerActor:
         disk yet; a cold function re-runs the ones its loaded state lacks first.
         """
         self.handover.flush()  # the last step's state, if weights() did not start it
-        replayed = self.handover.catch_up("trainer", expected_version, replay, self._update)
+        replayed = self._catch_up(expected_version, replay)
         t0 = time.perf_counter()
         stats = self._update(
             prompt_ids, response_ids, old_logprobs, advantages, ref_logprobs, temperature
@@ -182,27 +219,11 @@ class TrainerActor:
             self.opt.step()
         return stats
 
-    def persist(
-        self, expected_version: int | None = None, replay: list[dict[str, Any]] | None = None
-    ) -> int:
-        """Make the hand-over state durable at the run's version (before a checkpoint copies
-        it): catch up from ``replay`` if this function came back cold, write, wait."""
-        self.handover.flush()
-        self.handover.catch_up("trainer", expected_version, replay, self._update)
-        return self.handover.flush()
 
-    def save_checkpoint(self, path: str) -> str:
-        self.handover.wait()
-        StateDir(path, durable=True).save(self.model, self.opt, self.version)
-        return path
-
-    def rlhfless_on_release(self) -> None:
-        """Released (scaled to zero): land the write behind before the process exits."""
-        self.handover.flush()
-
-
-class CriticActor:
+class CriticActor(_HandsOver):
     """PPO's value function: values for the samples, and a clipped value-loss update."""
+
+    role = "critic"
 
     def __init__(
         self, model_dir: str, train: dict[str, Any], state_dir: str, dtype: str = "float32"
@@ -214,10 +235,6 @@ class CriticActor:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.critic_lr)
         self.handover = HandOver(state_dir, self.model, self.opt)
 
-    @property
-    def version(self) -> int:
-        return self.handover.version
-
     @torch.no_grad()
     def values(
         self,
@@ -227,7 +244,7 @@ class CriticActor:
         replay: list[dict[str, Any]] | None = None,
     ) -> list[torch.Tensor]:
         """Values under the critic at the run's version (a cold one replays what it lacks)."""
-        self.handover.catch_up("critic", expected_version, replay, self._update)
+        self._catch_up(expected_version, replay)
         batch = pack_sequences(prompt_ids, response_ids, self.pad_id)
         v = self.model(batch)
         return [v[i, : len(r)] for i, r in enumerate(response_ids)]
@@ -243,7 +260,7 @@ class CriticActor:
     ) -> dict[str, float]:
         """One clipped value-loss step; ``replay`` as in :meth:`TrainerActor.step`."""
         self.handover.flush()
-        replayed = self.handover.catch_up("critic", expected_version, replay, self._update)
+        replayed = self._catch_up(expected_version, replay)
         stats = self._update(prompt_ids, response_ids, old_values, returns)
         self.handover.stepped()
         self.handover.write_behind()  # overlaps the next iteration; see stages/handover.py
@@ -270,19 +287,3 @@ class CriticActor:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         self.opt.step()
         return {"value_loss": float(loss), "value_clip_frac": float(clip)}
-
-    def persist(
-        self, expected_version: int | None = None, replay: list[dict[str, Any]] | None = None
-    ) -> int:
-        """As :meth:`TrainerActor.persist`."""
-        self.handover.flush()
-        self.handover.catch_up("critic", expected_version, replay, self._update)
-        return self.handover.flush()
-
-    def save_checkpoint(self, path: str) -> str:
-        self.handover.wait()
-        StateDir(path, durable=True).save(self.model, self.opt, self.version)
-        return path
-
-    def rlhfless_on_release(self) -> None:
-        self.handover.flush()
