@@ -56,13 +56,14 @@ from rlhfless.runtime.procutil import kill
 from rlhfless.runtime.state import FunctionState, RuntimeStats, actor_path, expire, reuse_key
 from rlhfless.runtime.weights import WEIGHTS_ENV
 from rlhfless.runtime.zygote import ZYGOTE_IDENTITY
+from rlhfless.runtime.zygote_host import ZygoteHost
 
 log = logging.getLogger("rlhfless.runtime")
 T = TypeVar("T")
 _RECV_BURST = 64  # messages the receiver takes in a row before it lets other tasks run
 
 
-class Runtime(WarmPool, Locality):
+class Runtime(WarmPool, Locality, ZygoteHost):
     """Function processes on demand. ``async with Runtime() as rt: h = await rt.spawn(...)``."""
 
     def __init__(self, config: RuntimeConfig | None = None, **overrides: Any) -> None:
@@ -176,53 +177,6 @@ class Runtime(WarmPool, Locality):
             await asyncio.wait(
                 [asyncio.ensure_future(fn.exited.wait()) for fn in fns], timeout=timeout
             )
-
-    # ---------------------------------------------------------------- zygote
-
-    async def _start_zygote(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._zygote_ready = loop.create_future()
-        self._zygote = await launch.start_zygote(
-            self.endpoint,
-            self.config.preload,
-            self.config.stderr_tail_lines,
-            self.config.heartbeat_s,
-        )
-        self._tasks.append(asyncio.create_task(self._watch_zygote(self._zygote)))
-
-    async def _watch_zygote(self, proc: asyncio.subprocess.Process) -> None:
-        code = await proc.wait()
-        if self._zygote is proc:
-            self._zygote = None
-        if self._zygote_ready is not None and not self._zygote_ready.done():
-            self._zygote_ready.set_exception(
-                SpawnError(f"the zygote exited with code {code} before it was ready")
-            )
-        for fn in list(self._fns.values()):  # its children die with it (PDEATHSIG)
-            if fn.process is None and fn.state != "dead" and fn.record.node == self.node:
-                if fn.pid:
-                    kill(fn.pid)
-                self._on_exited(
-                    fn.function_id, fn.pid, None, [f"(the zygote exited with code {code})"]
-                )
-
-    async def _stop_zygote(self) -> None:
-        proc = self._zygote
-        if proc is None:
-            return
-        await self._send_quiet(ZYGOTE_IDENTITY.decode(), Release("shutdown"))
-        try:
-            await asyncio.wait_for(proc.wait(), self.config.shutdown_timeout_s)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-
-    async def _zygote_handle(self) -> None:
-        if self._zygote is None:
-            await self._start_zygote()
-        assert self._zygote_ready is not None  # set by _start_zygote
-        await asyncio.wait_for(asyncio.shield(self._zygote_ready), self.config.ready_timeout_s)
 
     # ---------------------------------------------------------------- spawn and release
 
