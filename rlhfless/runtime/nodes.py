@@ -168,6 +168,9 @@ class Cluster:
             node.sync.send_multipart(self.codec.encode(msg), zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return False
+        except zmq.ZMQError as exc:  # e.g. the socket closed by lost() meanwhile: liveness decides
+            log.debug("send to node %s failed: %s", node.name, exc)
+            return False
         node.linked = True  # IMMEDIATE: a send succeeds only over a finished handshake
         return True
 
