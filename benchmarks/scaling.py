@@ -43,11 +43,13 @@ Policies (same true lengths for all):
   start under the model's rules (minimum charge!) with a pre-warmed cold start: what early
   release alone buys.
 * ``rlhfless`` — the policy with ``ScalingConfig``'s defaults: predictor (EWMA, one epoch seen),
-  its assignment (stratified, with LPT tried beside it) and cut setting (none), k and method
+  its assignment (stratified, with LPT tried beside it) and cut setting (``auto``: a
+  per-function cut at τ 0.9 or 0.95 where the margin's scenarios say it pays), k and method
   chosen as the cheapest (under ``aws``) within 3% of the fastest *expected* makespan, T and C
   averaged over 16 scenarios drawn from the predictor's measured error
   (``rlhfless.scaling.margin``); cold starts pre-warmed (billed, hidden from the makespan).
-* ``rlhfless/nomargin`` — the previous default: the same without the margin (k the cheapest
+* ``rlhfless/nocut`` — the previous default: ``rlhfless`` with ``cut = "none"``.
+* ``rlhfless/nomargin`` — the default before that: the same without the margin (k the cheapest
   within 3% of the fastest *predicted*, stratified only).
 * ``rlhfless/lpt`` — the default with LPT assignment only (the default before stratified).
 * ``rlhfless/paper`` — the paper's combination: length-aware packing and per-function
@@ -89,6 +91,7 @@ import platform
 import random
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +128,7 @@ POLICIES = (
     "fixed",
     "fixed+release",
     "rlhfless",
+    "rlhfless/nocut",
     "rlhfless/nomargin",
     "rlhfless/lpt",
     "rlhfless/paper",
@@ -248,19 +252,25 @@ def run_policies(
     fallback = () if default.margin_fallback == "none" else (default.margin_fallback,)
     seen = [pred.seen(p) for p in range(n)]
     margin_error_rel = 0.0
+    auto = [("per_function", t) for t in default.auto_cut_thresholds]
     for name, cut, oracle, predictor, method, margin in (
         ("rlhfless", default.cut, False, pred, default.assign, fallback),
-        ("rlhfless/nomargin", default.cut, False, pred, default.assign, None),
-        ("rlhfless/lpt", default.cut, False, pred, "lpt", ()),
+        ("rlhfless/nocut", "none", False, pred, default.assign, fallback),
+        ("rlhfless/nomargin", "none", False, pred, default.assign, None),
+        ("rlhfless/lpt", "none", False, pred, "lpt", ()),
         ("rlhfless/paper", "per_function", False, pred, "pack", None),
         ("rlhfless/global", "global", False, pred, "pack", None),
         ("rlhfless/shrink", "per_function", False, shrunk, "pack", None),
-        ("rlhfless/oracle", default.cut, True, pred, default.assign, None),
+        ("rlhfless/oracle", "none", True, pred, default.assign, None),
     ):
         ww = works(oracle, predictor)
         m: Margin | None = None
         if margin is not None and SCENARIOS:
-            m = build_margin(predictor, ww, seen, SCENARIOS, margin)  # type: ignore[arg-type]
+            m = build_margin(
+                predictor, ww, seen, SCENARIOS, margin,  # type: ignore[arg-type]
+                cuts=auto if cut == "auto" else (),
+            )  # fmt: skip
+        t_plan = time.perf_counter()
         dec = choose_k(
             ww,
             range(1, slots + 1),
@@ -270,7 +280,13 @@ def run_policies(
             within_fraction=WITHIN,
             method=method,  # type: ignore[arg-type]
             margin=m,
+            transfer=TRANSFER,
         )
+        t_plan = time.perf_counter() - t_plan
+        if cut == "auto":
+            cut, tau = dec.cut, dec.cut_threshold
+        else:
+            tau = 0.7
         if name == "rlhfless" and dec.chosen.expected_seconds is not None:
             margin_error_rel = dec.chosen.expected_seconds / dec.chosen.seconds - 1
         r = simulate_rollout(
@@ -280,7 +296,7 @@ def run_policies(
             PARAMS,
             predicted=[list(x.lengths) for x in ww],
             cut=cut,  # type: ignore[arg-type]
-            threshold=0.7,
+            threshold=tau,
             transfer=TRANSFER,
             prewarm=True,
             shape=predictor.shape_ratios(),
@@ -291,6 +307,9 @@ def run_policies(
             "predicted_makespan": dec.chosen.seconds,
             "expected_makespan": dec.chosen.planned_seconds,
             "lpt_chosen": float(dec.method == "lpt"),
+            "cut_chosen": float(cut != "none"),
+            "cut_threshold": tau if cut != "none" else 1.0,
+            "plan_seconds": t_plan,
         }
         record(name, r, False, extra)
     for p in range(n):  # score the predictions made for the rolled-out epoch
@@ -417,7 +436,10 @@ def main(argv: list[str] | None = None) -> int:
             f"onprem {-tg['onprem_cost_reduction']:+.0%}; predictor: Spearman(max) "
             f"{p['spearman_max']:.2f}, mean rel. error {p['rel_mean']:.0%}; margin: expected "
             f"makespan {p['margin']:+.1%} over predicted, LPT chosen in "
-            f"{res['mean']['rlhfless']['lpt_chosen']:.0%} of seeds\n"
+            f"{res['mean']['rlhfless']['lpt_chosen']:.0%} of seeds, a cut in "
+            f"{res['mean']['rlhfless']['cut_chosen']:.0%}; plan "
+            f"{res['mean']['rlhfless']['plan_seconds']:.2f} s (without the cut choice "
+            f"{res['mean']['rlhfless/nocut']['plan_seconds']:.2f} s)\n"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     doc = {

@@ -54,6 +54,7 @@ import msgspec
 
 from rlhfless.scaling.assign import METHODS, Assignment, AssignMethod, GroupWork
 from rlhfless.scaling.errors import BadScalingInput, BadScalingSetting
+from rlhfless.scaling.migrate import check_threshold
 from rlhfless.scaling.predictor import ErrorSample, LengthPredictor
 from rlhfless.scaling.throughput import ThroughputParams, decode_seconds
 
@@ -181,11 +182,19 @@ class Margin(msgspec.Struct, kw_only=True):
     scenarios: list[Scenario] = []
     alternatives: tuple[str, ...] = ()
     source: str = "none"  # how most groups were drawn: seen / new / shape / none
+    # Cut settings (policy, τ) each candidate within the bound is also evaluated with, by
+    # simulating its rollout on every scenario (see scaler.expected_cut_point); empty: no cut.
+    cuts: tuple[tuple[str, float], ...] = ()
+    shape: list[float] = []  # the dataset's sample/median ratios: the cut planner's remaining
 
     def __post_init__(self) -> None:
         for m in self.alternatives:
             if m not in METHODS:
                 raise BadScalingSetting("margin alternative", m, f"one of {', '.join(METHODS)}")
+        for policy, tau in self.cuts:
+            if policy not in ("per_function", "global"):
+                raise BadScalingSetting("margin cut", policy, "per_function or global")
+            check_threshold(tau)
 
 
 def build_margin(
@@ -195,9 +204,11 @@ def build_margin(
     n: int,
     alternatives: Sequence[AssignMethod] = (),
     seed: int = 0,
+    cuts: Sequence[tuple[str, float]] = (),
 ) -> Margin:
     """The :class:`Margin` for a plan of ``works`` (``seen[i]``: group i's prompt was seen).
-    The ``alternatives`` are tried only when there are scenarios (some error was measured)."""
+    The ``alternatives`` and ``cuts`` are tried only when there are scenarios (some error was
+    measured)."""
     model = ErrorModel.from_predictor(predictor)
     sources = [model.source(s) for s in seen]
     top = max(set(sources), key=sources.count) if sources else "none"
@@ -207,6 +218,8 @@ def build_margin(
         # Nothing measured, nothing to guard against: keep the configured assignment.
         alternatives=tuple(alternatives) if scenarios else (),
         source=top if n else "off",
+        cuts=tuple((str(c), float(t)) for c, t in cuts) if scenarios else (),
+        shape=predictor.shape_ratios() if scenarios and cuts else [],
     )
 
 

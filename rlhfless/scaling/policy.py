@@ -16,7 +16,7 @@ Both report predicted makespan and dollars, so the iteration summary can show pr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import msgspec
 
@@ -87,9 +87,30 @@ class Scaler:
             shrink=config.predictor_shrink,
         )
         self.throughput = ThroughputModel(throughput)
-        self.transfer = transfer or TransferParams(
-            prefill_tokens_per_s=self.throughput.params().prefill_tokens_per_s
-        )
+        self._transfer = transfer
+        # Where the run's own TransferParams come from (the rollout stage sets its ``transfer``
+        # method: KV bytes from the model's config, the [rollout] link, the measured prefill
+        # rate), so that the scaler plans cuts with the costs the stage executes them with.
+        # It returns None when a cut's KV never ships (vLLM, bandwidth 0): re-prefill only.
+        self.transfer_source: Callable[[], TransferParams | None] | None = None
+        self._cut = ("none", 1.0)  # the last plan's cut setting, for migration()
+
+    @property
+    def transfer(self) -> TransferParams:
+        """What moving a cut sequence costs: ``transfer_source``'s answer when set, else the
+        constructor's ``transfer``, else the defaults; the prefill rate is the measured one
+        unless a ``transfer`` was given."""
+        if self.transfer_source is not None:
+            got = self.transfer_source()
+            if got is not None:
+                return got
+            return TransferParams(
+                bandwidth_bytes_per_s=0.0,
+                prefill_tokens_per_s=self.throughput.params().prefill_tokens_per_s,
+            )
+        if self._transfer is not None:
+            return self._transfer
+        return TransferParams(prefill_tokens_per_s=self.throughput.params().prefill_tokens_per_s)
 
     # ------------------------------------------------------------------ before a rollout
 
@@ -127,6 +148,7 @@ class Scaler:
             prefix = plan_prefixes(prompt_tokens, group_size, cfg.prefix_min_len)  # type: ignore[arg-type]
         lengths = [self.predictor.predict(pid) for pid in prompt_ids]
         if cfg.policy == "fixed" or not works:
+            self._cut = ("none", 1.0)
             a = assign_round_robin(works, cfg.fixed_k(self.slots), params)
             point = evaluate(a, params, self.model, self.device_kind, 0.0, warm)
             return RolloutPlan(
@@ -140,6 +162,7 @@ class Scaler:
                 cut_threshold=1.0,
                 prefix=prefix,
             )
+        margin = self.margin(prompt_ids, works)
         decision = choose_k(
             works,
             cfg.k_range(self.slots),
@@ -152,8 +175,13 @@ class Scaler:
             slack=cfg.pack_slack,
             headroom=cfg.pack_headroom,
             warm=warm,
-            margin=self.margin(prompt_ids, works),
+            margin=margin,
+            transfer=self.transfer if margin is not None and margin.cuts else None,
         )
+        if cfg.cut == "auto":
+            self._cut = (decision.cut, decision.cut_threshold)
+        else:
+            self._cut = (cfg.cut, cfg.cut_threshold)
         return RolloutPlan(
             policy=cfg.policy,
             functions=decision.functions,
@@ -161,8 +189,8 @@ class Scaler:
             predicted_seconds=decision.chosen.seconds,
             predicted_usd=decision.chosen.usd,
             predicted_lengths=lengths,
-            cut=cfg.cut,
-            cut_threshold=cfg.cut_threshold,
+            cut=self._cut[0],
+            cut_threshold=self._cut[1],
             prefix=prefix,
             decision=decision,
         )
@@ -173,12 +201,14 @@ class Scaler:
         if not cfg.margin_scenarios:
             return None
         alternatives = () if cfg.margin_fallback == "none" else (cfg.margin_fallback,)
+        cuts = [("per_function", t) for t in cfg.auto_cut_thresholds] if cfg.cut == "auto" else []
         return build_margin(
             self.predictor,
             works,
             [self.predictor.seen(pid) for pid in prompt_ids],
             cfg.margin_scenarios,
             alternatives,  # type: ignore[arg-type]
+            cuts=cuts,
         )
 
     # ------------------------------------------------------------------ during a rollout
@@ -186,13 +216,12 @@ class Scaler:
     def migration(self, progress: Sequence[FunctionProgress]) -> MigrationPlan:
         """Which functions to cut now and where their unfinished sequences go (maybe nothing)."""
         cfg = self.config
-        if cfg.policy == "fixed" or cfg.cut == "none":
+        cut, tau = self._cut if cfg.cut == "auto" else (cfg.cut, cfg.cut_threshold)
+        if cfg.policy == "fixed" or cut == "none":
             return MigrationPlan(policy="none")
-        if cfg.cut == "global":
-            return plan_global_cut(progress, cfg.cut_threshold, self.transfer)
-        return plan_cut_and_migrate(
-            progress, cfg.cut_threshold, self.transfer, self.throughput.params()
-        )
+        if cut == "global":
+            return plan_global_cut(progress, tau, self.transfer)
+        return plan_cut_and_migrate(progress, tau, self.transfer, self.throughput.params())
 
     # ------------------------------------------------------------------ after a rollout
 

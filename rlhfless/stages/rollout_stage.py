@@ -66,6 +66,7 @@ class RolloutStage:
         self.warm = 0  # rollout functions released by the last iteration (likely still warm)
         self.weight_loads: list[float] = []
         self._kv_bytes: float | None = None
+        self.scaler.transfer_source = self.transfer  # plan cuts with the costs executed below
 
     def transfer(self) -> TransferParams | None:
         """Ship-KV vs re-prefill costs for this run's model; None: never ship (vLLM, bandwidth 0)."""
