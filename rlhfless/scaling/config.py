@@ -4,7 +4,7 @@
 no cut: the baseline. ``policy = "rlhfless"`` predicts lengths, assigns groups by predicted length,
 picks k in ``k_min .. k_max`` as the cheapest within ``within_fraction`` of the fastest (default
 3%), or, with ``lam > 0``, minimising ``C(k) + lam * T(k)``, and cuts and migrates stragglers at
-``cut_threshold``, or (``cut = "auto"``, the default) where the margin's scenarios say a cut
+``cut_threshold``, or (``cut = "auto"``, opt-in) where the margin's scenarios say a cut
 at one of ``auto_cut_thresholds`` is cheaper within the fraction. T and C are what each k is *expected* to give over
 ``margin_scenarios`` scenarios drawn from the predictor's measured error
 (:mod:`rlhfless.scaling.margin`), each k also tried with ``margin_fallback``'s assignment.
@@ -63,7 +63,9 @@ class ScalingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     # 5 seeds): on the heavy tail LPT + a cut at 0.9-0.95 saves 30-55% aws/pool within +5%
     # makespan, where the paper's τ = 0.7 runs 11-23% longer (docs/scaling.md).
     # "per_function" / "global": always, at cut_threshold; "none": never.
-    cut: Literal["auto", "per_function", "global", "none"] = "auto"
+    # Default "none": the rollout stage does not yet execute a cut the way the plan assumes
+    # (it consolidates stragglers after every function has cut; docs/scaling.md).
+    cut: Literal["auto", "per_function", "global", "none"] = "none"
     cut_threshold: float = 0.7  # τ: finished/assigned at which a function is cut (paper: 0.7)
     # τ values cut = "auto" tries (each costs one rollout simulation per margin scenario per
     # candidate within the bound); () = auto never cuts.

@@ -34,9 +34,10 @@ AWS = get_model("aws")
 CUTS = [("per_function", 0.9), ("per_function", 0.95)]
 
 
-def test_auto_is_the_default_and_bad_thresholds_are_rejected() -> None:
+def test_auto_is_opt_in_and_bad_thresholds_are_rejected() -> None:
+    # opt-in until the rollout stage executes a cut the way the plan assumes (docs/scaling.md)
     cfg = ScalingConfig(policy="rlhfless")
-    assert cfg.cut == "auto" and cfg.auto_cut_thresholds == (0.9, 0.95)
+    assert cfg.cut == "none" and cfg.auto_cut_thresholds == (0.9, 0.95)
     for bad in ((0.0,), (1.5,), tuple([0.9] * 9)):
         with pytest.raises(BadScalingSetting, match="auto_cut_thresholds"):
             ScalingConfig(policy="rlhfless", auto_cut_thresholds=bad)
@@ -111,7 +112,7 @@ def test_auto_cut_pays_on_the_heavy_tail_within_the_bound() -> None:
 
 
 def test_scaler_plans_cuts_with_the_stages_transfer_params() -> None:
-    scaler = Scaler(ScalingConfig(policy="rlhfless"), slots=4, device_kind="l40s")
+    scaler = Scaler(ScalingConfig(policy="rlhfless", cut="auto"), slots=4, device_kind="l40s")
     assert scaler.transfer == TransferParams(
         prefill_tokens_per_s=scaler.throughput.params().prefill_tokens_per_s
     )
@@ -127,7 +128,7 @@ def test_scaler_plans_cuts_with_the_stages_transfer_params() -> None:
 
 def test_migration_follows_the_planned_cut() -> None:
     epochs = _heavy_epochs(96, 8, 2, seed=0)
-    scaler = Scaler(ScalingConfig(policy="rlhfless"), slots=8, device_kind="l40s",
+    scaler = Scaler(ScalingConfig(policy="rlhfless", cut="auto"), slots=8, device_kind="l40s",
                     throughput=PARAMS)  # fmt: skip
     ids = list(range(96))
     scaler.observe(ids, epochs[0])
