@@ -95,7 +95,14 @@ class Runtime(WarmPool, Locality, ZygoteHost):
     # ---------------------------------------------------------------- lifecycle
 
     async def __aenter__(self) -> Runtime:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # A failed start (an agent that never joins, a zygote that dies) must not leave the
+            # zygote, the receiver, the sockets or the CURVE authenticator's thread behind.
+            with contextlib.suppress(Exception):
+                await self.aclose()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from rlhfless.runtime import CallTimeout, FunctionDied, RemoteError, Runtime
+from rlhfless.runtime import CallTimeout, FunctionDied, RemoteError, Runtime, SpawnError
 from tests.runtime.conftest import ECHO
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -128,3 +128,28 @@ async def test_no_orphans_when_the_controller_is_killed(tmp_path) -> None:
         assert await _wait_gone(pids) == []
     finally:
         proc.kill()
+
+
+async def test_a_failed_start_leaves_nothing_behind(tmp_path) -> None:
+    """``async with Runtime(...)`` whose start fails (here: an agent that never answers) closes
+    what it had started: no zygote process, no thread (the CURVE authenticator's included)."""
+    import threading
+
+    from rlhfless.runtime.auth import keys_init
+
+    keys = keys_init(tmp_path / "keys")
+    before = {t.ident for t in threading.enumerate()}
+    rt = Runtime(
+        preload=("torch",), agents=("127.0.0.1:9",), keys_dir=str(keys),
+        join_timeout_s=1, local_node=False,
+    )  # fmt: skip
+    with pytest.raises(SpawnError, match="no agent answered"):
+        async with rt:
+            pass
+    assert rt.functions() == {}
+    await asyncio.sleep(0.3)
+    for pid in rt.pids():  # the zygote, if it is still known, must be gone
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    left = [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    assert left == [], left
