@@ -74,6 +74,22 @@ class _HandsOver:
     def _catch_up(self, expected_version: int | None, replay: list[dict[str, Any]] | None) -> int:
         return self.handover.catch_up(self.role, expected_version, replay, self._update)
 
+    def _step(
+        self, expected_version: int | None, replay: list[dict[str, Any]] | None, *args: Any
+    ) -> dict[str, Any]:
+        """One update at the run's version: land the last write, replay what a cold function's
+        state lacks, update, move the version on; the reply says what is durable."""
+        self.handover.flush()  # the last step's state, if nothing started its write
+        replayed = self._catch_up(expected_version, replay)
+        t0 = time.perf_counter()
+        stats: dict[str, Any] = self._update(*args)
+        self.handover.stepped()
+        stats["version"] = self.version
+        stats["durable_version"] = self.handover.durable
+        stats["replayed"] = replayed
+        stats["seconds"] = time.perf_counter() - t0  # the update alone
+        return stats
+
     def persist(
         self, expected_version: int | None = None, replay: list[dict[str, Any]] | None = None
     ) -> int:
@@ -153,18 +169,10 @@ class TrainerActor(_HandsOver):
         ``replay``: earlier steps' inputs (``{"version", "args"}``) whose state may not be on
         disk yet; a cold function re-runs the ones its loaded state lacks first.
         """
-        self.handover.flush()  # the last step's state, if weights() did not start it
-        replayed = self._catch_up(expected_version, replay)
-        t0 = time.perf_counter()
-        stats = self._update(
-            prompt_ids, response_ids, old_logprobs, advantages, ref_logprobs, temperature
-        )
-        self.handover.stepped()
-        stats["version"] = self.version
-        stats["durable_version"] = self.handover.durable
-        stats["replayed"] = replayed
-        stats["seconds"] = time.perf_counter() - t0
-        return stats
+        return self._step(
+            expected_version, replay,
+            prompt_ids, response_ids, old_logprobs, advantages, ref_logprobs, temperature,
+        )  # fmt: skip
 
     def _update(
         self,
@@ -259,13 +267,8 @@ class CriticActor(_HandsOver):
         replay: list[dict[str, Any]] | None = None,
     ) -> dict[str, float]:
         """One clipped value-loss step; ``replay`` as in :meth:`TrainerActor.step`."""
-        self.handover.flush()
-        replayed = self._catch_up(expected_version, replay)
-        stats = self._update(prompt_ids, response_ids, old_values, returns)
-        self.handover.stepped()
+        stats = self._step(expected_version, replay, prompt_ids, response_ids, old_values, returns)
         self.handover.write_behind()  # overlaps the next iteration; see stages/handover.py
-        stats["durable_version"] = self.handover.durable
-        stats["replayed"] = replayed
         return stats
 
     def _update(
