@@ -143,11 +143,10 @@ class TrainerActor(_HandsOver):
         folder = Path(file_dir)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"policy-v{self.version:06d}.safetensors"
-        if not path.exists():  # asked twice for one version: the file is already there
-            tmp = path.with_suffix(".tmp")
-            tmp.unlink(missing_ok=True)
-            save_model(self.model, str(tmp))  # handles tied embeddings
-            os.replace(tmp, path)  # readers see a whole file or none
+        tmp = path.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        save_model(self.model, str(tmp))  # handles tied embeddings
+        os.replace(tmp, path)  # readers see a whole file or none
         self.handover.write_behind(weights_file=path)
         for old in sorted(folder.glob("policy-v*.safetensors"))[:-2]:  # keep this and the last
             old.unlink(missing_ok=True)
