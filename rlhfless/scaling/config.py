@@ -145,6 +145,11 @@ class ScalingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         if not self.cost_model:
             raise BadScalingSetting("cost_model", self.cost_model, "a cost model name, e.g. 'aws'")
 
+    def cut_in_force(self, decided: tuple[str, float]) -> tuple[str, float]:
+        """The cut to run, (setting, τ): the plan's ``decided`` one under ``cut = "auto"`` (a
+        planning setting, never run as such), else the configured one."""
+        return decided if self.cut == "auto" else (self.cut, self.cut_threshold)
+
     def within(self) -> float | None:
         """The within-fraction criterion in force (None: minimise C + lam * T)."""
         if self.within_fraction is not None:

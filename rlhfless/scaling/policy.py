@@ -178,10 +178,7 @@ class Scaler:
             margin=margin,
             transfer=self.transfer if margin is not None and margin.cuts else None,
         )
-        if cfg.cut == "auto":
-            self._cut = (decision.cut, decision.cut_threshold)
-        else:
-            self._cut = (cfg.cut, cfg.cut_threshold)
+        self._cut = cfg.cut_in_force((decision.cut, decision.cut_threshold))
         return RolloutPlan(
             policy=cfg.policy,
             functions=decision.functions,

@@ -48,7 +48,7 @@ from rlhfless.scaling.predictor import expected_remaining, length_support
 from rlhfless.scaling.throughput import ThroughputParams
 from rlhfless.scaling.transfer import TransferParams
 
-CutPolicy = Literal["none", "per_function", "global", "auto"]
+CutPolicy = Literal["none", "per_function", "global"]
 RemainingEstimate = Literal["conditional", "naive"]
 
 
@@ -160,14 +160,12 @@ def simulate_rollout(
     from history, overlapping the previous stage): billed, but not in the makespan. ``guard``:
     per-function cuts use the step-time model so as not to extend the rollout. ``remaining``,
     ``shape`` (:meth:`LengthPredictor.shape_ratios`) and ``tail``: how the planner is told a
-    sequence's remaining length (module docstring). ``cut = "auto"`` runs no cut (it is a
-    planning setting; run the plan's ``decision.cut`` at its ``cut_threshold``)."""
+    sequence's remaining length (module docstring). ``cut = "auto"`` is a planning setting,
+    not a cut: run the plan's (``ScalingConfig.cut_in_force``)."""
     if remaining not in ("conditional", "naive"):
         raise BadScalingInput(
             "simulate_rollout", f"remaining must be conditional/naive, got {remaining!r}"
         )
-    if cut == "auto":  # a planning setting (ScalingConfig.cut): the plan's decision.cut says
-        cut = "none"  # which cut to run; given here without one, nothing is cut
     if cut not in ("none", "per_function", "global"):
         raise BadScalingInput(
             "simulate_rollout", f"cut must be none/per_function/global, got {cut!r}"

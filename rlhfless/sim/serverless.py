@@ -157,9 +157,10 @@ class Rlhfless(System):
         coarse = self.choose(works, k_grid(limit), params)
         decision = self.choose(works, k_grid(limit, coarse.k), params)
         groups = decision.assignment.groups
+        cut, tau = POLICY.cut_in_force((decision.cut, decision.cut_threshold))
         r = simulate_rollout(
             batch.lengths, [float(x) for x in batch.prompt_tokens], groups, params,
-            predicted=predicted, cut=POLICY.cut, threshold=POLICY.cut_threshold,
+            predicted=predicted, cut=cut, threshold=tau,  # type: ignore[arg-type]
             transfer=perf.transfer_params(), prewarm=i > 0,
         )  # fmt: skip
         for (node, slot), sf in zip(c.place(len(groups), tp), r.functions, strict=True):
