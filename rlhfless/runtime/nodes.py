@@ -142,11 +142,13 @@ class Cluster:
         await asyncio.gather(
             *self.tasks, *(n.reader for n in self.nodes if n.reader), return_exceptions=True
         )
-        for node in self.nodes:
-            if node.sock is not None:
-                node.sock.close(linger=0)
-        if self.guard is not None:
-            self.guard.stop()
+        try:
+            for node in self.nodes:
+                if node.sock is not None:
+                    node.sock.close(linger=0)
+        finally:
+            if self.guard is not None:
+                self.guard.stop()
 
     # ------------------------------------------------------------------ views for placement
 
@@ -162,7 +164,7 @@ class Cluster:
     # ------------------------------------------------------------------ sending
 
     def _send_now(self, node: RemoteNode, msg: Any) -> bool:
-        if node.sock is None:
+        if node.sock is None or node.sock.closed:  # never through a shadow of a closed socket
             return False
         try:  # through the synchronous API: the asyncio one turns Again into a future's error
             node.sync.send_multipart(self.codec.encode(msg), zmq.NOBLOCK, copy=False)

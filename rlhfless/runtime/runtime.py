@@ -142,21 +142,43 @@ class Runtime(WarmPool, Locality, ZygoteHost):
             await self._shutdown_functions()
             await self._stop_zygote()
         finally:
-            if self.cluster is not None:
-                await self.cluster.aclose()
-            if self.ray_agents is not None:
-                await asyncio.to_thread(self.ray_agents.close)
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            self._sock.close(linger=0)
-            self._ctx.term()
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._billing.close()
+            await self._release_resources()
         if self._failure is not None:
             raise RuntimeClosed(
                 f"the runtime's receiver failed: {self._failure!r}"
             ) from self._failure
+
+    async def _release_resources(self) -> None:
+        """Every step runs even when one before it fails: a step skipped leaves an
+        authenticator thread, sockets or a context behind, and the garbage collector's later
+        attempt to terminate that context hangs whatever runs then. The first failure is
+        raised once all steps have run."""
+        failures: list[BaseException] = []
+
+        async def step(what: str, action: Any) -> None:
+            try:
+                result = action()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception as exc:
+                log.warning("closing the runtime: %s failed: %r", what, exc)
+                failures.append(exc)
+
+        if self.cluster is not None:
+            await step("closing the node links", self.cluster.aclose)
+        if self.ray_agents is not None:
+            await step("closing the Ray agents", lambda: asyncio.to_thread(self.ray_agents.close))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await step("closing the socket", lambda: self._sock.close(linger=0))
+        # destroy, not term: a socket still open on this context (one a failed step left)
+        # is closed instead of making term() wait for it forever.
+        await step("closing the zmq context", lambda: self._ctx.destroy(linger=0))
+        shutil.rmtree(self._dir, ignore_errors=True)
+        await step("closing the billing log", self._billing.close)
+        if failures:
+            raise failures[0]
 
     async def _shutdown_functions(self) -> None:
         live = [fn for fn in self._fns.values() if fn.state != "dead"]
@@ -355,6 +377,8 @@ class Runtime(WarmPool, Locality, ZygoteHost):
         await self._send_frames(identity, self._codec.encode(msg))
 
     async def _send_frames(self, identity: str, frames: list[Any]) -> None:
+        if self._sock.closed:  # the shadow below would point at a freed socket
+            raise RuntimeClosed("the runtime is closed")
         if not self._send_lock.locked():  # nothing queued ahead of us: try to send right away
             try:
                 self._sync.send_multipart([identity.encode(), *frames], zmq.NOBLOCK, copy=False)
@@ -370,7 +394,7 @@ class Runtime(WarmPool, Locality, ZygoteHost):
 
     async def _send_quiet(self, identity: str, msg: msgspec.Struct) -> None:
         """Send where the peer may already be gone (releases at shutdown)."""
-        with contextlib.suppress(zmq.ZMQError):
+        with contextlib.suppress(zmq.ZMQError, RuntimeClosed):
             await self._send(identity, msg)
 
     async def _receive(self) -> None:
