@@ -34,8 +34,9 @@ from rlhfless.adapters.common_prefix import (
     left_pad,
     suffix_batch,
 )
+from rlhfless.adapters.decode import Inbox, decode
 from rlhfless.adapters.errors import EngineError
-from rlhfless.adapters.kv_transfer import PrefixKV, export_rows, resume_prefix
+from rlhfless.adapters.kv_transfer import PrefixKV, resume_prefix
 from rlhfless.adapters.kv_transfer import cache_kwarg as _cache_kwarg
 from rlhfless.adapters.kv_transfer import cache_of as _cache_of
 from rlhfless.adapters.kv_transfer import kv_of as _kv_of
@@ -90,7 +91,10 @@ class Generation(msgspec.Struct):
     prefill_tokens_saved: int = 0  # (distinct prompts - 1) * common_prefix_tokens, not recomputed
     # generate(ship_kv=True): sample index -> KV of each cut sample (kv_transfer.export_rows)
     kv: dict[int, Any] = {}
-    kv_tokens: int = 0  # resume: tokens whose KV arrived shipped instead of being re-prefilled
+    kv_tokens: int = 0  # resume / joiners: tokens whose KV arrived shipped, not re-prefilled
+    # Keys of the sequences that joined this generate (adapters/decode.py), in the order of
+    # ``samples[len(prompts) * group_size:]``.
+    joined: list[int] = []
 
 
 class HFTokenizer:
@@ -271,6 +275,7 @@ class HFEngine:
         stop: Callable[[int, int], bool] | None = None,
         min_common_prefix: int | None = DEFAULT_MIN_COMMON_PREFIX,
         ship_kv: bool = False,
+        inbox: Inbox | None = None,
     ) -> Generation:
         """Sample ``group_size`` responses per prompt (token ids, not text).
 
@@ -283,6 +288,9 @@ class HFEngine:
         True the unfinished samples end with ``finish_reason="cut"`` and their tokens so far
         (cut-and-migrate: continue them elsewhere with ``resume``); with ``ship_kv`` their KV
         comes back in ``Generation.kv``, for ``resume(kv=...)`` to continue without re-prefill.
+        ``inbox``: cut sequences of other functions join this batch while it runs
+        (``adapters/decode.py``); they come back after the own samples, ``Generation.joined``
+        naming each one's key.
         """
         if not prompts or group_size < 1 or max_new_tokens < 1:
             raise EngineError(
@@ -295,8 +303,6 @@ class HFEngine:
             )
         if any(len(p) == 0 for p in prompts):
             raise EngineError("an empty prompt cannot be decoded from; every prompt needs a token")
-        dev = self.device
-        temp = 1.0 if greedy else float(temperature)
         row_prompt = [i for i in range(len(prompts)) for _ in range(group_size)]
         if prefix is not None:  # prefilled elsewhere (a prefill function): nothing to run here
             pre, prefill_tokens = prefix, 0
@@ -317,83 +323,35 @@ class HFEngine:
                 )
             src = [row_of[tuple(prompts[i])] for i in row_prompt]
         t1 = time.perf_counter()
-        # Gather KV rows: each prefix row becomes the G rows of its group.
-        index = torch.tensor(src, dtype=torch.long, device=dev)
-        cache = pre.cache_for(index, self.model.config)
-        logits, mask = pre.logits[index], pre.mask[index]
-        ckw = _cache_kwarg(self.model)
-
         gen = None
         if not greedy:
-            gen = torch.Generator(device=dev)
+            gen = torch.Generator(device=self.device)
             gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
-        eos = torch.tensor(sorted(self.tokenizer.eos_ids), device=dev)
-        n = len(row_prompt)
-        tokens: list[list[int]] = [[] for _ in range(n)]
-        logps: list[list[float]] = [[] for _ in range(n)]
-        reason: list[FinishReason] = ["length"] * n
-        active = torch.arange(n, device=dev)  # original row of each row still in the batch
-        next_pos = mask.sum(-1)  # positions count real tokens only (left padding)
-        finished, shipped = 0, {}
-        for step in range(max_new_tokens):
-            scores = torch.log_softmax(logits.float() / temp, dim=-1)
-            if greedy:
-                tok = scores.argmax(-1)
-            else:
-                tok = torch.multinomial(scores.exp(), 1, generator=gen).squeeze(-1)
-            lp = scores.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
-            done = torch.isin(tok, eos)
-            for r, t, l_, d in zip(
-                active.tolist(), tok.tolist(), lp.tolist(), done.tolist(), strict=True
-            ):
-                tokens[r].append(t)
-                logps[r].append(l_)
-                if d:
-                    reason[r] = "eos"
-                    finished += 1
-            if step == max_new_tokens - 1 or finished == n:
-                break
-            if stop is not None and stop(finished, n):
-                for r in active[~done].tolist():
-                    reason[r] = "cut"
-                shipped = export_rows(cache, mask, active, ~done) if ship_kv else {}
-                break
-            if bool(done.any()):
-                # Drop finished rows from the batch (and their KV): long-tailed lengths leave most
-                # rows finished long before the last one, and feeding them pads is wasted work.
-                keep = (~done).nonzero().squeeze(-1)
-                cache.reorder_cache(keep)
-                active, tok, mask, next_pos = active[keep], tok[keep], mask[keep], next_pos[keep]
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
-            logits = self.model(
-                input_ids=tok.unsqueeze(-1),
-                attention_mask=mask,
-                position_ids=next_pos.unsqueeze(-1),
-                use_cache=True,
-                **{ckw: cache},
-            ).logits[:, -1, :]
-            next_pos = next_pos + 1
+        temp = 1.0 if greedy else float(temperature)
+        out = decode(self, pre, src, max_new_tokens, temp, greedy, gen, stop, ship_kv, inbox)
         t2 = time.perf_counter()
-
+        n = len(row_prompt)
         samples = [
             Sample(
-                prompt_index=row_prompt[r],
-                token_ids=tokens[r],
-                logprobs=logps[r],
-                finish_reason=reason[r],
+                prompt_index=row_prompt[r] if r < n else out.joined[r - n].partial.prompt_index,
+                token_ids=out.tokens[r],
+                logprobs=out.logprobs[r],
+                finish_reason=out.reasons[r],  # type: ignore[arg-type]
             )
-            for r in range(n)
+            for r in range(len(out.tokens))
         ]
         return Generation(
             samples=samples,
             group_size=group_size,
-            prefill_tokens=prefill_tokens,
-            decode_tokens=sum(len(t) for t in tokens),
-            prefill_seconds=pre.seconds if prefix is None else 0.0,
-            decode_seconds=t2 - t1,
+            prefill_tokens=prefill_tokens + out.joined_prefill_tokens,
+            decode_tokens=out.decode_tokens,
+            prefill_seconds=(pre.seconds if prefix is None else 0.0) + out.joined_prefill_seconds,
+            decode_seconds=t2 - t1 - out.joined_prefill_seconds,
             common_prefix_tokens=pre.common if prefix is None else 0,
             prefill_tokens_saved=(len(pre.prompts) - 1) * pre.common if prefix is None else 0,
-            kv=shipped,
+            kv=out.shipped,
+            kv_tokens=out.kv_tokens,
+            joined=[j.key for j in out.joined],
         )
 
     @torch.no_grad()

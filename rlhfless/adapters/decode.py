@@ -1,0 +1,267 @@
+"""The decode loop behind ``HFEngine.generate``, and sequences that join it while it runs.
+
+Cut-and-migrate as planned (``scaling/migrate.py``, the simulator) moves a function's
+stragglers, the moment it cuts, into the running batch of a function that is still working,
+which then carries them to the end with its own rows. Here that is a :class:`Joiner` handed to a
+running ``generate`` through its :class:`Inbox` (from another thread: the rollout actor's
+concurrent ``admit`` call). Between two decode steps the loop takes what arrived, builds each
+joiner's decode state (its shipped KV, or a re-prefill of prompt + partial response:
+``kv_transfer.resume_prefix``), left-pads it and the running batch to one width and continues
+them together. Rotary keys carry their positions, so padding columns in between change nothing:
+only each row's mask and next position matter, as for prompts of different lengths.
+
+Sampling: the function's own rows draw from its seeded generator exactly as without joiners
+(joiners never take a draw from it), and each joiner draws from its own generator, seeded by the
+sender per sequence, so where and when a straggler joins does not decide its tokens beyond
+numerics. Under greedy decoding a joined sequence equals the uncut one token for token.
+
+A generate that ends (every row done) closes its inbox atomically with taking what is left, so
+an offer is either refused (the caller routes the sequences elsewhere) or decoded to the end: a
+sequence is never accepted and then dropped. A generate that cuts returns the joiners it had not
+started as cut too, unchanged.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from rlhfless.adapters.kv_transfer import (
+    PrefixKV,
+    cache_kwarg,
+    cache_of,
+    export_rows,
+    kv_of,
+    kv_tokens,
+    resume_prefix,
+)
+
+if TYPE_CHECKING:
+    from rlhfless.adapters.hf import HFEngine, Sample
+
+
+@dataclass
+class Joiner:
+    """A cut sequence continued inside another function's running generate."""
+
+    key: int  # the caller's id for it (the rollout stage: its global sample index)
+    prompt: list[int]
+    partial: Sample  # tokens and log-probs so far; at least one token
+    kv: torch.Tensor | None = None  # shipped KV of prompt + tokens[:-1]; None: re-prefill here
+    seed: int = 0  # its own sampling generator's seed
+
+
+class Inbox:
+    """Joiners offered to a running generate from another thread.
+
+    ``offer`` is refused once the generate has closed the inbox (it ended or cut); ``take``
+    hands over what arrived, and ``take(final=True)`` closes the inbox if nothing did, in one
+    step under the lock, so nothing offered is ever lost between the two.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: list[Joiner] = []
+        self._open = False
+        self.cut_allowed = True  # False: this function keeps every row (it is the last one)
+
+    def open(self) -> None:
+        with self._lock:
+            self._open = True
+            self.cut_allowed = True
+
+    def offer(self, rows: Sequence[Joiner]) -> bool:
+        with self._lock:
+            if not self._open:
+                return False
+            self._rows.extend(rows)
+            return True
+
+    def take(self, final: bool = False) -> list[Joiner]:
+        with self._lock:
+            rows, self._rows = self._rows, []
+            if final and not rows:
+                self._open = False
+            return rows
+
+    def close(self) -> list[Joiner]:
+        """Close now and return whatever arrived but was not taken."""
+        with self._lock:
+            self._open = False
+            rows, self._rows = self._rows, []
+            return rows
+
+
+@dataclass
+class Decoded:
+    """What the loop produced for every row: own rows first, then joiners in arrival order."""
+
+    tokens: list[list[int]]
+    logprobs: list[list[float]]
+    reasons: list[str]
+    joined: list[Joiner] = field(default_factory=list)
+    decode_tokens: int = 0
+    joined_prefill_tokens: int = 0  # joiners' prompt + partial tokens re-prefilled here
+    joined_prefill_seconds: float = 0.0
+    kv_tokens: int = 0  # joiners' tokens whose KV arrived shipped
+    shipped: dict[int, Any] = field(default_factory=dict)  # row -> exported KV of a cut row
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def merge(cache: Any, mask: torch.Tensor, pre: PrefixKV, config) -> tuple[Any, torch.Tensor]:
+    """The running batch's cache and mask with ``pre``'s rows appended, both left-padded."""
+    width = max(mask.shape[1], pre.mask.shape[1])
+    keys, values = [], []
+    for (k, v), pk, pv in zip(kv_of(cache), pre.keys, pre.values, strict=True):
+        keys.append(torch.cat([_pad_left(k, width, 2), _pad_left(pk, width, 2)]))
+        values.append(torch.cat([_pad_left(v, width, 2), _pad_left(pv, width, 2)]))
+    mask = torch.cat([_pad_left(mask, width, 1), _pad_left(pre.mask, width, 1)])
+    return cache_of(keys, values, config), mask
+
+
+def decode(
+    engine: HFEngine,
+    pre: PrefixKV,
+    src: list[int],
+    max_new_tokens: int,
+    temp: float,
+    greedy: bool,
+    gen: torch.Generator | None,
+    stop: Callable[[int, int], bool] | None = None,
+    ship_kv: bool = False,
+    inbox: Inbox | None = None,
+) -> Decoded:
+    """Decode rows ``src`` (prefix rows of ``pre``) to EOS or ``max_new_tokens``, with joiners."""
+    model, dev = engine.model, engine.device
+    index = torch.tensor(src, dtype=torch.long, device=dev)
+    cache = pre.cache_for(index, model.config)
+    logits, mask = pre.logits[index], pre.mask[index]
+    ckw = cache_kwarg(model)
+    eos = torch.tensor(sorted(engine.tokenizer.eos_ids), device=dev)
+    n_own = len(src)
+    out = Decoded(tokens=[[] for _ in src], logprobs=[[] for _ in src], reasons=["length"] * n_own)
+    start = [0] * n_own  # tokens a row had when it came in (a joiner's partial response)
+    gens: dict[int, torch.Generator] = {}  # joiner row -> its own generator
+    active = torch.arange(n_own, device=dev)  # row of each batch position
+    next_pos = mask.sum(-1)  # positions count real tokens only (left padding)
+    finished = 0
+
+    def admit(joiners: list[Joiner]) -> PrefixKV:
+        """Rows for ``joiners``: their decode state (next-token logits, cache, mask)."""
+        seqs = [[*j.prompt, *j.partial.token_ids] for j in joiners]
+        state = resume_prefix(engine, seqs, [j.kv for j in joiners])
+        out.joined_prefill_tokens += state.tokens
+        out.joined_prefill_seconds += state.seconds
+        for j in joiners:
+            r = len(out.tokens)
+            out.tokens.append(list(j.partial.token_ids))
+            out.logprobs.append(list(j.partial.logprobs))
+            out.reasons.append("length")
+            out.joined.append(j)
+            start.append(len(j.partial.token_ids))
+            if j.kv is not None:
+                out.kv_tokens += kv_tokens(j.kv)
+            if not greedy:
+                gens[r] = torch.Generator(device=dev)
+                gens[r].manual_seed(j.seed)
+        return state
+
+    def rows_for(joiners: list[Joiner]) -> torch.Tensor:
+        first = len(out.tokens) - len(joiners)
+        return torch.arange(first, len(out.tokens), device=dev)
+
+    while True:
+        scores = torch.log_softmax(logits.float() / temp, dim=-1)
+        tok = scores.argmax(-1) if greedy else _sample(scores, active, n_own, gen, gens)
+        lp = scores.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+        done = torch.isin(tok, eos)
+        rows = active.tolist()
+        for r, t, l_, d in zip(rows, tok.tolist(), lp.tolist(), done.tolist(), strict=True):
+            out.tokens[r].append(t)
+            out.logprobs[r].append(l_)
+            if d:
+                out.reasons[r] = "eos"
+        full = torch.tensor([len(out.tokens[r]) >= max_new_tokens for r in rows], device=dev)
+        ended = done | full
+        finished += int(ended.sum())
+        if bool(ended.all()):
+            joiners = inbox.take(final=True) if inbox is not None else []
+            if not joiners:
+                break
+            state = admit(joiners)
+            cache, mask = cache_of(state.keys, state.values, model.config), state.mask
+            logits, active, next_pos = state.logits, rows_for(joiners), state.mask.sum(-1)
+            continue
+        may_cut = stop is not None and (inbox is None or inbox.cut_allowed)
+        if may_cut and stop(finished, len(out.tokens)):  # type: ignore[misc]
+            for r in active[~ended].tolist():
+                out.reasons[r] = "cut"
+            if ship_kv:
+                out.shipped = export_rows(cache, mask, active, ~ended)
+            for j in inbox.close() if inbox is not None else []:  # not started: cut as is
+                r = len(out.tokens)
+                out.tokens.append(list(j.partial.token_ids))
+                out.logprobs.append(list(j.partial.logprobs))
+                out.reasons.append("cut")
+                out.joined.append(j)
+                start.append(len(j.partial.token_ids))
+                if j.kv is not None:
+                    out.shipped[r] = j.kv
+            break
+        if bool(ended.any()):
+            # Drop finished rows from the batch (and their KV): long-tailed lengths leave most
+            # rows finished long before the last one, and feeding them pads is wasted work.
+            keep = (~ended).nonzero().squeeze(-1)
+            cache.reorder_cache(keep)
+            active, tok, mask, next_pos = active[keep], tok[keep], mask[keep], next_pos[keep]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+        logits = model(
+            input_ids=tok.unsqueeze(-1),
+            attention_mask=mask,
+            position_ids=next_pos.unsqueeze(-1),
+            use_cache=True,
+            **{ckw: cache},
+        ).logits[:, -1, :]
+        next_pos = next_pos + 1
+        joiners = inbox.take() if inbox is not None else []
+        if joiners:
+            state = admit(joiners)
+            cache, mask = merge(cache, mask, state, model.config)
+            logits = torch.cat([logits, state.logits])
+            active = torch.cat([active, rows_for(joiners)])
+            next_pos = torch.cat([next_pos, state.mask.sum(-1)])
+    out.decode_tokens = sum(len(t) - s for t, s in zip(out.tokens, start, strict=True))
+    return out
+
+
+def _sample(
+    scores: torch.Tensor,
+    active: torch.Tensor,
+    n_own: int,
+    gen: torch.Generator | None,
+    gens: dict[int, torch.Generator],
+) -> torch.Tensor:
+    """Own rows from the function's generator (as if no joiner were there), each joiner from
+    its own."""
+    own = active < n_own
+    if bool(own.all()):
+        return torch.multinomial(scores.exp(), 1, generator=gen).squeeze(-1)
+    tok = torch.empty(len(active), dtype=torch.long, device=scores.device)
+    if bool(own.any()):
+        tok[own] = torch.multinomial(scores[own].exp(), 1, generator=gen).squeeze(-1)
+    for b in (~own).nonzero().squeeze(-1).tolist():
+        draw = torch.multinomial(scores[b : b + 1].exp(), 1, generator=gens[int(active[b])])
+        tok[b] = draw[0, 0]
+    return tok

@@ -1,0 +1,156 @@
+"""Cut sequences that join another function's running generate (adapters/decode.py), fp32 tiny.
+
+What holds: under greedy decoding a sequence cut on one function and joined into another's
+running batch (from its shipped KV or by re-prefill) ends as the uncut sample, token for token,
+log-probs within 1e-5, and so do the receiver's own rows. Under sampling the receiver's own rows
+draw what they draw without joiners, and a joiner's tokens do not depend on when it joined.
+An inbox never loses a sequence: an offer after the generate ended is refused, and a generate
+that cuts returns the joiners it had not started as cut, unchanged.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from rlhfless.adapters.decode import Inbox, Joiner
+from rlhfless.adapters.hf import Generation, HFEngine, Sample
+
+LOGPROB_TOL = 1e-5
+
+
+class JoinAt(Inbox):
+    """An inbox whose rows arrive between decode steps ``at`` (deterministic mid-run joins)."""
+
+    def __init__(self, at: int, rows: list[Joiner]) -> None:
+        super().__init__()
+        self.at, self.pending, self.calls = at, rows, 0
+        self.open()
+
+    def take(self, final: bool = False) -> list[Joiner]:
+        self.calls += 1
+        if self.calls == self.at and self.pending:
+            self.offer(self.pending)
+            self.pending = []
+        return super().take(final)
+
+
+def _cut_after(steps: int):
+    seen: list[int] = []
+    return lambda finished, total: seen.append(finished) or len(seen) >= steps
+
+
+def _joiners(cut: Generation, prompts: list[list[int]], ship: list[bool]) -> list[Joiner]:
+    return [
+        Joiner(
+            key=100 + r,
+            prompt=prompts[s.prompt_index],
+            partial=s,
+            kv=cut.kv.get(r) if use else None,
+            seed=7 + r,
+        )
+        for r, (s, use) in enumerate(zip(cut.samples, ship, strict=True))
+    ]
+
+
+def _same(got: Sample, want: Sample) -> None:
+    assert got.token_ids == want.token_ids and got.finish_reason == want.finish_reason
+    diff = max(abs(x - y) for x, y in zip(got.logprobs, want.logprobs, strict=True))
+    assert diff < LOGPROB_TOL
+
+
+@pytest.mark.parametrize("at", [1, 5])
+def test_greedy_joined_sequences_end_as_the_uncut_samples(
+    engine: HFEngine, prompts: list[list[int]], at: int
+) -> None:
+    mine, theirs = prompts[3:], prompts[:3]
+    full_mine = engine.generate(mine, 2, 30, greedy=True)
+    full_theirs = engine.generate(theirs, 2, 30, greedy=True)
+    cut = engine.generate(theirs, 2, 30, greedy=True, stop=_cut_after(4), ship_kv=True)
+    assert {s.finish_reason for s in cut.samples} == {"cut"}
+    ship = [r % 2 == 0 for r in range(len(cut.samples))]  # half shipped KV, half re-prefilled
+    inbox = JoinAt(at, _joiners(cut, theirs, ship))
+    got = engine.generate(mine, 2, 30, greedy=True, inbox=inbox)
+    own, joined = got.samples[: len(mine) * 2], got.samples[len(mine) * 2 :]
+    assert got.joined == [100 + r for r in range(len(cut.samples))]
+    for a, b in zip(own, full_mine.samples, strict=True):
+        _same(a, b)
+    for a, b in zip(joined, full_theirs.samples, strict=True):
+        _same(a, b)
+    shipped = sum(
+        len(theirs[s.prompt_index]) + 4 - 1 for s, u in zip(cut.samples, ship, strict=True) if u
+    )
+    assert got.kv_tokens == shipped
+    # Decode tokens count what was generated here: the joiners' 4 earlier tokens are not.
+    assert got.decode_tokens == len(mine) * 2 * 30 + len(joined) * (30 - 4)
+    assert not inbox.offer(_joiners(cut, theirs, ship))  # ended: further offers are refused
+
+
+def test_sampled_own_rows_ignore_joiners_and_a_joiner_ignores_when_it_joined(
+    engine: HFEngine, prompts: list[list[int]]
+) -> None:
+    mine, theirs = prompts[3:], prompts[:3]
+    alone = engine.generate(mine, 2, 20, temperature=1.0, seed=3)
+    cut = engine.generate(theirs, 2, 20, seed=5, stop=_cut_after(3), ship_kv=True)
+    cut_rows = [s for s in cut.samples if s.finish_reason == "cut"]
+    assert cut_rows
+    outs = []
+    for at in (1, 4):
+        rows = _joiners(cut, theirs, [True] * len(cut.samples))
+        rows = [j for j in rows if j.partial.finish_reason == "cut"]
+        got = engine.generate(mine, 2, 20, seed=3, inbox=JoinAt(at, rows))
+        n = len(mine) * 2
+        assert [s.token_ids for s in got.samples[:n]] == [s.token_ids for s in alone.samples]
+        outs.append([s.token_ids for s in got.samples[n:]])
+    assert outs[0] == outs[1]  # the joiner's own generator: same tokens wherever it joined
+    assert all(len(t) > 3 for t in outs[0])
+
+
+def test_a_generate_that_cuts_returns_unstarted_joiners_cut_and_unchanged(
+    engine: HFEngine, prompts: list[list[int]]
+) -> None:
+    cut = engine.generate(prompts[:2], 1, 20, greedy=True, stop=_cut_after(2), ship_kv=True)
+    rows = _joiners(cut, prompts[:2], [True, False])
+    inbox = Inbox()
+    inbox.open()
+    assert inbox.offer(rows)
+    got = engine.generate(prompts[2:], 1, 20, greedy=True, stop=_cut_after(1), inbox=inbox)
+    returned = got.samples[3:]
+    assert got.joined == [100, 101]
+    assert [s.finish_reason for s in returned] == ["cut", "cut"]
+    assert [s.token_ids for s in returned] == [s.token_ids for s in cut.samples]
+    assert got.kv[3] is rows[0].kv and 4 not in got.kv  # the shipped cache travels on
+    assert not inbox.offer(rows)  # closed by the cut
+
+
+def test_the_last_function_keeps_its_rows_when_told_to(
+    engine: HFEngine, prompts: list[list[int]]
+) -> None:
+    inbox = Inbox()
+    inbox.open()
+    inbox.cut_allowed = False
+    got = engine.generate(prompts, 1, 12, greedy=True, stop=_cut_after(1), inbox=inbox)
+    assert {s.finish_reason for s in got.samples} <= {"eos", "length"}
+
+
+def test_offers_from_another_thread_are_decoded_or_refused_never_lost(
+    engine: HFEngine, prompts: list[list[int]]
+) -> None:
+    cut = engine.generate(prompts, 1, 16, greedy=True, stop=_cut_after(2), ship_kv=True)
+    rows = _joiners(cut, prompts, [True] * len(prompts))
+    inbox = Inbox()
+    inbox.open()
+    accepted: list[int] = []
+
+    def offer() -> None:
+        for j in rows:
+            if inbox.offer([j]):
+                accepted.append(j.key)
+
+    thread = threading.Thread(target=offer)
+    thread.start()
+    got = engine.generate(prompts[:1], 1, 16, greedy=True, inbox=inbox)
+    thread.join()
+    assert got.joined == accepted  # every accepted sequence came back, in arrival order
+    assert all(s.finish_reason in ("eos", "length") for s in got.samples)
