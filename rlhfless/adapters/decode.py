@@ -67,12 +67,26 @@ class Inbox:
         self._lock = threading.Lock()
         self._rows: list[Joiner] = []
         self._open = False
-        self.cut_allowed = True  # False: this function keeps every row (it is the last one)
+        self.cut_requested = False  # the controller's cut: stop at the next step
+        self.progress: Progress | None = None  # the running generate's, after every step
 
     def open(self) -> None:
         with self._lock:
             self._open = True
-            self.cut_allowed = True
+            self.cut_requested = False
+            self.progress = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    def request_cut(self) -> bool:
+        """Ask the running generate to cut at its next step; False if none is running."""
+        with self._lock:
+            if not self._open:
+                return False
+            self.cut_requested = True
+            return True
 
     def offer(self, rows: Sequence[Joiner]) -> bool:
         with self._lock:
@@ -94,6 +108,16 @@ class Inbox:
             self._open = False
             rows, self._rows = self._rows, []
             return rows
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A running generate after a step: what a controller needs to plan a cut."""
+
+    finished: int  # rows done (EOS or length), own and joined
+    total: int  # rows, own and joined
+    own: list[tuple[int, int]]  # (own row, tokens so far) of each unfinished own row
+    joined: list[tuple[int, int]]  # (key, tokens so far) of each unfinished joiner
 
 
 @dataclass
@@ -196,6 +220,16 @@ def decode(
         full = torch.tensor([len(out.tokens[r]) >= max_new_tokens for r in rows], device=dev)
         ended = done | full
         finished += int(ended.sum())
+        if inbox is not None:
+            live = [
+                (r, len(out.tokens[r])) for r, e in zip(rows, ended.tolist(), strict=True) if not e
+            ]
+            inbox.progress = Progress(
+                finished,
+                len(out.tokens),
+                [(r, m) for r, m in live if r < n_own],
+                [(out.joined[r - n_own].key, m) for r, m in live if r >= n_own],
+            )
         if bool(ended.all()):
             joiners = inbox.take(final=True) if inbox is not None else []
             if not joiners:
@@ -204,8 +238,10 @@ def decode(
             cache, mask = cache_of(state.keys, state.values, model.config), state.mask
             logits, active, next_pos = state.logits, rows_for(joiners), state.mask.sum(-1)
             continue
-        may_cut = stop is not None and (inbox is None or inbox.cut_allowed)
-        if may_cut and stop(finished, len(out.tokens)):  # type: ignore[misc]
+        want_cut = inbox is not None and inbox.cut_requested
+        if not want_cut and stop is not None:
+            want_cut = stop(finished, len(out.tokens))
+        if want_cut:
             for r in active[~ended].tolist():
                 out.reasons[r] = "cut"
             if ship_kv:

@@ -67,6 +67,13 @@ class ScalingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     # (it consolidates stragglers after every function has cut; docs/scaling.md).
     cut: Literal["auto", "per_function", "global", "none"] = "none"
     cut_threshold: float = 0.7  # τ: finished/assigned at which a function is cut (paper: 0.7)
+    # A cut must not extend the rollout: a sequence moves only where its receiver is predicted
+    # to finish within the horizon (the latest predicted finish now). False: the paper's rule,
+    # any receiver with free slots (most free slots among those running long enough anyway).
+    # "auto" always plans with the guard.
+    cut_guard: bool = True
+    # How often the rollout stage reads the running functions' progress to plan a cut (s).
+    cut_poll_s: float = 0.05
     # τ values cut = "auto" tries (each costs one rollout simulation per margin scenario per
     # candidate within the bound); () = auto never cuts.
     auto_cut_thresholds: tuple[float, ...] = (0.9, 0.95)
@@ -117,6 +124,10 @@ class ScalingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         if not (math.isfinite(self.pack_slack) and self.pack_slack >= 0):
             raise BadScalingSetting("pack_slack", self.pack_slack, "a finite number >= 0")
         check_threshold(self.cut_threshold)
+        if not isinstance(self.cut_guard, bool):
+            raise BadScalingSetting("cut_guard", self.cut_guard, "true or false")
+        if not (isinstance(self.cut_poll_s, int | float) and 0.001 <= self.cut_poll_s <= 10):
+            raise BadScalingSetting("cut_poll_s", self.cut_poll_s, "seconds in [0.001, 10]")
         if (
             not isinstance(self.auto_cut_thresholds, tuple | list)
             or len(self.auto_cut_thresholds) > 8

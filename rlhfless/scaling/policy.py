@@ -218,7 +218,8 @@ class Scaler:
             return MigrationPlan(policy="none")
         if cut == "global":
             return plan_global_cut(progress, tau, self.transfer)
-        return plan_cut_and_migrate(progress, tau, self.transfer, self.throughput.params())
+        params = self.throughput.params() if cfg.cut_guard or cfg.cut == "auto" else None
+        return plan_cut_and_migrate(progress, tau, self.transfer, params)
 
     # ------------------------------------------------------------------ after a rollout
 

@@ -354,7 +354,11 @@ class Pipeline:
             self.rt.stats.warm_starts - stats0[1],
             self.retries - stats0[2],
         )
-        functions = {"rollout": rollout.functions + rollout.resumed, "reward": 1, "train": 1}
+        functions = {
+            "rollout": rollout.functions + rollout.resume_functions,
+            "reward": 1,
+            "train": 1,
+        }
         if use_ref:
             functions["reference"] = 1
         if ppo:
@@ -388,6 +392,10 @@ class Pipeline:
                 "policy": rollout.policy,
                 "functions": rollout.functions,
                 "migrated": rollout.migrated,
+                # functions that continued them: running ones that took them in, plus any
+                # started only to resume what none took
+                "resumed": rollout.resumed,
+                "resume_functions": rollout.resume_functions,
                 # how the cut sequences moved (rollout_stage.py): KV shipped vs re-prefilled
                 "ship_kv_migrations": rollout.ship_kv_migrations,
                 "reprefill_migrations": rollout.reprefill_migrations,

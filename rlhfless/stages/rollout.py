@@ -1,8 +1,10 @@
 """The rollout stage: sample G responses per prompt with the current policy weights.
 
 With cut-and-migrate on, a function stops once ``cut_threshold`` of its sequences have finished
-and returns the others cut, tokens so far kept; the pipeline resumes them together on fewer
-functions (:meth:`RolloutActor.resume`), which continue them to the end. Nothing is truncated.
+and returns the others cut, tokens so far kept. The stage hands them at once to a function that
+is still generating (:meth:`RolloutActor.admit`): they join its running batch and come back
+with its result (``adapters/decode.py``). Where none takes them (all have ended), they are
+resumed together on one function (:meth:`RolloutActor.resume`). Nothing is truncated.
 
 Each function's cut is one migration: given the stage's ``TransferParams`` (``ship_kv``), the
 function asks :meth:`~rlhfless.scaling.transfer.TransferParams.choose` whether shipping its cut
@@ -12,12 +14,14 @@ then (``adapters/kv_transfer.py``), so a cache that would be recomputed anyway n
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
 import msgspec
 import torch
 
+from rlhfless.adapters.decode import Inbox, Joiner
 from rlhfless.adapters.hf import Generation, HFEngine, Sample
 from rlhfless.scaling.transfer import TransferParams
 from rlhfless.stages.common import DTYPES
@@ -35,21 +39,23 @@ def _pack(gen: Generation, version: int) -> dict[str, Any]:
         "prefill_seconds": gen.prefill_seconds,
         "decode_seconds": gen.decode_seconds,
         "steps": max((len(s.token_ids) for s in gen.samples), default=0),
-        "kv_tokens": gen.kv_tokens,  # resume: state tokens that arrived as a shipped cache
+        "kv_tokens": gen.kv_tokens,  # resume / joiners: state tokens that arrived shipped
+        "joined": list(gen.joined),
+        "joined_prefill": gen.joined_prefill_tokens,  # joiners' state tokens re-prefilled here  # keys of samples[len(own):], sequences that joined here
     }
 
 
 def _migration(
-    prompts: list[list[int]], gen: Generation, transfer: TransferParams | None
+    prompt_len: list[int], gen: Generation, transfer: TransferParams | None
 ) -> dict[str, Any] | None:
-    """This function's cut as one migration: its state tokens and how they move (None: no cut)."""
+    """This function's cut as one migration: its state tokens and how they move (None: no cut).
+
+    ``prompt_len[r]``: the prompt length of sample r (own samples and joiners alike)."""
     cut = [r for r, s in enumerate(gen.samples) if s.finish_reason == "cut"]
     if not cut:
         return None
     # The receiver needs the KV of prompt + tokens[:-1]; the last token is fed there either way.
-    tokens = sum(
-        len(prompts[gen.samples[r].prompt_index]) + len(gen.samples[r].token_ids) - 1 for r in cut
-    )
+    tokens = sum(prompt_len[r] + len(gen.samples[r].token_ids) - 1 for r in cut)
     method = "reprefill"
     if transfer is not None and all(r in gen.kv for r in cut):
         method, _ = transfer.choose(tokens)
@@ -61,6 +67,8 @@ class RolloutActor:
     """Hosts an engine; receives versioned weights; never mixes versions within one call."""
 
     def __init__(self, model_dir: str, dtype: str = "float32", engine: str = "hf") -> None:
+        self.inbox = Inbox()
+        self._joiner_prompts: dict[int, int] = {}  # key -> prompt length of an admitted sequence
         if engine == "hf":
             self.engine = HFEngine.load(model_dir, dtype=DTYPES[dtype])
         elif engine == "vllm":  # imported here: vLLM lives in its own venv (docs/vllm.md)
@@ -93,7 +101,7 @@ class RolloutActor:
         self.engine.load_state_dict(load(version), version)
         return version
 
-    def generate(
+    async def generate(
         self,
         prompts: list[list[int]],
         group_size: int,
@@ -104,8 +112,12 @@ class RolloutActor:
         greedy: bool = False,
         cut_threshold: float | None = None,
         ship_kv: dict[str, float] | None = None,
+        join: bool = False,
     ) -> dict[str, Any]:
-        """``ship_kv``: the stage's ``TransferParams`` (as a dict); None never ships a cache."""
+        """``ship_kv``: the stage's ``TransferParams`` (as a dict); None never ships a cache.
+
+        ``join``: other functions' cut sequences may join this call while it runs (:meth:`admit`);
+        they come back after the own samples, ``joined`` naming their keys."""
         stop = None
         if cut_threshold is not None:
             # Cut once this share of the function's sequences is done (the paper's per-function
@@ -114,16 +126,59 @@ class RolloutActor:
             stop = lambda finished, total: finished >= need and finished < total  # noqa: E731
         transfer = None
         kw: dict[str, Any] = {}
-        if ship_kv is not None and stop is not None and isinstance(self.engine, HFEngine):
+        if ship_kv is not None and isinstance(self.engine, HFEngine):
             transfer = msgspec.convert(ship_kv, TransferParams)
             kw["ship_kv"] = True  # export the cut rows' KV; shipped if choose() says so
-        gen = self.engine.generate(
-            prompts, group_size, max_new_tokens, temperature=temperature, seed=seed,
-            greedy=greedy, shared_prefix=shared_prefix, stop=stop, **kw,
+        if join and isinstance(self.engine, HFEngine):  # vLLM: no joining, admit() refuses
+            # Opened here, on the event loop, before the decode starts on a worker thread: an
+            # admit() sent right after this call is handled after this point, so it is taken.
+            self.inbox.open()
+            kw["inbox"] = self.inbox
+        gen = await asyncio.to_thread(
+            self.engine.generate, prompts, group_size, max_new_tokens, temperature=temperature,
+            seed=seed, greedy=greedy, shared_prefix=shared_prefix, stop=stop, **kw,
         )  # fmt: skip
         out = _pack(gen, self.engine.version)
-        out["migration"] = _migration(prompts, gen, transfer)
+        lens = [len(prompts[s.prompt_index]) for s in gen.samples[: len(prompts) * group_size]]
+        lens += [self._joiner_prompts.pop(key) for key in gen.joined]
+        out["migration"] = _migration(lens, gen, transfer)
         return out
+
+    async def admit(self, rows: list[dict[str, Any]]) -> bool:
+        """Cut sequences of another function, to continue inside the running :meth:`generate`.
+
+        Each row: ``key``, ``prompt`` (ids), ``token_ids``, ``logprobs``, ``seed`` and ``kv``
+        (the shipped cache, or None to re-prefill). False: no generate is running here (or it
+        is ending); the rows were not taken and must go elsewhere.
+        """
+        joiners = [
+            Joiner(
+                key=int(r["key"]),
+                prompt=list(r["prompt"]),
+                partial=Sample(-1, list(r["token_ids"]), list(r["logprobs"]), "cut"),
+                kv=r.get("kv"),
+                seed=int(r["seed"]),
+            )
+            for r in rows
+        ]
+        for j in joiners:  # before the offer: the generate may take them at once
+            self._joiner_prompts[j.key] = len(j.prompt)
+        if self.inbox.offer(joiners):
+            return True
+        for j in joiners:
+            self._joiner_prompts.pop(j.key, None)
+        return False
+
+    async def progress(self) -> dict[str, Any] | None:
+        """The running generate's progress after its last step (None: none running yet)."""
+        p = self.inbox.progress if self.inbox.is_open else None
+        if p is None:
+            return None
+        return {"finished": p.finished, "total": p.total, "own": p.own, "joined": p.joined}
+
+    async def cut_now(self) -> bool:
+        """Cut the running generate at its next step (the controller's plan); False: none runs."""
+        return self.inbox.request_cut()
 
     def resume(
         self,

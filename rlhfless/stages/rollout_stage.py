@@ -1,10 +1,19 @@
-"""The rollout stage as the pipeline runs it: plan (scaler) -> generate on k functions ->
-resume cut sequences on fewer functions -> observe (the scaler learns lengths and speeds).
+"""The rollout stage as the pipeline runs it: plan (scaler) -> generate on k functions, with
+cuts as the plan makes them -> observe (the scaler learns lengths and speeds).
 
-A cut function's sequences move to the resume function either as their KV caches or by
-re-prefill there, whichever :class:`~rlhfless.scaling.transfer.TransferParams` says is faster
-(:meth:`transfer`: KV bytes per token from the model config, bandwidth and latency from
-``[rollout]``, the prefill rate the scaler has measured); the outcome counts both.
+Cut-and-migrate runs the way the scaler and the simulator model it. While the functions
+generate, the controller reads their progress every ``scaling.cut_poll_s`` and asks
+``Scaler.migration`` which functions to cut and where each unfinished sequence goes (the
+horizon guard included, unless ``scaling.cut_guard = false``). A function told to cut stops at
+its next step and returns; its unfinished sequences, tokens so far kept, join the running
+batches of their planned receivers (``RolloutActor.admit``, ``adapters/decode.py``), which carry
+them to the end with their own rows, and the cut function is released at once. Sequences that no
+running function takes (all were ending) are resumed together on one function afterwards.
+
+A cut sequence's state moves as its KV cache or by re-prefill at the receiver, whichever
+:class:`~rlhfless.scaling.transfer.TransferParams` says is faster (:meth:`transfer`: KV bytes
+per token from the model config, bandwidth and latency from ``[rollout]``, the prefill rate the
+scaler has measured); the outcome counts both.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,12 +30,14 @@ import msgspec
 
 from rlhfless.cost_models import Lifetime
 from rlhfless.scaling import Scaler, TransferParams, kv_bytes_per_token
+from rlhfless.scaling.migrate import FunctionProgress, SequenceProgress
 
 if TYPE_CHECKING:
     from rlhfless.stages.pipeline import Pipeline
     from rlhfless.stages.tasks import Prompt
 
 ROLLOUT = "rlhfless.stages.rollout:RolloutActor"
+log = logging.getLogger("rlhfless.rollout")
 
 
 class RolloutOutcome(msgspec.Struct, kw_only=True):
@@ -37,9 +49,12 @@ class RolloutOutcome(msgspec.Struct, kw_only=True):
     decode_tokens: int
     functions: int  # generate functions (the resume function, if any, is counted in `resumed`)
     migrated: int  # sequences cut and continued on another function
-    resumed: int  # functions that continued cut sequences (0 or 1)
+    # Functions that continued cut sequences: generate functions that took them into their
+    # running batch, plus a resume function for any that none took.
+    resumed: int
+    resume_functions: int = 0  # of those, functions started only to resume (none took them)
     # How the cut sequences moved: migrations (one per cutting function) by method, and the
-    # state tokens that arrived as a shipped KV cache vs were re-prefilled on the resume function.
+    # state tokens that arrived as a shipped KV cache vs were re-prefilled where they continued.
     ship_kv_migrations: int = 0
     reprefill_migrations: int = 0
     kv_shipped_tokens: int = 0
@@ -49,6 +64,45 @@ class RolloutOutcome(msgspec.Struct, kw_only=True):
     predicted_usd: float
     seconds: float  # measured makespan of the stage
     usd: float  # the stage's function leases priced under the scaler's cost model
+    function_seconds: float = 0.0  # the stage's function leases added up (spawn to release)
+
+
+class _Batch:
+    """The stage's samples as the functions' replies come in (group-major sample index)."""
+
+    def __init__(self, n: int) -> None:
+        self.response_ids: list[list[int]] = [[] for _ in range(n)]
+        self.logprobs: list[Any] = [None] * n
+        self.finish = [""] * n
+        self.calls: list[dict[str, Any]] = []  # every generate / resume reply
+
+    def absorb(self, part: dict[str, Any], own: list[int]) -> list[tuple[int, int]]:
+        """Take a reply's samples (own rows, then joiners by key); (key, row) of those cut."""
+        keys = [*own, *part.get("joined", [])]
+        cut = []
+        for r, (k, ids, lp, why) in enumerate(
+            zip(keys, part["response_ids"], part["logprobs"], part["finish"], strict=True)
+        ):
+            self.response_ids[k], self.logprobs[k], self.finish[k] = ids, lp, why
+            if why == "cut":
+                cut.append((k, r))
+        return cut
+
+
+class _Moves:
+    """Cut sequences handed over: where each one is now, and what the moves cost."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, dict[str, Any]] = {}  # key -> the row last handed over
+        self.dest: dict[int, int] = {}  # key -> the function the cut's plan sends it to
+        self.receivers: set[int] = set()
+        self.methods: list[str] = []  # one per hand-over (a function's cut)
+        self.resumed = 0  # resume functions started for what no running function took
+        self.reprefill_tokens = 0  # state tokens the resume function re-prefilled
+
+    def unfinished(self, batch: _Batch) -> list[int]:
+        """Keys still cut once every function replied (nobody took them, or the taker died)."""
+        return [k for k in self.rows if batch.finish[k] == "cut"]
 
 
 def seed_of(*parts: object) -> int:
@@ -113,57 +167,69 @@ class RolloutStage:
         args = self.actor_args()
         transfer = self.transfer() if cut is not None else None
         ship_kv = msgspec.to_builtins(transfer) if transfer is not None else None
+        batch = _Batch(len(prompt_ids) * g)
+        moves = _Moves()
+        running: dict[int, Any] = {}  # function index -> handle, while its generate runs
+        tasks: dict[asyncio.Task[dict[str, Any]], int] = {}
+        # Receivers are tried longest predicted work first: they run long enough anyway.
+        work = [sum(plan.predicted_lengths[i] for i in rows) for rows in groups]
+        owners = [[i * g + s for i in rows for s in range(g)] for rows in groups]
 
         async def run_function(index: int, rows: list[int]) -> dict[str, Any]:
-            async def work(h: Any) -> dict[str, Any]:
+            async def on(h: Any) -> dict[str, Any]:
                 started.append(h.pid)
                 if p.on_rollout_started is not None and len(started) == len(groups):
                     p.on_rollout_started(list(started))
                 await self._prepare(h)
-                return await h.generate(
-                    [prompt_ids[i] for i in rows], g, cfg.max_new_tokens, cfg.temperature,
-                    seed_of(p.cfg.run.seed, step, index), cfg.shared_prefix, cfg.greedy, cut,
-                    ship_kv=ship_kv,
-                )  # fmt: skip
+                running[index] = h
+                try:  # cuts are the controller's (_watch): none is decided inside a function
+                    return await h.generate(
+                        [prompt_ids[i] for i in rows], g, cfg.max_new_tokens, cfg.temperature,
+                        seed_of(p.cfg.run.seed, step, index), cfg.shared_prefix, cfg.greedy, None,
+                        ship_kv=ship_kv, join=cut is not None,
+                    )  # fmt: skip
+                finally:
+                    running.pop(index, None)
 
-            return await p._with_function(ROLLOUT, args, "rollout", work, leases=leases)
+            return await p._with_function(ROLLOUT, args, "rollout", on, leases=leases)
 
-        parts = await asyncio.gather(*(run_function(i, rows) for i, rows in enumerate(groups)))
-        n = len(prompt_ids) * g
-        response_ids: list[list[int]] = [[] for _ in range(n)]
-        logprobs: list[Any] = [None] * n
-        finish = [""] * n
-        cut_at: list[int] = []  # global sample index of every cut sequence
-        kv_at: dict[int, Any] = {}  # global sample index -> its shipped KV cache
-        methods: list[str] = []  # one per migration (a function that cut)
-        for rows, part in zip(groups, parts, strict=True):
-            self._check_version(part)
-            move = part.get("migration")
-            if move is not None:
-                methods.append(move["method"])
-            for j, (ids, lp, why) in enumerate(
-                zip(part["response_ids"], part["logprobs"], part["finish"], strict=True)
-            ):
-                k = rows[j // g] * g + j % g
-                response_ids[k], logprobs[k], finish[k] = ids, lp, why
-                if why == "cut":
-                    cut_at.append(k)
-                    if move is not None and move["kv"] is not None:
-                        kv_at[k] = move["kv"][j]
-        extra = [parts[0]] if not cut_at else []
-        if cut_at:  # consolidate every function's stragglers on one function; the rest are free
-            kv = [kv_at.get(k) for k in cut_at] if kv_at else None
-            resumed = await self._resume(
-                step, prompt_ids, cut_at, response_ids, logprobs, leases, kv
+        for i, rows in enumerate(groups):
+            tasks[asyncio.create_task(run_function(i, rows))] = i
+        watch = None
+        if cut is not None:
+            watch = asyncio.create_task(
+                self._watch(running, owners, prompt_ids, plan.predicted_lengths, moves)
             )
+        try:
+            while tasks:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    i = tasks.pop(task)
+                    part = task.result()
+                    self._check_version(part)
+                    batch.calls.append(part)
+                    stragglers = batch.absorb(part, owners[i])
+                    if stragglers:
+                        rows = self._rows(step, prompt_ids, stragglers, part, batch)
+                        await self._hand_over(rows, running, work, moves)
+        finally:
+            for task in [*tasks, *([watch] if watch is not None else [])]:
+                task.cancel()
+            await asyncio.gather(*tasks, *([watch] if watch else []), return_exceptions=True)
+        left = moves.unfinished(batch)  # taken by no one, or by a function that died since
+        if left:
+            kv = [moves.rows[k].get("kv") for k in left]
+            resumed = await self._resume(
+                step, prompt_ids, left, batch.response_ids, batch.logprobs, leases,
+                kv if any(x is not None for x in kv) else None,
+            )  # fmt: skip
             self._check_version(resumed)
-            for k, ids, lp, why in zip(
-                cut_at, resumed["response_ids"], resumed["logprobs"], resumed["finish"], strict=True
-            ):
-                response_ids[k], logprobs[k], finish[k] = ids, lp, why
-            extra = [resumed]
+            batch.calls.append(resumed)
+            batch.absorb({**resumed, "joined": list(left)}, [])
+            moves.resumed += 1
+            moves.reprefill_tokens += resumed["prefill_tokens"]
         seconds = time.perf_counter() - t0
-        calls = [*parts, *(extra if cut_at else [])]
+        response_ids, calls = batch.response_ids, batch.calls
         self.scaler.observe(
             [q.id for q in prompts],
             [[len(response_ids[i * g + s]) for s in range(g)] for i in range(len(prompts))],
@@ -176,17 +242,134 @@ class RolloutStage:
         )
         self.warm = len(groups)
         return RolloutOutcome(
-            response_ids=response_ids, logprobs=logprobs, finish=finish,
+            response_ids=response_ids, logprobs=batch.logprobs, finish=batch.finish,
             prefill_tokens=sum(c["prefill_tokens"] for c in calls),
             prefill_saved=sum(c.get("prefill_saved", 0) for c in calls),
             decode_tokens=sum(c["decode_tokens"] for c in calls),
-            functions=len(groups), migrated=len(cut_at), resumed=1 if cut_at else 0,
-            ship_kv_migrations=methods.count("ship_kv"),
-            reprefill_migrations=methods.count("reprefill"),
-            kv_shipped_tokens=extra[0].get("kv_tokens", 0) if cut_at else 0,
-            reprefill_tokens=extra[0]["prefill_tokens"] if cut_at else 0,
+            functions=len(groups), migrated=len(moves.rows),
+            resumed=len(moves.receivers) + moves.resumed, resume_functions=moves.resumed,
+            ship_kv_migrations=moves.methods.count("ship_kv"),
+            reprefill_migrations=moves.methods.count("reprefill"),
+            kv_shipped_tokens=sum(c.get("kv_tokens", 0) for c in calls),
+            reprefill_tokens=moves.reprefill_tokens + sum(c.get("joined_prefill", 0) for c in calls),
             policy=plan.policy, predicted_seconds=plan.predicted_seconds, predicted_usd=plan.predicted_usd,
-            seconds=seconds, usd=self._price(leases),
+            seconds=seconds, usd=self._price(leases), function_seconds=sum(t for t, _ in leases),
+        )  # fmt: skip
+
+    def _rows(
+        self,
+        step: int,
+        prompt_ids: list[list[int]],
+        stragglers: list[tuple[int, int]],
+        part: dict[str, Any],
+        batch: _Batch,
+    ) -> list[dict[str, Any]]:
+        """What another function needs to continue each cut sequence (key, sample row)."""
+        g = self.p.cfg.train.group_size
+        move = part.get("migration") or {}
+        shipped = move.get("kv") if move.get("method") == "ship_kv" else None
+        return [
+            {
+                "key": k,
+                "prompt": prompt_ids[k // g],
+                "token_ids": batch.response_ids[k],
+                "logprobs": [float(x) for x in batch.logprobs[k]],
+                "seed": seed_of(self.p.cfg.run.seed, step, "sequence", k),
+                "kv": shipped[r] if shipped is not None else None,
+            }
+            for k, r in stragglers
+        ]
+
+    async def _hand_over(
+        self,
+        rows: list[dict[str, Any]],
+        running: dict[int, Any],
+        work: list[float],
+        moves: _Moves,
+    ) -> None:
+        """Into the running batches of functions still generating: where the cut's plan sent
+        each sequence, else the one with the longest predicted work. What every one refuses
+        (all ending) waits for the resume after the stage."""
+        moves.methods.append("ship_kv" if any(r["kv"] is not None for r in rows) else "reprefill")
+        by_dest: dict[int | None, list[dict[str, Any]]] = {}
+        for row in rows:
+            moves.rows[row["key"]] = row
+            by_dest.setdefault(moves.dest.pop(row["key"], None), []).append(row)
+        for dest, some in by_dest.items():
+            order = sorted(running, key=lambda i: -work[i])
+            if dest in order:
+                order.remove(dest)
+                order.insert(0, dest)
+            for index in order:
+                h = running.get(index)
+                if h is None:
+                    continue
+                try:
+                    taken = await h.admit(some)
+                except Exception as exc:  # it died meanwhile: its own retry does not carry these
+                    log.warning("rollout function %s could not take stragglers: %s", index, exc)
+                    continue
+                if taken:
+                    moves.receivers.add(index)
+                    break
+
+    async def _watch(
+        self,
+        running: dict[int, Any],
+        owners: list[list[int]],
+        prompt_ids: list[list[int]],
+        predicted: list[float],
+        moves: _Moves,
+    ) -> None:
+        """The cut as the scaler plans it (``Scaler.migration``), on the functions' live
+        progress: every ``scaling.cut_poll_s`` ask the running functions how far they are, let the
+        plan pick functions to cut and where each of their unfinished sequences goes, and cut
+        them. Their sequences then join the planned receivers (:meth:`_hand_over`)."""
+        g = self.p.cfg.train.group_size
+        cut: set[int] = set()
+        while True:
+            await asyncio.sleep(self.scaler.config.cut_poll_s)
+            live = {i: h for i, h in running.items() if i not in cut}
+            if len(live) < 2:
+                continue
+            replies = await asyncio.gather(
+                *(h.progress() for h in live.values()), return_exceptions=True
+            )
+            now = [
+                self._progress(i, r, owners[i], prompt_ids, predicted, g)
+                for i, r in zip(live, replies, strict=True)
+                if isinstance(r, dict)
+            ]
+            plan = self.scaler.migration(now)
+            for fid in plan.cut:
+                h = running.get(int(fid))
+                if h is not None and await h.cut_now():
+                    cut.add(int(fid))
+                    moves.dest.update(
+                        {m.seq_id: int(m.dest) for m in plan.moves if m.source == fid}
+                    )
+
+    def _progress(
+        self,
+        index: int,
+        reply: dict[str, Any],
+        own: list[int],
+        prompt_ids: list[list[int]],
+        predicted: list[float],
+        g: int,
+    ) -> FunctionProgress:
+        def seq(key: int, produced: int) -> SequenceProgress:
+            left = max(predicted[key // g] - produced, 1.0)  # past its prediction: not done
+            return SequenceProgress(
+                seq_id=key, prompt_tokens=len(prompt_ids[key // g]), produced=produced,
+                predicted_remaining=left,
+            )  # fmt: skip
+
+        unfinished = [seq(own[r], m) for r, m in reply["own"]]
+        unfinished += [seq(key, m) for key, m in reply["joined"]]
+        return FunctionProgress(
+            function_id=str(index), assigned=reply["total"], finished=reply["finished"],
+            unfinished=tuple(unfinished), max_batch=self.scaler.throughput.params().max_batch,
         )  # fmt: skip
 
     async def _resume(

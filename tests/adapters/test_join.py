@@ -124,14 +124,27 @@ def test_a_generate_that_cuts_returns_unstarted_joiners_cut_and_unchanged(
     assert not inbox.offer(rows)  # closed by the cut
 
 
-def test_the_last_function_keeps_its_rows_when_told_to(
+def test_a_requested_cut_stops_at_the_next_step_and_reports_progress_before(
     engine: HFEngine, prompts: list[list[int]]
 ) -> None:
-    inbox = Inbox()
+    class CutAt(Inbox):
+        def take(self, final: bool = False) -> list[Joiner]:
+            if self.progress is not None and self.progress.total - self.progress.finished > 0:
+                if len(self.seen) == 4:
+                    self.request_cut()
+                self.seen.append(self.progress)
+            return super().take(final)
+
+    inbox = CutAt()
+    inbox.seen = []
     inbox.open()
-    inbox.cut_allowed = False
-    got = engine.generate(prompts, 1, 12, greedy=True, stop=_cut_after(1), inbox=inbox)
-    assert {s.finish_reason for s in got.samples} <= {"eos", "length"}
+    got = engine.generate(prompts, 1, 12, greedy=True, inbox=inbox)
+    assert {s.finish_reason for s in got.samples} == {"cut"}
+    assert [len(s.token_ids) for s in got.samples] == [6] * len(prompts)
+    last = inbox.seen[-1]  # after step 5: every row unfinished, 5 tokens each
+    assert last.finished == 0 and last.total == len(prompts) and last.joined == []
+    assert last.own == [(r, 5) for r in range(len(prompts))]
+    assert not inbox.request_cut()  # the generate ended: nothing to cut
 
 
 def test_offers_from_another_thread_are_decoded_or_refused_never_lost(

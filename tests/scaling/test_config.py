@@ -25,6 +25,9 @@ def test_defaults_are_the_fixed_baseline() -> None:
         ("predictor_alpha", 0.0, "predictor_alpha"),
         ("within_fraction", -0.1, "within_fraction"),
         ("pack_headroom", 1.0, "pack_headroom"),
+        ("cut_guard", "yes", "cut_guard"),
+        ("cut_poll_s", 0.0, "cut_poll_s"),
+        ("cut_poll_s", 60.0, "cut_poll_s"),
     ],
 )
 def test_bad_settings_are_rejected_with_the_field_named(

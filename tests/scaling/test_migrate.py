@@ -143,3 +143,22 @@ def test_a_plan_never_loses_or_duplicates_a_sequence(
     # Someone with work keeps running.
     working = {f.function_id for f in fs if f.unfinished}
     assert not working or working - cut
+
+
+def test_the_scaler_cuts_past_the_horizon_only_without_the_guard() -> None:
+    """Two functions: moving A's stragglers onto B always lengthens B, the one that sets the
+    horizon, a little (its per-sequence step cost): the guard keeps A; the paper's rule cuts it."""
+    from rlhfless.scaling import Scaler, ScalingConfig
+
+    progress = [
+        fn("a", 8, 6, [(0, 30, 5.0), (1, 30, 5.0)]),
+        fn("b", 8, 1, [(10 + i, 5, 60.0) for i in range(7)]),
+    ]
+    plans = {}
+    for guard in (True, False):
+        cfg = ScalingConfig(
+            policy="rlhfless", cut="per_function", cut_threshold=0.7, cut_guard=guard
+        )
+        plans[guard] = Scaler(cfg, slots=2).migration(progress)
+    assert plans[True].cut == [] and "horizon" in plans[True].reasons["a"]
+    assert plans[False].cut == ["a"] and {m.dest for m in plans[False].moves} == {"b"}
