@@ -9,7 +9,7 @@ change them beyond a joiner's own seeded generator). The tiny model samples EOS 
 probability per step, so response lengths are roughly geometric, capped at
 ``--max-new-tokens``: a long tail, the workload cuts are for.
 
-Settings (``scaling.*``; all ``policy = rlhfless``, ``k`` = ``--functions``, LPT assignment):
+Settings (``scaling.*``; all ``policy = rlhfless``, k fixed at ``--functions``, LPT assignment):
 
 * ``none``: no cut: every function runs to its own last sequence.
 * ``paper@τ``: per-function cut at τ without the horizon guard (``cut_guard = false``): a
@@ -70,7 +70,8 @@ async def measure(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         f"rollout.max_new_tokens={args.max_new_tokens}",
         f"rollout.functions={args.functions}",
         "scaling.policy=rlhfless",
-        f"scaling.k={args.functions}",
+        f"scaling.k_min={args.functions}",
+        f"scaling.k_max={args.functions}",
         "scaling.assign=lpt",
         "scaling.margin_scenarios=0",
         f"scaling.cut_poll_s={args.poll}",

@@ -10,10 +10,12 @@ joiner's decode state (its shipped KV, or a re-prefill of prompt + partial respo
 them together. Rotary keys carry their positions, so padding columns in between change nothing:
 only each row's mask and next position matter, as for prompts of different lengths.
 
-Sampling: the function's own rows draw from its seeded generator exactly as without joiners
-(joiners never take a draw from it), and each joiner draws from its own generator, seeded by the
-sender per sequence, so where and when a straggler joins does not decide its tokens beyond
-numerics. Under greedy decoding a joined sequence equals the uncut one token for token.
+Sampling: every row draws from a generator of its own, seeded from the call's seed and the
+row's index, and a cut row's generator state travels with it (``Decoded.rng``, then
+``Joiner.rng`` or ``resume(rng=...)``). A sequence therefore draws the same random numbers
+wherever it runs and whoever shares its batch: cut or not, moved or not, it comes out as the
+same sequence (up to float summation order in a batch of another shape), under greedy decoding
+and under sampling alike.
 
 A generate that ends (every row done) closes its inbox atomically with taking what is left, so
 an offer is either refused (the caller routes the sequences elsewhere) or decoded to the end: a
@@ -52,7 +54,7 @@ class Joiner:
     prompt: list[int]
     partial: Sample  # tokens and log-probs so far; at least one token
     kv: torch.Tensor | None = None  # shipped KV of prompt + tokens[:-1]; None: re-prefill here
-    seed: int = 0  # its own sampling generator's seed
+    rng: torch.Tensor | None = None  # its sampling generator's state at the cut (sampling)
 
 
 class Inbox:
@@ -133,6 +135,7 @@ class Decoded:
     joined_prefill_seconds: float = 0.0
     kv_tokens: int = 0  # joiners' tokens whose KV arrived shipped
     shipped: dict[int, Any] = field(default_factory=dict)  # row -> exported KV of a cut row
+    rng: dict[int, torch.Tensor] = field(default_factory=dict)  # row -> generator state at a cut
 
 
 def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -162,12 +165,16 @@ def decode(
     max_new_tokens: int,
     temp: float,
     greedy: bool,
-    gen: torch.Generator | None,
+    seed: int,
     stop: Callable[[int, int], bool] | None = None,
     ship_kv: bool = False,
     inbox: Inbox | None = None,
+    rng: Sequence[torch.Tensor | None] | None = None,
 ) -> Decoded:
-    """Decode rows ``src`` (prefix rows of ``pre``) to EOS or ``max_new_tokens``, with joiners."""
+    """Decode rows ``src`` (prefix rows of ``pre``) to EOS or ``max_new_tokens``, with joiners.
+
+    Sampling: row r draws from a generator seeded by ``(seed, r)``, or restored from
+    ``rng[r]`` (a cut row's state, continued here)."""
     model, dev = engine.model, engine.device
     index = torch.tensor(src, dtype=torch.long, device=dev)
     cache = pre.cache_for(index, model.config)
@@ -177,7 +184,10 @@ def decode(
     n_own = len(src)
     out = Decoded(tokens=[[] for _ in src], logprobs=[[] for _ in src], reasons=["length"] * n_own)
     start = [0] * n_own  # tokens a row had when it came in (a joiner's partial response)
-    gens: dict[int, torch.Generator] = {}  # joiner row -> its own generator
+    gens: dict[int, torch.Generator] = {}  # row -> its own generator (sampling only)
+    if not greedy:
+        for r in range(n_own):
+            gens[r] = _generator(dev, row_seed(seed, r), rng[r] if rng is not None else None)
     active = torch.arange(n_own, device=dev)  # row of each batch position
     next_pos = mask.sum(-1)  # positions count real tokens only (left padding)
     finished = 0
@@ -197,9 +207,8 @@ def decode(
             start.append(len(j.partial.token_ids))
             if j.kv is not None:
                 out.kv_tokens += kv_tokens(j.kv)
-            if not greedy:
-                gens[r] = torch.Generator(device=dev)
-                gens[r].manual_seed(j.seed)
+            if not greedy:  # the sender's stream goes on; a fresh one only if none came
+                gens[r] = _generator(dev, row_seed(seed, 1_000_000 + j.key), j.rng)
         return state
 
     def rows_for(joiners: list[Joiner]) -> torch.Tensor:
@@ -208,7 +217,7 @@ def decode(
 
     while True:
         scores = torch.log_softmax(logits.float() / temp, dim=-1)
-        tok = scores.argmax(-1) if greedy else _sample(scores, active, n_own, gen, gens)
+        tok = scores.argmax(-1) if greedy else _sample(scores, active, gens)
         lp = scores.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
         done = torch.isin(tok, eos)
         rows = active.tolist()
@@ -246,6 +255,7 @@ def decode(
                 out.reasons[r] = "cut"
             if ship_kv:
                 out.shipped = export_rows(cache, mask, active, ~ended)
+            out.rng = {r: gens[r].get_state() for r in active[~ended].tolist() if r in gens}
             for j in inbox.close() if inbox is not None else []:  # not started: cut as is
                 r = len(out.tokens)
                 out.tokens.append(list(j.partial.token_ids))
@@ -255,6 +265,8 @@ def decode(
                 start.append(len(j.partial.token_ids))
                 if j.kv is not None:
                     out.shipped[r] = j.kv
+                if j.rng is not None:
+                    out.rng[r] = j.rng
             break
         if bool(ended.any()):
             # Drop finished rows from the batch (and their KV): long-tailed lengths leave most
@@ -283,21 +295,27 @@ def decode(
 
 
 def _sample(
-    scores: torch.Tensor,
-    active: torch.Tensor,
-    n_own: int,
-    gen: torch.Generator | None,
-    gens: dict[int, torch.Generator],
+    scores: torch.Tensor, active: torch.Tensor, gens: dict[int, torch.Generator]
 ) -> torch.Tensor:
-    """Own rows from the function's generator (as if no joiner were there), each joiner from
-    its own."""
-    own = active < n_own
-    if bool(own.all()):
-        return torch.multinomial(scores.exp(), 1, generator=gen).squeeze(-1)
-    tok = torch.empty(len(active), dtype=torch.long, device=scores.device)
-    if bool(own.any()):
-        tok[own] = torch.multinomial(scores[own].exp(), 1, generator=gen).squeeze(-1)
-    for b in (~own).nonzero().squeeze(-1).tolist():
-        draw = torch.multinomial(scores[b : b + 1].exp(), 1, generator=gens[int(active[b])])
-        tok[b] = draw[0, 0]
-    return tok
+    """One token per row, each from the row's own generator."""
+    probs = scores.exp()
+    return torch.cat(
+        [torch.multinomial(probs[b], 1, generator=gens[r]) for b, r in enumerate(active.tolist())]
+    )
+
+
+def row_seed(seed: int, row: int) -> int:
+    """A row's generator seed: distinct rows, distinct streams (splitmix64 of seed and row)."""
+    x = (seed * 0x9E3779B97F4A7C15 + row + 1) & 0xFFFF_FFFF_FFFF_FFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFF_FFFF_FFFF_FFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFF_FFFF_FFFF_FFFF
+    return (x ^ (x >> 31)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _generator(dev: torch.device, seed: int, state: torch.Tensor | None) -> torch.Generator:
+    g = torch.Generator(device=dev)
+    if state is not None:
+        g.set_state(state)
+    else:
+        g.manual_seed(seed)
+    return g

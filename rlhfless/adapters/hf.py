@@ -95,6 +95,9 @@ class Generation(msgspec.Struct):
     # Keys of the sequences that joined this generate (adapters/decode.py), in the order of
     # ``samples[len(prompts) * group_size:]``.
     joined: list[int] = []
+    joined_prefill_tokens: int = 0  # joiners' prompt + partial tokens re-prefilled here
+    # Sampling: sample index -> its generator state at a cut (continue with resume(rng=...)).
+    rng: dict[int, Any] = {}
 
 
 class HFTokenizer:
@@ -276,6 +279,7 @@ class HFEngine:
         min_common_prefix: int | None = DEFAULT_MIN_COMMON_PREFIX,
         ship_kv: bool = False,
         inbox: Inbox | None = None,
+        rng: Sequence[torch.Tensor | None] | None = None,
     ) -> Generation:
         """Sample ``group_size`` responses per prompt (token ids, not text).
 
@@ -290,7 +294,9 @@ class HFEngine:
         comes back in ``Generation.kv``, for ``resume(kv=...)`` to continue without re-prefill.
         ``inbox``: cut sequences of other functions join this batch while it runs
         (``adapters/decode.py``); they come back after the own samples, ``Generation.joined``
-        naming each one's key.
+        naming each one's key. Sampling: each sample draws from its own generator, seeded
+        by ``(seed, its index)`` or restored from ``rng[i]``; a cut sample's state comes back in
+        ``Generation.rng``, so it continues elsewhere as it would have here.
         """
         if not prompts or group_size < 1 or max_new_tokens < 1:
             raise EngineError(
@@ -323,12 +329,10 @@ class HFEngine:
                 )
             src = [row_of[tuple(prompts[i])] for i in row_prompt]
         t1 = time.perf_counter()
-        gen = None
-        if not greedy:
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+        if seed is None:
+            seed = int(torch.randint(2**62, ()).item())
         temp = 1.0 if greedy else float(temperature)
-        out = decode(self, pre, src, max_new_tokens, temp, greedy, gen, stop, ship_kv, inbox)
+        out = decode(self, pre, src, max_new_tokens, temp, greedy, seed, stop, ship_kv, inbox, rng)
         t2 = time.perf_counter()
         n = len(row_prompt)
         samples = [
@@ -350,8 +354,10 @@ class HFEngine:
             common_prefix_tokens=pre.common if prefix is None else 0,
             prefill_tokens_saved=(len(pre.prompts) - 1) * pre.common if prefix is None else 0,
             kv=out.shipped,
+            rng=out.rng,
             kv_tokens=out.kv_tokens,
             joined=[j.key for j in out.joined],
+            joined_prefill_tokens=out.joined_prefill_tokens,
         )
 
     @torch.no_grad()
@@ -364,6 +370,7 @@ class HFEngine:
         seed: int | None = None,
         greedy: bool = False,
         kv: Sequence[Any] | None = None,
+        rng: Sequence[Any] | None = None,
     ) -> Generation:
         """Continue cut samples: ``partial[j]`` continues ``prompts[partial[j].prompt_index]``.
 
@@ -372,6 +379,8 @@ class HFEngine:
         KV, the price of migrating without shipping KV. ``kv[j]``: sample j's cache as
         ``generate(ship_kv=True)`` exported it, or None to re-prefill that one
         (``kv_transfer.resume_prefix``); ``kv_tokens`` counts the tokens not recomputed.
+        ``rng[j]``: sample j's generator state at its cut (``Generation.rng``): with it a sampled
+        continuation is the one the uncut run draws.
         """
         if not partial:
             raise EngineError("resume needs at least one cut sample")
@@ -387,8 +396,9 @@ class HFEngine:
             pre = resume_prefix(self, seqs, kv)
         # shared_prefix=False: every continuation is its own sequence, even if two coincide.
         more = self.generate(
-            seqs, 1, max(budgets), temperature, seed, greedy, shared_prefix=False, prefix=pre
-        )
+            seqs, 1, max(budgets), temperature, seed, greedy, shared_prefix=False, prefix=pre,
+            rng=rng,
+        )  # fmt: skip
         out: list[Sample] = []
         for s, m, budget in zip(partial, more.samples, budgets, strict=True):
             toks, lps, why = m.token_ids[:budget], m.logprobs[:budget], m.finish_reason

@@ -40,8 +40,10 @@ def _pack(gen: Generation, version: int) -> dict[str, Any]:
         "decode_seconds": gen.decode_seconds,
         "steps": max((len(s.token_ids) for s in gen.samples), default=0),
         "kv_tokens": gen.kv_tokens,  # resume / joiners: state tokens that arrived shipped
-        "joined": list(gen.joined),
-        "joined_prefill": gen.joined_prefill_tokens,  # joiners' state tokens re-prefilled here  # keys of samples[len(own):], sequences that joined here
+        "joined": list(gen.joined),  # keys of samples[len(own):], sequences that joined here
+        "joined_prefill": gen.joined_prefill_tokens,  # joiners' state tokens re-prefilled here
+        # Sampling: each cut sample's generator state, so it continues as it would have here.
+        "rng": [gen.rng.get(r) for r in range(len(gen.samples))] if gen.rng else None,
     }
 
 
@@ -147,8 +149,8 @@ class RolloutActor:
     async def admit(self, rows: list[dict[str, Any]]) -> bool:
         """Cut sequences of another function, to continue inside the running :meth:`generate`.
 
-        Each row: ``key``, ``prompt`` (ids), ``token_ids``, ``logprobs``, ``seed`` and ``kv``
-        (the shipped cache, or None to re-prefill). False: no generate is running here (or it
+        Each row: ``key``, ``prompt`` (ids), ``token_ids``, ``logprobs``, ``kv`` (the shipped
+        cache, or None to re-prefill) and ``rng`` (its generator state at the cut, or None). False: no generate is running here (or it
         is ending); the rows were not taken and must go elsewhere.
         """
         joiners = [
@@ -157,7 +159,7 @@ class RolloutActor:
                 prompt=list(r["prompt"]),
                 partial=Sample(-1, list(r["token_ids"]), list(r["logprobs"]), "cut"),
                 kv=r.get("kv"),
-                seed=int(r["seed"]),
+                rng=r.get("rng"),
             )
             for r in rows
         ]
@@ -189,12 +191,16 @@ class RolloutActor:
         seed: int,
         greedy: bool = False,
         kv: list[Any] | None = None,
+        rng: list[Any] | None = None,
     ) -> dict[str, Any]:
         """Continue cut samples (``partial[j]["prompt_index"]`` indexes ``prompts``) to the end.
 
         ``kv[j]``: sample j's shipped cache, or None to re-prefill it (always, on vLLM).
+        ``rng[j]``: its generator state at the cut (HF engine), to continue its random stream.
         """
         samples = [msgspec.convert(p, Sample) for p in partial]
-        kw = {"kv": kv} if kv is not None and isinstance(self.engine, HFEngine) else {}
+        kw: dict[str, Any] = {}
+        if isinstance(self.engine, HFEngine):
+            kw = {k: v for k, v in (("kv", kv), ("rng", rng)) if v is not None}
         gen = self.engine.resume(prompts, samples, max_new_tokens, temperature, seed, greedy, **kw)
         return _pack(gen, self.engine.version)

@@ -218,11 +218,7 @@ class RolloutStage:
             await asyncio.gather(*tasks, *([watch] if watch else []), return_exceptions=True)
         left = moves.unfinished(batch)  # taken by no one, or by a function that died since
         if left:
-            kv = [moves.rows[k].get("kv") for k in left]
-            resumed = await self._resume(
-                step, prompt_ids, left, batch.response_ids, batch.logprobs, leases,
-                kv if any(x is not None for x in kv) else None,
-            )  # fmt: skip
+            resumed = await self._resume(step, prompt_ids, [moves.rows[k] for k in left], leases)
             self._check_version(resumed)
             batch.calls.append(resumed)
             batch.absorb({**resumed, "joined": list(left)}, [])
@@ -274,8 +270,8 @@ class RolloutStage:
                 "prompt": prompt_ids[k // g],
                 "token_ids": batch.response_ids[k],
                 "logprobs": [float(x) for x in batch.logprobs[k]],
-                "seed": seed_of(self.p.cfg.run.seed, step, "sequence", k),
                 "kv": shipped[r] if shipped is not None else None,
+                "rng": part["rng"][r] if part.get("rng") else None,
             }
             for k, r in stragglers
         ]
@@ -373,37 +369,33 @@ class RolloutStage:
         )  # fmt: skip
 
     async def _resume(
-        self,
-        step: int,
-        prompt_ids: list[list[int]],
-        cut_at: list[int],
-        response_ids: list[list[int]],
-        logprobs: list[Any],
+        self, step: int, prompt_ids: list[list[int]], rows: list[dict[str, Any]],
         leases: list[tuple[float, bool]],
-        kv: list[Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any]:  # fmt: skip
+        """Continue handed-over ``rows`` (:meth:`_rows`) that no running function took, together
+        on one function: from their shipped caches and generator states where they have them."""
         p, cfg, g = self.p, self.p.cfg.rollout, self.p.cfg.train.group_size
         partial = [
             {
-                "prompt_index": k // g,
-                "token_ids": response_ids[k],
-                "logprobs": [float(x) for x in logprobs[k]],
+                "prompt_index": r["key"] // g,
+                "token_ids": r["token_ids"],
+                "logprobs": r["logprobs"],
                 "finish_reason": "cut",
             }
-            for k in cut_at
+            for r in rows
         ]
+        kw = {
+            name: [r[name] for r in rows]
+            for name in ("kv", "rng")
+            if any(r[name] is not None for r in rows)
+        }
 
         async def work(h: Any) -> dict[str, Any]:
             await self._prepare(h)
             return await h.resume(
-                prompt_ids,
-                partial,
-                cfg.max_new_tokens,
-                cfg.temperature,
-                seed_of(p.cfg.run.seed, step, "resume"),
-                cfg.greedy,
-                **({"kv": kv} if kv is not None else {}),
-            )
+                prompt_ids, partial, cfg.max_new_tokens, cfg.temperature,
+                seed_of(p.cfg.run.seed, step, "resume"), cfg.greedy, **kw,
+            )  # fmt: skip
 
         return await p._with_function(ROLLOUT, self.actor_args(), "rollout", work, leases=leases)
 

@@ -48,7 +48,7 @@ def _joiners(cut: Generation, prompts: list[list[int]], ship: list[bool]) -> lis
             prompt=prompts[s.prompt_index],
             partial=s,
             kv=cut.kv.get(r) if use else None,
-            seed=7 + r,
+            rng=cut.rng.get(r),
         )
         for r, (s, use) in enumerate(zip(cut.samples, ship, strict=True))
     ]
@@ -87,24 +87,24 @@ def test_greedy_joined_sequences_end_as_the_uncut_samples(
     assert not inbox.offer(_joiners(cut, theirs, ship))  # ended: further offers are refused
 
 
-def test_sampled_own_rows_ignore_joiners_and_a_joiner_ignores_when_it_joined(
+def test_sampled_sequences_come_out_the_same_cut_and_joined_or_not(
     engine: HFEngine, prompts: list[list[int]]
 ) -> None:
     mine, theirs = prompts[3:], prompts[:3]
     alone = engine.generate(mine, 2, 20, temperature=1.0, seed=3)
+    full = engine.generate(theirs, 2, 20, seed=5)  # the uncut run
     cut = engine.generate(theirs, 2, 20, seed=5, stop=_cut_after(3), ship_kv=True)
-    cut_rows = [s for s in cut.samples if s.finish_reason == "cut"]
-    assert cut_rows
-    outs = []
-    for at in (1, 4):
-        rows = _joiners(cut, theirs, [True] * len(cut.samples))
-        rows = [j for j in rows if j.partial.finish_reason == "cut"]
-        got = engine.generate(mine, 2, 20, seed=3, inbox=JoinAt(at, rows))
+    moved = [r for r, s in enumerate(cut.samples) if s.finish_reason == "cut"]
+    assert moved and set(cut.rng) == set(moved)  # each cut row's generator state comes back
+    for r, s in enumerate(cut.samples):  # before the cut: the same draws
+        assert s.token_ids == full.samples[r].token_ids[: len(s.token_ids)]
+    for at, ship in ((1, True), (4, False)):
+        rows = _joiners(cut, theirs, [ship] * len(cut.samples))
+        got = engine.generate(mine, 2, 20, seed=3, inbox=JoinAt(at, [rows[r] for r in moved]))
         n = len(mine) * 2
         assert [s.token_ids for s in got.samples[:n]] == [s.token_ids for s in alone.samples]
-        outs.append([s.token_ids for s in got.samples[n:]])
-    assert outs[0] == outs[1]  # the joiner's own generator: same tokens wherever it joined
-    assert all(len(t) > 3 for t in outs[0])
+        for s, r in zip(got.samples[n:], moved, strict=True):  # as if never cut or moved
+            _same(s, full.samples[r])
 
 
 def test_a_generate_that_cuts_returns_unstarted_joiners_cut_and_unchanged(

@@ -113,6 +113,21 @@ def test_sampled_resume_draws_the_same_tokens_from_a_shipped_cache_as_by_reprefi
         assert _max_diff(a, b) < LOGPROB_TOL
 
 
+def test_a_sampled_resume_with_the_cut_generator_states_is_the_uncut_sample(
+    engine: HFEngine, prompts: list[list[int]]
+) -> None:
+    full = engine.generate(prompts, 4, 32, seed=3)
+    cut = engine.generate(prompts, 4, 32, seed=3, stop=_cut_after(3), ship_kv=True)
+    rows = [r for r, s in enumerate(cut.samples) if s.finish_reason == "cut"]
+    partial = [cut.samples[r] for r in rows]
+    rng = [cut.rng[r] for r in rows]
+    for kv in ([cut.kv[r] for r in rows], None):  # shipped cache, and re-prefill
+        resumed = engine.resume(prompts, partial, 32, seed=99, kv=kv, rng=rng)
+        for got, r in zip(resumed.samples, rows, strict=True):
+            assert got.token_ids == full.samples[r].token_ids
+            assert _max_diff(got, full.samples[r]) < LOGPROB_TOL
+
+
 def test_shipped_rows_survive_the_runtime_wire_format(
     engine: HFEngine, prompts: list[list[int]]
 ) -> None:

@@ -107,6 +107,36 @@ async def test_cut_and_migrate_gives_the_same_sequences_under_greedy(tmp_path: P
     assert cut.kv_shipped_tokens > 0 and redo.kv_shipped_tokens == 0  # both ways of moving
 
 
+async def test_a_sampled_rollout_comes_out_the_same_with_cuts(tmp_path: Path) -> None:
+    """Each sequence draws from its own generator, whose state moves with it at a cut: the
+    same sampled sequences with no cut, with cuts shipping KV and with cuts re-prefilling."""
+    model_dir = build_tiny_model(tmp_path / "model", seed=0)
+    long = ["rollout.max_new_tokens=64"]  # random init: EOS now and then, a long tail
+    plain_cfg, cut_cfg, redo_cfg = (
+        load_config(None, [*BASE, *long, f"run.run_dir={tmp_path}", *CUT, *extra])
+        for extra in (["scaling.cut=none"], [], REPREFILL)
+    )
+    async with Runtime(slots=2, keep_alive_s=5) as rt:
+        outs = []
+        for cfg in (plain_cfg, cut_cfg, redo_cfg):
+            q = Pipeline(rt, cfg, model_dir, tmp_path)
+            prompts = batch_for_step(q.task, 3, cfg.train.batch_prompts, cfg.run.seed)
+            ids = [q.tokenizer.encode_prompt(x.text) for x in prompts]
+            for _ in range(1 if cfg is plain_cfg else 8):  # until a cut fires (timing)
+                out = await q.rollout_stage.run(3, prompts, ids)
+                if cfg is not plain_cfg:
+                    assert out.response_ids == outs[0].response_ids
+                    for a, b in zip(out.logprobs, outs[0].logprobs, strict=True):
+                        assert (a - b).abs().max() < 1e-4
+                if out.migrated:
+                    break
+            outs.append(out)
+    plain, cut, redo = outs
+    assert len({len(r) for r in plain.response_ids}) > 1
+    assert plain.migrated == 0 and cut.migrated > 0 and redo.migrated > 0
+    assert cut.kv_shipped_tokens > 0 and redo.kv_shipped_tokens == 0
+
+
 async def test_scaling_metrics_in_every_iteration(tmp_path: Path) -> None:
     model_dir = build_tiny_model(tmp_path / "model", seed=0)
     cfg = load_config(None, [*BASE, f"run.run_dir={tmp_path}", *CUT])
