@@ -16,6 +16,8 @@ Settings (``scaling.*``; all ``policy = rlhfless``, k fixed at ``--functions``, 
   function whose finished share reaches τ is cut and its stragglers join a running function.
 * ``guarded@τ``: the same with the guard (the default rule): a move only where the receiver
   is predicted to finish within the current horizon.
+* ``auto``: ``cut = "auto"`` with the error margin on: the plan cuts (at τ 0.9 or 0.95, guarded)
+  only where its simulated scenarios say the cut is cheapest within the makespan bound.
 
 Each round runs every setting once, in rotated order, after one warm-up rollout per setting
 (cold starts). Reported per setting, medians over rounds: the stage's makespan, its function
@@ -55,7 +57,11 @@ RESULTS = ROOT / "benchmarks" / "results" / "cut_stage.json"
 
 
 def settings(taus: list[float]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {"none": ["scaling.cut=none"]}
+    out: dict[str, list[str]] = {
+        "none": ["scaling.cut=none"],
+        # The scaler decides: a cut at 0.9 or 0.95 only where its error scenarios say it pays.
+        "auto": ["scaling.cut=auto", "scaling.margin_scenarios=16"],
+    }
     for tau in taus:
         cut = ["scaling.cut=per_function", f"scaling.cut_threshold={tau}"]
         out[f"paper@{tau}"] = [*cut, "scaling.cut_guard=false"]
@@ -139,7 +145,7 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--taus", type=float, nargs="+", default=[0.7, 0.9])
-    ap.add_argument("--poll", type=float, default=0.02, help="scaling.cut_poll_s")
+    ap.add_argument("--poll", type=float, default=0.05, help="scaling.cut_poll_s")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     model_dir = build_tiny_model(Path(tempfile.mkdtemp()) / "model", seed=0, size=args.size)

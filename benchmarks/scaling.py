@@ -43,13 +43,14 @@ Policies (same true lengths for all):
   start under the model's rules (minimum charge!) with a pre-warmed cold start: what early
   release alone buys.
 * ``rlhfless`` — the policy with ``ScalingConfig``'s defaults: predictor (EWMA, one epoch seen),
-  its assignment (stratified, with LPT tried beside it) and cut setting (``none``), k and method
+  its assignment (stratified, with LPT tried beside it) and cut setting (``auto``: a
+  per-function cut at τ 0.9 or 0.95 only where the margin's scenarios say it pays within the
+  bound, executed by the rollout stage as simulated here), k and method
   chosen as the cheapest (under ``aws``) within 3% of the fastest *expected* makespan, T and C
   averaged over 16 scenarios drawn from the predictor's measured error
   (``rlhfless.scaling.margin``); cold starts pre-warmed (billed, hidden from the makespan).
-* ``rlhfless/auto`` — ``rlhfless`` with the opt-in ``cut = "auto"``: a per-function cut where
-  the margin's scenarios say it pays within the bound (the rollout stage does not yet execute a
-  cut the way this simulation plans it: docs/scaling.md).
+* ``rlhfless/nocut`` — ``rlhfless`` with ``cut = "none"`` (the default before ``auto``): what
+  the cut adds.
 * ``rlhfless/nomargin`` — the default before that: the same without the margin (k the cheapest
   within 3% of the fastest *predicted*, stratified only).
 * ``rlhfless/lpt`` — the default with LPT assignment only (the default before stratified).
@@ -129,7 +130,7 @@ POLICIES = (
     "fixed",
     "fixed+release",
     "rlhfless",
-    "rlhfless/auto",
+    "rlhfless/nocut",
     "rlhfless/nomargin",
     "rlhfless/lpt",
     "rlhfless/paper",
@@ -256,7 +257,7 @@ def run_policies(
     auto = [("per_function", t) for t in default.auto_cut_thresholds]
     for name, cut, oracle, predictor, method, margin in (
         ("rlhfless", default.cut, False, pred, default.assign, fallback),
-        ("rlhfless/auto", "auto", False, pred, default.assign, fallback),
+        ("rlhfless/nocut", "none", False, pred, default.assign, fallback),
         ("rlhfless/nomargin", "none", False, pred, default.assign, None),
         ("rlhfless/lpt", "none", False, pred, "lpt", ()),
         ("rlhfless/paper", "per_function", False, pred, "pack", None),
@@ -424,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, res in results.items():
         console.print(table(name, res["mean"]))
         tg = res["targets"]
-        tga = targets(res["mean"], "rlhfless/auto")
+        tga = targets(res["mean"], "rlhfless/nocut")
         p = res["mean"]["_predictor"]
         console.print(
             f"  rlhfless vs fixed: idle {-tg['idle_reduction']:+.0%} "
@@ -438,14 +439,13 @@ def main(argv: list[str] | None = None) -> int:
             f"onprem {-tg['onprem_cost_reduction']:+.0%}; predictor: Spearman(max) "
             f"{p['spearman_max']:.2f}, mean rel. error {p['rel_mean']:.0%}; margin: expected "
             f"makespan {p['margin']:+.1%} over predicted, LPT chosen in "
-            f"{res['mean']['rlhfless']['lpt_chosen']:.0%} of seeds; plan "
+            f"{res['mean']['rlhfless']['lpt_chosen']:.0%} of seeds; a cut in "
+            f"{res['mean']['rlhfless']['cut_chosen']:.0%} of seeds; plan "
             f"{res['mean']['rlhfless']['plan_seconds']:.2f} s\n"
-            f"  opt-in rlhfless/auto vs fixed: aws/start {-tga['aws_cost_reduction']:+.0%}, "
-            f"aws/pool {-tga['aws_pool_cost_reduction']:+.0%}, makespan "
-            f"{tga['makespan_change']:+.1%}; a cut in "
-            f"{res['mean']['rlhfless/auto']['cut_chosen']:.0%} of seeds; plan "
-            f"{res['mean']['rlhfless/auto']['plan_seconds']:.2f} s (simulated: the rollout stage "
-            "does not yet execute a cut as planned)\n"
+            f"  without the cut (rlhfless/nocut) vs fixed: aws/start "
+            f"{-tga['aws_cost_reduction']:+.0%}, aws/pool {-tga['aws_pool_cost_reduction']:+.0%}, "
+            f"makespan {tga['makespan_change']:+.1%}; plan "
+            f"{res['mean']['rlhfless/nocut']['plan_seconds']:.2f} s\n"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     doc = {

@@ -3,9 +3,10 @@
 ``policy = "fixed"`` runs ``k`` functions (0 = one per slot) with prompts split round robin and
 no cut: the baseline. ``policy = "rlhfless"`` predicts lengths, assigns groups by predicted length,
 picks k in ``k_min .. k_max`` as the cheapest within ``within_fraction`` of the fastest (default
-3%), or, with ``lam > 0``, minimising ``C(k) + lam * T(k)``, and cuts and migrates stragglers at
-``cut_threshold``, or (``cut = "auto"``, opt-in) where the margin's scenarios say a cut
-at one of ``auto_cut_thresholds`` is cheaper within the fraction. T and C are what each k is *expected* to give over
+3%), or, with ``lam > 0``, minimising ``C(k) + lam * T(k)``, and cuts and migrates stragglers
+where the margin's scenarios say a cut at one of ``auto_cut_thresholds`` is cheaper within the
+fraction (``cut = "auto"``, the default), or always at ``cut_threshold`` (``per_function``,
+``global``). T and C are what each k is *expected* to give over
 ``margin_scenarios`` scenarios drawn from the predictor's measured error
 (:mod:`rlhfless.scaling.margin`), each k also tried with ``margin_fallback``'s assignment.
 """
@@ -63,9 +64,10 @@ class ScalingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     # 5 seeds): on the heavy tail LPT + a cut at 0.9-0.95 saves 30-55% aws/pool within +5%
     # makespan, where the paper's τ = 0.7 runs 11-23% longer (docs/scaling.md).
     # "per_function" / "global": always, at cut_threshold; "none": never.
-    # Default "none": the rollout stage does not yet execute a cut the way the plan assumes
-    # (it consolidates stragglers after every function has cut; docs/scaling.md).
-    cut: Literal["auto", "per_function", "global", "none"] = "none"
+    # The rollout stage executes a cut the way it is planned: the controller reads the functions'
+    # progress, Scaler.migration picks what to cut and where, and the stragglers join their
+    # receivers' running batches (stages/rollout_stage.py), so "auto" is the default.
+    cut: Literal["auto", "per_function", "global", "none"] = "auto"
     cut_threshold: float = 0.7  # τ: finished/assigned at which a function is cut (paper: 0.7)
     # A cut must not extend the rollout: a sequence moves only where its receiver is predicted
     # to finish within the horizon (the latest predicted finish now). False: the paper's rule,

@@ -210,10 +210,14 @@ class Scaler:
 
     # ------------------------------------------------------------------ during a rollout
 
+    def cut_in_force(self) -> tuple[str, float]:
+        """The cut this rollout runs, (setting, τ): the last plan's under ``cut = "auto"``."""
+        return self.config.cut_in_force(self._cut)
+
     def migration(self, progress: Sequence[FunctionProgress]) -> MigrationPlan:
         """Which functions to cut now and where their unfinished sequences go (maybe nothing)."""
         cfg = self.config
-        cut, tau = self._cut if cfg.cut == "auto" else (cfg.cut, cfg.cut_threshold)
+        cut, tau = self.cut_in_force()
         if cfg.policy == "fixed" or cut == "none":
             return MigrationPlan(policy="none")
         if cut == "global":

@@ -31,6 +31,7 @@ import msgspec
 from rlhfless.cost_models import Lifetime
 from rlhfless.scaling import Scaler, TransferParams, kv_bytes_per_token
 from rlhfless.scaling.migrate import FunctionProgress, SequenceProgress
+from rlhfless.scaling.predictor import expected_remaining
 
 if TYPE_CHECKING:
     from rlhfless.stages.pipeline import Pipeline
@@ -198,7 +199,7 @@ class RolloutStage:
         watch = None
         if cut is not None:
             watch = asyncio.create_task(
-                self._watch(running, owners, prompt_ids, plan.predicted_lengths, moves)
+                self._watch(running, owners, prompt_ids, [q.id for q in prompts], moves)
             )
         try:
             while tasks:
@@ -314,7 +315,7 @@ class RolloutStage:
         running: dict[int, Any],
         owners: list[list[int]],
         prompt_ids: list[list[int]],
-        predicted: list[float],
+        prompt_keys: list[Any],
         moves: _Moves,
     ) -> None:
         """The cut as the scaler plans it (``Scaler.migration``), on the functions' live
@@ -322,6 +323,10 @@ class RolloutStage:
         plan pick functions to cut and where each of their unfinished sequences goes, and cut
         them. Their sequences then join the planned receivers (:meth:`_hand_over`)."""
         g = self.p.cfg.train.group_size
+        kind, tau = self.scaler.cut_in_force()
+        # The lengths each prompt's samples may have (the predictor's support): a sequence's
+        # expected remaining is E[L - produced | L > produced] over them, as in the simulator.
+        support = [self.scaler.predictor.support(k) for k in prompt_keys]
         cut: set[int] = set()
         while True:
             await asyncio.sleep(self.scaler.config.cut_poll_s)
@@ -331,10 +336,17 @@ class RolloutStage:
             replies = await asyncio.gather(
                 *(h.progress() for h in live.values()), return_exceptions=True
             )
+            ready = {i: r for i, r in zip(live, replies, strict=True) if isinstance(r, dict)}
+            if kind == "per_function":
+                due = any(r["finished"] >= tau * r["total"] for r in ready.values())
+            else:
+                due = sum(r["finished"] for r in ready.values()) >= tau * sum(
+                    r["total"] for r in ready.values()
+                )
+            if not due:  # nothing to plan yet: keep the controller's CPU for the functions
+                continue
             now = [
-                self._progress(i, r, owners[i], prompt_ids, predicted, g)
-                for i, r in zip(live, replies, strict=True)
-                if isinstance(r, dict)
+                self._progress(i, r, owners[i], prompt_ids, support, g) for i, r in ready.items()
             ]
             plan = self.scaler.migration(now)
             for fid in plan.cut:
@@ -351,11 +363,11 @@ class RolloutStage:
         reply: dict[str, Any],
         own: list[int],
         prompt_ids: list[list[int]],
-        predicted: list[float],
+        support: list[list[float]],
         g: int,
     ) -> FunctionProgress:
         def seq(key: int, produced: int) -> SequenceProgress:
-            left = max(predicted[key // g] - produced, 1.0)  # past its prediction: not done
+            left = expected_remaining(support[key // g], produced)
             return SequenceProgress(
                 seq_id=key, prompt_tokens=len(prompt_ids[key // g]), produced=produced,
                 predicted_remaining=left,

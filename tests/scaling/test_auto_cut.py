@@ -34,10 +34,9 @@ AWS = get_model("aws")
 CUTS = [("per_function", 0.9), ("per_function", 0.95)]
 
 
-def test_auto_is_opt_in_and_bad_thresholds_are_rejected() -> None:
-    # opt-in until the rollout stage executes a cut the way the plan assumes (docs/scaling.md)
+def test_auto_is_the_default_and_bad_thresholds_are_rejected() -> None:
     cfg = ScalingConfig(policy="rlhfless")
-    assert cfg.cut == "none" and cfg.auto_cut_thresholds == (0.9, 0.95)
+    assert cfg.cut == "auto" and cfg.auto_cut_thresholds == (0.9, 0.95)
     for bad in ((0.0,), (1.5,), tuple([0.9] * 9)):
         with pytest.raises(BadScalingSetting, match="auto_cut_thresholds"):
             ScalingConfig(policy="rlhfless", auto_cut_thresholds=bad)

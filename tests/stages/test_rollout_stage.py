@@ -37,12 +37,19 @@ REPREFILL = ["rollout.kv_bandwidth_bytes_per_s=0"]  # never ship a KV cache
 
 
 async def _rollout(tmp_path: Path, model_dir: Path, *extra: str):
+    """A rollout in which a cut fired: the first, cold one may not overlap its functions (and
+    these tiny rollouts last ~50 ms), so it is repeated on warm functions until a cut fires."""
     cfg = load_config(None, [*BASE, f"run.run_dir={tmp_path}", *extra])
-    async with Runtime(slots=2, keep_alive_s=5) as rt:
+    async with Runtime(slots=2, keep_alive_s=30) as rt:
         p = Pipeline(rt, cfg, model_dir, tmp_path)
         prompts = batch_for_step(p.task, 0, cfg.train.batch_prompts, cfg.run.seed)
         ids = [p.tokenizer.encode_prompt(q.text) for q in prompts]
-        return await p.rollout_stage.run(0, prompts, ids)
+        for _ in range(8):
+            out = await p.rollout_stage.run(0, prompts, ids)
+            assert all(why in ("eos", "length") for why in out.finish)  # none left cut
+            if out.migrated:
+                break
+        return out
 
 
 async def test_cut_and_migrate_fires_and_every_sample_completes(tmp_path: Path) -> None:
@@ -137,12 +144,22 @@ async def test_a_sampled_rollout_comes_out_the_same_with_cuts(tmp_path: Path) ->
     assert cut.kv_shipped_tokens > 0 and redo.kv_shipped_tokens == 0
 
 
+async def _iteration_that_cut(tmp_path: Path, model_dir: Path, cfg):
+    """Iterations until one cuts (the first is cold, see _rollout); each must be complete."""
+    async with Runtime(slots=2, keep_alive_s=30) as rt:
+        p = Pipeline(rt, cfg, model_dir, tmp_path)
+        for step in range(8):
+            m = await p.run_iteration(step)
+            assert m.samples == 24
+            if m.scaling["migrated"]:
+                return m
+    raise AssertionError("no iteration cut in 8")
+
+
 async def test_scaling_metrics_in_every_iteration(tmp_path: Path) -> None:
     model_dir = build_tiny_model(tmp_path / "model", seed=0)
     cfg = load_config(None, [*BASE, f"run.run_dir={tmp_path}", *CUT])
-    async with Runtime(slots=2, keep_alive_s=5) as rt:
-        p = Pipeline(rt, cfg, model_dir, tmp_path)
-        m = await p.run_iteration(0)
+    m = await _iteration_that_cut(tmp_path, model_dir, cfg)
     s = m.scaling
     assert s["policy"] == "rlhfless" and s["functions"] == 2 and s["migrated"] > 0
     assert (
@@ -156,9 +173,7 @@ async def test_scaling_metrics_in_every_iteration(tmp_path: Path) -> None:
 async def test_an_iteration_with_reprefill_forced_completes(tmp_path: Path) -> None:
     model_dir = build_tiny_model(tmp_path / "model", seed=0)
     cfg = load_config(None, [*BASE, f"run.run_dir={tmp_path}", *CUT, *REPREFILL])
-    async with Runtime(slots=2, keep_alive_s=5) as rt:
-        p = Pipeline(rt, cfg, model_dir, tmp_path)
-        m = await p.run_iteration(0)
+    m = await _iteration_that_cut(tmp_path, model_dir, cfg)
     s = m.scaling
     assert s["migrated"] > 0 and s["reprefill_migrations"] >= 1
     assert s["kv_shipped_tokens"] == 0 and s["reprefill_tokens"] > 0
