@@ -397,7 +397,7 @@ class HFEngine:
         # shared_prefix=False: every continuation is its own sequence, even if two coincide.
         more = self.generate(
             seqs, 1, max(budgets), temperature, seed, greedy, shared_prefix=False, prefix=pre,
-            rng=rng,
+            **({"rng": rng} if rng is not None else {}),  # vLLM reuses resume: no states there
         )  # fmt: skip
         out: list[Sample] = []
         for s, m, budget in zip(partial, more.samples, budgets, strict=True):

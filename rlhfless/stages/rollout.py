@@ -15,6 +15,7 @@ then (``adapters/kv_transfer.py``), so a cache that would be recomputed anyway n
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from typing import Any
 
@@ -131,15 +132,24 @@ class RolloutActor:
         if ship_kv is not None and isinstance(self.engine, HFEngine):
             transfer = msgspec.convert(ship_kv, TransferParams)
             kw["ship_kv"] = True  # export the cut rows' KV; shipped if choose() says so
-        if join and isinstance(self.engine, HFEngine):  # vLLM: no joining, admit() refuses
+        call = functools.partial(
+            self.engine.generate, prompts, group_size, max_new_tokens, temperature=temperature,
+            seed=seed, greedy=greedy, shared_prefix=shared_prefix, stop=stop,
+        )  # fmt: skip
+        if not (join and isinstance(self.engine, HFEngine)):  # vLLM: no joining, admit() refuses
+            gen = call(**kw)  # inline, as any synchronous method: nothing can join
+        else:
             # Opened here, on the event loop, before the decode starts on a worker thread: an
             # admit() sent right after this call is handled after this point, so it is taken.
             self.inbox.open()
-            kw["inbox"] = self.inbox
-        gen = await asyncio.to_thread(
-            self.engine.generate, prompts, group_size, max_new_tokens, temperature=temperature,
-            seed=seed, greedy=greedy, shared_prefix=shared_prefix, stop=stop, **kw,
-        )  # fmt: skip
+            threads = torch.get_num_threads()  # the function's CPU share, set on this thread
+
+            def decode() -> Generation:
+                torch.set_num_threads(threads)  # a new thread starts with every core
+                return call(inbox=self.inbox, **kw)
+
+            # The decode runs off the event loop, so admit(), progress() and cut_now() reach it.
+            gen = await asyncio.to_thread(decode)
         out = _pack(gen, self.engine.version)
         lens = [len(prompts[s.prompt_index]) for s in gen.samples[: len(prompts) * group_size]]
         lens += [self._joiner_prompts.pop(key) for key in gen.joined]
