@@ -136,6 +136,16 @@ class Decoded:
     kv_tokens: int = 0  # joiners' tokens whose KV arrived shipped
     shipped: dict[int, Any] = field(default_factory=dict)  # row -> exported KV of a cut row
     rng: dict[int, torch.Tensor] = field(default_factory=dict)  # row -> generator state at a cut
+    start: list[int] = field(default_factory=list)  # tokens each row had when it came in
+
+    def add(self, j: Joiner, reason: str) -> int:
+        """A row for joiner ``j``, holding its tokens so far; its index."""
+        self.tokens.append(list(j.partial.token_ids))
+        self.logprobs.append(list(j.partial.logprobs))
+        self.reasons.append(reason)
+        self.joined.append(j)
+        self.start.append(len(j.partial.token_ids))
+        return len(self.tokens) - 1
 
 
 def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -182,8 +192,10 @@ def decode(
     ckw = cache_kwarg(model)
     eos = torch.tensor(sorted(engine.tokenizer.eos_ids), device=dev)
     n_own = len(src)
-    out = Decoded(tokens=[[] for _ in src], logprobs=[[] for _ in src], reasons=["length"] * n_own)
-    start = [0] * n_own  # tokens a row had when it came in (a joiner's partial response)
+    out = Decoded(
+        tokens=[[] for _ in src], logprobs=[[] for _ in src], reasons=["length"] * n_own,
+        start=[0] * n_own,
+    )  # fmt: skip
     gens: dict[int, torch.Generator] = {}  # row -> its own generator (sampling only)
     if not greedy:
         for r in range(n_own):
@@ -199,12 +211,7 @@ def decode(
         out.joined_prefill_tokens += state.tokens
         out.joined_prefill_seconds += state.seconds
         for j in joiners:
-            r = len(out.tokens)
-            out.tokens.append(list(j.partial.token_ids))
-            out.logprobs.append(list(j.partial.logprobs))
-            out.reasons.append("length")
-            out.joined.append(j)
-            start.append(len(j.partial.token_ids))
+            r = out.add(j, "length")
             if j.kv is not None:
                 out.kv_tokens += kv_tokens(j.kv)
             if not greedy:  # the sender's stream goes on; a fresh one only if none came
@@ -257,12 +264,7 @@ def decode(
                 out.shipped = export_rows(cache, mask, active, ~ended)
             out.rng = {r: gens[r].get_state() for r in active[~ended].tolist() if r in gens}
             for j in inbox.close() if inbox is not None else []:  # not started: cut as is
-                r = len(out.tokens)
-                out.tokens.append(list(j.partial.token_ids))
-                out.logprobs.append(list(j.partial.logprobs))
-                out.reasons.append("cut")
-                out.joined.append(j)
-                start.append(len(j.partial.token_ids))
+                r = out.add(j, "cut")
                 if j.kv is not None:
                     out.shipped[r] = j.kv
                 if j.rng is not None:
@@ -290,7 +292,7 @@ def decode(
             logits = torch.cat([logits, state.logits])
             active = torch.cat([active, rows_for(joiners)])
             next_pos = torch.cat([next_pos, state.mask.sum(-1)])
-    out.decode_tokens = sum(len(t) - s for t, s in zip(out.tokens, start, strict=True))
+    out.decode_tokens = sum(len(t) - s for t, s in zip(out.tokens, out.start, strict=True))
     return out
 
 

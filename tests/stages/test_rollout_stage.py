@@ -76,6 +76,32 @@ async def test_cut_and_migrate_by_reprefill_when_kv_cannot_ship(tmp_path: Path) 
     assert out.kv_shipped_tokens == 0 and out.reprefill_tokens > 0
 
 
+async def _with_and_without_cuts(
+    rt: Runtime, cfgs, model_dir: Path, tmp_path: Path, step: int, weights=None
+) -> list:
+    """One rollout per config on the same prompts; the first config has no cut, and every
+    rollout of the others must give its sequences. These rollouts last ~30-100 ms: whether a
+    progress poll lands while one function is past τ and another still runs is timing, so a
+    config with cuts is rolled out again (up to 8 times) until a cut fires."""
+    outs: list = []
+    for cfg in cfgs:
+        q = Pipeline(rt, cfg, model_dir, tmp_path)
+        if weights is not None:
+            q.weights, q.version = weights
+        prompts = batch_for_step(q.task, step, cfg.train.batch_prompts, cfg.run.seed)
+        ids = [q.tokenizer.encode_prompt(x.text) for x in prompts]
+        for _ in range(8 if outs else 1):
+            out = await q.rollout_stage.run(step, prompts, ids)
+            if outs:
+                assert out.response_ids == outs[0].response_ids  # no truncation or loss
+                for a, b in zip(out.logprobs, outs[0].logprobs, strict=True):
+                    assert (a - b).abs().max() < 1e-4
+            if out.migrated:
+                break
+        outs.append(out)
+    return outs
+
+
 async def test_cut_and_migrate_gives_the_same_sequences_under_greedy(tmp_path: Path) -> None:
     # A random-init model never stops early under greedy decoding, so nothing would be cut:
     # train a few iterations first, until greedy response lengths differ between prompts.
@@ -90,24 +116,9 @@ async def test_cut_and_migrate_gives_the_same_sequences_under_greedy(tmp_path: P
         p = Pipeline(rt, train, model_dir, tmp_path)
         for step in range(train.train.iterations):
             await p.run_iteration(step)
-        outs = []
-        for cfg in (plain_cfg, cut_cfg, redo_cfg):
-            q = Pipeline(rt, cfg, model_dir, tmp_path)
-            q.weights, q.version = p.weights, p.version
-            prompts = batch_for_step(q.task, 99, cfg.train.batch_prompts, cfg.run.seed)
-            ids = [q.tokenizer.encode_prompt(x.text) for x in prompts]
-            # This rollout lasts ~30 ms: whether a progress poll lands while one function is
-            # past τ and the other still runs is timing. Every attempt must give the same
-            # sequences; at least one must have cut.
-            for _ in range(1 if cfg is plain_cfg else 8):
-                out = await q.rollout_stage.run(99, prompts, ids)
-                if cfg is not plain_cfg:
-                    assert out.response_ids == outs[0].response_ids  # no truncation or loss
-                    for a, b in zip(out.logprobs, outs[0].logprobs, strict=True):
-                        assert (a - b).abs().max() < 1e-4
-                if out.migrated:
-                    break
-            outs.append(out)
+        outs = await _with_and_without_cuts(
+            rt, (plain_cfg, cut_cfg, redo_cfg), model_dir, tmp_path, 99, (p.weights, p.version)
+        )
     plain, cut, redo = outs
     assert len({len(r) for r in plain.response_ids}) > 1, "greedy lengths still all equal"
     assert plain.migrated == 0 and cut.migrated > 0 and redo.migrated > 0
@@ -124,20 +135,9 @@ async def test_a_sampled_rollout_comes_out_the_same_with_cuts(tmp_path: Path) ->
         for extra in (["scaling.cut=none"], [], REPREFILL)
     )
     async with Runtime(slots=2, keep_alive_s=5) as rt:
-        outs = []
-        for cfg in (plain_cfg, cut_cfg, redo_cfg):
-            q = Pipeline(rt, cfg, model_dir, tmp_path)
-            prompts = batch_for_step(q.task, 3, cfg.train.batch_prompts, cfg.run.seed)
-            ids = [q.tokenizer.encode_prompt(x.text) for x in prompts]
-            for _ in range(1 if cfg is plain_cfg else 8):  # until a cut fires (timing)
-                out = await q.rollout_stage.run(3, prompts, ids)
-                if cfg is not plain_cfg:
-                    assert out.response_ids == outs[0].response_ids
-                    for a, b in zip(out.logprobs, outs[0].logprobs, strict=True):
-                        assert (a - b).abs().max() < 1e-4
-                if out.migrated:
-                    break
-            outs.append(out)
+        outs = await _with_and_without_cuts(
+            rt, (plain_cfg, cut_cfg, redo_cfg), model_dir, tmp_path, 3
+        )
     plain, cut, redo = outs
     assert len({len(r) for r in plain.response_ids}) > 1
     assert plain.migrated == 0 and cut.migrated > 0 and redo.migrated > 0
