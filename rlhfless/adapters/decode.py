@@ -10,12 +10,12 @@ joiner's decode state (its shipped KV, or a re-prefill of prompt + partial respo
 them together. Rotary keys carry their positions, so padding columns in between change nothing:
 only each row's mask and next position matter, as for prompts of different lengths.
 
-Sampling: every row draws from a generator of its own, seeded from the call's seed and the
-row's index, and a cut row's generator state travels with it (``Decoded.rng``, then
-``Joiner.rng`` or ``resume(rng=...)``). A sequence therefore draws the same random numbers
-wherever it runs and whoever shares its batch: cut or not, moved or not, it comes out as the
-same sequence (up to float summation order in a batch of another shape), under greedy decoding
-and under sampling alike.
+Sampling: every row has a 32-bit key, from the call's seed and the row's index, and its n-th
+token is drawn with the uniform number ``hash(key, n)`` (inverse CDF). The draw depends on
+nothing else, so a cut row carries on with just its key (``Decoded.rng``, then ``Joiner.rng`` or
+``resume(rng=...)``): wherever it runs and whoever shares its batch, cut or not, moved or not,
+it comes out as the same sequence (up to float summation order in a batch of another shape),
+under greedy decoding and under sampling alike. It is vectorised: one hash per row per step.
 
 A generate that ends (every row done) closes its inbox atomically with taking what is left, so
 an offer is either refused (the caller routes the sequences elsewhere) or decoded to the end: a
@@ -54,7 +54,7 @@ class Joiner:
     prompt: list[int]
     partial: Sample  # tokens and log-probs so far; at least one token
     kv: torch.Tensor | None = None  # shipped KV of prompt + tokens[:-1]; None: re-prefill here
-    rng: torch.Tensor | None = None  # its sampling generator's state at the cut (sampling)
+    rng: int | None = None  # its sampling key (sampling); None: one is made from its key
 
 
 class Inbox:
@@ -135,7 +135,7 @@ class Decoded:
     joined_prefill_seconds: float = 0.0
     kv_tokens: int = 0  # joiners' tokens whose KV arrived shipped
     shipped: dict[int, Any] = field(default_factory=dict)  # row -> exported KV of a cut row
-    rng: dict[int, torch.Tensor] = field(default_factory=dict)  # row -> generator state at a cut
+    rng: dict[int, int] = field(default_factory=dict)  # row -> sampling key of a cut row
     start: list[int] = field(default_factory=list)  # tokens each row had when it came in
 
     def add(self, j: Joiner, reason: str) -> int:
@@ -179,12 +179,13 @@ def decode(
     stop: Callable[[int, int], bool] | None = None,
     ship_kv: bool = False,
     inbox: Inbox | None = None,
-    rng: Sequence[torch.Tensor | None] | None = None,
+    rng: Sequence[int | None] | None = None,
+    drawn_before: Sequence[int] | None = None,
 ) -> Decoded:
     """Decode rows ``src`` (prefix rows of ``pre``) to EOS or ``max_new_tokens``, with joiners.
 
-    Sampling: row r draws from a generator seeded by ``(seed, r)``, or restored from
-    ``rng[r]`` (a cut row's state, continued here)."""
+    Sampling: row r's key is made from ``(seed, r)``, or is ``rng[r]`` (a cut row's, continued
+    here after the ``drawn_before[r]`` tokens it drew elsewhere)."""
     model, dev = engine.model, engine.device
     index = torch.tensor(src, dtype=torch.long, device=dev)
     cache = pre.cache_for(index, model.config)
@@ -196,10 +197,16 @@ def decode(
         tokens=[[] for _ in src], logprobs=[[] for _ in src], reasons=["length"] * n_own,
         start=[0] * n_own,
     )  # fmt: skip
-    gens: dict[int, torch.Generator] = {}  # row -> its own generator (sampling only)
-    if not greedy:
-        for r in range(n_own):
-            gens[r] = _generator(dev, row_seed(seed, r), rng[r] if rng is not None else None)
+    # Per row (indexed by row, not batch position): its sampling key, and tokens drawn so far.
+    given = rng if rng is not None else [None] * n_own
+    keys = torch.tensor(
+        [fold(k if k is not None else row_seed(seed, r)) for r, k in enumerate(given)],
+        dtype=torch.long, device=dev,
+    )  # fmt: skip
+    drawn = torch.tensor(
+        list(drawn_before) if drawn_before is not None else [0] * n_own,
+        dtype=torch.long, device=dev,
+    )  # fmt: skip
     active = torch.arange(n_own, device=dev)  # row of each batch position
     next_pos = mask.sum(-1)  # positions count real tokens only (left padding)
     finished = 0
@@ -210,12 +217,18 @@ def decode(
         state = resume_prefix(engine, seqs, [j.kv for j in joiners])
         out.joined_prefill_tokens += state.tokens
         out.joined_prefill_seconds += state.seconds
+        nonlocal keys, drawn
         for j in joiners:
-            r = out.add(j, "length")
+            out.add(j, "length")
             if j.kv is not None:
                 out.kv_tokens += kv_tokens(j.kv)
-            if not greedy:  # the sender's stream goes on; a fresh one only if none came
-                gens[r] = _generator(dev, row_seed(seed, 1_000_000 + j.key), j.rng)
+        new = [
+            fold(j.rng if j.rng is not None else row_seed(seed, 1_000_000 + j.key)) for j in joiners
+        ]
+        keys = torch.cat([keys, torch.tensor(new, dtype=torch.long, device=dev)])
+        drawn = torch.cat(
+            [drawn, torch.tensor([len(j.partial.token_ids) for j in joiners], device=dev)]
+        )
         return state
 
     def rows_for(joiners: list[Joiner]) -> torch.Tensor:
@@ -224,7 +237,8 @@ def decode(
 
     while True:
         scores = torch.log_softmax(logits.float() / temp, dim=-1)
-        tok = scores.argmax(-1) if greedy else _sample(scores, active, gens)
+        tok = scores.argmax(-1) if greedy else _sample(scores, keys[active], drawn[active])
+        drawn[active] += 1
         lp = scores.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
         done = torch.isin(tok, eos)
         rows = active.tolist()
@@ -262,7 +276,8 @@ def decode(
                 out.reasons[r] = "cut"
             if ship_kv:
                 out.shipped = export_rows(cache, mask, active, ~ended)
-            out.rng = {r: gens[r].get_state() for r in active[~ended].tolist() if r in gens}
+            if not greedy:
+                out.rng = {r: int(keys[r]) for r in active[~ended].tolist()}
             for j in inbox.close() if inbox is not None else []:  # not started: cut as is
                 r = out.add(j, "cut")
                 if j.kv is not None:
@@ -296,28 +311,43 @@ def decode(
     return out
 
 
-def _sample(
-    scores: torch.Tensor, active: torch.Tensor, gens: dict[int, torch.Generator]
-) -> torch.Tensor:
-    """One token per row, each from the row's own generator."""
-    probs = scores.exp()
-    return torch.cat(
-        [torch.multinomial(probs[b], 1, generator=gens[r]) for b, r in enumerate(active.tolist())]
-    )
+def _sample(scores: torch.Tensor, keys: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
+    """One token per row by inverse CDF at ``uniform(key, drawn)``: a row's n-th draw is fixed
+    by its key and n alone."""
+    cdf = scores.exp().cumsum(-1)
+    x = (uniform(keys, drawn) * cdf[:, -1].double()).to(cdf.dtype).unsqueeze(-1)
+    tok = torch.searchsorted(cdf, x, right=True).squeeze(-1)
+    return tok.clamp_(max=scores.shape[-1] - 1)
+
+
+_M32 = 0xFFFF_FFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """murmur3's 32-bit finaliser on int64 tensors holding 32-bit values (products wrap; only
+    the low 32 bits are kept, so the wrap does not matter)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x85EBCA6B) & _M32
+    x = x ^ (x >> 13)
+    x = (x * 0xC2B2AE35) & _M32
+    return x ^ (x >> 16)
+
+
+def uniform(keys: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """A uniform float64 in (0, 1) for each (key, n): 53 bits from two 32-bit hashes."""
+    hi = _mix32((keys ^ ((2 * n) * 0x9E3779B1)) & _M32)
+    lo = _mix32((keys ^ ((2 * n + 1) * 0x9E3779B1 + 0x7F4A7C15)) & _M32)
+    return ((hi << 21) + (lo >> 11)).double().add_(0.5).mul_(2.0**-53)
+
+
+def fold(key: int) -> int:
+    """A 32-bit sampling key from any integer (the identity on keys already folded)."""
+    return (key ^ (key >> 32)) & _M32
 
 
 def row_seed(seed: int, row: int) -> int:
-    """A row's generator seed: distinct rows, distinct streams (splitmix64 of seed and row)."""
+    """A row's key material: distinct rows, distinct keys (splitmix64 of seed and row)."""
     x = (seed * 0x9E3779B97F4A7C15 + row + 1) & 0xFFFF_FFFF_FFFF_FFFF
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFF_FFFF_FFFF_FFFF
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFF_FFFF_FFFF_FFFF
     return (x ^ (x >> 31)) & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def _generator(dev: torch.device, seed: int, state: torch.Tensor | None) -> torch.Generator:
-    g = torch.Generator(device=dev)
-    if state is not None:
-        g.set_state(state)
-    else:
-        g.manual_seed(seed)
-    return g

@@ -96,7 +96,7 @@ class Generation(msgspec.Struct):
     # ``samples[len(prompts) * group_size:]``.
     joined: list[int] = []
     joined_prefill_tokens: int = 0  # joiners' prompt + partial tokens re-prefilled here
-    # Sampling: sample index -> its generator state at a cut (continue with resume(rng=...)).
+    # Sampling: sample index -> its sampling key at a cut (continue with resume(rng=...)).
     rng: dict[int, Any] = {}
 
 
@@ -279,7 +279,8 @@ class HFEngine:
         min_common_prefix: int | None = DEFAULT_MIN_COMMON_PREFIX,
         ship_kv: bool = False,
         inbox: Inbox | None = None,
-        rng: Sequence[torch.Tensor | None] | None = None,
+        rng: Sequence[int | None] | None = None,
+        drawn_before: Sequence[int] | None = None,
     ) -> Generation:
         """Sample ``group_size`` responses per prompt (token ids, not text).
 
@@ -294,9 +295,10 @@ class HFEngine:
         comes back in ``Generation.kv``, for ``resume(kv=...)`` to continue without re-prefill.
         ``inbox``: cut sequences of other functions join this batch while it runs
         (``adapters/decode.py``); they come back after the own samples, ``Generation.joined``
-        naming each one's key. Sampling: each sample draws from its own generator, seeded
-        by ``(seed, its index)`` or restored from ``rng[i]``; a cut sample's state comes back in
-        ``Generation.rng``, so it continues elsewhere as it would have here.
+        naming each one's key. Sampling: sample i's n-th token is drawn at ``uniform(key, n)``
+        (``adapters/decode.py``), its key made from ``(seed, i)`` or given as ``rng[i]`` after
+        ``drawn_before[i]`` earlier draws; a cut sample's key comes back in ``Generation.rng``,
+        so it continues elsewhere as it would have here.
         """
         if not prompts or group_size < 1 or max_new_tokens < 1:
             raise EngineError(
@@ -332,7 +334,10 @@ class HFEngine:
         if seed is None:
             seed = int(torch.randint(2**62, ()).item())
         temp = 1.0 if greedy else float(temperature)
-        out = decode(self, pre, src, max_new_tokens, temp, greedy, seed, stop, ship_kv, inbox, rng)
+        out = decode(
+            self, pre, src, max_new_tokens, temp, greedy, seed, stop, ship_kv, inbox, rng,
+            drawn_before,
+        )  # fmt: skip
         t2 = time.perf_counter()
         n = len(row_prompt)
         samples = [
@@ -379,7 +384,7 @@ class HFEngine:
         KV, the price of migrating without shipping KV. ``kv[j]``: sample j's cache as
         ``generate(ship_kv=True)`` exported it, or None to re-prefill that one
         (``kv_transfer.resume_prefix``); ``kv_tokens`` counts the tokens not recomputed.
-        ``rng[j]``: sample j's generator state at its cut (``Generation.rng``): with it a sampled
+        ``rng[j]``: sample j's sampling key at its cut (``Generation.rng``): with it a sampled
         continuation is the one the uncut run draws.
         """
         if not partial:
@@ -397,7 +402,13 @@ class HFEngine:
         # shared_prefix=False: every continuation is its own sequence, even if two coincide.
         more = self.generate(
             seqs, 1, max(budgets), temperature, seed, greedy, shared_prefix=False, prefix=pre,
-            **({"rng": rng} if rng is not None else {}),  # vLLM reuses resume: no states there
+            # A cut sample's key, and the draws it made before the cut (vLLM reuses resume but
+            # samples its own way: nothing to pass there).
+            **(
+                {"rng": rng, "drawn_before": [len(s.token_ids) for s in partial]}
+                if rng is not None
+                else {}
+            ),
         )  # fmt: skip
         out: list[Sample] = []
         for s, m, budget in zip(partial, more.samples, budgets, strict=True):

@@ -43,7 +43,7 @@ def _pack(gen: Generation, version: int) -> dict[str, Any]:
         "kv_tokens": gen.kv_tokens,  # resume / joiners: state tokens that arrived shipped
         "joined": list(gen.joined),  # keys of samples[len(own):], sequences that joined here
         "joined_prefill": gen.joined_prefill_tokens,  # joiners' state tokens re-prefilled here
-        # Sampling: each cut sample's generator state, so it continues as it would have here.
+        # Sampling: each cut sample's key, so it continues as it would have here.
         "rng": [gen.rng.get(r) for r in range(len(gen.samples))] if gen.rng else None,
     }
 
@@ -160,7 +160,7 @@ class RolloutActor:
         """Cut sequences of another function, to continue inside the running :meth:`generate`.
 
         Each row: ``key``, ``prompt`` (ids), ``token_ids``, ``logprobs``, ``kv`` (the shipped
-        cache, or None to re-prefill) and ``rng`` (its generator state at the cut, or None). False: no generate is running here (or it
+        cache, or None to re-prefill) and ``rng`` (its sampling key, or None). False: no generate is running here (or it
         is ending); the rows were not taken and must go elsewhere.
         """
         joiners = [
@@ -206,7 +206,7 @@ class RolloutActor:
         """Continue cut samples (``partial[j]["prompt_index"]`` indexes ``prompts``) to the end.
 
         ``kv[j]``: sample j's shipped cache, or None to re-prefill it (always, on vLLM).
-        ``rng[j]``: its generator state at the cut (HF engine), to continue its random stream.
+        ``rng[j]``: its sampling key (HF engine), to continue its draws where they stopped.
         """
         samples = [msgspec.convert(p, Sample) for p in partial]
         kw: dict[str, Any] = {}

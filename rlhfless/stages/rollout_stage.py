@@ -385,7 +385,7 @@ class RolloutStage:
         leases: list[tuple[float, bool]],
     ) -> dict[str, Any]:  # fmt: skip
         """Continue handed-over ``rows`` (:meth:`_rows`) that no running function took, together
-        on one function: from their shipped caches and generator states where they have them."""
+        on one function: from their shipped caches and sampling keys where they have them."""
         p, cfg, g = self.p, self.p.cfg.rollout, self.p.cfg.train.group_size
         partial = [
             {

@@ -95,7 +95,7 @@ def test_sampled_sequences_come_out_the_same_cut_and_joined_or_not(
     full = engine.generate(theirs, 2, 20, seed=5)  # the uncut run
     cut = engine.generate(theirs, 2, 20, seed=5, stop=_cut_after(3), ship_kv=True)
     moved = [r for r, s in enumerate(cut.samples) if s.finish_reason == "cut"]
-    assert moved and set(cut.rng) == set(moved)  # each cut row's generator state comes back
+    assert moved and set(cut.rng) == set(moved)  # each cut row's sampling key comes back
     for r, s in enumerate(cut.samples):  # before the cut: the same draws
         assert s.token_ids == full.samples[r].token_ids[: len(s.token_ids)]
     for at, ship in ((1, True), (4, False)):
@@ -167,3 +167,28 @@ def test_offers_from_another_thread_are_decoded_or_refused_never_lost(
     thread.join()
     assert got.joined == accepted  # every accepted sequence came back, in arrival order
     assert all(s.finish_reason in ("eos", "length") for s in got.samples)
+
+
+def test_the_keyed_draws_follow_the_distribution() -> None:
+    """Inverse CDF at uniform(key, n): frequencies over many keys and steps match the
+    probabilities (a chi-square bound far above what a fair sampler reaches), and a row's draws
+    depend on its key and n only, not on the other rows in the batch."""
+    import torch
+
+    from rlhfless.adapters.decode import _sample, fold, row_seed, uniform
+
+    probs = torch.tensor([0.5, 0.25, 0.125, 0.0, 0.0625, 0.0625])
+    scores = probs.clamp_min(1e-30).log().expand(4000, -1)
+    keys = torch.tensor([fold(row_seed(7, r)) for r in range(4000)])
+    counts = torch.zeros(6)
+    for n in range(5):
+        tok = _sample(scores, keys, torch.full((4000,), n))
+        counts += torch.bincount(tok, minlength=6)
+        alone = _sample(scores[:1], keys[123:124], torch.tensor([n]))
+        assert int(alone[0]) == int(tok[123])  # the same draw without the other 3999 rows
+    assert counts[3] == 0  # a zero-probability token is never drawn
+    expected = probs * 20000
+    chi2 = float((((counts - expected) ** 2) / expected.clamp_min(1e-9))[probs > 0].sum())
+    assert chi2 < 25.0, (counts, chi2)  # 4 degrees of freedom: p < 1e-4
+    u = uniform(keys, torch.zeros(4000, dtype=torch.long))
+    assert float(u.min()) > 0.0 and float(u.max()) < 1.0 and abs(float(u.mean()) - 0.5) < 0.02

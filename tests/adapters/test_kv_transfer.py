@@ -2,11 +2,10 @@
 
 What holds: under greedy decoding a sample cut, shipped and resumed is the sample generated
 without a cut, token for token, with log-probs within 1e-5 (the decode batches differ in padding
-and composition, so only the float summation order differs). Under seeded sampling the resumed
-continuation is not the uncut one (the uncut run's generator has drawn for other rows and steps
-by the cut; no engine can replay that elsewhere), but resuming from a shipped cache and resuming
-by re-prefill with the same seed draw the same tokens: the migration method never changes the
-sample, and both continue from the same distribution (log-probs within 1e-5).
+and composition, so only the float summation order differs). Under sampling, a resume given the
+cut samples' sampling keys (``Generation.rng``) draws what the uncut run draws, whether from a
+shipped cache or by re-prefill; without the keys it draws fresh tokens, the same both ways for the
+same seed: the migration method never changes the sample.
 """
 
 import pytest
@@ -113,7 +112,7 @@ def test_sampled_resume_draws_the_same_tokens_from_a_shipped_cache_as_by_reprefi
         assert _max_diff(a, b) < LOGPROB_TOL
 
 
-def test_a_sampled_resume_with_the_cut_generator_states_is_the_uncut_sample(
+def test_a_sampled_resume_with_the_cut_sampling_keys_is_the_uncut_sample(
     engine: HFEngine, prompts: list[list[int]]
 ) -> None:
     full = engine.generate(prompts, 4, 32, seed=3)

@@ -50,7 +50,7 @@ async def test_stragglers_join_a_running_function_and_end_as_uncut(
                 "prompt": theirs[s.prompt_index],
                 "token_ids": s.token_ids,
                 "logprobs": s.logprobs,
-                "rng": None,  # greedy: no generator
+                "rng": None,  # greedy: no sampling key
                 "kv": cut.kv[r] if ship else None,
             }
             for r, s in enumerate(cut.samples)

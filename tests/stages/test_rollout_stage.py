@@ -126,7 +126,7 @@ async def test_cut_and_migrate_gives_the_same_sequences_under_greedy(tmp_path: P
 
 
 async def test_a_sampled_rollout_comes_out_the_same_with_cuts(tmp_path: Path) -> None:
-    """Each sequence draws from its own generator, whose state moves with it at a cut: the
+    """Each sequence draws with its own key, which moves with it at a cut: the
     same sampled sequences with no cut, with cuts shipping KV and with cuts re-prefilling."""
     model_dir = build_tiny_model(tmp_path / "model", seed=0)
     long = ["rollout.max_new_tokens=64"]  # random init: EOS now and then, a long tail
