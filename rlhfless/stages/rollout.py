@@ -116,11 +116,13 @@ class RolloutActor:
         cut_threshold: float | None = None,
         ship_kv: dict[str, float] | None = None,
         join: bool = False,
+        keys: list[int] | None = None,
     ) -> dict[str, Any]:
         """``ship_kv``: the stage's ``TransferParams`` (as a dict); None never ships a cache.
 
         ``join``: other functions' cut sequences may join this call while it runs (:meth:`admit`);
-        they come back after the own samples, ``joined`` naming their keys."""
+        they come back after the own samples, ``joined`` naming their keys. ``keys``: each
+        sample's sampling key (HF engine; ``adapters/decode.py``), else made from ``seed``."""
         stop = None
         if cut_threshold is not None:
             # Cut once this share of the function's sequences is done (the paper's per-function
@@ -132,6 +134,8 @@ class RolloutActor:
         if ship_kv is not None and isinstance(self.engine, HFEngine):
             transfer = msgspec.convert(ship_kv, TransferParams)
             kw["ship_kv"] = True  # export the cut rows' KV; shipped if choose() says so
+        if keys is not None and isinstance(self.engine, HFEngine):
+            kw["rng"] = keys
         call = functools.partial(
             self.engine.generate, prompts, group_size, max_new_tokens, temperature=temperature,
             seed=seed, greedy=greedy, shared_prefix=shared_prefix, stop=stop,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from rlhfless.adapters.decode import fold, row_seed
 from rlhfless.cost_models import Lifetime
 from rlhfless.scaling import Scaler, TransferParams, kv_bytes_per_token
 from rlhfless.scaling.migrate import FunctionProgress, SequenceProgress
@@ -175,6 +176,10 @@ class RolloutStage:
         # Receivers are tried longest predicted work first: they run long enough anyway.
         work = [sum(plan.predicted_lengths[i] for i in rows) for rows in groups]
         owners = [[i * g + s for i in rows for s in range(g)] for rows in groups]
+        # A sample's sampling key follows its index in the batch, not the function or row it is
+        # given: the same samples whatever k, assignment or cut.
+        base = seed_of(p.cfg.run.seed, step)
+        keys = [[fold(row_seed(base, k)) for k in own] for own in owners]
 
         async def run_function(index: int, rows: list[int]) -> dict[str, Any]:
             async def on(h: Any) -> dict[str, Any]:
@@ -187,7 +192,7 @@ class RolloutStage:
                     return await h.generate(
                         [prompt_ids[i] for i in rows], g, cfg.max_new_tokens, cfg.temperature,
                         seed_of(p.cfg.run.seed, step, index), cfg.shared_prefix, cfg.greedy, None,
-                        ship_kv=ship_kv, join=cut is not None,
+                        ship_kv=ship_kv, join=cut is not None, keys=keys[index],
                     )  # fmt: skip
                 finally:
                     running.pop(index, None)

@@ -204,3 +204,31 @@ def test_kv_bytes_per_token_come_from_the_model_config(tmp_path: Path) -> None:
     assert model_kv_bytes_per_token(tmp_path, "float32") == 2 * 57344
     tiny = build_tiny_model(tmp_path / "model", seed=0)  # 2 layers, 2 KV heads of 16, fp32
     assert model_kv_bytes_per_token(tiny, "float32") == 2 * 2 * 2 * 16 * 4
+
+
+async def test_sampled_samples_do_not_depend_on_how_many_functions_draw_them(
+    tmp_path: Path,
+) -> None:
+    """A sample's sampling key follows its index in the batch: one function or two, round robin
+    or the scaler's assignment, the same sampled sequences."""
+    model_dir = build_tiny_model(tmp_path / "model", seed=0)
+    long = ["rollout.max_new_tokens=32"]
+    cfgs = [
+        load_config(None, [*BASE, *long, f"run.run_dir={tmp_path}", *extra])
+        for extra in (
+            ["rollout.functions=1"],
+            ["rollout.functions=2"],
+            ["scaling.policy=rlhfless", "scaling.k_min=2", "scaling.cut=none"],
+        )
+    ]
+    async with Runtime(slots=2, keep_alive_s=5) as rt:
+        outs = []
+        for cfg in cfgs:
+            q = Pipeline(rt, cfg, model_dir, tmp_path)
+            prompts = batch_for_step(q.task, 5, cfg.train.batch_prompts, cfg.run.seed)
+            ids = [q.tokenizer.encode_prompt(x.text) for x in prompts]
+            outs.append(await q.rollout_stage.run(5, prompts, ids))
+    assert [o.functions for o in outs] == [1, 2, 2]
+    assert len({len(r) for r in outs[0].response_ids}) > 1  # sampled, not all alike
+    for o in outs[1:]:
+        assert o.response_ids == outs[0].response_ids
