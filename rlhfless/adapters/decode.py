@@ -323,13 +323,18 @@ def _sample(scores: torch.Tensor, keys: torch.Tensor, drawn: torch.Tensor) -> to
 _M32 = 0xFFFF_FFFF
 
 
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """``x * c mod 2**32`` for 32-bit values in int64 without overflowing it (a full 32 x 32-bit
+    product can pass 2**63): the two 16-bit halves of ``x`` are multiplied separately."""
+    return ((x & 0xFFFF) * c + (((x >> 16) * c) & 0xFFFF) * 65536) & _M32
+
+
 def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """murmur3's 32-bit finaliser on int64 tensors holding 32-bit values (products wrap; only
-    the low 32 bits are kept, so the wrap does not matter)."""
+    """murmur3's 32-bit finaliser, on int64 tensors holding 32-bit values."""
     x = x ^ (x >> 16)
-    x = (x * 0x85EBCA6B) & _M32
+    x = _mul32(x, 0x85EBCA6B)
     x = x ^ (x >> 13)
-    x = (x * 0xC2B2AE35) & _M32
+    x = _mul32(x, 0xC2B2AE35)
     return x ^ (x >> 16)
 
 

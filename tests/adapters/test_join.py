@@ -192,3 +192,22 @@ def test_the_keyed_draws_follow_the_distribution() -> None:
     assert chi2 < 25.0, (counts, chi2)  # 4 degrees of freedom: p < 1e-4
     u = uniform(keys, torch.zeros(4000, dtype=torch.long))
     assert float(u.min()) > 0.0 and float(u.max()) < 1.0 and abs(float(u.mean()) - 0.5) < 0.02
+
+
+def test_the_hash_is_murmur3_fmix32_exactly_without_int64_overflow() -> None:
+    import random
+
+    import torch
+
+    from rlhfless.adapters.decode import _mix32
+
+    def fmix32(x: int) -> int:  # the reference, on Python's unbounded ints
+        x ^= x >> 16
+        x = (x * 0x85EBCA6B) & 0xFFFF_FFFF
+        x ^= x >> 13
+        x = (x * 0xC2B2AE35) & 0xFFFF_FFFF
+        return x ^ (x >> 16)
+
+    rng = random.Random(0)
+    xs = [0, 1, 0xFFFF_FFFF, 0x8000_0000, *(rng.getrandbits(32) for _ in range(5000))]
+    assert _mix32(torch.tensor(xs)).tolist() == [fmix32(x) for x in xs]
