@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from rlhfless.adapters.errors import EngineError
 from rlhfless.adapters.kv_transfer import (
     PrefixKV,
     cache_kwarg,
@@ -74,6 +75,7 @@ class Inbox:
 
     def open(self) -> None:
         with self._lock:
+            self._rows = []  # anything left by a generate that failed belongs to no one now
             self._open = True
             self.cut_requested = False
             self.progress = None
@@ -137,6 +139,7 @@ class Decoded:
     shipped: dict[int, Any] = field(default_factory=dict)  # row -> exported KV of a cut row
     rng: dict[int, int] = field(default_factory=dict)  # row -> sampling key of a cut row
     start: list[int] = field(default_factory=list)  # tokens each row had when it came in
+    steps: int = 0  # decode steps run here
 
     def add(self, j: Joiner, reason: str) -> int:
         """A row for joiner ``j``, holding its tokens so far; its index."""
@@ -308,16 +311,29 @@ def decode(
             active = torch.cat([active, rows_for(joiners)])
             next_pos = torch.cat([next_pos, state.mask.sum(-1)])
     out.decode_tokens = sum(len(t) - s for t, s in zip(out.tokens, out.start, strict=True))
+    # Steps run here: a joiner's tokens from before it came do not count.
+    out.steps = max((len(t) - s for t, s in zip(out.tokens, out.start, strict=True)), default=0)
     return out
 
 
 def _sample(scores: torch.Tensor, keys: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
     """One token per row by inverse CDF at ``uniform(key, drawn)``: a row's n-th draw is fixed
     by its key and n alone."""
-    cdf = scores.exp().cumsum(-1)
-    x = (uniform(keys, drawn) * cdf[:, -1].double()).to(cdf.dtype).unsqueeze(-1)
+    return pick(scores, uniform(keys, drawn))
+
+
+def pick(scores: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The token at quantile ``u`` (in [0, 1]) of each row's distribution (log-probs)."""
+    # float64: a float32 sum over a large vocabulary cannot resolve a token's share below ~3e-8.
+    cdf = scores.double().exp().cumsum(-1)
+    total = cdf[:, -1]
+    if not bool(torch.isfinite(total).all()) or bool((total <= 0).any()):
+        raise EngineError("the next-token distribution is not finite (NaN or inf logits)")
+    x = (u.to(total.dtype) * total).unsqueeze(-1)
     tok = torch.searchsorted(cdf, x, right=True).squeeze(-1)
-    return tok.clamp_(max=scores.shape[-1] - 1)
+    # u * total can round up to total itself: never past the last token with probability > 0.
+    last = (cdf < total.unsqueeze(-1)).sum(-1)
+    return torch.minimum(tok, last)
 
 
 _M32 = 0xFFFF_FFFF

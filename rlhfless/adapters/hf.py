@@ -96,6 +96,7 @@ class Generation(msgspec.Struct):
     # ``samples[len(prompts) * group_size:]``.
     joined: list[int] = []
     joined_prefill_tokens: int = 0  # joiners' prompt + partial tokens re-prefilled here
+    steps: int = -1  # decode steps run by this call (-1: not reported; the longest sample's)
     # Sampling: sample index -> its sampling key at a cut (continue with resume(rng=...)).
     rng: dict[int, Any] = {}
 
@@ -363,6 +364,7 @@ class HFEngine:
             kv_tokens=out.kv_tokens,
             joined=[j.key for j in out.joined],
             joined_prefill_tokens=out.joined_prefill_tokens,
+            steps=out.steps,
         )
 
     @torch.no_grad()

@@ -160,7 +160,7 @@ class Runtime(WarmPool, Locality, ZygoteHost):
                 result = action()
                 if asyncio.iscoroutine(result):
                     await result
-            except Exception as exc:
+            except BaseException as exc:  # a cancellation too: the later steps still run
                 log.warning("closing the runtime: %s failed: %r", what, exc)
                 failures.append(exc)
 

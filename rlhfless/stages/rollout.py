@@ -39,7 +39,10 @@ def _pack(gen: Generation, version: int) -> dict[str, Any]:
         "decode_tokens": gen.decode_tokens,
         "prefill_seconds": gen.prefill_seconds,
         "decode_seconds": gen.decode_seconds,
-        "steps": max((len(s.token_ids) for s in gen.samples), default=0),
+        # Decode steps run by this call (a joiner's earlier tokens were decoded elsewhere).
+        "steps": gen.steps
+        if gen.steps >= 0
+        else max((len(s.token_ids) for s in gen.samples), default=0),
         "kv_tokens": gen.kv_tokens,  # resume / joiners: state tokens that arrived shipped
         "joined": list(gen.joined),  # keys of samples[len(own):], sequences that joined here
         "joined_prefill": gen.joined_prefill_tokens,  # joiners' state tokens re-prefilled here
@@ -71,6 +74,7 @@ class RolloutActor:
 
     def __init__(self, model_dir: str, dtype: str = "float32", engine: str = "hf") -> None:
         self.inbox = Inbox()
+        self._decoding = False  # a generate's decode thread is running
         self._joiner_prompts: dict[int, int] = {}  # key -> prompt length of an admitted sequence
         if engine == "hf":
             self.engine = HFEngine.load(model_dir, dtype=DTYPES[dtype])
@@ -145,15 +149,25 @@ class RolloutActor:
         else:
             # Opened here, on the event loop, before the decode starts on a worker thread: an
             # admit() sent right after this call is handled after this point, so it is taken.
+            if self._decoding:  # a cancelled caller does not stop the thread of its call
+                raise RuntimeError("a generate is still decoding on this function")
             self.inbox.open()
             threads = torch.get_num_threads()  # the function's CPU share, set on this thread
 
             def decode() -> Generation:
                 torch.set_num_threads(threads)  # a new thread starts with every core
-                return call(inbox=self.inbox, **kw)
+                try:
+                    return call(inbox=self.inbox, **kw)
+                finally:
+                    self._decoding = False
 
             # The decode runs off the event loop, so admit(), progress() and cut_now() reach it.
-            gen = await asyncio.to_thread(decode)
+            self._decoding = True
+            try:
+                gen = await asyncio.to_thread(decode)
+            finally:
+                for j in self.inbox.close():  # a failed decode took them: refuse, forget them
+                    self._joiner_prompts.pop(j.key, None)
         out = _pack(gen, self.engine.version)
         lens = [len(prompts[s.prompt_index]) for s in gen.samples[: len(prompts) * group_size]]
         lens += [self._joiner_prompts.pop(key) for key in gen.joined]

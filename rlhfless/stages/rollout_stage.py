@@ -97,6 +97,7 @@ class _Moves:
     def __init__(self) -> None:
         self.rows: dict[int, dict[str, Any]] = {}  # key -> the row last handed over
         self.dest: dict[int, int] = {}  # key -> the function the cut's plan sends it to
+        self.cutting: set[int] = set()  # functions told to cut: no longer receivers
         self.receivers: set[int] = set()
         self.methods: list[str] = []  # one per hand-over (a function's cut)
         self.resumed = 0  # resume functions started for what no running function took
@@ -298,7 +299,7 @@ class RolloutStage:
             moves.rows[row["key"]] = row
             by_dest.setdefault(moves.dest.pop(row["key"], None), []).append(row)
         for dest, some in by_dest.items():
-            order = sorted(running, key=lambda i: -work[i])
+            order = sorted((i for i in running if i not in moves.cutting), key=lambda i: -work[i])
             if dest in order:
                 order.remove(dest)
                 order.insert(0, dest)
@@ -332,35 +333,39 @@ class RolloutStage:
         # The lengths each prompt's samples may have (the predictor's support): a sequence's
         # expected remaining is E[L - produced | L > produced] over them, as in the simulator.
         support = [self.scaler.predictor.support(k) for k in prompt_keys]
-        cut: set[int] = set()
         while True:
             await asyncio.sleep(self.scaler.config.cut_poll_s)
-            live = {i: h for i, h in running.items() if i not in cut}
-            if len(live) < 2:
-                continue
-            replies = await asyncio.gather(
-                *(h.progress() for h in live.values()), return_exceptions=True
-            )
-            ready = {i: r for i, r in zip(live, replies, strict=True) if isinstance(r, dict)}
-            if kind == "per_function":
-                due = any(r["finished"] >= tau * r["total"] for r in ready.values())
-            else:
-                due = sum(r["finished"] for r in ready.values()) >= tau * sum(
-                    r["total"] for r in ready.values()
-                )
-            if not due:  # nothing to plan yet: keep the controller's CPU for the functions
-                continue
-            now = [
-                self._progress(i, r, owners[i], prompt_ids, support, g) for i, r in ready.items()
-            ]
-            plan = self.scaler.migration(now)
-            for fid in plan.cut:
-                h = running.get(int(fid))
-                if h is not None and await h.cut_now():
-                    cut.add(int(fid))
-                    moves.dest.update(
-                        {m.seq_id: int(m.dest) for m in plan.moves if m.source == fid}
-                    )
+            try:
+                await self._cut_once(running, owners, prompt_ids, support, kind, tau, g, moves)
+            except Exception as exc:  # a bad poll must not end cutting for the whole rollout
+                log.warning("rollout: planning a cut failed (%r); trying again", exc)
+
+    async def _cut_once(
+        self, running: dict[int, Any], owners: list[list[int]], prompt_ids: list[list[int]],
+        support: list[list[float]], kind: str, tau: float, g: int, moves: _Moves,
+    ) -> None:  # fmt: skip
+        """One poll of :meth:`_watch`: read progress, plan, cut."""
+        live = {i: h for i, h in running.items() if i not in moves.cutting}
+        if len(live) < 2:
+            return
+        replies = await asyncio.gather(
+            *(h.progress() for h in live.values()), return_exceptions=True
+        )
+        ready = {i: r for i, r in zip(live, replies, strict=True) if isinstance(r, dict)}
+        if kind == "per_function":
+            due = any(r["finished"] >= tau * r["total"] for r in ready.values())
+        else:
+            done = sum(r["finished"] for r in ready.values())
+            due = done >= tau * sum(r["total"] for r in ready.values())
+        if not due:  # nothing to plan yet: keep the controller's CPU for the functions
+            return
+        now = [self._progress(i, r, owners[i], prompt_ids, support, g) for i, r in ready.items()]
+        plan = self.scaler.migration(now)
+        for fid in plan.cut:
+            h = running.get(int(fid))
+            if h is not None and await h.cut_now():
+                moves.cutting.add(int(fid))
+                moves.dest.update({m.seq_id: int(m.dest) for m in plan.moves if m.source == fid})
 
     def _progress(
         self,

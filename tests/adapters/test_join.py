@@ -122,6 +122,7 @@ def test_a_generate_that_cuts_returns_unstarted_joiners_cut_and_unchanged(
     assert [s.token_ids for s in returned] == [s.token_ids for s in cut.samples]
     assert got.kv[3] is rows[0].kv and 4 not in got.kv  # the shipped cache travels on
     assert not inbox.offer(rows)  # closed by the cut
+    assert got.steps == 1  # the joiners' two earlier tokens were not decoded here
 
 
 def test_a_requested_cut_stops_at_the_next_step_and_reports_progress_before(
@@ -211,3 +212,18 @@ def test_the_hash_is_murmur3_fmix32_exactly_without_int64_overflow() -> None:
     rng = random.Random(0)
     xs = [0, 1, 0xFFFF_FFFF, 0x8000_0000, *(rng.getrandbits(32) for _ in range(5000))]
     assert _mix32(torch.tensor(xs)).tolist() == [fmix32(x) for x in xs]
+
+
+def test_a_quantile_at_the_top_never_picks_an_impossible_token_and_nan_is_refused() -> None:
+    import torch
+
+    from rlhfless.adapters.decode import pick
+    from rlhfless.adapters.hf import EngineError
+
+    logp = torch.tensor([[0.5, 0.5, 0.0, 0.0]]).clamp_min(1e-45).log()
+    logp[0, 2:] = float("-inf")  # trailing tokens with no probability (a padded vocabulary)
+    assert pick(logp, torch.tensor([1.0])).tolist() == [1]  # u * total == total: the last real
+    assert pick(logp, torch.tensor([0.0])).tolist() == [0]
+    assert pick(logp, torch.tensor([0.5])).tolist() == [1]
+    with pytest.raises(EngineError, match="not finite"):
+        pick(torch.full((1, 4), float("nan")), torch.tensor([0.3]))
