@@ -11,7 +11,6 @@ import contextlib
 import itertools
 import logging
 import secrets
-import shutil
 import socket
 import tempfile
 import time
@@ -24,6 +23,7 @@ import zmq.asyncio
 
 from rlhfless.runtime import launch
 from rlhfless.runtime.billing import BillingLog, BillingRecord
+from rlhfless.runtime.closing import Closing
 from rlhfless.runtime.config import RuntimeConfig
 from rlhfless.runtime.devices import NodeDevices, detect
 from rlhfless.runtime.errors import (
@@ -63,7 +63,7 @@ T = TypeVar("T")
 _RECV_BURST = 64  # messages the receiver takes in a row before it lets other tasks run
 
 
-class Runtime(WarmPool, Locality, ZygoteHost):
+class Runtime(WarmPool, Locality, ZygoteHost, Closing):
     """Function processes on demand. ``async with Runtime() as rt: h = await rt.spawn(...)``."""
 
     def __init__(self, config: RuntimeConfig | None = None, **overrides: Any) -> None:
@@ -147,65 +147,6 @@ class Runtime(WarmPool, Locality, ZygoteHost):
             raise RuntimeClosed(
                 f"the runtime's receiver failed: {self._failure!r}"
             ) from self._failure
-
-    async def _release_resources(self) -> None:
-        """Every step runs even when one before it fails: a step skipped leaves an
-        authenticator thread, sockets or a context behind, and the garbage collector's later
-        attempt to terminate that context hangs whatever runs then. The first failure is
-        raised once all steps have run."""
-        failures: list[BaseException] = []
-
-        async def step(what: str, action: Any) -> None:
-            try:
-                result = action()
-                if asyncio.iscoroutine(result):
-                    await result
-            except BaseException as exc:  # a cancellation too: the later steps still run
-                log.warning("closing the runtime: %s failed: %r", what, exc)
-                failures.append(exc)
-
-        if self.cluster is not None:
-            await step("closing the node links", self.cluster.aclose)
-        if self.ray_agents is not None:
-            await step("closing the Ray agents", lambda: asyncio.to_thread(self.ray_agents.close))
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await step("closing the socket", lambda: self._sock.close(linger=0))
-        # destroy, not term: a socket still open on this context (one a failed step left)
-        # is closed instead of making term() wait for it forever.
-        await step("closing the zmq context", lambda: self._ctx.destroy(linger=0))
-        shutil.rmtree(self._dir, ignore_errors=True)
-        await step("closing the billing log", self._billing.close)
-        if failures:
-            raise failures[0]
-
-    async def _shutdown_functions(self) -> None:
-        live = [fn for fn in self._fns.values() if fn.state != "dead"]
-        for fn in live:
-            fn.expected_exit = True
-            if fn.expiry is not None:
-                fn.expiry.cancel()
-            if fn.state != "starting" or fn.pid:
-                await self._send_quiet(fn.function_id, Release("shutdown"))
-            fn.state = "exiting"
-        await self._wait_exits(live, self.config.shutdown_timeout_s)
-        left = [fn for fn in live if fn.state != "dead"]
-        for fn in left:
-            self._kill(fn)
-        await self._wait_exits(left, 2.0)
-        for fn in left:  # no exit report (e.g. the zygote was gone): close the books anyway
-            if fn.state != "dead":
-                self._on_exited(
-                    fn.function_id, fn.pid, None, ["(no exit report: killed at shutdown)"]
-                )
-
-    @staticmethod
-    async def _wait_exits(fns: list[FunctionState], timeout: float) -> None:
-        if fns:
-            await asyncio.wait(
-                [asyncio.ensure_future(fn.exited.wait()) for fn in fns], timeout=timeout
-            )
 
     # ---------------------------------------------------------------- spawn and release
 
