@@ -435,6 +435,7 @@ class HFEngine:
             prefill_seconds=more.prefill_seconds if pre is None else pre.seconds,
             decode_seconds=more.decode_seconds,
             kv_tokens=sum(k.shape[3] for k in kv if k is not None) if pre is not None else 0,
+            steps=more.steps,  # the partial tokens were decoded before the cut, elsewhere
         )
 
     # -- scoring ---------------------------------------------------------------------------

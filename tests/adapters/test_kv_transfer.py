@@ -48,6 +48,7 @@ def test_greedy_resume_from_shipped_kv_equals_the_uncut_samples(
         assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
         assert _max_diff(a, b) < LOGPROB_TOL
     assert resumed.decode_tokens == sum(24 - 6 for _ in cut.samples)
+    assert resumed.steps == 24 - 6  # steps run by the resume, not the cut samples' earlier ones
 
 
 def test_rows_of_different_prompt_and_partial_lengths_in_one_resume_batch(
