@@ -30,7 +30,7 @@ All inputs and outputs are structs; nothing here runs a process.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import msgspec
 
@@ -232,6 +232,18 @@ def _place(
             )
         )
     return moves
+
+
+def cut_due(cut: str, threshold: float, functions: Iterable[tuple[int, int, int]]) -> bool:
+    """Whether a cut plan is worth asking for: some working function has ``finished >= τ ·
+    assigned`` (``per_function``), or all of them together have (``global``).
+
+    ``functions``: ``(finished, assigned, unfinished)`` of each function not yet done. A cheap
+    test that planners run before building every sequence's progress."""
+    rows = list(functions)
+    if cut == "per_function":
+        return any(u > 0 and f >= threshold * a for f, a, u in rows)
+    return sum(f for f, _, _ in rows) >= threshold * sum(a for _, a, _ in rows)
 
 
 def plan_cut_and_migrate(

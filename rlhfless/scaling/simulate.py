@@ -41,6 +41,7 @@ from rlhfless.scaling.migrate import (
     FunctionProgress,
     SequenceProgress,
     check_threshold,
+    cut_due,
     plan_cut_and_migrate,
     plan_global_cut,
 )
@@ -228,7 +229,6 @@ def simulate_rollout(
         schedule(f, start + params.prefill_seconds(sum(prefill_tokens[g] for g in members)))
     moves = cuts = 0
     global_fired = False
-    total_assigned = n
 
     def close_busy(f: int, t: float) -> None:
         fn = fns[f]
@@ -279,15 +279,15 @@ def simulate_rollout(
         return rows
 
     def has_candidate() -> bool:
-        if cut == "per_function":
-            return any(
-                not fn.done
-                and (fn.active or fn.queue or fn.arrivals)
-                and fn.finished >= tau * fn.assigned
-                for fn in fns
-            )
-        finished = sum(fn.finished for fn in fns)
-        return not global_fired and finished >= tau * total_assigned
+        if cut == "global" and global_fired:
+            return False
+        # Every function (a global cut counts the finished ones too); one that is done has no
+        # unfinished sequence, so it is never a per-function candidate.
+        counts = ((fn.finished, fn.assigned, 0 if fn.done else fn_unfinished(fn)) for fn in fns)
+        return cut_due(cut, tau, counts)
+
+    def fn_unfinished(fn: _Fn) -> int:
+        return len(fn.active) + len(fn.queue) + len(fn.arrivals)
 
     def migrate(t: float) -> None:
         nonlocal moves, cuts, global_fired

@@ -1,10 +1,13 @@
 """The rollout stage: sample G responses per prompt with the current policy weights.
 
-With cut-and-migrate on, a function stops once ``cut_threshold`` of its sequences have finished
-and returns the others cut, tokens so far kept. The stage hands them at once to a function that
-is still generating (:meth:`RolloutActor.admit`): they join its running batch and come back
-with its result (``adapters/decode.py``). Where none takes them (all have ended), they are
-resumed together on one function (:meth:`RolloutActor.resume`). Nothing is truncated.
+With cut-and-migrate on, the stage's controller reads each function's progress
+(:meth:`RolloutActor.progress`) and tells the ones its plan cuts to stop
+(:meth:`RolloutActor.cut_now`); a cut function returns its unfinished sequences cut, tokens so
+far kept (``cut_threshold`` instead lets a function cut itself once that share of its sequences
+has finished). The stage hands them at once to a function that is still generating
+(:meth:`RolloutActor.admit`): they join its running batch and come back with its result
+(``adapters/decode.py``). Where none takes them (all have ended), they are resumed together on
+one function (:meth:`RolloutActor.resume`). Nothing is truncated.
 
 Each function's cut is one migration: given the stage's ``TransferParams`` (``ship_kv``), the
 function asks :meth:`~rlhfless.scaling.transfer.TransferParams.choose` whether shipping its cut

@@ -31,7 +31,7 @@ import msgspec
 from rlhfless.adapters.decode import fold, row_seed
 from rlhfless.cost_models import Lifetime
 from rlhfless.scaling import Scaler, TransferParams, kv_bytes_per_token
-from rlhfless.scaling.migrate import FunctionProgress, SequenceProgress
+from rlhfless.scaling.migrate import FunctionProgress, SequenceProgress, cut_due
 from rlhfless.scaling.predictor import expected_remaining
 
 if TYPE_CHECKING:
@@ -220,9 +220,10 @@ class RolloutStage:
                         rows = self._rows(step, prompt_ids, stragglers, part, batch)
                         await self._hand_over(rows, running, work, moves)
         finally:
-            for task in [*tasks, *([watch] if watch is not None else [])]:
+            pending = [*tasks, *([watch] if watch is not None else [])]
+            for task in pending:
                 task.cancel()
-            await asyncio.gather(*tasks, *([watch] if watch else []), return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
         left = moves.unfinished(batch)  # taken by no one, or by a function that died since
         if left:
             resumed = await self._resume(step, prompt_ids, [moves.rows[k] for k in left], leases)
@@ -352,14 +353,16 @@ class RolloutStage:
             *(h.progress() for h in live.values()), return_exceptions=True
         )
         ready = {i: r for i, r in zip(live, replies, strict=True) if isinstance(r, dict)}
-        if kind == "per_function":
-            due = any(r["finished"] >= tau * r["total"] for r in ready.values())
-        else:
-            done = sum(r["finished"] for r in ready.values())
-            due = done >= tau * sum(r["total"] for r in ready.values())
-        if not due:  # nothing to plan yet: keep the controller's CPU for the functions
+        counts = (
+            (r["finished"], r["total"], len(r["own"]) + len(r["joined"])) for r in ready.values()
+        )
+        if not cut_due(kind, tau, counts):  # nothing to plan yet: keep the CPU for the functions
             return
-        now = [self._progress(i, r, owners[i], prompt_ids, support, g) for i, r in ready.items()]
+        max_batch = self.scaler.throughput.params().max_batch
+        now = [
+            self._progress(i, r, owners[i], prompt_ids, support, g, max_batch)
+            for i, r in ready.items()
+        ]
         plan = self.scaler.migration(now)
         for fid in plan.cut:
             h = running.get(int(fid))
@@ -375,6 +378,7 @@ class RolloutStage:
         prompt_ids: list[list[int]],
         support: list[list[float]],
         g: int,
+        max_batch: int,
     ) -> FunctionProgress:
         def seq(key: int, produced: int) -> SequenceProgress:
             left = expected_remaining(support[key // g], produced)
@@ -387,7 +391,7 @@ class RolloutStage:
         unfinished += [seq(key, m) for key, m in reply["joined"]]
         return FunctionProgress(
             function_id=str(index), assigned=reply["total"], finished=reply["finished"],
-            unfinished=tuple(unfinished), max_batch=self.scaler.throughput.params().max_batch,
+            unfinished=tuple(unfinished), max_batch=max_batch,
         )  # fmt: skip
 
     async def _resume(
