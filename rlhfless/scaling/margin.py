@@ -30,11 +30,11 @@ groups (:meth:`ErrorModel.scenarios`, seeded, so a plan is reproducible):
 Every drawn length is capped at the longest response ever observed (responses are capped by the
 generation limit), and never capped below its own prediction.
 
-Expected T and C. :func:`expected_point` evaluates an assignment on each scenario: function f's
-load is the prefill of its prompts plus the continuous-batching decode of its drawn lengths,
-admitted in predicted order (longest predicted first, as the assignment submits them), so a
-long sequence queued behind a full batch finishes late; then cold start, weight load and the
-bill exactly as :func:`~rlhfless.scaling.scaler.evaluate` does. The expected makespan and
+Expected T and C. :func:`~rlhfless.scaling.expected.expected_point` evaluates an assignment
+on each scenario: function f's load is the prefill of its prompts plus the continuous-batching
+decode of its drawn lengths, admitted in predicted order (longest predicted first, as the
+assignment submits them), so a long sequence queued behind a full batch finishes late; then
+cold start, weight load and the bill exactly as :func:`~rlhfless.scaling.curve.evaluate` does. The expected makespan and
 dollars are the means over the scenarios. With an exact predictor every ratio is 1, every
 scenario is the prediction, and the expected point is the predicted one.
 
@@ -183,7 +183,7 @@ class Margin(msgspec.Struct, kw_only=True):
     alternatives: tuple[str, ...] = ()
     source: str = "none"  # how most groups were drawn: seen / new / shape / none
     # Cut settings (policy, τ) each candidate within the bound is also evaluated with, by
-    # simulating its rollout on every scenario (see scaler.expected_cut_point); empty: no cut.
+    # simulating its rollout on every scenario (see expected.expected_cut_point); empty: no cut.
     cuts: tuple[tuple[str, float], ...] = ()
     shape: list[float] = []  # the dataset's sample/median ratios: the cut planner's remaining
 
@@ -223,20 +223,42 @@ def build_margin(
     )
 
 
+def admission_order(
+    assignment: Assignment, works: Sequence[GroupWork]
+) -> list[list[tuple[int, int]]]:
+    """Each function's sequences as ``(group, sample)``, longest *predicted* first (ties in
+    group order): the order :func:`scenario_loads` admits them in. It depends on the
+    predictions only, so a caller evaluating many scenarios of one assignment sorts once."""
+    order = []
+    for members in assignment.groups:
+        seqs = [(p, g, i) for g in members for i, p in enumerate(works[g].lengths)]
+        seqs.sort(key=lambda t: -t[0])  # stable: equal predictions keep group order
+        order.append([(g, i) for _, g, i in seqs])
+    return order
+
+
 def scenario_loads(
     assignment: Assignment,
     works: Sequence[GroupWork],
     lengths: Scenario,
     params: ThroughputParams,
+    order: Sequence[Sequence[tuple[int, int]]] | None = None,
 ) -> list[float]:
     """Each function's seconds (prefill + decode) when its groups' lengths are ``lengths``,
-    admitted longest *predicted* first."""
+    admitted longest *predicted* first. ``order``: :func:`admission_order` of ``assignment``
+    and ``works``, when the caller has it."""
     if len(lengths) != len(works):
         raise BadScalingInput("scenario_loads", f"{len(works)} groups, {len(lengths)} in scenario")
+    if order is None:
+        order = admission_order(assignment, works)
     loads = []
-    for members in assignment.groups:
-        seqs = [(p, x) for g in members for p, x in zip(works[g].lengths, lengths[g], strict=True)]
-        seqs.sort(key=lambda t: -t[0])
+    for members, seqs in zip(assignment.groups, order, strict=True):
+        for g in members:
+            if len(lengths[g]) != len(works[g].lengths):
+                raise BadScalingInput(
+                    "scenario_loads",
+                    f"group {g}: {len(works[g].lengths)} predicted, {len(lengths[g])} drawn",
+                )
         prefill = params.prefill_seconds(sum(works[g].prefill_tokens for g in members))
-        loads.append(prefill + decode_seconds([x for _, x in seqs], params))
+        loads.append(prefill + decode_seconds([lengths[g][i] for g, i in seqs], params))
     return loads

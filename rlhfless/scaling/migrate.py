@@ -8,6 +8,8 @@ unfinished sequences fits into the free batch slots of functions that keep runni
 released. Candidates are tried fewest-unfinished first; a function that receives sequences in a
 plan is not cut in the same plan, and at least one function with work always keeps running.
 A smaller ``τ`` means more migrations; below ~0.5 there are rarely free slots to move into.
+:func:`plan_cut_with_loads` makes the same plan from each function's :class:`FunctionLoad` and
+the candidates' progress, for a caller that asks often (the simulator).
 
 Where a sequence goes. Longest predicted remaining first, to the function that will run long
 enough anyway (its own predicted remaining >= the sequence's: moving it there extends nothing),
@@ -110,11 +112,38 @@ class FunctionProgress(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def ratio(self) -> float:
-        return self.finished / self.assigned if self.assigned else 1.0
+        return finished_ratio(self.finished, self.assigned)
 
     @property
     def predicted_remaining(self) -> float:
         return max((s.predicted_remaining for s in self.unfinished), default=0.0)
+
+
+def finished_ratio(finished: int, assigned: int) -> float:
+    """``finished / assigned`` (1 with nothing assigned): what ``τ`` is compared with."""
+    return finished / assigned if assigned else 1.0
+
+
+class FunctionLoad(msgspec.Struct, frozen=True, kw_only=True):
+    """What a cut plan needs of a function that is only a destination: how many sequences it
+    still runs and their predicted remaining tokens, longest and summed (see
+    :func:`plan_cut_with_loads`)."""
+
+    function_id: str
+    unfinished: int
+    remaining: float  # the longest predicted remaining of its unfinished sequences
+    total: float  # their sum, added in the order of its unfinished sequences
+    max_batch: int = 256
+
+    @classmethod
+    def of(cls, f: FunctionProgress) -> FunctionLoad:
+        return cls(
+            function_id=f.function_id,
+            unfinished=len(f.unfinished),
+            remaining=f.predicted_remaining,
+            total=sum(s.predicted_remaining for s in f.unfinished),
+            max_batch=f.max_batch,
+        )
 
 
 class Move(msgspec.Struct, frozen=True, kw_only=True):
@@ -147,14 +176,14 @@ class _Dest:
 
     __slots__ = ("fid", "free", "n", "params", "remaining", "total")
 
-    def __init__(self, f: FunctionProgress | None, params: ThroughputParams | None) -> None:
+    def __init__(self, f: FunctionLoad | None, params: ThroughputParams | None) -> None:
         self.params = params
         if f is not None:
             self.fid = f.function_id
-            self.free = f.max_batch - len(f.unfinished)
-            self.remaining = f.predicted_remaining
-            self.total = sum(s.predicted_remaining for s in f.unfinished)
-            self.n = len(f.unfinished)
+            self.free = f.max_batch - f.unfinished
+            self.remaining = f.remaining
+            self.total = f.total
+            self.n = f.unfinished
 
     def copy(self) -> _Dest:
         d = _Dest(None, self.params)
@@ -263,12 +292,37 @@ def plan_cut_and_migrate(
     transfer = transfer or TransferParams()
     _check_functions(functions)
     working = [f for f in functions if f.unfinished]
+    return plan_cut_with_loads(
+        [f for f in working if f.ratio >= tau],
+        [FunctionLoad.of(f) for f in working],
+        tau,
+        transfer,
+        params,
+    )
+
+
+def plan_cut_with_loads(
+    candidates: Sequence[FunctionProgress],
+    loads: Sequence[FunctionLoad],
+    threshold: float = 0.7,
+    transfer: TransferParams | None = None,
+    params: ThroughputParams | None = None,
+) -> MigrationPlan:
+    """:func:`plan_cut_and_migrate`, given the full progress of the candidates only (working
+    functions with ``finished >= τ · assigned``; others are ignored) and a
+    :class:`FunctionLoad` of every working function (candidates included): the same plan.
+
+    For a caller that asks often about many sequences (the simulator, at every finish once a
+    function is a candidate): a function that can only receive needs no per-sequence progress.
+    """
+    tau = check_threshold(threshold)
+    transfer = transfer or TransferParams()
     plan = MigrationPlan(policy="per_function")
     candidates = sorted(
-        (f for f in working if f.ratio >= tau),
+        (f for f in candidates if f.unfinished and f.ratio >= tau),
         key=lambda f: (len(f.unfinished), f.predicted_remaining, f.function_id),
     )
-    dests = {f.function_id: _Dest(f, params) for f in working}
+    dests = {f.function_id: _Dest(f, params) for f in loads if f.unfinished}
     horizon = max((d.load() for d in dests.values()), default=0.0) if params else None
     receivers: set[str] = set()
     cut: set[str] = set()
@@ -332,7 +386,7 @@ def plan_global_cut(
         if capacity >= total:
             break
     keep_ids = {f.function_id for f in keepers}
-    dests = [_Dest(f, None) for f in keepers]
+    dests = [_Dest(FunctionLoad.of(f), None) for f in keepers]
     for f in order:
         if f.function_id in keep_ids:
             continue

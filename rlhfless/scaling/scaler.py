@@ -22,6 +22,10 @@ instead of the point predictions; every k is tried with the margin's alternative
 too (e.g. LPT beside stratified), ties going to the configured one; and "within x of the
 fastest" leaves out a cold start that every candidate pays (nothing warm), so it is a fraction
 of the rollout's own time.
+
+:class:`CurvePoint` and :func:`evaluate` live in :mod:`~rlhfless.scaling.curve`, the expected
+points (and the cut settings' points) in :mod:`~rlhfless.scaling.expected`; both are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -32,37 +36,19 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
-from rlhfless.cost_models import BillingRules, CostModel, Lifetime
+from rlhfless.cost_models import BillingRules, CostModel
 from rlhfless.scaling.assign import Assignment, AssignMethod, GroupWork, assign
+from rlhfless.scaling.curve import CurvePoint as CurvePoint
+from rlhfless.scaling.curve import evaluate as evaluate
+from rlhfless.scaling.curve import function_lives as function_lives
 from rlhfless.scaling.errors import BadScalingSetting
-from rlhfless.scaling.margin import Margin, scenario_loads
-from rlhfless.scaling.simulate import simulate_rollout
+from rlhfless.scaling.expected import CUT_CANDIDATES as CUT_CANDIDATES
+from rlhfless.scaling.expected import CUT_SCENARIOS as CUT_SCENARIOS
+from rlhfless.scaling.expected import cut_points, expected_point, scenario_points
+from rlhfless.scaling.expected import expected_cut_point as expected_cut_point
+from rlhfless.scaling.margin import Margin
 from rlhfless.scaling.throughput import ThroughputParams
 from rlhfless.scaling.transfer import TransferParams
-
-
-class CurvePoint(msgspec.Struct, frozen=True, kw_only=True):
-    k: int  # functions asked for
-    functions: int  # functions the assignment used
-    seconds: float  # T(k), predicted makespan incl. cold start and weight load
-    usd: float  # C(k), each function released at its own finish
-    serverful_usd: float  # every function held until T(k)
-    function_seconds: float  # sum of the functions' lifetimes (slot-seconds per slot)
-    score: float  # usd + lam * seconds (expected_usd + lam * expected_seconds with a margin)
-    method: str = ""  # the assignment method behind this point
-    expected_seconds: float | None = None  # E[T(k)] under the predictor's measured error
-    expected_usd: float | None = None  # E[C(k)] likewise
-    cut: str = "none"  # the cut setting behind this point: none, per_function or global
-    cut_threshold: float = 1.0  # its τ
-
-    @property
-    def planned_seconds(self) -> float:
-        """What the choice compares: the expected makespan when known, else the predicted."""
-        return self.seconds if self.expected_seconds is None else self.expected_seconds
-
-    @property
-    def planned_usd(self) -> float:
-        return self.usd if self.expected_usd is None else self.expected_usd
 
 
 class ScalingDecision(msgspec.Struct, kw_only=True):
@@ -169,164 +155,6 @@ def check_lam(lam: float) -> float:
     return float(lam)
 
 
-def function_lives(
-    loads: Sequence[float],
-    params: ThroughputParams,
-    warm: int = 0,
-    rank: Sequence[float] | None = None,
-) -> list[tuple[float, float]]:
-    """(cold start, busy seconds) per function; the ``warm`` heaviest start without a cold start
-    (heaviest by ``rank``, default ``loads``: a scenario's functions are warmed by their
-    *predicted* loads, as the plan does)."""
-    by = loads if rank is None else rank
-    order = sorted(range(len(loads)), key=lambda f: -by[f])
-    warm_set = set(order[: max(0, warm)])
-    return [
-        (0.0 if f in warm_set else params.cold_start_seconds, params.weight_load_seconds + loads[f])
-        for f in range(len(loads))
-    ]
-
-
-def evaluate(
-    assignment: Assignment,
-    params: ThroughputParams,
-    cost_model: CostModel,
-    device_kind: str,
-    lam: float = 0.0,
-    warm: int = 0,
-    slots_per_function: int = 1,
-    rank: Sequence[float] | None = None,
-) -> CurvePoint:
-    """T, C and the serverful C of one assignment (its loads must be in seconds; ``rank``: see
-    :func:`function_lives`)."""
-    if assignment.unit != "seconds":
-        raise BadScalingSetting(
-            "assignment", assignment.unit, "in seconds", "assign with a ThroughputParams."
-        )
-    lives = function_lives(assignment.loads, params, warm, rank)
-    ends = [c + b for c, b in lives]
-    t = max(ends, default=0.0)
-    usd = sum(
-        cost_model.price(device_kind, Lifetime.planned(c, b), slots_per_function).usd
-        for c, b in lives
-    )
-    held = sum(
-        cost_model.price(
-            device_kind, Lifetime.planned(c, b, max(0.0, t - c - b)), slots_per_function
-        ).usd
-        for c, b in lives
-    )
-    return CurvePoint(
-        k=assignment.k,
-        functions=assignment.functions,
-        seconds=t,
-        usd=usd,
-        serverful_usd=held,
-        function_seconds=sum(ends) * slots_per_function,
-        score=usd + lam * t,
-        method=assignment.method,
-    )
-
-
-def expected_point(
-    point: CurvePoint,
-    assignment: Assignment,
-    works: Sequence[GroupWork],
-    margin: Margin,
-    params: ThroughputParams,
-    cost_model: CostModel,
-    device_kind: str,
-    lam: float = 0.0,
-    warm: int = 0,
-    slots_per_function: int = 1,
-) -> CurvePoint:
-    """``point`` with its expected T and C over ``margin``'s scenarios (and its score on them)."""
-    if not margin.scenarios:
-        return point
-    seconds = usd = 0.0
-    for lengths in margin.scenarios:
-        loads = scenario_loads(assignment, works, lengths, params)
-        drawn = msgspec.structs.replace(assignment, loads=loads, makespan=max(loads, default=0.0))
-        p = evaluate(
-            drawn, params, cost_model, device_kind, lam, warm, slots_per_function,
-            rank=assignment.loads,
-        )  # fmt: skip
-        seconds += p.seconds
-        usd += p.usd
-    n = len(margin.scenarios)
-    return msgspec.structs.replace(
-        point,
-        expected_seconds=seconds / n,
-        expected_usd=usd / n,
-        score=usd / n + lam * seconds / n,
-    )
-
-
-def expected_cut_point(
-    point: CurvePoint,
-    assignment: Assignment,
-    works: Sequence[GroupWork],
-    margin: Margin,
-    cut: str,
-    threshold: float,
-    params: ThroughputParams,
-    transfer: TransferParams,
-    cost_model: CostModel,
-    device_kind: str,
-    lam: float = 0.0,
-    warm: int = 0,
-    slots_per_function: int = 1,
-    scenarios: int | None = None,
-) -> CurvePoint:
-    """``point`` (no cut, its expected T and C from :func:`expected_point`) re-evaluated with
-    the cut setting ``(cut, threshold)``.
-
-    The rollout is simulated on the first ``scenarios`` (default: all) of the margin's scenarios
-    (:func:`~rlhfless.scaling.simulate.simulate_rollout`, admitted and cut on the *predicted*
-    lengths, as the planner will see them), so a straggler's move, its transfer, the receiver's
-    longer steps and the early release are all in it. What the cut changes, paired scenario by
-    scenario against the same assignment without a cut, is added to ``point``'s expectation:
-    with fewer scenarios than the margin has, the difference is still measured on equal draws.
-    The ``warm`` heaviest functions (by predicted load) start warm, as in :func:`function_lives`.
-    """
-    if not margin.scenarios:
-        return point
-    drawn = margin.scenarios[: scenarios or len(margin.scenarios)]
-    order = sorted(range(assignment.functions), key=lambda f: -assignment.loads[f])
-    groups = [assignment.groups[f] for f in order]
-    predicted = [list(w.lengths) for w in works]
-    prefill = [w.prefill_tokens for w in works]
-    d_seconds = d_usd = 0.0
-    for lengths in drawn:
-        r = simulate_rollout(
-            lengths, prefill, groups, params, predicted=predicted, warm=warm,
-            cut=cut, threshold=threshold, transfer=transfer, shape=margin.shape,  # type: ignore[arg-type]
-        )  # fmt: skip
-        loads = scenario_loads(assignment, works, lengths, params)
-        plain = evaluate(
-            msgspec.structs.replace(assignment, loads=loads, makespan=max(loads, default=0.0)),
-            params, cost_model, device_kind, lam, warm, slots_per_function, rank=assignment.loads,
-        )  # fmt: skip
-        d_seconds += r.makespan - plain.seconds
-        d_usd += (
-            sum(
-                cost_model.price(device_kind, f.lifetime(), slots_per_function).usd
-                for f in r.functions
-            )
-            - plain.usd
-        )
-    seconds = point.planned_seconds + d_seconds / len(drawn)
-    usd = point.planned_usd + d_usd / len(drawn)
-    return msgspec.structs.replace(
-        point,
-        expected_seconds=seconds,
-        expected_usd=usd,
-        score=usd + lam * seconds,
-        cut=cut,
-        cut_threshold=threshold,
-    )
-
-
 def choose_k(
     works: Sequence[GroupWork],
     ks: Iterable[int],
@@ -360,21 +188,28 @@ def choose_k(
             methods.append(alt)  # type: ignore[arg-type]
     curve: list[CurvePoint] = []
     assignments: dict[tuple[str, int], Assignment] = {}
+    # Each candidate on each scenario without a cut: its expectation, and what a cut setting
+    # on it is measured against (computed once here for both).
+    plain: dict[tuple[str, int], list[CurvePoint]] = {}
     for m in methods:
         for k in candidates:
             a = assign(works, k, m, params, slack, headroom)
             assignments[(a.method, k)] = a
             p = evaluate(a, params, cost_model, device_kind, lam, warm, slots_per_function)
             if margin is not None:
+                plain[(a.method, k)] = scenario_points(
+                    a, works, margin, params, cost_model, device_kind, lam, warm,
+                    slots_per_function,
+                )  # fmt: skip
                 p = expected_point(
                     p, a, works, margin, params, cost_model, device_kind, lam, warm,
-                    slots_per_function,
+                    slots_per_function, plain[(a.method, k)],
                 )  # fmt: skip
             curve.append(p)
     if margin is not None and margin.cuts and margin.scenarios:
-        curve += _cut_points(
+        curve += cut_points(
             curve, assignments, works, margin, params, cost_model, device_kind, lam,
-            within_fraction, warm, slots_per_function, transfer,
+            within_fraction, warm, slots_per_function, transfer, plain,
         )  # fmt: skip
     rank = {m: i for i, m in enumerate(methods)}
     cut_rank = {("none", 1.0): 0} | {c: i + 1 for i, c in enumerate(margin.cuts if margin else ())}
@@ -423,68 +258,3 @@ def choose_k(
         cut=best.cut,
         cut_threshold=best.cut_threshold,
     )
-
-
-# Candidates (the cheapest within the bound without a cut) also evaluated with each cut setting.
-CUT_CANDIDATES = 2
-# Of the margin's scenarios, the first this many measure what a cut changes (paired with the
-# same scenarios without a cut, so the difference is steady on fewer draws than E[T] needs).
-CUT_SCENARIOS = 16
-
-
-def _cut_points(
-    curve: Sequence[CurvePoint],
-    assignments: Mapping[tuple[str, int], Assignment],
-    works: Sequence[GroupWork],
-    margin: Margin,
-    params: ThroughputParams,
-    cost_model: CostModel,
-    device_kind: str,
-    lam: float,
-    within_fraction: float | None,
-    warm: int,
-    slots_per_function: int,
-    transfer: TransferParams | None,
-) -> list[CurvePoint]:
-    """The margin's cut settings on the candidates worth trying them on.
-
-    A cut only adds time (the no-extension guard aims at none, but predicted remaining lengths
-    are only expected ones), so under "within x of the fastest" only candidates already within
-    the bound without a cut can stay within it with one; under ``lam`` only those whose score
-    a cut's whole C could still beat (score - C < the best score). Of those, the
-    ``CUT_CANDIDATES`` cheapest are tried, each τ from the highest down. That keeps the
-    simulations (one per scenario per cut setting) to the few k near the choice.
-    """
-    transfer = transfer or TransferParams(prefill_tokens_per_s=params.prefill_tokens_per_s)
-    if within_fraction is None:
-        best = min(p.score for p in curve)
-        pick = [p for p in curve if p.score - p.planned_usd < best]
-        bound = math.inf
-    else:
-        common = params.cold_start_seconds if warm <= 0 else 0.0
-        fastest = min(p.planned_seconds for p in curve) - common
-        pick = [
-            p
-            for p in curve
-            if p.planned_seconds - common <= fastest * (1.0 + within_fraction) + 1e-12
-        ]
-        bound = fastest * (1.0 + within_fraction) + common + 1e-12
-    cheap = (lambda p: p.score) if within_fraction is None else (lambda p: p.planned_usd)
-    pick = sorted(pick, key=lambda p: (cheap(p), p.planned_seconds))[:CUT_CANDIDATES]
-    # A higher τ cuts later and moves fewer sequences, so it costs less time: try τ from the
-    # highest down and stop at the first that leaves the bound (a lower one would too).
-    cuts = sorted(margin.cuts, key=lambda c: (c[0], -c[1]))
-    out = []
-    for p in pick:
-        a = assignments[(p.method, p.k)]
-        if a.functions < 2:  # nothing to move to
-            continue
-        for cut, tau in cuts:
-            q = expected_cut_point(
-                p, a, works, margin, cut, tau, params, transfer, cost_model, device_kind,
-                lam, warm, slots_per_function, CUT_SCENARIOS,
-            )  # fmt: skip
-            out.append(q)
-            if within_fraction is not None and q.planned_seconds > bound:
-                break
-    return out

@@ -7,8 +7,13 @@ decides with *predicted* ones. Model (all times in seconds from the rollout's st
   weights, prefills its groups' prompts (``prefill_tokens / prefill_tokens_per_s``), then decodes.
 * Decode: at most ``max_batch`` sequences run, admitted FIFO (the assignment's order, longest
   predicted first); each step takes ``t0 + t1 * batch`` and gives every running sequence a token.
+  (Only steps where something happens, a sequence's last or the first after an arrival, are
+  events; the steps between are counted, and timed by adding one step time at a time as an
+  event per step would, so skipping them changes no number: the planner simulates each cut
+  candidate on many scenarios.)
 * Cut-and-migrate (``cut = "per_function"`` or ``"global"``): whenever a sequence finishes, the
-  planner of :mod:`~rlhfless.scaling.migrate` is asked with every working function's progress.
+  planner of :mod:`~rlhfless.scaling.migrate` is asked with every working function's progress
+  (a per-function cut: the candidates' progress and the others' loads, ``plan_cut_with_loads``).
   Predicted remaining (``remaining = "conditional"``, the default) is
   :func:`~rlhfless.scaling.predictor.expected_remaining`: ``E[L - produced | L > produced]`` over
   the sequence's group profile plus its median times the dataset's ``shape`` ratios, ``tail`` x
@@ -33,89 +38,25 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Literal
 
-import msgspec
-
-from rlhfless.cost_models import CostModel, Lifetime
 from rlhfless.scaling.errors import BadScalingInput
 from rlhfless.scaling.migrate import (
+    FunctionLoad,
     FunctionProgress,
     SequenceProgress,
     check_threshold,
     cut_due,
-    plan_cut_and_migrate,
+    finished_ratio,
+    plan_cut_with_loads,
     plan_global_cut,
 )
 from rlhfless.scaling.predictor import expected_remaining, length_support
+from rlhfless.scaling.sim_result import SimFunction as SimFunction
+from rlhfless.scaling.sim_result import SimResult as SimResult
 from rlhfless.scaling.throughput import ThroughputParams
 from rlhfless.scaling.transfer import TransferParams
 
 CutPolicy = Literal["none", "per_function", "global"]
 RemainingEstimate = Literal["conditional", "naive"]
-
-
-class SimFunction(msgspec.Struct, kw_only=True):
-    function_id: str
-    cold_start_seconds: float
-    requested_at: float = 0.0  # < 0 when pre-warmed before the rollout started
-    ready_at: float
-    finished_at: float = 0.0  # its last sequence finished (or it was cut)
-    released_at: float = 0.0
-    busy: list[tuple[float, float]] = []
-    tokens: int = 0  # decode tokens produced here
-    finished: int = 0  # sequences finished here
-    cut_at: float | None = None
-
-    @property
-    def held_seconds(self) -> float:
-        return self.released_at - self.requested_at
-
-    @property
-    def busy_seconds(self) -> float:
-        return sum(e - s for s, e in self.busy)
-
-    @property
-    def idle_seconds(self) -> float:
-        return max(0.0, self.held_seconds - self.cold_start_seconds - self.busy_seconds)
-
-    def lifetime(self) -> Lifetime:
-        return Lifetime(
-            requested_at=self.requested_at,
-            ready_at=self.ready_at,
-            exited_at=self.released_at,
-            busy=tuple(self.busy),
-            label=self.function_id,
-        )
-
-
-class SimResult(msgspec.Struct, kw_only=True):
-    makespan: float
-    functions: list[SimFunction]
-    moves: int  # sequences migrated
-    cuts: int  # functions cut
-    tokens_per_sequence: list[int]  # decode tokens each sequence got, over all functions
-
-    @property
-    def function_seconds(self) -> float:
-        return sum(f.held_seconds for f in self.functions)
-
-    @property
-    def busy_seconds(self) -> float:
-        return sum(f.busy_seconds for f in self.functions)
-
-    @property
-    def idle_seconds(self) -> float:
-        return sum(f.idle_seconds for f in self.functions)
-
-    @property
-    def cold_seconds(self) -> float:
-        return sum(f.cold_start_seconds for f in self.functions)
-
-    def usd(self, model: CostModel, device_kind: str, continuous: bool = False) -> float:
-        """Dollars under ``model``'s rules per function; ``continuous``: rate x held seconds
-        (a serverful slot rented for the whole job, where a per-start minimum does not recur)."""
-        if continuous:
-            return model.rate(device_kind) * self.function_seconds
-        return sum(model.price(device_kind, f.lifetime()).usd for f in self.functions)
 
 
 class _Fn:
@@ -126,8 +67,10 @@ class _Fn:
         self.arrivals: list[tuple[float, int]] = []  # heap (arrival time, seq)
         self.active: list[tuple[int, int]] = []  # heap (finish step, seq)
         self.active_set: set[int] = set()
-        self.step = 0  # completed decode steps
-        self.in_step = 0  # batch of the step in flight (0: none)
+        self.step = 0  # completed decode steps (as of t_base)
+        self.t_base = 0.0  # when step `step` completed (or decoding resumed): the next one's start
+        self.in_step = 0  # batch of the steps in flight (0: none)
+        self.due_step = 0  # the step whose completion is its pending clock entry
         self.version = 0  # of its pending clock entry; older entries are stale
         self.assigned = 0
         self.finished = 0
@@ -197,6 +140,8 @@ def simulate_rollout(
             seq_group.append(g)
         seq_of_group.append(ids)
     support = [length_support(p, shape) for p in pred] if remaining == "conditional" else []
+    # expected_remaining by group, then tokens produced
+    remaining_of: list[dict[int, float]] = [{} for _ in support]
     n = len(seq_len)
     produced = [0] * n  # decode tokens of completed steps, over all functions
     start_step = [0] * n  # its function's step count when it was admitted there
@@ -207,6 +152,36 @@ def simulate_rollout(
     def schedule(f: int, t: float) -> None:
         fns[f].version += 1
         heapq.heappush(clock, (t, f, fns[f].version))
+
+    # Steps that finish nothing and admit nothing change only a function's step count, so only
+    # the next step that does (a sequence's last, or the first at or after an arrival) goes on
+    # the clock. Step times are still summed one step at a time, as a clock entry per step
+    # would be, so every time (and so every decision) is the same to the last bit.
+    def schedule_steps(f: int) -> None:
+        fn = fns[f]
+        st = params.step_time(fn.in_step)
+        last = fn.active[0][0]  # the earliest last step of a running sequence
+        arrive = fn.arrivals[0][0] if fn.arrivals else math.inf
+        t, s = fn.t_base, fn.step
+        while True:
+            t += st
+            s += 1
+            if s >= last or arrive <= t + 1e-12:
+                break
+        fn.due_step = s
+        schedule(f, t)
+
+    def catch_up(g: int, t: float, f: int) -> None:
+        """Count function g's steps that the clock would have run before (t, f)."""
+        fn = fns[g]
+        st = params.step_time(fn.in_step)
+        while fn.step + 1 < fn.due_step:
+            nt = fn.t_base + st
+            if not (nt < t or (nt == t and g < f)):
+                break
+            fn.t_base = nt
+            fn.step += 1
+            out[g].tokens += fn.in_step
 
     for f, members in enumerate(groups):
         fn = _Fn(f"f{f}", params.max_batch)
@@ -244,58 +219,114 @@ def simulate_rollout(
         out[f].finished_at = t
         out[f].released_at = t
 
-    def made(fn: _Fn, s: int) -> int:
-        return produced[s] + (fn.step - start_step[s] if s in fn.active_set else 0)
+    def rems_of(fn: _Fn, seqs: Sequence[int]) -> tuple[list[int], list[float]]:
+        """Tokens produced and predicted remaining of each of ``seqs`` (on fn)."""
+        step, running = fn.step, fn.active_set
+        made = [produced[s] + (step - start_step[s] if s in running else 0) for s in seqs]
+        if remaining != "conditional":
+            return made, [max(seq_pred[s] - m, 1.0) for s, m in zip(seqs, made, strict=True)]
+        rems = []
+        for s, m in zip(seqs, made, strict=True):
+            # A pure function of (group, produced) within one rollout (support and tail are
+            # fixed), asked again for a group's samples and at each cut check: memoised.
+            g = seq_group[s]
+            rem = remaining_of[g].get(m)
+            if rem is None:
+                rem = remaining_of[g][m] = expected_remaining(support[g], m, tail)
+            rems.append(rem)
+        return made, rems
+
+    def unfinished_of(fn: _Fn) -> list[int]:
+        return [s for _, s in fn.active] + list(fn.queue) + [s for _, s in fn.arrivals]
+
+    def function_progress(f: int, fn: _Fn, seqs: Sequence[int]) -> FunctionProgress:
+        made, rems = rems_of(fn, seqs)
+        unfinished = tuple(
+            SequenceProgress(
+                seq_id=s, prompt_tokens=seq_prompt[s], produced=m, predicted_remaining=rem
+            )
+            for s, m, rem in zip(seqs, made, rems, strict=True)
+        )
+        return FunctionProgress(
+            function_id=str(f),
+            assigned=fn.assigned,
+            finished=fn.finished,
+            unfinished=unfinished,
+            max_batch=fn.max_batch,
+        )
 
     def progress() -> list[FunctionProgress]:
-        rows = []
+        return [
+            function_progress(f, fn, unfinished_of(fn)) for f, fn in enumerate(fns) if not fn.done
+        ]
+
+    def loads() -> tuple[list[FunctionProgress], list[FunctionLoad]]:
+        """The candidates' progress and every working function's load: what a per-function
+        plan needs (plan_cut_with_loads), without a struct per sequence of the others."""
+        candidates, rows = [], []
         for f, fn in enumerate(fns):
-            if fn.done:
+            seqs = [] if fn.done else unfinished_of(fn)
+            if not seqs:
                 continue
-            unfinished = []
-            for s in [s for _, s in fn.active] + list(fn.queue) + [s for _, s in fn.arrivals]:
-                m = made(fn, s)
-                if remaining == "conditional":
-                    rem = expected_remaining(support[seq_group[s]], m, tail)
-                else:
-                    rem = max(seq_pred[s] - m, 1.0)
-                unfinished.append(
-                    SequenceProgress(
-                        seq_id=s,
-                        prompt_tokens=seq_prompt[s],
-                        produced=m,
-                        predicted_remaining=rem,
-                    )
-                )
+            if finished_ratio(fn.finished, fn.assigned) >= tau:
+                c = function_progress(f, fn, seqs)
+                candidates.append(c)
+                rows.append(FunctionLoad.of(c))
+                continue
+            rems = rems_of(fn, seqs)[1]
             rows.append(
-                FunctionProgress(
+                FunctionLoad(
                     function_id=str(f),
-                    assigned=fn.assigned,
-                    finished=fn.finished,
-                    unfinished=tuple(unfinished),
+                    unfinished=len(seqs),
+                    remaining=max(rems),
+                    total=sum(rems),
                     max_batch=fn.max_batch,
                 )
             )
-        return rows
+        return candidates, rows
 
-    def has_candidate() -> bool:
+    # Whether the last per-function check found no candidate and nothing since could have made
+    # one but the finishes at the function now checking. A function's test (unfinished work,
+    # finished >= τ · assigned) turns true only when its finished count grows, at its own
+    # checked finishes or at a zero-length admission, or when a migration moves work (which
+    # follows a true check); so after a false check only the checking function needs testing.
+    clear = False
+
+    def has_candidate(now: int) -> bool:
+        nonlocal clear
         if cut == "global" and global_fired:
             return False
+        if clear and cut == "per_function":
+            fn = fns[now]
+            clear = not cut_due(cut, tau, [(fn.finished, fn.assigned, fn_unfinished(fn))])
+            return not clear
         # Every function (a global cut counts the finished ones too); one that is done has no
         # unfinished sequence, so it is never a per-function candidate.
-        counts = ((fn.finished, fn.assigned, 0 if fn.done else fn_unfinished(fn)) for fn in fns)
-        return cut_due(cut, tau, counts)
+        # (Asked at every event that finishes a sequence: built inline, it is cheap.)
+        counts = [
+            (
+                fn.finished,
+                fn.assigned,
+                0 if fn.done else len(fn.active) + len(fn.queue) + len(fn.arrivals),
+            )
+            for fn in fns
+        ]
+        clear = not cut_due(cut, tau, counts)
+        return not clear
 
     def fn_unfinished(fn: _Fn) -> int:
         return len(fn.active) + len(fn.queue) + len(fn.arrivals)
 
-    def migrate(t: float) -> None:
+    def migrate(t: float, now: int) -> None:
         nonlocal moves, cuts, global_fired
-        rows = progress()
+        for g, fn in enumerate(fns):
+            if g != now and fn.in_step and not fn.done:
+                catch_up(g, t, now)
         if cut == "per_function":
-            plan = plan_cut_and_migrate(rows, tau, transfer, params if guard else None)
+            candidates, rows = loads()
+            plan = plan_cut_with_loads(candidates, rows, tau, transfer, params if guard else None)
         else:
-            plan = plan_global_cut(rows, tau, transfer)
+            plan = plan_global_cut(progress(), tau, transfer)
             global_fired = True
         if plan.empty:
             return
@@ -327,6 +358,9 @@ def simulate_rollout(
             d = fns[dst]
             if d.waiting:  # idle until its arrivals: wake at the earliest
                 schedule(dst, d.arrivals[0][0])
+            elif d.in_step and not d.done and dst != now:
+                # Decoding: its next clock entry moves to the step its arrivals are due.
+                schedule_steps(dst)
 
     while clock:
         t, f, version = heapq.heappop(clock)
@@ -334,8 +368,9 @@ def simulate_rollout(
         if fn.done or version != fn.version:
             continue
         if fn.in_step:
-            fn.step += 1
-            out[f].tokens += fn.in_step
+            # The steps skipped before this one (see schedule_steps), then this one.
+            out[f].tokens += fn.in_step * (fn.due_step - fn.step)
+            fn.step = fn.due_step
             fn.in_step = 0
             done_any = False
             while fn.active and fn.active[0][0] == fn.step:
@@ -345,8 +380,8 @@ def simulate_rollout(
                 fn.finished += 1
                 out[f].finished += 1
                 done_any = True
-            if done_any and cut != "none" and has_candidate():
-                migrate(t)
+            if done_any and cut != "none" and has_candidate(f):
+                migrate(t, f)
                 if fn.done:
                     continue
         while fn.arrivals and fn.arrivals[0][0] <= t + 1e-12:
@@ -354,6 +389,7 @@ def simulate_rollout(
         while fn.queue and len(fn.active) < fn.max_batch:
             s = fn.queue.popleft()
             if produced[s] >= seq_len[s]:  # zero length: finished without a step
+                clear = False  # unchecked: the next cut check looks at every function
                 fn.finished += 1
                 out[f].finished += 1
                 continue
@@ -365,7 +401,8 @@ def simulate_rollout(
             if fn.busy_start is None:
                 fn.busy_start = t
             fn.in_step = len(fn.active)
-            schedule(f, t + params.step_time(fn.in_step))
+            fn.t_base = t
+            schedule_steps(f)
         elif fn.arrivals:
             close_busy(f, t)
             fn.waiting = True

@@ -24,10 +24,11 @@ the medians of recent observations. Before any observation, the prior :class:`Th
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from statistics import median
 
 import msgspec
@@ -73,6 +74,34 @@ class ThroughputParams(msgspec.Struct, frozen=True, kw_only=True):
         return max(0.0, tokens) / self.prefill_tokens_per_s
 
 
+def _steps_needed(lengths: Sequence[float], cap: int) -> list[int]:
+    """Each sequence's decode steps (``ceil(L)``), the inputs checked."""
+    if cap < 1:
+        raise BadScalingInput("decode_timeline", f"max_batch must be >= 1, got {cap}")
+    # Checked with C-level passes (all, min): the planner decodes thousands of these.
+    if not all(map(math.isfinite, lengths)) or min(lengths, default=0.0) < 0:
+        bad = next(x for x in lengths if not (math.isfinite(x) and x >= 0))
+        raise BadScalingInput("decode_timeline", f"lengths must be finite and >= 0, got {bad}")
+    return list(map(math.ceil, lengths))
+
+
+def _one_batch(steps: Sequence[int], params: ThroughputParams) -> Iterator[tuple[int, int, float]]:
+    """``(i, j, t)``: ``steps[i:j]`` finish at ``t``, when every sequence runs from step 0 in one
+    batch (``steps``: the non-empty sequences' steps, ascending).
+
+    The same arithmetic, in the same order, as the general loop of :func:`decode_timeline` (so
+    the same times to the last bit), without a heap: the planner evaluates thousands of these.
+    """
+    t, step, n, i = 0.0, 0, len(steps), 0
+    while i < n:
+        target = steps[i]
+        j = bisect.bisect_right(steps, target, i)
+        t += (target - step) * params.step_time(n - i)  # n - i still running
+        step = target
+        yield i, j, t
+        i = j
+
+
 def decode_timeline(
     lengths: Sequence[float], params: ThroughputParams, max_batch: int | None = None
 ) -> list[float]:
@@ -82,13 +111,23 @@ def decode_timeline(
     sequence of length ``L`` needs ``ceil(L)`` steps; length 0 finishes at time 0.
     """
     cap = params.max_batch if max_batch is None else max_batch
-    if cap < 1:
-        raise BadScalingInput("decode_timeline", f"max_batch must be >= 1, got {cap}")
-    steps_needed = []
-    for x in lengths:
-        if not (math.isfinite(x) and x >= 0):
-            raise BadScalingInput("decode_timeline", f"lengths must be finite and >= 0, got {x}")
-        steps_needed.append(math.ceil(x))
+    steps_needed = _steps_needed(lengths, cap)
+    # All in one batch (the usual case): no admission to interleave with the finishes.
+    live = [i for i, s in enumerate(steps_needed) if s > 0]
+    if len(live) > cap:
+        return _queued_timeline(steps_needed, params, cap)
+    finish = [0.0] * len(steps_needed)
+    live.sort(key=steps_needed.__getitem__)
+    for i, j, t in _one_batch([steps_needed[x] for x in live], params):
+        for x in live[i:j]:
+            finish[x] = t
+    return finish
+
+
+def _queued_timeline(
+    steps_needed: Sequence[int], params: ThroughputParams, cap: int
+) -> list[float]:
+    """:func:`decode_timeline` when sequences queue for a batch slot (FIFO admission)."""
     finish = [0.0] * len(steps_needed)
     active: list[tuple[int, int]] = []  # (absolute finish step, sequence index)
     nxt, step, t = 0, 0, 0.0
@@ -112,8 +151,35 @@ def decode_seconds(
     lengths: Sequence[float], params: ThroughputParams, max_batch: int | None = None
 ) -> float:
     """Seconds to decode ``lengths`` on one function (the last sequence's finish)."""
-    times = decode_timeline(lengths, params, max_batch)
-    return max(times, default=0.0)
+    cap = params.max_batch if max_batch is None else max_batch
+    steps_needed = _steps_needed(lengths, cap)
+    live = [s for s in steps_needed if s > 0]  # admission order (an empty one takes no slot)
+    if len(live) <= cap:  # one batch: the last finish, without the per-sequence timeline
+        live.sort()
+        last = deque(_one_batch(live, params), maxlen=1)
+        return last[0][2] if last else 0.0
+    return _queued_end(live, params, cap)
+
+
+def _queued_end(live: Sequence[int], params: ThroughputParams, cap: int) -> float:
+    """The last finish of :func:`_queued_timeline` (``live``: the non-empty sequences' steps, in
+    admission order), by the same arithmetic in the same order. Only finish steps are kept (no
+    sequence index), and a finish whose slot goes to the next queued sequence is replaced in
+    place: the heap holds the same steps, at a fraction of the cost."""
+    active = list(live[:cap])  # all admitted at step 0: their last steps are their lengths
+    heapq.heapify(active)
+    nxt, n, step, t = cap, len(live), 0, 0.0
+    while active:
+        target = active[0]
+        t += (target - step) * params.step_time(len(active))
+        step = target
+        while active and active[0] == step:
+            if nxt < n:  # its slot goes to the next in the queue, admitted now
+                heapq.heapreplace(active, step + live[nxt])
+                nxt += 1
+            else:
+                heapq.heappop(active)
+    return t
 
 
 def decode_seconds_fast(

@@ -1,0 +1,100 @@
+"""One candidate's predicted time and dollars: :class:`CurvePoint` and :func:`evaluate`.
+
+Split from :mod:`~rlhfless.scaling.scaler` (which re-exports both) so that
+:mod:`~rlhfless.scaling.expected`, which evaluates candidates on the margin's scenarios, can
+use them without importing the scaler that calls it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+from rlhfless.cost_models import CostModel, Lifetime
+from rlhfless.scaling.assign import Assignment
+from rlhfless.scaling.errors import BadScalingSetting
+from rlhfless.scaling.throughput import ThroughputParams
+
+
+class CurvePoint(msgspec.Struct, frozen=True, kw_only=True):
+    k: int  # functions asked for
+    functions: int  # functions the assignment used
+    seconds: float  # T(k), predicted makespan incl. cold start and weight load
+    usd: float  # C(k), each function released at its own finish
+    serverful_usd: float  # every function held until T(k)
+    function_seconds: float  # sum of the functions' lifetimes (slot-seconds per slot)
+    score: float  # usd + lam * seconds (expected_usd + lam * expected_seconds with a margin)
+    method: str = ""  # the assignment method behind this point
+    expected_seconds: float | None = None  # E[T(k)] under the predictor's measured error
+    expected_usd: float | None = None  # E[C(k)] likewise
+    cut: str = "none"  # the cut setting behind this point: none, per_function or global
+    cut_threshold: float = 1.0  # its τ
+
+    @property
+    def planned_seconds(self) -> float:
+        """What the choice compares: the expected makespan when known, else the predicted."""
+        return self.seconds if self.expected_seconds is None else self.expected_seconds
+
+    @property
+    def planned_usd(self) -> float:
+        return self.usd if self.expected_usd is None else self.expected_usd
+
+
+def function_lives(
+    loads: Sequence[float],
+    params: ThroughputParams,
+    warm: int = 0,
+    rank: Sequence[float] | None = None,
+) -> list[tuple[float, float]]:
+    """(cold start, busy seconds) per function; the ``warm`` heaviest start without a cold start
+    (heaviest by ``rank``, default ``loads``: a scenario's functions are warmed by their
+    *predicted* loads, as the plan does)."""
+    by = loads if rank is None else rank
+    order = sorted(range(len(loads)), key=lambda f: -by[f])
+    warm_set = set(order[: max(0, warm)])
+    return [
+        (0.0 if f in warm_set else params.cold_start_seconds, params.weight_load_seconds + loads[f])
+        for f in range(len(loads))
+    ]
+
+
+def evaluate(
+    assignment: Assignment,
+    params: ThroughputParams,
+    cost_model: CostModel,
+    device_kind: str,
+    lam: float = 0.0,
+    warm: int = 0,
+    slots_per_function: int = 1,
+    rank: Sequence[float] | None = None,
+) -> CurvePoint:
+    """T, C and the serverful C of one assignment (its loads must be in seconds; ``rank``: see
+    :func:`function_lives`)."""
+    if assignment.unit != "seconds":
+        raise BadScalingSetting(
+            "assignment", assignment.unit, "in seconds", "assign with a ThroughputParams."
+        )
+    lives = function_lives(assignment.loads, params, warm, rank)
+    ends = [c + b for c, b in lives]
+    t = max(ends, default=0.0)
+    usd = sum(
+        cost_model.price(device_kind, Lifetime.planned(c, b), slots_per_function).usd
+        for c, b in lives
+    )
+    held = sum(
+        cost_model.price(
+            device_kind, Lifetime.planned(c, b, max(0.0, t - c - b)), slots_per_function
+        ).usd
+        for c, b in lives
+    )
+    return CurvePoint(
+        k=assignment.k,
+        functions=assignment.functions,
+        seconds=t,
+        usd=usd,
+        serverful_usd=held,
+        function_seconds=sum(ends) * slots_per_function,
+        score=usd + lam * t,
+        method=assignment.method,
+    )

@@ -1,0 +1,242 @@
+"""A candidate's *expected* T and C over the margin's error scenarios, with and without a cut.
+
+:func:`expected_point` evaluates an assignment on each of the
+:class:`~rlhfless.scaling.margin.Margin`'s scenarios (:func:`scenario_points`) and averages;
+:func:`expected_cut_point` simulates the rollout with a cut setting on the same scenarios and
+adds what the cut changes; :func:`cut_points` picks the candidates worth that. Split from
+:mod:`~rlhfless.scaling.scaler` (which re-exports the public names), whose ``choose_k`` calls
+them.
+
+Cost. ``choose_k`` evaluates every (method, k) on every scenario, then simulates a few of them
+with each cut setting, and a cut is measured against the same assignment *without* a cut on
+the same scenarios: those no-cut evaluations are the ones :func:`expected_point` already made,
+so ``choose_k`` computes them once (:func:`scenario_points`) and hands them to both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import msgspec
+
+from rlhfless.cost_models import CostModel
+from rlhfless.scaling.assign import Assignment, GroupWork
+from rlhfless.scaling.curve import CurvePoint, evaluate
+from rlhfless.scaling.errors import BadScalingInput
+from rlhfless.scaling.margin import Margin, admission_order, scenario_loads
+from rlhfless.scaling.simulate import simulate_rollout
+from rlhfless.scaling.throughput import ThroughputParams
+from rlhfless.scaling.transfer import TransferParams
+
+# Candidates (the cheapest within the bound without a cut) also evaluated with each cut setting.
+CUT_CANDIDATES = 2
+# Of the margin's scenarios, the first this many measure what a cut changes (paired with the
+# same scenarios without a cut, so the difference is steady on fewer draws than E[T] needs).
+CUT_SCENARIOS = 16
+
+
+def scenario_points(
+    assignment: Assignment,
+    works: Sequence[GroupWork],
+    margin: Margin,
+    params: ThroughputParams,
+    cost_model: CostModel,
+    device_kind: str,
+    lam: float = 0.0,
+    warm: int = 0,
+    slots_per_function: int = 1,
+    scenarios: int | None = None,
+) -> list[CurvePoint]:
+    """``assignment`` evaluated (:func:`~rlhfless.scaling.curve.evaluate`) on each of the first
+    ``scenarios`` (default: all) of ``margin``'s scenarios in turn, its functions warmed by their
+    *predicted* loads."""
+    order = admission_order(assignment, works)  # the same for every scenario: computed once
+    out = []
+    for lengths in margin.scenarios[: scenarios or len(margin.scenarios)]:
+        loads = scenario_loads(assignment, works, lengths, params, order)
+        drawn = msgspec.structs.replace(assignment, loads=loads, makespan=max(loads, default=0.0))
+        p = evaluate(
+            drawn, params, cost_model, device_kind, lam, warm, slots_per_function,
+            rank=assignment.loads,
+        )  # fmt: skip
+        out.append(p)
+    return out
+
+
+def _check_plain(plain: Sequence[CurvePoint], assignment: Assignment, want: int) -> None:
+    # A cheap guard against handing over another candidate's evaluations.
+    if len(plain) < want or any(
+        p.k != assignment.k or p.method != assignment.method for p in plain
+    ):
+        raise BadScalingInput(
+            "expected point",
+            f"plain evaluations of {assignment.method} k={assignment.k} on {want} scenarios "
+            f"needed, got {len(plain)} of {sorted({(p.method, p.k) for p in plain})}",
+        )
+
+
+def expected_point(
+    point: CurvePoint,
+    assignment: Assignment,
+    works: Sequence[GroupWork],
+    margin: Margin,
+    params: ThroughputParams,
+    cost_model: CostModel,
+    device_kind: str,
+    lam: float = 0.0,
+    warm: int = 0,
+    slots_per_function: int = 1,
+    plain: Sequence[CurvePoint] | None = None,
+) -> CurvePoint:
+    """``point`` with its expected T and C over ``margin``'s scenarios (and its score on them).
+    ``plain``: :func:`scenario_points` of these arguments, when the caller already has them."""
+    if not margin.scenarios:
+        return point
+    if plain is None:
+        plain = scenario_points(
+            assignment, works, margin, params, cost_model, device_kind, lam, warm,
+            slots_per_function,
+        )  # fmt: skip
+    _check_plain(plain, assignment, len(margin.scenarios))
+    seconds = usd = 0.0
+    for p in plain:
+        seconds += p.seconds
+        usd += p.usd
+    n = len(margin.scenarios)
+    return msgspec.structs.replace(
+        point,
+        expected_seconds=seconds / n,
+        expected_usd=usd / n,
+        score=usd / n + lam * seconds / n,
+    )
+
+
+def expected_cut_point(
+    point: CurvePoint,
+    assignment: Assignment,
+    works: Sequence[GroupWork],
+    margin: Margin,
+    cut: str,
+    threshold: float,
+    params: ThroughputParams,
+    transfer: TransferParams,
+    cost_model: CostModel,
+    device_kind: str,
+    lam: float = 0.0,
+    warm: int = 0,
+    slots_per_function: int = 1,
+    scenarios: int | None = None,
+    plain: Sequence[CurvePoint] | None = None,
+) -> CurvePoint:
+    """``point`` (no cut, its expected T and C from :func:`expected_point`) re-evaluated with
+    the cut setting ``(cut, threshold)``.
+
+    The rollout is simulated on the first ``scenarios`` (default: all) of the margin's scenarios
+    (:func:`~rlhfless.scaling.simulate.simulate_rollout`, admitted and cut on the *predicted*
+    lengths, as the planner will see them), so a straggler's move, its transfer, the receiver's
+    longer steps and the early release are all in it. What the cut changes, paired scenario by
+    scenario against the same assignment without a cut, is added to ``point``'s expectation:
+    with fewer scenarios than the margin has, the difference is still measured on equal draws.
+    The ``warm`` heaviest functions (by predicted load) start warm, as in
+    :func:`~rlhfless.scaling.curve.function_lives`. ``plain``: :func:`scenario_points` of the
+    same assignment and arguments (at least its first ``scenarios``), when the caller has them.
+    """
+    if not margin.scenarios:
+        return point
+    drawn = margin.scenarios[: scenarios or len(margin.scenarios)]
+    if plain is None:
+        plain = scenario_points(
+            assignment, works, margin, params, cost_model, device_kind, lam, warm,
+            slots_per_function, len(drawn),
+        )  # fmt: skip
+    _check_plain(plain, assignment, len(drawn))
+    order = sorted(range(assignment.functions), key=lambda f: -assignment.loads[f])
+    groups = [assignment.groups[f] for f in order]
+    predicted = [list(w.lengths) for w in works]
+    prefill = [w.prefill_tokens for w in works]
+    d_seconds = d_usd = 0.0
+    for lengths, base in zip(drawn, plain, strict=False):
+        r = simulate_rollout(
+            lengths, prefill, groups, params, predicted=predicted, warm=warm,
+            cut=cut, threshold=threshold, transfer=transfer, shape=margin.shape,  # type: ignore[arg-type]
+        )  # fmt: skip
+        d_seconds += r.makespan - base.seconds
+        d_usd += (
+            sum(
+                cost_model.price(device_kind, f.lifetime(), slots_per_function).usd
+                for f in r.functions
+            )
+            - base.usd
+        )
+    seconds = point.planned_seconds + d_seconds / len(drawn)
+    usd = point.planned_usd + d_usd / len(drawn)
+    return msgspec.structs.replace(
+        point,
+        expected_seconds=seconds,
+        expected_usd=usd,
+        score=usd + lam * seconds,
+        cut=cut,
+        cut_threshold=threshold,
+    )
+
+
+def cut_points(
+    curve: Sequence[CurvePoint],
+    assignments: Mapping[tuple[str, int], Assignment],
+    works: Sequence[GroupWork],
+    margin: Margin,
+    params: ThroughputParams,
+    cost_model: CostModel,
+    device_kind: str,
+    lam: float,
+    within_fraction: float | None,
+    warm: int,
+    slots_per_function: int,
+    transfer: TransferParams | None,
+    plain: Mapping[tuple[str, int], Sequence[CurvePoint]] | None = None,
+) -> list[CurvePoint]:
+    """The margin's cut settings on the candidates worth trying them on (``plain``: each
+    candidate's :func:`scenario_points`, by ``(method, k)`` as ``assignments``).
+
+    A cut only adds time (the no-extension guard aims at none, but predicted remaining lengths
+    are only expected ones), so under "within x of the fastest" only candidates already within
+    the bound without a cut can stay within it with one; under ``lam`` only those whose score
+    a cut's whole C could still beat (score - C < the best score). Of those, the
+    ``CUT_CANDIDATES`` cheapest are tried, each τ from the highest down. That keeps the
+    simulations (one per scenario per cut setting) to the few k near the choice.
+    """
+    transfer = transfer or TransferParams(prefill_tokens_per_s=params.prefill_tokens_per_s)
+    if within_fraction is None:
+        best = min(p.score for p in curve)
+        pick = [p for p in curve if p.score - p.planned_usd < best]
+        bound = math.inf
+    else:
+        common = params.cold_start_seconds if warm <= 0 else 0.0
+        fastest = min(p.planned_seconds for p in curve) - common
+        pick = [
+            p
+            for p in curve
+            if p.planned_seconds - common <= fastest * (1.0 + within_fraction) + 1e-12
+        ]
+        bound = fastest * (1.0 + within_fraction) + common + 1e-12
+    cheap = (lambda p: p.score) if within_fraction is None else (lambda p: p.planned_usd)
+    pick = sorted(pick, key=lambda p: (cheap(p), p.planned_seconds))[:CUT_CANDIDATES]
+    # A higher τ cuts later and moves fewer sequences, so it costs less time: try τ from the
+    # highest down and stop at the first that leaves the bound (a lower one would too).
+    cuts = sorted(margin.cuts, key=lambda c: (c[0], -c[1]))
+    out = []
+    for p in pick:
+        a = assignments[(p.method, p.k)]
+        if a.functions < 2:  # nothing to move to
+            continue
+        base = plain.get((p.method, p.k)) if plain is not None else None
+        for cut, tau in cuts:
+            q = expected_cut_point(
+                p, a, works, margin, cut, tau, params, transfer, cost_model, device_kind,
+                lam, warm, slots_per_function, CUT_SCENARIOS, base,
+            )  # fmt: skip
+            out.append(q)
+            if within_fraction is not None and q.planned_seconds > bound:
+                break
+    return out
