@@ -1,6 +1,6 @@
-"""The scaling policy against a fixed split, on a simulated rollout (no GPU, ~10 s).
+"""The scaling policy against a fixed split, on a simulated rollout (no GPU, ~14 s).
 
-    python benchmarks/scaling.py                      # synthetic distributions + our tiny trace
+    python benchmarks/scaling.py                      # synthetic distributions + our two traces
     python benchmarks/scaling.py --trace lengths.jsonl  # plus another recorded trace
     python benchmarks/scaling.py --prompts 256 --seeds 3
     python benchmarks/scaling.py --scored-prompts 256    # predictor error measured on seen prompts
@@ -28,6 +28,10 @@ writes this file as ``<run_dir>/lengths.jsonl``; ``tests/scaling/data/tiny_trace
 run) is the default run's (tiny model, 256 prompts x 8 samples over 3 iterations, responses
 capped at 48 tokens): replayed at L40S speed such a rollout lasts ~3 s, so it mostly shows
 what a per-start minimum charge does to very short rollouts.
+``tests/scaling/data/smollm2_gsm_trace.jsonl`` (always run) is a real model's:
+SmolLM2-135M-Instruct sampling reasoning-gym ``gsm_symbolic`` problems, 128 prompts x 8 samples
+x 2 epochs at temperature 0.7, responses capped at 768 tokens (median 132, 7% at the cap),
+recorded by ``benchmarks/record_trace.py`` with the vLLM engine (command in docs/scaling.md).
 
 Speed model (``ThroughputParams``; estimates for a 7B model in bf16 under vLLM on one L40S, not
 measurements): decode step ``18 ms + 0.08 ms x batch``, prefill 12k tokens/s, at most 256
@@ -51,6 +55,11 @@ Policies (same true lengths for all):
   (``rlhfless.scaling.margin``); cold starts pre-warmed (billed, hidden from the makespan).
 * ``rlhfless/nocut`` — ``rlhfless`` with ``cut = "none"`` (the default before ``auto``): what
   the cut adds.
+* ``rlhfless/pool`` — ``rlhfless`` planned with ``warm_pool = true``: C(k) priced as
+  ``aws/pool`` bills it (no per-start minimum per rollout). Under ``aws/start`` a function
+  released early below the 60 s minimum saves nothing, so a plan priced that way has no reason
+  to cut a rollout shorter than a minute; this row is the plan for a deployment that reuses
+  warm instances.
 * ``rlhfless/nomargin`` — the default before that: the same without the margin (k the cheapest
   within 3% of the fastest *predicted*, stratified only).
 * ``rlhfless/lpt`` — the default with LPT assignment only (the default before stratified).
@@ -116,7 +125,9 @@ from rlhfless.scaling import (
 from rlhfless.scaling.scaler import WarmPool
 
 RESULTS = Path(__file__).parent / "results" / "scaling.json"
-TINY_TRACE = Path(__file__).parent.parent / "tests" / "scaling" / "data" / "tiny_trace.jsonl"
+TRACE_DIR = Path(__file__).parent.parent / "tests" / "scaling" / "data"
+TINY_TRACE = TRACE_DIR / "tiny_trace.jsonl"
+SMOLLM2_TRACE = TRACE_DIR / "smollm2_gsm_trace.jsonl"
 PARAMS = ThroughputParams(
     step_seconds=0.018,
     step_seconds_per_seq=0.00008,
@@ -131,6 +142,7 @@ POLICIES = (
     "fixed+release",
     "rlhfless",
     "rlhfless/nocut",
+    "rlhfless/pool",
     "rlhfless/nomargin",
     "rlhfless/lpt",
     "rlhfless/paper",
@@ -258,6 +270,7 @@ def run_policies(
     for name, cut, oracle, predictor, method, margin in (
         ("rlhfless", default.cut, False, pred, default.assign, fallback),
         ("rlhfless/nocut", "none", False, pred, default.assign, fallback),
+        ("rlhfless/pool", default.cut, False, pred, default.assign, fallback),
         ("rlhfless/nomargin", "none", False, pred, default.assign, None),
         ("rlhfless/lpt", "none", False, pred, "lpt", ()),
         ("rlhfless/paper", "per_function", False, pred, "pack", None),
@@ -277,7 +290,7 @@ def run_policies(
             ww,
             range(1, slots + 1),
             PARAMS,
-            aws,
+            pool if name == "rlhfless/pool" else aws,  # the bill C(k) is priced with
             DEVICE,
             within_fraction=WITHIN,
             method=method,  # type: ignore[arg-type]
@@ -398,7 +411,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the predictor first scores 2 epochs of this many other prompts (see the docstring)",
     )
     ap.add_argument("--trace", type=Path, action="append", default=[])
-    ap.add_argument("--no-tiny-trace", action="store_true", help=f"skip {TINY_TRACE.name}")
+    ap.add_argument(
+        "--no-recorded-traces",
+        action="store_true",
+        help=f"skip {TINY_TRACE.name} and {SMOLLM2_TRACE.name}",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     DEVICE, WITHIN, SCENARIOS = args.device, args.within, args.scenarios
@@ -415,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run_policies(history, epochs[1], prompt_tokens, args.slots, scored))
         rows = mean_rows(runs)
         results[dist] = {"mean": rows, "targets": targets(rows), "seeds": runs}
-    traces = ([] if args.no_tiny_trace else [TINY_TRACE]) + list(args.trace)
+    traces = ([] if args.no_recorded_traces else [TINY_TRACE, SMOLLM2_TRACE]) + list(args.trace)
     for path in traces:
         epochs, prompt_tokens, _ = read_trace(path)
         history = [e[:-1] for e in epochs]
@@ -426,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(table(name, res["mean"]))
         tg = res["targets"]
         tga = targets(res["mean"], "rlhfless/nocut")
+        tgp = targets(res["mean"], "rlhfless/pool")
         p = res["mean"]["_predictor"]
         console.print(
             f"  rlhfless vs fixed: idle {-tg['idle_reduction']:+.0%} "
@@ -446,6 +464,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{-tga['aws_cost_reduction']:+.0%}, aws/pool {-tga['aws_pool_cost_reduction']:+.0%}, "
             f"makespan {tga['makespan_change']:+.1%}; plan "
             f"{res['mean']['rlhfless/nocut']['plan_seconds']:.2f} s\n"
+            f"  planned under aws/pool (rlhfless/pool) vs fixed: aws/pool "
+            f"{-tgp['aws_pool_cost_reduction']:+.0%} "
+            f"({'met' if tgp['aws_pool_target_met'] else 'NOT met'}), aws/start "
+            f"{-tgp['aws_cost_reduction']:+.0%}, makespan {tgp['makespan_change']:+.1%} "
+            f"({'met' if tgp['makespan_target_met'] else 'NOT met'}), a cut in "
+            f"{res['mean']['rlhfless/pool']['cut_chosen']:.0%} of seeds; plan "
+            f"{res['mean']['rlhfless/pool']['plan_seconds']:.2f} s\n"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
