@@ -130,9 +130,20 @@ def simulate_rollout(
         if len(pred[g]) != len(ls):
             raise BadScalingInput("simulate_rollout", f"predicted[{g}] has the wrong length")
         ids = []
+        prompt = prefill_tokens[g]
+        if not (math.isfinite(prompt) and prompt >= 0):
+            raise BadScalingInput(
+                "simulate_rollout", f"prefill_tokens[{g}] must be finite and >= 0, got {prompt}"
+            )
         for x, p in zip(ls, pred[g], strict=True):
             if not x >= 0:
                 raise BadScalingInput("simulate_rollout", f"negative length in group {g}")
+            # Checked here, once: the cut planner sees only the candidates' sequences in full
+            # (plan_cut_with_loads), so a bad prediction elsewhere would pass unnoticed there.
+            if not (math.isfinite(p) and p >= 0):
+                raise BadScalingInput(
+                    "simulate_rollout", f"predicted[{g}] must be finite and >= 0, got {p}"
+                )
             ids.append(len(seq_len))
             seq_len.append(math.ceil(x))
             seq_pred.append(float(p))

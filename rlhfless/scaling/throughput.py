@@ -78,6 +78,8 @@ def _steps_needed(lengths: Sequence[float], cap: int) -> list[int]:
     """Each sequence's decode steps (``ceil(L)``), the inputs checked."""
     if cap < 1:
         raise BadScalingInput("decode_timeline", f"max_batch must be >= 1, got {cap}")
+    if not isinstance(lengths, list | tuple):
+        lengths = list(lengths)  # read three times below: a one-shot iterable would run dry
     # Checked with C-level passes (all, min): the planner decodes thousands of these.
     if not all(map(math.isfinite, lengths)) or min(lengths, default=0.0) < 0:
         bad = next(x for x in lengths if not (math.isfinite(x) and x >= 0))

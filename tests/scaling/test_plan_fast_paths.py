@@ -219,3 +219,37 @@ def test_a_function_made_a_candidate_by_empty_samples_is_still_found() -> None:
                          cut="per_function", threshold=0.5, guard=False)  # fmt: skip
     assert r.cuts == 1 and r.functions[2].cut_at is not None
     assert r.tokens_per_sequence == [x for g in lengths for x in g]
+
+
+@pytest.mark.parametrize(
+    ("predicted", "prefill", "match"),
+    [
+        ([[1.0, 5.0], [math.inf]], [0, 0], r"predicted\[1\] must be finite"),
+        ([[1.0, 5.0], [math.nan]], [0, 0], r"predicted\[1\] must be finite"),
+        ([[1.0, 5.0], [-2.0]], [0, 0], r"predicted\[1\] must be finite and >= 0"),
+        ([[1.0, 5.0], [5.0]], [0, -10], r"prefill_tokens\[1\] must be finite"),
+    ],
+)
+def test_bad_predictions_are_refused_even_where_the_cut_planner_only_sums_them(
+    predicted: list[list[float]], prefill: list[int], match: str
+) -> None:
+    """Function 1 is never a cut candidate here, so the planner sees only its load summary:
+    a bad value there must still be refused, not silently let every move fit."""
+    with pytest.raises(BadScalingInput, match=match):
+        simulate_rollout(
+            [[1, 5], [5]],
+            prefill,
+            [[0], [1]],
+            ThroughputParams(max_batch=4),
+            predicted=predicted,
+            cut="per_function",
+            threshold=0.5,
+            remaining="naive",
+        )
+
+
+def test_a_one_shot_iterable_of_lengths_decodes_like_a_list() -> None:
+    p = ThroughputParams(max_batch=8)
+    lengths = [3, 0, 7.5, 1]
+    assert decode_timeline(iter(lengths), p, 2) == decode_timeline(lengths, p, 2)
+    assert decode_timeline(iter(lengths), p, 8) == decode_timeline(lengths, p, 8)
