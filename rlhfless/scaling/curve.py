@@ -41,6 +41,17 @@ class CurvePoint(msgspec.Struct, frozen=True, kw_only=True):
         return self.usd if self.expected_usd is None else self.expected_usd
 
 
+def within_bound(
+    curve: Sequence[CurvePoint], fraction: float, common: float = 0.0
+) -> tuple[list[CurvePoint], float]:
+    """The points whose planned time is within ``fraction`` of the fastest, and that bound (in
+    planned seconds). ``common``: seconds every candidate pays (a cold start), left out of the
+    comparison so that it does not widen the fraction."""
+    fastest = min(p.planned_seconds for p in curve) - common
+    ok = [p for p in curve if p.planned_seconds - common <= fastest * (1.0 + fraction) + 1e-12]
+    return ok, fastest * (1.0 + fraction) + common + 1e-12
+
+
 def function_lives(
     loads: Sequence[float],
     params: ThroughputParams,

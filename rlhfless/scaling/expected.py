@@ -22,7 +22,7 @@ import msgspec
 
 from rlhfless.cost_models import CostModel
 from rlhfless.scaling.assign import Assignment, GroupWork
-from rlhfless.scaling.curve import CurvePoint, evaluate
+from rlhfless.scaling.curve import CurvePoint, evaluate, within_bound
 from rlhfless.scaling.errors import BadScalingInput
 from rlhfless.scaling.margin import Margin, admission_order, scenario_loads
 from rlhfless.scaling.simulate import simulate_rollout
@@ -162,13 +162,7 @@ def expected_cut_point(
             cut=cut, threshold=threshold, transfer=transfer, shape=margin.shape,  # type: ignore[arg-type]
         )  # fmt: skip
         d_seconds += r.makespan - base.seconds
-        d_usd += (
-            sum(
-                cost_model.price(device_kind, f.lifetime(), slots_per_function).usd
-                for f in r.functions
-            )
-            - base.usd
-        )
+        d_usd += r.usd(cost_model, device_kind, slots_per_function=slots_per_function) - base.usd
     seconds = point.planned_seconds + d_seconds / len(drawn)
     usd = point.planned_usd + d_usd / len(drawn)
     return msgspec.structs.replace(
@@ -213,13 +207,7 @@ def cut_points(
         bound = math.inf
     else:
         common = params.cold_start_seconds if warm <= 0 else 0.0
-        fastest = min(p.planned_seconds for p in curve) - common
-        pick = [
-            p
-            for p in curve
-            if p.planned_seconds - common <= fastest * (1.0 + within_fraction) + 1e-12
-        ]
-        bound = fastest * (1.0 + within_fraction) + common + 1e-12
+        pick, bound = within_bound(curve, within_fraction, common)
     cheap = (lambda p: p.score) if within_fraction is None else (lambda p: p.planned_usd)
     pick = sorted(pick, key=lambda p: (cheap(p), p.planned_seconds))[:CUT_CANDIDATES]
     # A higher τ cuts later and moves fewer sequences, so it costs less time: try τ from the

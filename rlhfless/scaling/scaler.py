@@ -41,6 +41,7 @@ from rlhfless.scaling.assign import Assignment, AssignMethod, GroupWork, assign
 from rlhfless.scaling.curve import CurvePoint as CurvePoint
 from rlhfless.scaling.curve import evaluate as evaluate
 from rlhfless.scaling.curve import function_lives as function_lives
+from rlhfless.scaling.curve import within_bound
 from rlhfless.scaling.errors import BadScalingSetting
 from rlhfless.scaling.expected import CUT_CANDIDATES as CUT_CANDIDATES
 from rlhfless.scaling.expected import CUT_SCENARIOS as CUT_SCENARIOS
@@ -228,12 +229,7 @@ def choose_k(
     else:
         # With a margin, a cold start every candidate pays is no part of the rollout's own time.
         common = params.cold_start_seconds if margin is not None and warm <= 0 else 0.0
-        fastest = min(p.planned_seconds for p in curve) - common
-        ok = [
-            p
-            for p in curve
-            if p.planned_seconds - common <= fastest * (1.0 + within_fraction) + 1e-12
-        ]
+        ok, _ = within_bound(curve, within_fraction, common)
         best = min(
             ok,
             key=lambda p: (

@@ -66,9 +66,17 @@ class SimResult(msgspec.Struct, kw_only=True):
     def cold_seconds(self) -> float:
         return sum(f.cold_start_seconds for f in self.functions)
 
-    def usd(self, model: CostModel, device_kind: str, continuous: bool = False) -> float:
+    def usd(
+        self,
+        model: CostModel,
+        device_kind: str,
+        continuous: bool = False,
+        slots_per_function: int = 1,
+    ) -> float:
         """Dollars under ``model``'s rules per function; ``continuous``: rate x held seconds
         (a serverful slot rented for the whole job, where a per-start minimum does not recur)."""
         if continuous:
-            return model.rate(device_kind) * self.function_seconds
-        return sum(model.price(device_kind, f.lifetime()).usd for f in self.functions)
+            return model.rate(device_kind) * self.function_seconds * slots_per_function
+        return sum(
+            model.price(device_kind, f.lifetime(), slots_per_function).usd for f in self.functions
+        )
