@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                         "lengths": lengths,
                         "prompt_tokens": len(ids[lo + j]),
                         "epoch": epoch,
+                        "max_new_tokens": cfg.rollout.max_new_tokens,
                     }
                     out.write(json.dumps(row) + "\n")
                 out.flush()

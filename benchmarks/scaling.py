@@ -10,7 +10,8 @@ Prints a table and writes ``benchmarks/results/scaling.json``.
 Workload. A GRPO rollout of ``--prompts`` prompts x ``--group`` samples on ``--slots`` device
 slots. Each prompt has its own typical length (median ``exp(N(ln 300, 0.7))`` tokens); its samples
 are lognormal around it (sigma 0.4), capped at 2048 tokens. ``heavy`` adds the issue's heavy tail:
-5% of samples are 10x as long (cap 4096), unpredictably. Two epochs are drawn: the first warms
+5% of samples are 10x as long (cap 4096), unpredictably. The planners are told the cap as
+the generation limit. Two epochs are drawn: the first warms
 the length predictor, the second is rolled out. Prompts are 200-1024 tokens.
 
 At planning time the predictor has therefore scored only its predictions for prompts it had not
@@ -22,7 +23,9 @@ margin draws from measured ``actual / predicted`` ratios of seen prompts; the ro
 predictions are the same either way.
 
 Trace (``--trace FILE.jsonl``): one JSON object per line, ``{"prompt_id": ..., "lengths": [...]}``
-with an optional ``"prompt_tokens": N`` (default 512). Lines with the same prompt_id are
+with an optional ``"prompt_tokens": N`` (default 512) and ``"max_new_tokens": N`` (the generation
+limit it was sampled with; the planners are told it, as the pipeline tells them
+``rollout.max_new_tokens``, and no sample may exceed it). Lines with the same prompt_id are
 successive epochs: the last one is rolled out, the earlier ones warm the predictor. The pipeline
 writes this file as ``<run_dir>/lengths.jsonl``; ``tests/scaling/data/tiny_trace.jsonl`` (always
 run) is the default run's (tiny model, 256 prompts x 8 samples over 3 iterations, responses
@@ -157,12 +160,17 @@ SCENARIOS = DEFAULT.margin_scenarios  # error scenarios behind the margin (--sce
 METRICS = ("makespan", "function_seconds", "idle_seconds", "usd_aws", "usd_pool", "usd_onprem")
 
 
+def synthetic_cap(heavy: bool) -> int:
+    """The generation limit of the synthetic workloads (no sample is longer)."""
+    return 4096 if heavy else 2048
+
+
 def synthetic(
     prompts: int, group: int, seed: int, heavy: bool
 ) -> tuple[list[list[list[int]]], list[int]]:
     rng = random.Random(seed)
     mu = [rng.gauss(math.log(300), 0.7) for _ in range(prompts)]
-    cap = 4096 if heavy else 2048
+    cap = synthetic_cap(heavy)
 
     def epoch() -> list[list[int]]:
         out = []
@@ -180,10 +188,12 @@ def synthetic(
     return epochs, [rng.randint(200, 1024) for _ in range(prompts)]
 
 
-def read_trace(path: Path) -> tuple[list[list[list[int]]], list[int], list[str]]:
-    """Per prompt: its epochs' lengths (oldest first), its prompt tokens, its id."""
+def read_trace(path: Path) -> tuple[list[list[list[int]]], list[int], list[str], int | None]:
+    """Per prompt: its epochs' lengths (oldest first), its prompt tokens, its id; and the
+    generation limit the trace was sampled with (``max_new_tokens``, None if it does not say)."""
     by_id: dict[str, list[list[int]]] = {}
     tokens: dict[str, int] = {}
+    limits: set[int] = set()
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -193,8 +203,16 @@ def read_trace(path: Path) -> tuple[list[list[list[int]]], list[int], list[str]]
         pid = str(row["prompt_id"])
         by_id.setdefault(pid, []).append([int(x) for x in row["lengths"]])
         tokens[pid] = int(row.get("prompt_tokens", 512))
+        if row.get("max_new_tokens") is not None:
+            limits.add(int(row["max_new_tokens"]))
+    if len(limits) > 1:
+        raise SystemExit(f"{path}: lines disagree on max_new_tokens: {sorted(limits)}")
     ids = sorted(by_id)
-    return [by_id[i] for i in ids], [tokens[i] for i in ids], ids
+    limit = limits.pop() if limits else None
+    longest = max(x for e in by_id.values() for ls in e for x in ls)
+    if limit is not None and longest > limit:
+        raise SystemExit(f"{path}: a sample of {longest} tokens exceeds max_new_tokens {limit}")
+    return [by_id[i] for i in ids], [tokens[i] for i in ids], ids, limit
 
 
 def run_policies(
@@ -203,9 +221,11 @@ def run_policies(
     prompt_tokens: list[int],
     slots: int,
     scored: list[list[list[int]]] | None = None,
+    limit: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """``history[p]``: earlier epochs of prompt p; ``rollout[p]``: the lengths rolled out now;
-    ``scored``: epochs of other prompts the predictor sees (and scores) first."""
+    ``scored``: epochs of other prompts the predictor sees (and scores) first; ``limit``: the
+    generation limit (max_new_tokens), which the planners are told as the pipeline tells them."""
     aws, onprem = get_model("aws"), get_model("onprem")
     pool = WarmPool(aws)
     pred = LengthPredictor(alpha=0.5)
@@ -283,7 +303,7 @@ def run_policies(
         if margin is not None and SCENARIOS:
             m = build_margin(
                 predictor, ww, seen, SCENARIOS, margin,  # type: ignore[arg-type]
-                cuts=auto if cut == "auto" else (),
+                cuts=auto if cut == "auto" else (), max_new_tokens=limit,
             )  # fmt: skip
         t_plan = time.perf_counter()
         dec = choose_k(
@@ -315,6 +335,7 @@ def run_policies(
             transfer=TRANSFER,
             prewarm=True,
             shape=predictor.shape_ratios(),
+            max_new_tokens=limit,
         )
         assert r.tokens_per_sequence == [x for g in rollout for x in g], "a sequence was lost"
         extra = {
@@ -434,15 +455,16 @@ def main(argv: list[str] | None = None) -> int:
             scored = None
             if args.scored_prompts:
                 scored, _ = synthetic(args.scored_prompts, args.group, 1000 + seed, dist == "heavy")
-            runs.append(run_policies(history, epochs[1], prompt_tokens, args.slots, scored))
+            limit = synthetic_cap(dist == "heavy")
+            runs.append(run_policies(history, epochs[1], prompt_tokens, args.slots, scored, limit))
         rows = mean_rows(runs)
         results[dist] = {"mean": rows, "targets": targets(rows), "seeds": runs}
     traces = ([] if args.no_recorded_traces else [TINY_TRACE, SMOLLM2_TRACE]) + list(args.trace)
     for path in traces:
-        epochs, prompt_tokens, _ = read_trace(path)
+        epochs, prompt_tokens, _, limit = read_trace(path)
         history = [e[:-1] for e in epochs]
         rollout = [e[-1] for e in epochs]
-        rows = run_policies(history, rollout, prompt_tokens, args.slots)
+        rows = run_policies(history, rollout, prompt_tokens, args.slots, limit=limit)
         results[f"trace:{path.name}"] = {"mean": rows, "targets": targets(rows), "seeds": [rows]}
     for name, res in results.items():
         console.print(table(name, res["mean"]))

@@ -160,6 +160,7 @@ def expected_cut_point(
         r = simulate_rollout(
             lengths, prefill, groups, params, predicted=predicted, warm=warm,
             cut=cut, threshold=threshold, transfer=transfer, shape=margin.shape,  # type: ignore[arg-type]
+            max_new_tokens=margin.max_new_tokens,
         )  # fmt: skip
         d_seconds += r.makespan - base.seconds
         d_usd += r.usd(cost_model, device_kind, slots_per_function=slots_per_function) - base.usd

@@ -55,7 +55,7 @@ import msgspec
 from rlhfless.scaling.assign import METHODS, Assignment, AssignMethod, GroupWork
 from rlhfless.scaling.errors import BadScalingInput, BadScalingSetting
 from rlhfless.scaling.migrate import check_threshold
-from rlhfless.scaling.predictor import ErrorSample, LengthPredictor
+from rlhfless.scaling.predictor import ErrorSample, LengthPredictor, check_max_new_tokens
 from rlhfless.scaling.throughput import ThroughputParams, decode_seconds
 
 MIN_SAMPLES = 16  # scored groups of a kind (seen / new prompt) before their ratios are used
@@ -186,6 +186,7 @@ class Margin(msgspec.Struct, kw_only=True):
     # simulating its rollout on every scenario (see expected.expected_cut_point); empty: no cut.
     cuts: tuple[tuple[str, float], ...] = ()
     shape: list[float] = []  # the dataset's sample/median ratios: the cut planner's remaining
+    max_new_tokens: float | None = None  # the generation limit, which bounds that remaining
 
     def __post_init__(self) -> None:
         for m in self.alternatives:
@@ -195,6 +196,7 @@ class Margin(msgspec.Struct, kw_only=True):
             if policy not in ("per_function", "global"):
                 raise BadScalingSetting("margin cut", policy, "per_function or global")
             check_threshold(tau)
+        check_max_new_tokens(self.max_new_tokens, "margin max_new_tokens")
 
 
 def build_margin(
@@ -205,10 +207,12 @@ def build_margin(
     alternatives: Sequence[AssignMethod] = (),
     seed: int = 0,
     cuts: Sequence[tuple[str, float]] = (),
+    max_new_tokens: float | None = None,
 ) -> Margin:
     """The :class:`Margin` for a plan of ``works`` (``seen[i]``: group i's prompt was seen).
     The ``alternatives`` and ``cuts`` are tried only when there are scenarios (some error was
-    measured)."""
+    measured). ``max_new_tokens``: the rollout's generation limit, if known (it bounds what the
+    simulated cut planner expects a straggler still to produce)."""
     model = ErrorModel.from_predictor(predictor)
     sources = [model.source(s) for s in seen]
     top = max(set(sources), key=sources.count) if sources else "none"
@@ -220,6 +224,7 @@ def build_margin(
         source=top if n else "off",
         cuts=tuple((str(c), float(t)) for c, t in cuts) if scenarios else (),
         shape=predictor.shape_ratios() if scenarios and cuts else [],
+        max_new_tokens=max_new_tokens,
     )
 
 

@@ -32,7 +32,12 @@ from rlhfless.scaling.migrate import (
     plan_cut_and_migrate,
     plan_global_cut,
 )
-from rlhfless.scaling.predictor import LengthPredictor, PredictorError, PromptId
+from rlhfless.scaling.predictor import (
+    LengthPredictor,
+    PredictorError,
+    PromptId,
+    check_max_new_tokens,
+)
 from rlhfless.scaling.prefix import PrefixPlan, plan_prefixes
 from rlhfless.scaling.scaler import ScalingDecision, WarmPool, choose_k, evaluate
 from rlhfless.scaling.throughput import ThroughputModel, ThroughputParams
@@ -71,8 +76,12 @@ class Scaler:
         throughput: ThroughputParams | None = None,
         transfer: TransferParams | None = None,
         cost_model: CostModel | None = None,
+        max_new_tokens: int | None = None,
     ) -> None:
         self.config = config
+        # The rollout's generation limit: no sample outlives it, so the cut planner's expected
+        # remaining lengths are bounded by it (predictor.expected_remaining).
+        self.max_new_tokens = check_max_new_tokens(max_new_tokens)
         self.slots = slots
         config.k_range(slots)  # validates slots
         self.device_kind = config.device_kind or device_kind
@@ -206,6 +215,7 @@ class Scaler:
             cfg.margin_scenarios,
             alternatives,  # type: ignore[arg-type]
             cuts=cuts,
+            max_new_tokens=self.max_new_tokens,
         )
 
     # ------------------------------------------------------------------ during a rollout

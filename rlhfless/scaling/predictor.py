@@ -95,7 +95,12 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return sxy / math.sqrt(sxx * syy)
 
 
-def expected_remaining(support: Sequence[float], produced: float, tail: float = 1.0) -> float:
+def expected_remaining(
+    support: Sequence[float],
+    produced: float,
+    tail: float = 1.0,
+    max_new_tokens: float | None = None,
+) -> float:
     """Expected tokens still to come for a sample that has produced ``produced`` tokens so far:
     ``E[L - produced | L > produced]`` with ``L`` drawn evenly from ``support`` (the lengths the
     predictor thinks a sample of its prompt can have: :meth:`LengthPredictor.support`), at
@@ -106,15 +111,32 @@ def expected_remaining(support: Sequence[float], produced: float, tail: float = 
     has run, the longer it tends to keep running), instead of the 1 token a plain
     ``predicted - produced`` floor would give. That floor made a long straggler look almost
     finished, so a migration plan would move it onto a busy function.
+
+    ``max_new_tokens``: the generation limit (``rollout.max_new_tokens``), when known. No sample
+    outlives it, so the answer is at most ``max_new_tokens - produced`` (still at least 1). Without
+    it, a straggler that is repeating itself towards the limit looked to have as much again to
+    go (``tail * produced``), which made every cut of it look like it would extend the rollout.
     """
     if not (math.isfinite(produced) and produced >= 0):
         raise BadScalingInput("expected_remaining", f"produced must be >= 0, got {produced}")
     if not (math.isfinite(tail) and tail > 0):
         raise BadScalingSetting("remaining tail", tail, "a finite number > 0")
     above = [x - produced for x in support if x > produced]
-    if above:
-        return max(1.0, sum(above) / len(above))
-    return max(1.0, tail * produced)
+    rem = sum(above) / len(above) if above else tail * produced
+    if max_new_tokens is not None:
+        rem = min(rem, check_max_new_tokens(max_new_tokens) - produced)
+    return max(1.0, rem)
+
+
+def check_max_new_tokens(value: float | None, name: str = "max_new_tokens") -> float | None:
+    """``value`` if it is a generation limit (a number >= 1, or None: unknown)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadScalingSetting(name, value, "a number of tokens >= 1, or None")
+    if not (math.isfinite(value) and value >= 1):
+        raise BadScalingSetting(name, value, "a number of tokens >= 1, or None")
+    return float(value)
 
 
 def length_support(profile: Sequence[float], shape: Sequence[float] = ()) -> list[float]:
@@ -363,10 +385,16 @@ class LengthPredictor:
         """Lengths a sample of ``prompt_id`` can have (:func:`length_support`)."""
         return length_support(self.profile(prompt_id), self.shape_ratios())
 
-    def remaining(self, prompt_id: PromptId, produced: float, tail: float = 1.0) -> float:
+    def remaining(
+        self,
+        prompt_id: PromptId,
+        produced: float,
+        tail: float = 1.0,
+        max_new_tokens: float | None = None,
+    ) -> float:
         """Expected tokens still to come for a sample of ``prompt_id`` that has produced
         ``produced`` (:func:`expected_remaining`): what a migration plan should be told."""
-        return expected_remaining(self.support(prompt_id), produced, tail)
+        return expected_remaining(self.support(prompt_id), produced, tail, max_new_tokens)
 
     # ------------------------------------------------------------------ checkpoints
 

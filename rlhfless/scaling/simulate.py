@@ -17,8 +17,9 @@ decides with *predicted* ones. Model (all times in seconds from the rollout's st
   Predicted remaining (``remaining = "conditional"``, the default) is
   :func:`~rlhfless.scaling.predictor.expected_remaining`: ``E[L - produced | L > produced]`` over
   the sequence's group profile plus its median times the dataset's ``shape`` ratios, ``tail`` x
-  produced once it has overrun them all; ``"naive"``: predicted - produced, at least 1. A cut function stops at once;
-  each moved sequence keeps its produced tokens and joins its destination's queue after the
+  produced once it has overrun them all; ``"naive"``: predicted - produced, at least 1. Either
+  way never past ``max_new_tokens`` (the generation limit), when given. A cut function stops at
+  once; each moved sequence keeps its produced tokens and joins its destination's queue after the
   transfer time of its move (ship KV or re-prefill; re-prefill is charged to the sequence's
   arrival, not to the destination's other sequences: a simplification). A cut function is
   released when its last shipment has left.
@@ -49,7 +50,11 @@ from rlhfless.scaling.migrate import (
     plan_cut_with_loads,
     plan_global_cut,
 )
-from rlhfless.scaling.predictor import expected_remaining, length_support
+from rlhfless.scaling.predictor import (
+    check_max_new_tokens,
+    expected_remaining,
+    length_support,
+)
 from rlhfless.scaling.sim_result import SimFunction as SimFunction
 from rlhfless.scaling.sim_result import SimResult as SimResult
 from rlhfless.scaling.throughput import ThroughputParams
@@ -96,6 +101,7 @@ def simulate_rollout(
     remaining: RemainingEstimate = "conditional",
     shape: Sequence[float] = (),
     tail: float = 1.0,
+    max_new_tokens: float | None = None,
 ) -> SimResult:
     """Simulate decoding ``lengths[g]`` (true lengths of group g's samples) on functions holding
     ``groups[f]`` (group indices). ``predicted[g]`` (same shape as lengths; default: the true
@@ -104,7 +110,8 @@ def simulate_rollout(
     from history, overlapping the previous stage): billed, but not in the makespan. ``guard``:
     per-function cuts use the step-time model so as not to extend the rollout. ``remaining``,
     ``shape`` (:meth:`LengthPredictor.shape_ratios`) and ``tail``: how the planner is told a
-    sequence's remaining length (module docstring). ``cut = "auto"`` is a planning setting,
+    sequence's remaining length (module docstring); ``max_new_tokens``: the generation limit, which
+    bounds it (:func:`~rlhfless.scaling.predictor.expected_remaining`). ``cut = "auto"`` is a planning setting,
     not a cut: run the plan's (``ScalingConfig.cut_in_force``)."""
     if remaining not in ("conditional", "naive"):
         raise BadScalingInput(
@@ -115,6 +122,7 @@ def simulate_rollout(
             "simulate_rollout", f"cut must be none/per_function/global, got {cut!r}"
         )
     tau = check_threshold(threshold) if cut != "none" else 1.0
+    limit = check_max_new_tokens(max_new_tokens)
     transfer = transfer or TransferParams(prefill_tokens_per_s=params.prefill_tokens_per_s)
     if len(prefill_tokens) != len(lengths):
         raise BadScalingInput("simulate_rollout", "prefill_tokens and lengths differ in length")
@@ -235,15 +243,18 @@ def simulate_rollout(
         step, running = fn.step, fn.active_set
         made = [produced[s] + (step - start_step[s] if s in running else 0) for s in seqs]
         if remaining != "conditional":
-            return made, [max(seq_pred[s] - m, 1.0) for s, m in zip(seqs, made, strict=True)]
+            top = math.inf if limit is None else limit
+            return made, [
+                max(min(seq_pred[s], top) - m, 1.0) for s, m in zip(seqs, made, strict=True)
+            ]
         rems = []
         for s, m in zip(seqs, made, strict=True):
-            # A pure function of (group, produced) within one rollout (support and tail are
-            # fixed), asked again for a group's samples and at each cut check: memoised.
+            # A pure function of (group, produced) within one rollout (support, tail and the
+            # limit are fixed), asked again for a group's samples and at each cut check: memoised.
             g = seq_group[s]
             rem = remaining_of[g].get(m)
             if rem is None:
-                rem = remaining_of[g][m] = expected_remaining(support[g], m, tail)
+                rem = remaining_of[g][m] = expected_remaining(support[g], m, tail, limit)
             rems.append(rem)
         return made, rems
 

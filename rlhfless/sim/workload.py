@@ -161,6 +161,7 @@ class TraceLine(msgspec.Struct, frozen=True):
     prompt_id: str | int
     lengths: list[int]
     prompt_tokens: int = 512
+    max_new_tokens: int | None = None  # the generation limit it was sampled with, if recorded
 
 
 def read_trace(path: str | Path) -> list[TraceLine]:

@@ -231,7 +231,7 @@ class Pipeline:
         # Per-prompt response lengths: the trace that benchmarks/scaling.py replays (--trace).
         self.last_lengths = [
             {"prompt_id": q.id, "lengths": [len(r) for r in rollout.response_ids[i * g : (i + 1) * g]],
-             "prompt_tokens": len(prompt_ids[i])}
+             "prompt_tokens": len(prompt_ids[i]), "max_new_tokens": cfg.rollout.max_new_tokens}
             for i, q in enumerate(prompts)
         ]  # fmt: skip
         times["rollout"] = time.perf_counter() - t0

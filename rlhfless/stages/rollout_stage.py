@@ -118,7 +118,10 @@ class RolloutStage:
         self.p = pipeline
         cfg = pipeline.cfg
         self.scaler = Scaler(
-            cfg.scaling, slots=cfg.rollout.functions, device_kind=pipeline.rt.devices.kind
+            cfg.scaling,
+            slots=cfg.rollout.functions,
+            device_kind=pipeline.rt.devices.kind,
+            max_new_tokens=cfg.rollout.max_new_tokens,
         )
         self.warm = 0  # rollout functions released by the last iteration (likely still warm)
         self.weight_loads: list[float] = []
@@ -381,7 +384,9 @@ class RolloutStage:
         max_batch: int,
     ) -> FunctionProgress:
         def seq(key: int, produced: int) -> SequenceProgress:
-            left = expected_remaining(support[key // g], produced)
+            left = expected_remaining(
+                support[key // g], produced, max_new_tokens=self.scaler.max_new_tokens
+            )
             return SequenceProgress(
                 seq_id=key, prompt_tokens=len(prompt_ids[key // g]), produced=produced,
                 predicted_remaining=left,

@@ -39,6 +39,7 @@ def test_the_tiny_model_trace_has_every_prompt_once_per_epoch(tmp_path: Path) ->
     for r in rows:
         assert len(r["lengths"]) == 3 and all(1 <= x <= cap for x in r["lengths"])
         assert r["prompt_tokens"] > 0
+        assert r["max_new_tokens"] == cap  # the limit the planner bounds remaining lengths by
     # Two epochs sample afresh: the same prompts, not the same lengths.
     assert [r["lengths"] for r in rows[:5]] != [r["lengths"] for r in rows[5:]]
     assert "wrote" in out.stderr
