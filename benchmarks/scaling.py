@@ -336,6 +336,9 @@ def run_policies(
             prewarm=True,
             shape=predictor.shape_ratios(),
             max_new_tokens=limit,
+            # As the stage tells its guard: moves may end by the plan's uncut makespan (on this
+            # clock, without the cold start that prewarm hides).
+            planned_end=dec.uncut.planned_seconds - PARAMS.cold_start_seconds,
         )
         assert r.tokens_per_sequence == [x for g in rollout for x in g], "a sequence was lost"
         extra = {

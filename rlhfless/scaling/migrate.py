@@ -15,6 +15,14 @@ Where a sequence goes. Longest predicted remaining first, to the function that w
 enough anyway (its own predicted remaining >= the sequence's: moving it there extends nothing),
 the one with most free slots among those; if none runs that long, the longest-running one.
 
+With the step-time model (the no-extension guard), a move must be predicted to finish within
+the horizon: the latest predicted finish of any working function, or, when the caller passes
+``planned`` (the seconds the plan expected the rollout to run from now without a cut), that if
+it is later. The plan accepted that makespan when it chose k and τ, so a move that ends before
+it extends nothing the plan had not already paid for; without it, a horizon set by predictions
+that are sharper than the plan's (a straggler's remaining bounded by the generation limit) left
+freed functions running.
+
 How it moves. The receiving function needs the KV of prompt + partial response:
 :meth:`~rlhfless.scaling.transfer.TransferParams.choose` ships it or re-prefills it, whichever
 is cheaper. Either way the sequence continues from its partial tokens: nothing is truncated or
@@ -280,6 +288,7 @@ def plan_cut_and_migrate(
     threshold: float = 0.7,
     transfer: TransferParams | None = None,
     params: ThroughputParams | None = None,
+    planned: float | None = None,
 ) -> MigrationPlan:
     """The paper's per-function cut (see the module docstring).
 
@@ -287,6 +296,8 @@ def plan_cut_and_migrate(
     moved sequence must be predicted to finish on its destination before the latest predicted
     finish of any working function now (the horizon), and goes where most headroom is left.
     Without, sequences go to functions that run long enough anyway (token counts only).
+    ``planned``: seconds the plan expected the rollout to run from now; the horizon is at least
+    that (module docstring).
     """
     tau = check_threshold(threshold)
     transfer = transfer or TransferParams()
@@ -298,6 +309,7 @@ def plan_cut_and_migrate(
         tau,
         transfer,
         params,
+        planned,
     )
 
 
@@ -307,6 +319,7 @@ def plan_cut_with_loads(
     threshold: float = 0.7,
     transfer: TransferParams | None = None,
     params: ThroughputParams | None = None,
+    planned: float | None = None,
 ) -> MigrationPlan:
     """:func:`plan_cut_and_migrate`, given the full progress of the candidates only (working
     functions with ``finished >= τ · assigned``; others are ignored) and a
@@ -324,6 +337,11 @@ def plan_cut_with_loads(
     )
     dests = {f.function_id: _Dest(f, params) for f in loads if f.unfinished}
     horizon = max((d.load() for d in dests.values()), default=0.0) if params else None
+    if planned is not None:
+        if not math.isfinite(planned):
+            raise BadScalingInput("migration plan", f"planned must be finite, got {planned}")
+        if horizon is not None:
+            horizon = max(horizon, planned)
     receivers: set[str] = set()
     cut: set[str] = set()
     for c in candidates:

@@ -57,6 +57,9 @@ class RolloutPlan(msgspec.Struct, kw_only=True):
     cut_threshold: float
     prefix: PrefixPlan | None = None
     decision: ScalingDecision | None = None  # the k curve (rlhfless policy)
+    # The makespan the plan expected without a cut (its expected T, else predicted), incl. cold
+    # starts: a cut's moves may end by then (migrate's horizon). None: the fixed policy.
+    uncut_seconds: float | None = None
 
 
 class ScalerState(msgspec.Struct, kw_only=True):
@@ -103,6 +106,7 @@ class Scaler:
         # It returns None when a cut's KV never ships (vLLM, bandwidth 0): re-prefill only.
         self.transfer_source: Callable[[], TransferParams | None] | None = None
         self._cut = ("none", 1.0)  # the last plan's cut setting, for migration()
+        self._uncut_seconds: float | None = None  # the last plan's uncut_seconds, likewise
 
     @property
     def transfer(self) -> TransferParams:
@@ -157,7 +161,7 @@ class Scaler:
             prefix = plan_prefixes(prompt_tokens, group_size, cfg.prefix_min_len)  # type: ignore[arg-type]
         lengths = [self.predictor.predict(pid) for pid in prompt_ids]
         if cfg.policy == "fixed" or not works:
-            self._cut = ("none", 1.0)
+            self._cut, self._uncut_seconds = ("none", 1.0), None
             a = assign_round_robin(works, cfg.fixed_k(self.slots), params)
             point = evaluate(a, params, self.model, self.device_kind, 0.0, warm)
             return RolloutPlan(
@@ -188,6 +192,7 @@ class Scaler:
             transfer=self.transfer if margin is not None and margin.cuts else None,
         )
         self._cut = cfg.cut_in_force((decision.cut, decision.cut_threshold))
+        self._uncut_seconds = decision.uncut.planned_seconds
         return RolloutPlan(
             policy=cfg.policy,
             functions=decision.functions,
@@ -199,6 +204,7 @@ class Scaler:
             cut_threshold=self._cut[1],
             prefix=prefix,
             decision=decision,
+            uncut_seconds=self._uncut_seconds,
         )
 
     def margin(self, prompt_ids: Sequence[PromptId], works: Sequence[GroupWork]) -> Margin | None:
@@ -224,8 +230,16 @@ class Scaler:
         """The cut this rollout runs, (setting, τ): the last plan's under ``cut = "auto"``."""
         return self.config.cut_in_force(self._cut)
 
-    def migration(self, progress: Sequence[FunctionProgress]) -> MigrationPlan:
-        """Which functions to cut now and where their unfinished sequences go (maybe nothing)."""
+    def migration(
+        self, progress: Sequence[FunctionProgress], elapsed: float | None = None
+    ) -> MigrationPlan:
+        """Which functions to cut now and where their unfinished sequences go (maybe nothing).
+
+        ``elapsed``: seconds since the rollout was requested (the clock of the plan's makespan).
+        With it, the no-extension guard lets a move end as late as the last plan expected the
+        rollout to run without a cut (``RolloutPlan.uncut_seconds``), as the planner's own
+        simulations of the cut assumed; without it, only as late as the latest predicted finish.
+        """
         cfg = self.config
         cut, tau = self.cut_in_force()
         if cfg.policy == "fixed" or cut == "none":
@@ -233,7 +247,10 @@ class Scaler:
         if cut == "global":
             return plan_global_cut(progress, tau, self.transfer)
         params = self.throughput.params() if cfg.cut_guard or cfg.cut == "auto" else None
-        return plan_cut_and_migrate(progress, tau, self.transfer, params)
+        planned = None
+        if elapsed is not None and self._uncut_seconds is not None:
+            planned = self._uncut_seconds - elapsed
+        return plan_cut_and_migrate(progress, tau, self.transfer, params, planned)
 
     # ------------------------------------------------------------------ after a rollout
 

@@ -79,6 +79,16 @@ class ScalingDecision(msgspec.Struct, kw_only=True):
             and (p.cut == "none" or p.cut_threshold == self.cut_threshold)
         )
 
+    @property
+    def uncut(self) -> CurvePoint:
+        """The chosen (k, method) without a cut: what the plan expected the rollout to take had
+        it not cut (the chosen point itself when no cut is planned)."""
+        return next(
+            p
+            for p in self.curve
+            if p.k == self.k and (not self.method or p.method == self.method) and p.cut == "none"
+        )
+
     def render(self, width: int = 100) -> str:
         """The curve as a table (the chosen row marked), for logs and ``--show-curve``."""
         from rich.console import Console

@@ -102,6 +102,7 @@ def simulate_rollout(
     shape: Sequence[float] = (),
     tail: float = 1.0,
     max_new_tokens: float | None = None,
+    planned_end: float | None = None,
 ) -> SimResult:
     """Simulate decoding ``lengths[g]`` (true lengths of group g's samples) on functions holding
     ``groups[f]`` (group indices). ``predicted[g]`` (same shape as lengths; default: the true
@@ -111,7 +112,10 @@ def simulate_rollout(
     per-function cuts use the step-time model so as not to extend the rollout. ``remaining``,
     ``shape`` (:meth:`LengthPredictor.shape_ratios`) and ``tail``: how the planner is told a
     sequence's remaining length (module docstring); ``max_new_tokens``: the generation limit, which
-    bounds it (:func:`~rlhfless.scaling.predictor.expected_remaining`). ``cut = "auto"`` is a planning setting,
+    bounds it (:func:`~rlhfless.scaling.predictor.expected_remaining`). ``planned_end``: when the
+    plan expected the rollout to end without a cut (seconds on this simulation's clock); the
+    guard's horizon is at least what is left of it (:mod:`~rlhfless.scaling.migrate`).
+    ``cut = "auto"`` is a planning setting,
     not a cut: run the plan's (``ScalingConfig.cut_in_force``)."""
     if remaining not in ("conditional", "naive"):
         raise BadScalingInput(
@@ -123,6 +127,8 @@ def simulate_rollout(
         )
     tau = check_threshold(threshold) if cut != "none" else 1.0
     limit = check_max_new_tokens(max_new_tokens)
+    if planned_end is not None and not math.isfinite(planned_end):
+        raise BadScalingInput("simulate_rollout", f"planned_end must be finite, got {planned_end}")
     transfer = transfer or TransferParams(prefill_tokens_per_s=params.prefill_tokens_per_s)
     if len(prefill_tokens) != len(lengths):
         raise BadScalingInput("simulate_rollout", "prefill_tokens and lengths differ in length")
@@ -346,7 +352,10 @@ def simulate_rollout(
                 catch_up(g, t, now)
         if cut == "per_function":
             candidates, rows = loads()
-            plan = plan_cut_with_loads(candidates, rows, tau, transfer, params if guard else None)
+            plan = plan_cut_with_loads(
+                candidates, rows, tau, transfer, params if guard else None,
+                None if planned_end is None else planned_end - t,
+            )  # fmt: skip
         else:
             plan = plan_global_cut(progress(), tau, transfer)
             global_fired = True

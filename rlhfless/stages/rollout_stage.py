@@ -208,7 +208,7 @@ class RolloutStage:
         watch = None
         if cut is not None:
             watch = asyncio.create_task(
-                self._watch(running, owners, prompt_ids, [q.id for q in prompts], moves)
+                self._watch(running, owners, prompt_ids, [q.id for q in prompts], moves, t0)
             )
         try:
             while tasks:
@@ -327,11 +327,14 @@ class RolloutStage:
         prompt_ids: list[list[int]],
         prompt_keys: list[Any],
         moves: _Moves,
+        started: float,
     ) -> None:
         """The cut as the scaler plans it (``Scaler.migration``), on the functions' live
         progress: every ``scaling.cut_poll_s`` ask the running functions how far they are, let the
         plan pick functions to cut and where each of their unfinished sequences goes, and cut
-        them. Their sequences then join the planned receivers (:meth:`_hand_over`)."""
+        them. Their sequences then join the planned receivers (:meth:`_hand_over`).
+        ``started``: when the rollout was requested (``time.perf_counter``), the start of the
+        clock the plan's makespan is on."""
         g = self.p.cfg.train.group_size
         kind, tau = self.scaler.cut_in_force()
         # The lengths each prompt's samples may have (the predictor's support): a sequence's
@@ -340,13 +343,16 @@ class RolloutStage:
         while True:
             await asyncio.sleep(self.scaler.config.cut_poll_s)
             try:
-                await self._cut_once(running, owners, prompt_ids, support, kind, tau, g, moves)
+                await self._cut_once(
+                    running, owners, prompt_ids, support, kind, tau, g, moves, started
+                )
             except Exception as exc:  # a bad poll must not end cutting for the whole rollout
                 log.warning("rollout: planning a cut failed (%r); trying again", exc)
 
     async def _cut_once(
         self, running: dict[int, Any], owners: list[list[int]], prompt_ids: list[list[int]],
         support: list[list[float]], kind: str, tau: float, g: int, moves: _Moves,
+        started: float,
     ) -> None:  # fmt: skip
         """One poll of :meth:`_watch`: read progress, plan, cut."""
         live = {i: h for i, h in running.items() if i not in moves.cutting}
@@ -366,7 +372,7 @@ class RolloutStage:
             self._progress(i, r, owners[i], prompt_ids, support, g, max_batch)
             for i, r in ready.items()
         ]
-        plan = self.scaler.migration(now)
+        plan = self.scaler.migration(now, elapsed=time.perf_counter() - started)
         for fid in plan.cut:
             h = running.get(int(fid))
             if h is not None and await h.cut_now():

@@ -162,3 +162,47 @@ def test_the_scaler_cuts_past_the_horizon_only_without_the_guard() -> None:
         plans[guard] = Scaler(cfg, slots=2).migration(progress)
     assert plans[True].cut == [] and "horizon" in plans[True].reasons["a"]
     assert plans[False].cut == ["a"] and {m.dest for m in plans[False].moves} == {"b"}
+
+
+def test_the_plans_uncut_makespan_is_a_horizon_the_guard_may_use() -> None:
+    params = ThroughputParams(step_seconds=0.01, step_seconds_per_seq=0.0)
+    longest = fn("c", 10, 9, [(3, 0, 900.0)])  # 9 s left: past every other function
+    b = fn("b", 10, 2, [(2, 0, 500.0)])  # 5 s left
+    assert plan_cut_and_migrate([longest, b], 0.7, params=params).empty  # ends at 9 s > 5 s
+    # The plan expected 10 s more without a cut: ending at 9 s extends nothing it had accepted.
+    plan = plan_cut_and_migrate([longest, b], 0.7, params=params, planned=10.0)
+    assert plan.cut == ["c"] and [m.dest for m in plan.moves] == ["b"]
+    # A planned end already behind the predicted finish changes nothing; nor does it without
+    # the guard (no step-time model, no horizon).
+    assert plan_cut_and_migrate([longest, b], 0.7, params=params, planned=8.0).empty
+    assert plan_cut_and_migrate([longest, b], 0.7, params=params, planned=-3.0).empty
+    assert plan_cut_and_migrate([longest, b], 0.7, planned=0.0).cut == ["c"]
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(BadScalingInput, match="planned"):
+            plan_cut_and_migrate([longest, b], 0.7, params=params, planned=bad)
+
+
+def test_the_scaler_guards_with_its_last_plans_uncut_makespan_once_told_the_time() -> None:
+    """Scaler.migration(elapsed=): the horizon reaches the last plan's ``uncut_seconds``."""
+    from rlhfless.scaling import Scaler, ScalingConfig
+
+    cfg = ScalingConfig(policy="rlhfless", cut="per_function", cut_threshold=0.7)
+    scaler = Scaler(cfg, slots=4, throughput=ThroughputParams(cold_start_seconds=0.0))
+    ids = list(range(8))
+    scaler.observe(ids, [[40, 60, 80, 100]] * 8)
+    plan = scaler.plan(ids, [50] * 8, 4)
+    assert plan.decision is not None and plan.uncut_seconds is not None
+    assert plan.uncut_seconds == plan.decision.uncut.planned_seconds
+    assert plan.decision.uncut.cut == "none" and plan.decision.uncut.k == plan.decision.k
+    step = scaler.throughput.params().step_time(1)
+    # A straggler predicted 20 steps past the other function: the guard keeps it...
+    progress = [
+        fn("a", 8, 7, [(0, 10, 120.0)]),
+        fn("b", 8, 7, [(1, 10, 100.0)]),
+    ]
+    assert scaler.migration(progress).empty
+    assert scaler.migration(progress, elapsed=plan.uncut_seconds).empty  # the plan's time is up
+    # ...unless the plan expected the rollout to run past where it will end anyway.
+    early = plan.uncut_seconds - 200 * step
+    assert early > 0, (plan.uncut_seconds, step)
+    assert scaler.migration(progress, elapsed=early).cut == ["b"]

@@ -111,14 +111,17 @@ def test_the_simulators_remaining_memo_and_load_summaries_are_fresh(monkeypatch)
     group_of = [g for g in range(24) for _ in range(4)]
     seen = {"plans": 0, "seqs": 0}
 
-    def checked(candidates, loads, tau, transfer, params):  # type: ignore[no-untyped-def]
+    limit = 3200  # the generation limit: no length above (8 x 400)
+
+    def checked(candidates, loads, tau, transfer, params, planned):  # type: ignore[no-untyped-def]
         for c in candidates:
             for s in c.unfinished:
                 g = group_of[int(s.seq_id)]
-                fresh = expected_remaining(length_support(predicted[g], shape), s.n_produced, tail)
+                support = length_support(predicted[g], shape)
+                fresh = expected_remaining(support, s.n_produced, tail, limit)
                 assert s.predicted_remaining == fresh
                 seen["seqs"] += 1
-        plan = plan_cut_with_loads(candidates, loads, tau, transfer, params)
+        plan = plan_cut_with_loads(candidates, loads, tau, transfer, params, planned)
         # The same plan when every working function's summary is rebuilt from candidates only
         # where it can be: a candidate's summary is its own progress's.
         by_id = {c.function_id: c for c in candidates}
@@ -132,7 +135,8 @@ def test_the_simulators_remaining_memo_and_load_summaries_are_fresh(monkeypatch)
     groups = [list(range(f, 24, 6)) for f in range(6)]
     p = ThroughputParams(max_batch=32)
     r = simulate_rollout(lengths, [200] * 24, groups, p, predicted=predicted,
-                         cut="per_function", threshold=0.6, shape=shape, tail=tail)  # fmt: skip
+                         cut="per_function", threshold=0.6, shape=shape, tail=tail,
+                         max_new_tokens=limit, planned_end=4.0)  # fmt: skip
     assert r.tokens_per_sequence == [x for g in lengths for x in g]
     assert seen["plans"] > 5 and seen["seqs"] > 20
 
@@ -165,14 +169,16 @@ def test_plan_from_loads_equals_plan_from_progress() -> None:
                 )
             )
         working = [f for f in functions if f.unfinished]
+        planned = rng.choice([None, rng.uniform(0.0, 20.0)])  # the plan's uncut end, from now
         for params in (None, PARAMS):
-            want = plan_cut_and_migrate(functions, 0.6, TransferParams(), params)
+            want = plan_cut_and_migrate(functions, 0.6, TransferParams(), params, planned)
             got = plan_cut_with_loads(
                 [f for f in working if f.ratio >= 0.6],
                 [FunctionLoad.of(f) for f in working],
                 0.6,
                 TransferParams(),
                 params,
+                planned,
             )
             assert (got.cut, got.moves, got.reasons) == (want.cut, want.moves, want.reasons)
 
