@@ -1,4 +1,4 @@
-"""The scaling policy against a fixed split, on a simulated rollout (no GPU, ~14 s).
+"""The scaling policy against a fixed split, on a simulated rollout (no GPU, ~20 s).
 
     python benchmarks/scaling.py                      # synthetic distributions + our two traces
     python benchmarks/scaling.py --trace lengths.jsonl  # plus another recorded trace
