@@ -52,18 +52,50 @@ def within_bound(
     return ok, fastest * (1.0 + fraction) + common + 1e-12
 
 
+def life_usd(
+    cost_model: CostModel,
+    device_kind: str,
+    cold_start_seconds: float,
+    busy_seconds: float,
+    idle_seconds: float = 0.0,
+    slots_per_function: int = 1,
+    warm: bool = False,
+) -> float:
+    """One function's dollars for one rollout.
+
+    A ``warm`` function is one an earlier rollout released and this one reuses: its life, and
+    the per-start minimum and cold start its model bills, were paid when it started. This
+    rollout extends that life, so it costs its seconds at the rate. Any other function is a new
+    life under the model's rules (granularity, minimum, cold start). The rollout stage prices
+    its measured leases by the same rule (``RolloutStage._price``), so a plan's C(k) and the
+    iteration's measured dollars are the same quantity.
+    """
+    if warm:
+        seconds = cold_start_seconds + busy_seconds + idle_seconds
+        return cost_model.rate(device_kind) * seconds * slots_per_function
+    life = Lifetime.planned(cold_start_seconds, busy_seconds, idle_seconds)
+    return cost_model.price(device_kind, life, slots_per_function).usd
+
+
+def warm_functions(
+    loads: Sequence[float], warm: int = 0, rank: Sequence[float] | None = None
+) -> set[int]:
+    """The ``warm`` heaviest functions (by ``rank``, default ``loads``: a scenario's functions
+    are warmed by their *predicted* loads, as the plan does): those reused warm."""
+    by = loads if rank is None else rank
+    order = sorted(range(len(loads)), key=lambda f: -by[f])
+    return set(order[: max(0, warm)])
+
+
 def function_lives(
     loads: Sequence[float],
     params: ThroughputParams,
     warm: int = 0,
     rank: Sequence[float] | None = None,
 ) -> list[tuple[float, float]]:
-    """(cold start, busy seconds) per function; the ``warm`` heaviest start without a cold start
-    (heaviest by ``rank``, default ``loads``: a scenario's functions are warmed by their
-    *predicted* loads, as the plan does)."""
-    by = loads if rank is None else rank
-    order = sorted(range(len(loads)), key=lambda f: -by[f])
-    warm_set = set(order[: max(0, warm)])
+    """(cold start, busy seconds) per function; the ``warm`` heaviest (:func:`warm_functions`)
+    start without a cold start."""
+    warm_set = warm_functions(loads, warm, rank)
     return [
         (0.0 if f in warm_set else params.cold_start_seconds, params.weight_load_seconds + loads[f])
         for f in range(len(loads))
@@ -87,17 +119,18 @@ def evaluate(
             "assignment", assignment.unit, "in seconds", "assign with a ThroughputParams."
         )
     lives = function_lives(assignment.loads, params, warm, rank)
+    reused = warm_functions(assignment.loads, warm, rank)
     ends = [c + b for c, b in lives]
     t = max(ends, default=0.0)
     usd = sum(
-        cost_model.price(device_kind, Lifetime.planned(c, b), slots_per_function).usd
-        for c, b in lives
+        life_usd(cost_model, device_kind, c, b, 0.0, slots_per_function, f in reused)
+        for f, (c, b) in enumerate(lives)
     )
     held = sum(
-        cost_model.price(
-            device_kind, Lifetime.planned(c, b, max(0.0, t - c - b)), slots_per_function
-        ).usd
-        for c, b in lives
+        life_usd(
+            cost_model, device_kind, c, b, max(0.0, t - c - b), slots_per_function, f in reused
+        )
+        for f, (c, b) in enumerate(lives)
     )
     return CurvePoint(
         k=assignment.k,

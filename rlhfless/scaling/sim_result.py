@@ -7,6 +7,7 @@ from __future__ import annotations
 import msgspec
 
 from rlhfless.cost_models import CostModel, Lifetime
+from rlhfless.scaling.curve import life_usd
 
 
 class SimFunction(msgspec.Struct, kw_only=True):
@@ -20,6 +21,7 @@ class SimFunction(msgspec.Struct, kw_only=True):
     tokens: int = 0  # decode tokens produced here
     finished: int = 0  # sequences finished here
     cut_at: float | None = None
+    warm: bool = False  # reused from an earlier rollout (curve.life_usd prices it by the second)
 
     @property
     def held_seconds(self) -> float:
@@ -73,10 +75,14 @@ class SimResult(msgspec.Struct, kw_only=True):
         continuous: bool = False,
         slots_per_function: int = 1,
     ) -> float:
-        """Dollars under ``model``'s rules per function; ``continuous``: rate x held seconds
+        """Dollars under ``model``'s rules per function (a warm one by the second, as
+        :func:`~rlhfless.scaling.curve.life_usd` prices it); ``continuous``: rate x held seconds
         (a serverful slot rented for the whole job, where a per-start minimum does not recur)."""
         if continuous:
             return model.rate(device_kind) * self.function_seconds * slots_per_function
         return sum(
-            model.price(device_kind, f.lifetime(), slots_per_function).usd for f in self.functions
+            life_usd(model, device_kind, 0.0, f.held_seconds, 0.0, slots_per_function, warm=True)
+            if f.warm
+            else model.price(device_kind, f.lifetime(), slots_per_function).usd
+            for f in self.functions
         )

@@ -218,6 +218,7 @@ def simulate_rollout(
                 cold_start_seconds=cold,
                 requested_at=ready - cold,
                 ready_at=ready,
+                warm=f < warm,
             )
         )
         seqs = sorted((s for g in members for s in seq_of_group[g]), key=lambda s: -seq_pred[s])

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from rlhfless.adapters.decode import fold, row_seed
-from rlhfless.cost_models import Lifetime
 from rlhfless.scaling import Scaler, TransferParams, kv_bytes_per_token
+from rlhfless.scaling.curve import life_usd
 from rlhfless.scaling.migrate import FunctionProgress, SequenceProgress, cut_due
 from rlhfless.scaling.predictor import expected_remaining
 
@@ -448,15 +448,7 @@ class RolloutStage:
         Warm-pool idle time between iterations is not in this figure (the run's ledger has it).
         """
         model, kind = self.scaler.model, self.scaler.device_kind
-        usd = 0.0
-        for seconds, warm in leases:
-            if warm:
-                usd += model.rate(kind) * seconds
-            else:
-                usd += model.price(
-                    kind, Lifetime.planned(cold_start_seconds=0.0, busy_seconds=seconds)
-                ).usd
-        return usd
+        return sum(life_usd(model, kind, 0.0, seconds, warm=warm) for seconds, warm in leases)
 
 
 def model_kv_bytes_per_token(model_dir: str | Path, dtype: str) -> float:
