@@ -11,9 +11,23 @@ from rlhfless.cost_models.errors import BillingFileError
 from rlhfless.runtime.messages import BillingEvent, billing_from_json, billing_to_json
 
 
-def read_billing_events(path: Path | str) -> list[BillingEvent]:
+class NoBillingEvents(BillingFileError):
+    """A billing file without a single event. Priced, it gives all zeros, which reads like a
+    free run; a caller that wants that to fail asks for ``allow_empty=False``."""
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(
+            path,
+            "no billing events in it (empty, or only blank lines); a run writes a function's "
+            "event when the function exits, so check the path or price the file once the run "
+            "has finished a function",
+        )
+
+
+def read_billing_events(path: Path | str, *, allow_empty: bool = True) -> list[BillingEvent]:
     """Every event in ``path``. Blank lines are skipped; any other bad line is an error that
-    names its line number (a truncated last line from a crashed run included: fix or cut it)."""
+    names its line number (a truncated last line from a crashed run included: fix or cut it).
+    A file with no events is :class:`NoBillingEvents` unless ``allow_empty``."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -27,6 +41,8 @@ def read_billing_events(path: Path | str) -> list[BillingEvent]:
             events.append(billing_from_json(line))
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise BillingFileError(path, f"not a billing event: {exc}", line=number) from None
+    if not events and not allow_empty:
+        raise NoBillingEvents(path)
     return events
 
 

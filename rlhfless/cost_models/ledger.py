@@ -3,15 +3,29 @@
 It reports the total, and the same split by stage and by device kind: dollars (busy, idle,
 cold start) and slot-seconds (GPU-seconds for GPU kinds, the paper's metric).
 
-**Serverful baseline.** The same job as if every physical slot it touched were rented as one
-continuous rental from the run's first ``requested_at`` to its last end (the latest
-``exited_at``, or ``now`` for a function still alive), priced under the same model and rules
-(one start per slot, so one minimum charge per slot). A physical slot is ``(node, device kind, slot index)``;
-a function holding ``slots`` slots covers ``slot .. slot + slots - 1``. Its busy time is the union
-of the busy intervals of the functions that ran on it; it has no cold-start bucket (a serverful
-job's one-off model load is not in the events). Under per-second billing with no minimum and
-whole-second times this is never cheaper than the serverless bill; with a minimum charge (AWS,
-GCP) many short functions on one slot can cost more than one long rental, and the ledger shows it.
+**Serverful baseline.** The same job as if every physical slot it touched were rented while the
+job ran, priced under the same model and rules. A physical slot is ``(node, device kind, slot
+index)``; a function holding ``slots`` slots covers ``slot .. slot + slots - 1``.
+
+*While the job ran* is made precise by **activity segments**: the stretches of time in which at
+least one function of the job was alive (``requested_at .. exited_at``, or ``.. now`` for a
+function still alive). A lull with nothing alive for at most ``gap_seconds`` (default
+:data:`SEGMENT_GAP_SECONDS`) stays inside its segment: the job's driver is still working between
+stages, and no serverful cluster is handed back and re-provisioned for a lull that short. A longer
+gap means the job was not running (it ended, crashed, or waited for ``--resume``), and a serverful
+user pays nothing for it. Each **rental** holds every slot its segments touched, from its first
+segment's start to its last segment's end (one start per slot, so one minimum charge per slot).
+A rental covers one segment, or several consecutive ones when renting straight through the gaps
+costs less than starting again (a 60 s minimum charge can make that so for short segments a
+minute or two apart); the ledger picks the cheapest such schedule of rentals of up to
+:data:`MAX_SEGMENTS_PER_RENTAL` segments. Downtime never inflates the saving, and for a job of up
+to that many segments the baseline is never more than one rental over the whole run.
+
+A slot's busy time in a rental is the union of the busy intervals of the functions that ran on
+it; a rental has no cold-start bucket (a serverful job's one-off model load is not in the
+events). Under per-second billing with no minimum and whole-second times the baseline is never
+cheaper than the serverless bill; with a minimum charge (AWS, GCP) many short functions on one slot
+can cost more than one long rental, and the ledger shows it.
 
 Events are keyed by ``function_id``: a later event for the same function replaces the earlier one
 (a live run may emit snapshots of a function before its final event).
@@ -19,7 +33,9 @@ Events are keyed by ``function_id``: a later event for the same function replace
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import bisect
+import math
+from collections.abc import Iterable, Sequence
 
 import msgspec
 
@@ -29,6 +45,20 @@ from rlhfless.cost_models.model import Bill, BillingRules, CostModel
 from rlhfless.runtime.messages import BillingEvent
 
 UNKNOWN_STAGE = "(unknown)"  # events with stage "" are grouped under this name
+
+# A lull with no function alive for at most this long stays inside one activity segment. The
+# runtime keeps a released function warm for keep_alive_s (30 s by default), so a running job
+# rarely has nothing alive for a whole minute; and a serverful cluster takes minutes to
+# provision, so nobody hands one back for a shorter lull. A job with keep_alive_s = 0 and
+# driver-side steps longer than this is split mid-run: that makes the baseline cheaper, the
+# conservative side for a "saving vs serverful" claim.
+SEGMENT_GAP_SECONDS = 60.0
+
+# A serverful rental covering more activity segments than this is not considered (see
+# Ledger._rental_plan): it bounds the search for files of many tiny, widely spaced functions.
+MAX_SEGMENTS_PER_RENTAL = 64
+
+Slot = tuple[str, str, int]  # (node, normalised device kind, slot index)
 
 
 class Breakdown(msgspec.Struct, kw_only=True):
@@ -61,16 +91,30 @@ class Breakdown(msgspec.Struct, kw_only=True):
         self.billed_slot_seconds += bill.billed_seconds * s
 
 
+class Rental(msgspec.Struct, kw_only=True):
+    """One serverful rental: ``slots`` slots held from ``start`` to ``end`` (Unix seconds)."""
+
+    start: float
+    end: float
+    slots: int  # physical slots its segments touched
+    segments: int  # activity segments it covers (more than 1: renting through was cheaper)
+    usd: float
+
+
 class Serverful(msgspec.Struct, kw_only=True):
     """The serverful baseline (see the module docstring for the precise definition)."""
 
-    slots: int = 0  # physical slots the run touched
+    slots: int = 0  # physical slots the run touched, in any rental
     slots_by_device: dict[str, int] = {}
-    span_seconds: float = 0.0  # first request .. last end
+    span_seconds: float = 0.0  # first request .. last end, downtime included
+    rented_seconds: float = 0.0  # wall-clock time inside rentals (span less the gaps not rented)
+    gap_seconds: float = SEGMENT_GAP_SECONDS  # longest lull kept inside one segment
+    segments: list[tuple[float, float]] = []  # activity segments, start .. end
+    rentals: list[Rental] = []
     usd: float = 0.0
     busy_usd: float = 0.0
     idle_usd: float = 0.0
-    slot_seconds: float = 0.0
+    slot_seconds: float = 0.0  # sum over rentals of slots x rental length
     usd_by_device: dict[str, float] = {}
 
 
@@ -92,6 +136,12 @@ class LedgerResult(msgspec.Struct, kw_only=True):
     saving_usd: float  # serverful usd - usd
     saving_fraction: float  # 0 when the serverful bill is 0
 
+    @property
+    def empty(self) -> bool:
+        """No function was priced: every number is 0 because nothing was recorded, not because
+        the run was free. Callers should say so (``rlhfless cost`` on an empty file)."""
+        return self.functions == 0
+
 
 class Ledger:
     """Collects billing events and prices them under ``model``.
@@ -100,8 +150,17 @@ class Ledger:
     >>> ledger.result(now=None).total.usd       # doctest: +SKIP
     """
 
-    def __init__(self, model: CostModel, events: Iterable[BillingEvent] = ()) -> None:
+    def __init__(
+        self,
+        model: CostModel,
+        events: Iterable[BillingEvent] = (),
+        *,
+        gap_seconds: float = SEGMENT_GAP_SECONDS,
+    ) -> None:
+        if not gap_seconds >= 0:
+            raise ValueError(f"gap_seconds must be >= 0, got {gap_seconds}")
         self.model = model
+        self.gap_seconds = gap_seconds  # see SEGMENT_GAP_SECONDS
         self._events: dict[str, BillingEvent] = {}
         for event in events:
             self.add(event)
@@ -113,6 +172,11 @@ class Ledger:
     @property
     def events(self) -> list[BillingEvent]:
         return list(self._events.values())
+
+    @property
+    def empty(self) -> bool:
+        """No events recorded: a result would be all zeros (see :attr:`LedgerResult.empty`)."""
+        return not self._events
 
     def bills(self, now: float | None = None) -> list[tuple[BillingEvent, Bill]]:
         """Each function's bill; raises if a function is alive and ``now`` is None."""
@@ -158,38 +222,132 @@ class Ledger:
     def _serverful(self, now: float | None) -> tuple[Serverful, float, float]:
         lives = [(e, Lifetime.from_event(e, now)) for e in self._events.values()]
         if not lives:
-            return Serverful(), 0.0, 0.0
+            return Serverful(gap_seconds=self.gap_seconds), 0.0, 0.0
         start = min(life.requested_at for _, life in lives)
         end = max(life.exited_at for _, life in lives)
-        # A physical slot is (node, device kind, slot index): CPU and GPU slots are numbered
-        # separately on a node, so slot 0 of each is a different device.
-        busy: dict[tuple[str, str, int], list[Interval]] = {}
+        segments = activity_segments((life for _, life in lives), self.gap_seconds)
+        # Per segment, the busy intervals of each physical slot it touched. CPU and GPU slots are
+        # numbered separately on a node, so slot 0 of each is a different device.
+        starts = [s for s, _ in segments]
+        used: list[dict[Slot, list[Interval]]] = [{} for _ in segments]
         for event, life in lives:
+            # Every life lies inside exactly one segment: the last one starting at or before it.
+            seg = used[bisect.bisect_right(starts, life.requested_at) - 1]
             kind = normalise_device_kind(event.device_kind)
             for slot in event_slots(event):
-                busy.setdefault((event.node, kind, slot), []).extend(life.busy)
-        out = Serverful(span_seconds=end - start)
-        by_kind: dict[str, int] = {}
+                seg.setdefault((event.node, kind, slot), []).extend(life.busy)
+        out = Serverful(
+            span_seconds=end - start, gap_seconds=self.gap_seconds, segments=list(segments)
+        )
+        slots_seen: dict[Slot, None] = {}
         usd_by_device: dict[str, float] = {}
-        for (node, kind, slot), intervals in sorted(busy.items()):
-            rental = Lifetime(
-                requested_at=start,
-                ready_at=start,
-                exited_at=end,
-                busy=merge_intervals(intervals),
-                label=f"serverful {node}:{kind}:{slot}",
-            )
-            bill = self.model.price(kind, rental, 1)
-            out.usd += bill.usd
-            out.busy_usd += bill.busy_usd
-            out.idle_usd += bill.idle_usd
-            out.slot_seconds += bill.seconds
+        for first, last in self._rental_plan(segments, used):
+            lo, hi = segments[first][0], segments[last][1]
+            busy = _slots_busy(used[first : last + 1])
+            rental = Rental(start=lo, end=hi, slots=len(busy), segments=last - first + 1, usd=0.0)
+            for key, bill in self._rent(busy, lo, hi):
+                rental.usd += bill.usd
+                out.busy_usd += bill.busy_usd
+                out.idle_usd += bill.idle_usd
+                out.slot_seconds += bill.seconds
+                usd_by_device[key[1]] = usd_by_device.get(key[1], 0.0) + bill.usd
+                slots_seen[key] = None
+            out.usd += rental.usd
+            out.rented_seconds += hi - lo
+            out.rentals.append(rental)
+        by_kind: dict[str, int] = {}
+        for _, kind, _ in slots_seen:
             by_kind[kind] = by_kind.get(kind, 0) + 1
-            usd_by_device[kind] = usd_by_device.get(kind, 0.0) + bill.usd
-        out.slots = len(busy)
+        out.slots = len(slots_seen)
         out.slots_by_device = dict(sorted(by_kind.items()))
         out.usd_by_device = dict(sorted(usd_by_device.items()))
         return out, start, end
+
+    def _rent(
+        self, busy: dict[Slot, list[Interval]], lo: float, hi: float
+    ) -> list[tuple[Slot, Bill]]:
+        """The bill of each slot in ``busy`` rented once, continuously, from ``lo`` to ``hi``."""
+        out = []
+        for key, intervals in sorted(busy.items()):
+            node, kind, slot = key
+            rental = Lifetime(
+                requested_at=lo,
+                ready_at=lo,
+                exited_at=hi,
+                busy=merge_intervals(intervals),
+                label=f"serverful {node}:{kind}:{slot}",
+            )
+            out.append((key, self.model.price(kind, rental, 1)))
+        return out
+
+    def _rental_plan(
+        self, segments: Sequence[Interval], used: Sequence[dict[Slot, list[Interval]]]
+    ) -> list[tuple[int, int]]:
+        """The cheapest way to cover the segments with rentals of consecutive segments.
+
+        Returns ``(first, last)`` segment indices per rental. Dynamic programming over where
+        rentals end: ``best[j]`` is the cheapest cover of segments ``0 .. j - 1``, and the last
+        rental of that cover starts at ``choice[j]``. Two limits keep it linear in the number
+        of segments. A gap longer than ``2 x (minimum + granularity)`` is never rented through:
+        starting every slot again costs at most that much extra, renting through costs the
+        whole gap. And a rental spans at most :data:`MAX_SEGMENTS_PER_RENTAL` segments, which
+        only a file of many tiny functions a minute apart could want.
+        """
+        rules = self.model.rules
+        never_through = 2 * (rules.minimum_seconds + rules.granularity_seconds)
+        n = len(segments)
+        best = [0.0] + [math.inf] * n
+        choice = [0] * (n + 1)
+        for j in range(1, n + 1):
+            hi = segments[j - 1][1]
+            slots: set[Slot] = set()
+            per_kind: dict[str, int] = {}
+            # From the shortest rental (segment j - 1 alone) outwards, growing the slot set as
+            # it goes; on a tie the shorter rental wins: nothing is paid for downtime unless
+            # that is cheaper.
+            for first in range(j - 1, max(-1, j - 1 - MAX_SEGMENTS_PER_RENTAL), -1):
+                if first < j - 1 and segments[first + 1][0] - segments[first][1] > never_through:
+                    break
+                for key in used[first].keys() - slots:
+                    slots.add(key)
+                    per_kind[key[1]] = per_kind.get(key[1], 0) + 1
+                lo = segments[first][0]
+                # Dollars depend on the span, not on busy time (that only splits the buckets),
+                # so one price per device kind prices the whole group.
+                span = Lifetime(requested_at=lo, ready_at=lo, exited_at=hi, label="serverful")
+                usd = sum(self.model.price(k, span, c).usd for k, c in per_kind.items())
+                if best[first] + usd < best[j] - 1e-12:
+                    best[j], choice[j] = best[first] + usd, first
+        plan = []
+        j = n
+        while j > 0:
+            plan.append((choice[j], j - 1))
+            j = choice[j]
+        return plan[::-1]
+
+
+def activity_segments(lives: Iterable[Lifetime], gap_seconds: float) -> list[Interval]:
+    """Stretches in which some function was alive (``requested_at .. exited_at``), sorted.
+
+    A lull with nothing alive for at most ``gap_seconds`` is kept inside its segment. Unlike
+    :func:`merge_intervals`, a zero-length life still makes (or joins) a segment.
+    """
+    merged: list[list[float]] = []
+    for start, end in sorted((life.requested_at, life.exited_at) for life in lives):
+        if merged and start - merged[-1][1] <= gap_seconds:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(s, e) for s, e in merged]
+
+
+def _slots_busy(used: Iterable[dict[Slot, list[Interval]]]) -> dict[Slot, list[Interval]]:
+    """Every slot the given segments touched, with all its busy intervals."""
+    out: dict[Slot, list[Interval]] = {}
+    for seg in used:
+        for key, intervals in seg.items():
+            out.setdefault(key, []).extend(intervals)
+    return out
 
 
 def price_events(

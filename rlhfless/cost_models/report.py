@@ -1,21 +1,69 @@
-"""Showing ledger results: rich tables (models side by side), JSON, and a bar chart."""
+"""Showing ledger results: rich tables (models side by side), JSON, and a bar chart.
+
+An empty billing file prices to all zeros, which reads like a free run; the comparison table and
+the JSON say "no billing events" (:func:`empty_message`), so the caller need not remember to.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
 from rich.table import Table
+from rich.text import Text
 
+from rlhfless.cost_models.devices import is_gpu
 from rlhfless.cost_models.errors import PlotUnavailable
-from rlhfless.cost_models.ledger import LedgerResult
+from rlhfless.cost_models.ledger import LedgerResult, Serverful
 from rlhfless.cost_models.model import BillingRules
+
+SIGNIFICANT_DIGITS = 4  # below one cent; a CPU test run's busy dollars are ~$0.0005
+MAX_DECIMALS = 10  # below $1e-7 a bill is float noise, not money
 
 
 def usd(value: float) -> str:
-    """Dollars with enough digits to see a test run's fractions of a cent."""
-    return f"${value:,.2f}" if abs(value) >= 100 else f"${value:,.4f}"
+    """Dollars: cents from $100, 4 decimals from $0.01, and 4 significant figures below a cent.
+
+    Every dollar cell of every table goes through here. Four fixed decimals would print a test
+    run's $0.000478 as $0.0005 and anything under $0.00005 as $0.0000.
+    """
+    size = abs(value)
+    if size >= 100:
+        return f"${value:,.2f}"
+    if size >= 0.01 or size == 0:
+        return f"${value:,.4f}"
+    decimals = SIGNIFICANT_DIGITS - 1 - math.floor(math.log10(size))
+    return f"${value:.{min(decimals, MAX_DECIMALS)}f}"
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 slot``, ``4 slots``: the nouns used here all take a plain -s."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
+def table_title(source: Path | str, events: int) -> str:
+    """The comparison table's title for a billing file holding ``events`` lines."""
+    return f"Cost of {source} ({plural(events, 'event') if events else 'no billing events'})"
+
+
+def empty_message(source: Path | str | None = None, *, hint: bool = True) -> str:
+    """What to say when nothing was priced (see :attr:`LedgerResult.empty`); ``hint`` adds
+    what to check (left out under a table, where the line must stay short)."""
+    where = f" in {source}" if source is not None else ""
+    text = f"no billing events{where}: nothing was priced, every amount is zero"
+    if hint:
+        text += (
+            ". A run writes a function's event when the function exits: check the path, or "
+            "price the file once the run has finished a function."
+        )
+    return text
+
+
+def all_empty(results: Sequence[LedgerResult]) -> bool:
+    """Whether there is nothing to show: no result, or no result priced any function."""
+    return all(r.empty for r in results)
 
 
 def rules_text(rules: BillingRules) -> str:
@@ -25,9 +73,31 @@ def rules_text(rules: BillingRules) -> str:
     return ", ".join(parts)
 
 
-def comparison_table(results: Sequence[LedgerResult], title: str = "Run cost") -> Table:
-    """One column per model: totals, busy/idle/cold-start split, serverful baseline."""
+def serverful_text(s: Serverful) -> str:
+    """``$0.8000 (4 slots, 200.0 s)``: dollars, slots touched, wall-clock seconds rented."""
+    if not s.rentals:
+        return usd(s.usd)
+    return f"{usd(s.usd)} ({plural(s.slots, 'slot')}, {s.rented_seconds:,.1f} s)"
+
+
+def rentals_text(s: Serverful) -> str:
+    """``2 rentals for 2 segments``, or ``1 rental for 2 segments`` where renting through the
+    gap was cheaper than starting again (see the ledger's docstring)."""
+    return f"{plural(len(s.rentals), 'rental')} for {plural(len(s.segments), 'segment')}"
+
+
+def comparison_table(
+    results: Sequence[LedgerResult], title: str = "Run cost", *, source: Path | str | None = None
+) -> Table:
+    """One column per model: totals, busy/idle/cold-start split, serverful baseline.
+
+    When no function was priced the caption says so (naming ``source``, the billing file, when
+    given): an all-zero table is otherwise indistinguishable from a free run.
+    """
     table = Table(title=title)
+    if all_empty(results):
+        # Text, not a str: rich would read "[...]" in a path as markup and drop it.
+        table.caption = Text(empty_message(source, hint=False), style="bold yellow")
     table.add_column("", style="bold")
     for r in results:
         table.add_column(r.model, justify="right")
@@ -43,14 +113,25 @@ def comparison_table(results: Sequence[LedgerResult], title: str = "Run cost") -
     row("  idle (incl. rounding)", [usd(r.total.idle_usd) for r in results])
     row("    of which rounding/minimum", [usd(r.total.padding_usd) for r in results])
     row("  cold start", [usd(r.total.cold_start_usd) for r in results])
-    row(
-        "serverful baseline",
-        [f"{usd(r.serverful.usd)} ({r.serverful.slots} slots)" for r in results],
-    )
+    row("serverful baseline", [serverful_text(r.serverful) for r in results])
+    # Only a job that stopped and resumed has several segments; a single-segment run (the common
+    # case, and the worked example in docs/cost_models.md) keeps the shorter table.
+    if any(len(r.serverful.segments) > 1 for r in results):
+        row("  rented", [rentals_text(r.serverful) for r in results])
     row("saving vs serverful", [f"{100 * r.saving_fraction:.1f}%" for r in results])
-    row(
-        "GPU-seconds (busy)", [f"{r.gpu_seconds:,.1f} ({r.busy_gpu_seconds:,.1f})" for r in results]
-    )
+    # The paper's metric is GPU-seconds; a CPU-only run has none, and "0.0 (0.0)" read like a
+    # run that did nothing. Show its CPU slot-seconds instead, and no row when nothing ran.
+    kinds = {kind for r in results for kind in r.by_device}
+    if any(is_gpu(kind) for kind in kinds):
+        row(
+            "GPU-seconds (busy)",
+            [f"{r.gpu_seconds:,.1f} ({r.busy_gpu_seconds:,.1f})" for r in results],
+        )
+    elif kinds:
+        row(
+            "CPU slot-seconds (busy)",
+            [f"{r.total.slot_seconds:,.1f} ({r.total.busy_slot_seconds:,.1f})" for r in results],
+        )
     return table
 
 
@@ -75,9 +156,13 @@ def breakdown_table(results: Sequence[LedgerResult], by: str) -> Table:
 
 
 def results_json(results: Sequence[LedgerResult], events_path: Path | str | None = None) -> bytes:
-    """``{"events": path, "models": {name: LedgerResult}}`` as JSON bytes."""
+    """``{"events": path, "warnings": [...], "models": {name: LedgerResult}}`` as JSON bytes.
+
+    ``warnings`` holds :func:`empty_message` when no function was priced, else nothing.
+    """
     payload = {
         "events": None if events_path is None else str(events_path),
+        "warnings": [empty_message(events_path)] if all_empty(results) else [],
         "models": {r.model: r for r in results},
     }
     return msgspec.json.format(msgspec.json.encode(payload), indent=2)
