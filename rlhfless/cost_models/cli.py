@@ -28,13 +28,20 @@ from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 
 from rlhfless.cost_models.errors import CostModelError
 from rlhfless.cost_models.events import latest_time, read_billing_events
-from rlhfless.cost_models.ledger import Ledger
+from rlhfless.cost_models.ledger import Ledger, LedgerResult
 from rlhfless.cost_models.registry import resolve_models
-from rlhfless.cost_models.report import breakdown_table, comparison_table, plot_costs, results_json
+from rlhfless.cost_models.report import (
+    breakdown_table,
+    comparison_table,
+    plot_costs,
+    results_json,
+    table_title,
+)
 
 
 def cost_command(
@@ -52,11 +59,12 @@ def cost_command(
     """
     err = Console(stderr=True)
     try:
-        events = read_billing_events(events_path)
+        # An empty file is an error: an all-zero table would read as a free run.
+        events = read_billing_events(events_path, allow_empty=False)
         chosen = resolve_models(_split_names(models), prices or [])
         cut = latest_time(events) if now == "end" else now
         results = [Ledger(m, events).result(cut) for m in chosen]
-        plotted = plot_costs(results, plot) if plot is not None else None
+        plotted = _plot(results, plot) if plot is not None else None
     except CostModelError as exc:
         # Text, not markup: messages contain "[model]" and "[[prices]]", which rich would eat.
         err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
@@ -66,12 +74,21 @@ def cost_command(
         sys.stdout.flush()
     else:
         out = Console(width=None if sys.stdout.isatty() else 160)
-        out.print(comparison_table(results, title=f"Cost of {events_path} ({len(events)} events)"))
+        title = escape(table_title(events_path, len(events)))  # a path is not markup
+        out.print(comparison_table(results, title=title, source=events_path))
         out.print(breakdown_table(results, "stage"))
         out.print(breakdown_table(results, "device"))
     if plotted is not None:
-        err.print(f"wrote {plotted}", highlight=False)
+        err.print(f"wrote {plotted}", markup=False, highlight=False)
     return 0
+
+
+def _plot(results: list[LedgerResult], path: Path) -> Path:
+    """``plot_costs``, with a path that cannot be written reported like any other bad input."""
+    try:
+        return plot_costs(results, path)
+    except OSError as exc:
+        raise CostModelError(f"cannot write --plot {path}: {exc.strerror or exc}") from None
 
 
 def _split_names(models: list[str] | None) -> list[str]:

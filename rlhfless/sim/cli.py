@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import msgspec
 import typer
@@ -95,19 +95,31 @@ def simulate_command(
                 reports.append(run_simulation(cfg))
                 bar.advance(task)
     except (SimError, CostModelError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        fail(str(exc), 2)
     from rlhfless.sim.report import plot as draw
     from rlhfless.sim.report import table, to_json
 
     for r in reports:
         console.print(table(r))
     if json_out:
-        json_out.write_bytes(to_json(reports))
-        console.print(f"wrote {json_out}")
+        try:
+            json_out.write_bytes(to_json(reports))
+        except OSError as exc:
+            fail(f"cannot write --json {json_out}: {exc.strerror or exc}", 1)
+        console.print(f"wrote {json_out}", markup=False, highlight=False)
     if plot:
-        draw(reports, plot)
-        console.print(f"wrote {plot}")
+        try:
+            draw(reports, plot)
+        except OSError as exc:
+            fail(f"cannot write --plot {plot}: {exc.strerror or exc}", 1)
+        console.print(f"wrote {plot}", markup=False, highlight=False)
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """One plain line on stderr: messages hold ``[model]`` and ``[int, ...]``, which rich markup
+    would eat (or fail on, for ``[/x]``)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
 
 
 simulate = simulate_command  # the name the lead registers

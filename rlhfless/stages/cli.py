@@ -1,20 +1,120 @@
-"""``rlhfless train``: the standalone job with a progress bar and an end-of-run summary."""
+"""``rlhfless train``: the standalone job with a progress bar and an end-of-run summary.
+
+The job's modules (pipeline, runtime, torch) are imported inside :func:`train`: this module is
+imported by every ``rlhfless`` command, and ``rlhfless keys init`` should not wait 2 s for torch.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+import os
+import re
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
+import msgspec
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rlhfless.stages.config import ConfigError, load_config
-from rlhfless.stages.pipeline import IterationMetrics
-from rlhfless.stages.run import Job, RunError
+from rlhfless.stages.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from rlhfless.stages.pipeline import IterationMetrics
+
+_ENUM = re.compile(r"^invalid value for key '(?P<key>[\w.]+)': Invalid enum value ")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One plain line on stderr (never rich markup: messages hold ``[train]``), then exit."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors a user causes and can fix (bad input, a missing package, an unreachable agent):
+    ``train`` prints their message, not a traceback. Anything else is a bug and keeps its
+    traceback. Imported here, not at the top: ``handover`` and ``run`` import torch."""
+    from rlhfless.adapters.errors import EngineError
+    from rlhfless.adapters.tiny import TokenizerError
+    from rlhfless.cost_models.errors import CostModelError
+    from rlhfless.runtime.auth import KeyError_
+    from rlhfless.runtime.ray_provider import RayProviderError
+    from rlhfless.scaling.errors import ScalingError
+    from rlhfless.stages.handover import HandOverError
+    from rlhfless.stages.run import RunError
+    from rlhfless.stages.tasks import TaskError
+
+    return (
+        ConfigError, RunError, EngineError, TaskError, HandOverError, TokenizerError,
+        CostModelError, ScalingError, KeyError_, RayProviderError,
+    )  # fmt: skip
+
+
+def user_message(exc: BaseException, known: tuple[type[Exception], ...]) -> str | None:
+    """The message to print for ``exc`` if it is a user's error, else None (keep the traceback).
+
+    A function that raised one of ``known`` reaches us as RemoteError (a method raised) or
+    ActorInitError (its ``__init__`` raised, e.g. EngineError "needs vLLM"): its inner message is
+    the useful part. A SpawnError that is not a death (no agent answered, a node not up) is the
+    cluster's state, which the user fixes.
+    """
+    from rlhfless.runtime.errors import ActorInitError, FunctionDied, RemoteError, SpawnError
+
+    if isinstance(exc, known):
+        return str(exc)
+    if isinstance(exc, RemoteError | ActorInitError):
+        remote = exc.remote_type
+        message = exc.remote_message
+        return message if _is_known_type(remote, known) else None
+    if isinstance(exc, SpawnError) and not isinstance(exc, FunctionDied):
+        return str(exc)
+    return None
+
+
+def _is_known_type(qualified: str, known: tuple[type[Exception], ...]) -> bool:
+    """``"rlhfless.adapters.errors.EngineError"`` (as a function reports it) is one of ``known``
+    or a subclass. Only rlhfless modules are imported to find out: they are ours and cheap."""
+    module, _, name = qualified.rpartition(".")
+    if not module.startswith("rlhfless."):
+        return False
+    try:
+        cls = getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return False
+    return isinstance(cls, type) and issubclass(cls, known)
+
+
+def explain_config_error(message: str) -> str:
+    """msgspec says ``Invalid enum value 'dpo'`` without the choices; name them."""
+    m = _ENUM.match(message)
+    if m is None:
+        return message
+    info: msgspec.inspect.Type = msgspec.inspect.type_info(Config)
+    for part in m["key"].split("."):
+        fields = {f.name: f.type for f in getattr(info, "fields", ())}
+        if part not in fields:
+            return message
+        info = fields[part]
+    options = info.types if isinstance(info, msgspec.inspect.UnionType) else (info,)
+    values = [v for t in options if isinstance(t, msgspec.inspect.LiteralType) for v in t.values]
+    return f"{message}; valid: {', '.join(map(str, values))}" if values else message
+
+
+def check_dir(path: str, key: str) -> None:
+    """A directory the run writes to (made if missing) must be one: fail before any work."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        fail(f"{key} = {path!r} is a file, not a directory", 2)
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"{key} = {path!r} cannot be used as a directory: {exc.strerror or exc}", 2)
+    if not os.access(path, os.W_OK | os.X_OK):
+        fail(f"{key} = {path!r} is not writable by this user", 2)
 
 
 def train(
@@ -32,7 +132,6 @@ def train(
     ] = None,
 ) -> None:
     """Run synchronous RLHF (GRPO or PPO); every stage runs in functions started on demand."""
-    console = Console(stderr=True)
     overrides = list(set_ or [])
     if resume:
         overrides.append("run.resume=true")
@@ -41,8 +140,19 @@ def train(
     try:
         cfg = load_config(config, overrides)
     except ConfigError as exc:
-        console.print(f"[red]config error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        fail(explain_config_error(str(exc)), 2)
+    except UnicodeDecodeError as exc:
+        fail(f"config file {config} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+             f"{exc.start})", 2)  # fmt: skip
+    except OSError as exc:  # a directory, no permission: load_config handles only "missing"
+        fail(f"cannot read config file {config}: {exc.strerror or exc}", 2)
+    check_dir(cfg.run.run_dir, "run.run_dir")
+    if cfg.checkpoint.dir:
+        check_dir(cfg.checkpoint.dir, "checkpoint.dir")
+    known = user_errors()  # imports the job's modules (torch) once the config is known good
+    from rlhfless.stages.run import Job
+
+    console = Console(stderr=True)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -64,13 +174,28 @@ def train(
     try:
         with progress:
             summary = asyncio.run(job.run())
-    except RunError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+    except Exception as exc:
+        message = user_message(exc, known)
+        if message is None:
+            raise  # a bug: its traceback is what a report needs
+        fail(message, 1)
     print_summary(Console(), summary, cfg.run.run_dir)
 
 
+def cost_row(d: dict) -> str:
+    """Total, then the parts that add up to it. Older summaries have no ``cold_start`` key: it
+    is what the total holds beyond busy and idle (the cost models' usd = busy + idle + cold)."""
+    cold = d.get("cold_start")
+    if cold is None:
+        cold = max(0.0, d["total"] - d["busy"] - d["idle"])  # never print rounding as -$0.000000
+    return (
+        f"${d['total']:.6f} (busy ${d['busy']:.6f}, idle ${d['idle']:.6f}, "
+        f"cold start ${cold:.6f}); serverful ${d['serverful']:.6f}"
+    )
+
+
 def print_summary(console: Console, s: dict, run_dir: str) -> None:
+    # Cells are rich markup: every string from outside (paths, error text, names) is escaped.
     table = Table(title="rlhfless train: summary", show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -81,7 +206,8 @@ def print_summary(console: Console, s: dict, run_dir: str) -> None:
         )  # fmt: skip
     table.add_row("iterations / wall time", f"{s['iterations']} / {s['seconds']:.1f} s")
     table.add_row(
-        "time per stage", ", ".join(f"{k} {v:.1f}s" for k, v in s["stage_seconds"].items())
+        "time per stage",
+        escape(", ".join(f"{k} {v:.1f}s" for k, v in s["stage_seconds"].items())),
     )
     cold = (
         f"{s['cold_start_median_s']:.2f}s median" if s["cold_start_median_s"] is not None else "-"
@@ -90,13 +216,11 @@ def print_summary(console: Console, s: dict, run_dir: str) -> None:
     table.add_row("warm starts", str(s["warm_starts"]))
     table.add_row("deaths / re-runs", f"{s['deaths']} / {s['retries']}")
     for name, d in s["dollars"].items():
-        table.add_row(
-            f"cost ({name})", f"${d['total']:.6f} (busy ${d['busy']:.6f}, idle ${d['idle']:.6f}); "
-            f"serverful ${d['serverful']:.6f}",
-        )  # fmt: skip
+        table.add_row(escape(f"cost ({name})"), cost_row(d))
     if "dollars_error" in s:
-        table.add_row("cost", f"not priced: {s['dollars_error']}")
+        table.add_row("cost", escape(f"not priced: {s['dollars_error']}"))
     table.add_row(
-        "run directory", f"{run_dir} (metrics.jsonl, billing.jsonl, checkpoints/, summary.json)"
+        "run directory",
+        escape(f"{run_dir} (metrics.jsonl, billing.jsonl, checkpoints/, summary.json)"),
     )
     console.print(table)
