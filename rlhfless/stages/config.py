@@ -3,7 +3,11 @@
 ``load_config(path, overrides)`` reads a TOML file (or nothing: all defaults run the embedded tiny
 job) and applies ``--set key=value`` overrides such as ``train.lr=1e-4``; a value is parsed as a
 TOML literal (``1e-4``, ``true``, ``"abc"``, ``[1, 2]``) and falls back to a plain string. Unknown
-keys and wrong types raise ``ConfigError`` naming the full dotted key.
+keys and wrong types raise ``ConfigError`` naming the full dotted key. A float with a range
+(``Positive``, ``NonNegative``, ``Fraction``) must also be finite: msgspec's bounds reject ``nan``
+but let ``inf`` through (``inf > 0``), and ``train.lr = inf`` turns the weights to NaN. The
+scaler's cost model must be one ``rlhfless.cost_models`` knows, checked here rather than at the
+first rollout.
 
 The defaults are the embedded run: tiny model, repeat task, GRPO, 40 iterations, under 5 minutes
 on 2 CPU cores.
@@ -11,6 +15,7 @@ on 2 CPU cores.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -20,7 +25,9 @@ import msgspec
 from msgspec import Meta
 
 from rlhfless.scaling.config import ScalingConfig
+from rlhfless.scaling.errors import BadScalingSetting
 
+# Ranged floats; config_from_dict also rejects inf and -inf for them (_check_finite).
 Positive = Annotated[float, Meta(gt=0)]
 NonNegative = Annotated[float, Meta(ge=0)]
 PosInt = Annotated[int, Meta(ge=1)]
@@ -207,15 +214,66 @@ def _check_keys(data: dict[str, Any], struct: type[msgspec.Struct], prefix: str)
 _AT = re.compile(r"^(?P<what>.*) - at `\$\.(?P<path>[^`]+)`$")
 
 
+def _bounds(t: msgspec.inspect.FloatType) -> str:
+    """The range as msgspec words it (``> 0.0``, ``>= 0.0 and <= 1.0``)."""
+    ops = ((">", t.gt), (">=", t.ge), ("<", t.lt), ("<=", t.le))
+    return " and ".join(f"{op} {float(v)!r}" for op, v in ops if v is not None)
+
+
+def _check_finite(value: msgspec.Struct, prefix: str) -> None:
+    """Reject inf / -inf in every ranged float field, in msgspec's words for nan.
+
+    msgspec has no finite constraint, and inf passes a lower bound. Floats without a range are
+    left to their section (ScalingConfig checks its own in __post_init__).
+    """
+    for field in msgspec.inspect.type_info(type(value)).fields:
+        v = getattr(value, field.name)
+        dotted = f"{prefix}{field.name}"
+        if isinstance(v, msgspec.Struct):
+            _check_finite(v, dotted + ".")
+            continue
+        ftype = field.type
+        options = ftype.types if isinstance(ftype, msgspec.inspect.UnionType) else (ftype,)
+        for t in options:
+            if isinstance(t, msgspec.inspect.FloatType) and isinstance(v, float):
+                ranged = any(b is not None for b in (t.gt, t.ge, t.lt, t.le))
+                if ranged and not math.isfinite(v):
+                    raise ConfigError(
+                        f"invalid value for key '{dotted}': Expected finite `float` {_bounds(t)}"
+                        f", got {v!r}"
+                    )
+
+
+def _check_cost_model(name: str) -> None:
+    """The scaler prices with ``get_model(scaling.cost_model)`` and no price files (``train``
+    takes none), so the valid names are the models ``available_models()`` lists: the shipped
+    price files, matched as get_model matches them (case and surrounding space ignored)."""
+    from rlhfless.cost_models import UnknownModel, get_model
+
+    try:
+        get_model(name)
+    except UnknownModel as e:
+        raise ConfigError(
+            f"invalid value for key 'scaling.cost_model': no cost model named {name!r}; "
+            f"valid: {', '.join(e.known)}"
+        ) from None
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
     _check_keys(data, Config, "")
     try:
-        return msgspec.convert(data, Config)
+        cfg = msgspec.convert(data, Config)
     except msgspec.ValidationError as e:
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, BadScalingSetting):  # raised by ScalingConfig.__post_init__
+            raise ConfigError(f"invalid value for key 'scaling.{cause.name}': {cause}") from None
         m = _AT.match(str(e))
         if m is None:
             raise ConfigError(f"invalid config: {e}") from None
         raise ConfigError(f"invalid value for key '{m['path']}': {m['what']}") from None
+    _check_finite(cfg, "")
+    _check_cost_model(cfg.scaling.cost_model)
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
