@@ -16,6 +16,7 @@ Both report predicted makespan and dollars, so the iteration summary can show pr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import msgspec
@@ -107,6 +108,9 @@ class Scaler:
         self.transfer_source: Callable[[], TransferParams | None] | None = None
         self._cut = ("none", 1.0)  # the last plan's cut setting, for migration()
         self._uncut_seconds: float | None = None  # the last plan's uncut_seconds, likewise
+        # Measured / predicted makespan of recent rollouts (EWMA; None before the first): what
+        # converts the stage's wall clock into the plan's seconds (migration()).
+        self.makespan_ratio: float | None = None
 
     @property
     def transfer(self) -> TransferParams:
@@ -235,10 +239,14 @@ class Scaler:
     ) -> MigrationPlan:
         """Which functions to cut now and where their unfinished sequences go (maybe nothing).
 
-        ``elapsed``: seconds since the rollout was requested (the clock of the plan's makespan).
-        With it, the no-extension guard lets a move end as late as the last plan expected the
-        rollout to run without a cut (``RolloutPlan.uncut_seconds``), as the planner's own
-        simulations of the cut assumed; without it, only as late as the latest predicted finish.
+        ``elapsed``: wall-clock seconds since the rollout was requested. With it, and once a
+        rollout has been measured (:meth:`observe_makespan`), the no-extension guard lets a move
+        end as late as the last plan expected the rollout to run without a cut
+        (``RolloutPlan.uncut_seconds``), as the planner's own simulations of the cut assumed;
+        otherwise only as late as the latest predicted finish. The guard counts in the plan's
+        seconds, so ``elapsed`` is converted with :attr:`makespan_ratio`: a throughput model
+        that predicts rollouts twice as long as they run (this CPU, tiny model) would otherwise
+        leave half the plan's makespan as free room for moves.
         """
         cfg = self.config
         cut, tau = self.cut_in_force()
@@ -248,9 +256,21 @@ class Scaler:
             return plan_global_cut(progress, tau, self.transfer)
         params = self.throughput.params() if cfg.cut_guard or cfg.cut == "auto" else None
         planned = None
-        if elapsed is not None and self._uncut_seconds is not None:
-            planned = self._uncut_seconds - elapsed
+        if elapsed is not None and self._uncut_seconds is not None and self.makespan_ratio:
+            planned = self._uncut_seconds - elapsed / self.makespan_ratio
         return plan_cut_and_migrate(progress, tau, self.transfer, params, planned)
+
+    def observe_makespan(
+        self, predicted_seconds: float, seconds: float, alpha: float = 0.5
+    ) -> None:
+        """Record a rollout's planned (``RolloutPlan.predicted_seconds``) and measured makespan:
+        :attr:`makespan_ratio` follows measured / predicted (EWMA, weight ``alpha``)."""
+        for name, v in (("predicted_seconds", predicted_seconds), ("seconds", seconds)):
+            if not (math.isfinite(v) and v > 0):
+                raise BadScalingInput("Scaler.observe_makespan", f"{name} must be > 0, got {v}")
+        r = seconds / predicted_seconds
+        old = self.makespan_ratio
+        self.makespan_ratio = r if old is None else alpha * r + (1 - alpha) * old
 
     # ------------------------------------------------------------------ after a rollout
 

@@ -247,6 +247,8 @@ class RolloutStage:
             cold_starts=p.rt.stats.cold_start_s[cold0:],
             weight_loads=self.weight_loads,
         )
+        if plan.predicted_seconds > 0 and seconds > 0:  # the cut guard's clock (Scaler.migration)
+            self.scaler.observe_makespan(plan.predicted_seconds, seconds)
         self.warm = len(groups)
         return RolloutOutcome(
             response_ids=response_ids, logprobs=batch.logprobs, finish=batch.finish,

@@ -183,7 +183,8 @@ def test_the_plans_uncut_makespan_is_a_horizon_the_guard_may_use() -> None:
 
 
 def test_the_scaler_guards_with_its_last_plans_uncut_makespan_once_told_the_time() -> None:
-    """Scaler.migration(elapsed=): the horizon reaches the last plan's ``uncut_seconds``."""
+    """Scaler.migration(elapsed=): the horizon reaches the last plan's ``uncut_seconds``, on the
+    plan's clock: wall-clock seconds are converted with the measured / predicted makespan."""
     from rlhfless.scaling import Scaler, ScalingConfig
 
     cfg = ScalingConfig(policy="rlhfless", cut="per_function", cut_threshold=0.7)
@@ -201,8 +202,23 @@ def test_the_scaler_guards_with_its_last_plans_uncut_makespan_once_told_the_time
         fn("b", 8, 7, [(1, 10, 100.0)]),
     ]
     assert scaler.migration(progress).empty
-    assert scaler.migration(progress, elapsed=plan.uncut_seconds).empty  # the plan's time is up
-    # ...unless the plan expected the rollout to run past where it will end anyway.
     early = plan.uncut_seconds - 200 * step
     assert early > 0, (plan.uncut_seconds, step)
+    # ...and, before any rollout was measured, does not trust the plan's clock either.
+    assert scaler.makespan_ratio is None
+    assert scaler.migration(progress, elapsed=early).empty
+    # Rollouts ran as planned: the plan's makespan is room the moves may use...
+    scaler.observe_makespan(10.0, 10.0)
+    assert scaler.makespan_ratio == 1.0
     assert scaler.migration(progress, elapsed=early).cut == ["b"]
+    assert scaler.migration(progress, elapsed=plan.uncut_seconds).empty  # the plan's time is up
+    # ...but where they ran in half the predicted time, a wall second is two of the plan's:
+    # half the plan's makespan in wall time is all of it.
+    scaler.observe_makespan(10.0, 5.0)
+    assert scaler.makespan_ratio == pytest.approx(0.75)  # EWMA, weight 0.5
+    scaler.observe_makespan(10.0, 5.0, alpha=1.0)
+    assert scaler.makespan_ratio == 0.5
+    assert scaler.migration(progress, elapsed=plan.uncut_seconds / 2).empty
+    assert scaler.migration(progress, elapsed=early / 2).cut == ["b"]
+    with pytest.raises(BadScalingInput, match="seconds must be > 0"):
+        scaler.observe_makespan(0.0, 1.0)
