@@ -15,21 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from rlhfless.stages.config import load_config
 from rlhfless.stages.run import FAILED, OUTPUTS, REPLACED, EarlierRun, Job, RunError, run_outputs
+from tests.stages.test_pipeline import SMALL, _cfg
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
-
-SMALL = [
-    "train.batch_prompts=4",
-    "train.group_size=4",
-    "rollout.max_new_tokens=16",
-    "runtime.slots=2",
-]
-
-
-def _cfg(run_dir: Path, *extra: str):
-    return load_config(None, [*SMALL, f"run.run_dir={run_dir}", *extra])
 
 
 def _snapshot(run_dir: Path) -> dict[str, bytes]:
