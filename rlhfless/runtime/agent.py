@@ -20,16 +20,16 @@ import argparse
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
+import weakref
 
 import zmq
 
+from rlhfless.runtime import scratch
 from rlhfless.runtime.auth import KEYS_ENV, Guard, Keys
 from rlhfless.runtime.config import RuntimeConfig
 from rlhfless.runtime.devices import detect
@@ -75,12 +75,6 @@ class Agent:
         self.controller_timeout_s = controller_timeout_s
         self.heartbeat_s = heartbeat_s
         self.codec = Codec()
-        self.dir = tempfile.mkdtemp(prefix="rlhfless-agent-")
-        default_cache = "/dev/shm" if os.path.isdir("/dev/shm") else self.dir
-        self.own_cache = cache_dir is None  # made here: removed at shutdown (it is RAM)
-        self.cache_dir = cache_dir or tempfile.mkdtemp(
-            prefix="rlhfless-weights-", dir=default_cache
-        )
         self.controller: bytes | None = None
         self.last_seen = 0.0
         self.functions: set[str] = set()  # spawned and not yet reported exited
@@ -88,6 +82,26 @@ class Agent:
         self.zygote_ready = False
         self.queued: list[Spawn] = []  # spawns that arrived before the zygote said hello
         self.stop = False
+        # The directories last, so that a check above that fails leaves none behind.
+        scratch.sweep_leftovers()  # those of agents and runtimes killed here before
+        self.dir = scratch.make("rlhfless-agent-")
+        self.own_cache = cache_dir is None  # made here: removed at shutdown (it is RAM)
+        try:
+            self.cache_dir = cache_dir or scratch.make(
+                "rlhfless-weights-", scratch.SHM if os.path.isdir(scratch.SHM) else self.dir
+            )
+        except BaseException:
+            scratch.remove([self.dir])
+            raise
+        # close() runs it; so does the interpreter's exit, or the collector, for an agent that
+        # is never served (or never closed): the cache must not outlive the process.
+        self._remove_dirs = weakref.finalize(
+            self, scratch.remove, [self.dir, *([self.cache_dir] if self.own_cache else [])]
+        )
+
+    def close(self) -> None:
+        """Remove this agent's directories (its weight cache too, if the agent made it)."""
+        self._remove_dirs()
 
     # ------------------------------------------------------------------ zygote
 
@@ -202,19 +216,39 @@ class Agent:
     # ------------------------------------------------------------------ main loop
 
     def serve(self) -> int:
-        # Weights arrive as tensors: import torch now, not in the middle of a message, where
-        # the seconds it takes would silence this agent past the controller's deadline.
-        import torch  # noqa: F401
+        """Serve until ``stop``; on every way out (a failed bind too) release what was made."""
+        try:
+            # Weights arrive as tensors: import torch now, not in the middle of a message, where
+            # the seconds it takes would silence this agent past the controller's deadline.
+            import torch  # noqa: F401
 
-        ctx = zmq.Context()
-        guard = Guard(ctx, self.keys)
-        self.front = ctx.socket(zmq.ROUTER)
+            ctx = zmq.Context()
+            guard: Guard | None = None
+            sockets: list[zmq.Socket] = []  # closed before term(), which waits for them all
+            try:
+                guard = Guard(ctx, self.keys)
+                self.front = ctx.socket(zmq.ROUTER)
+                sockets.append(self.front)
+                self.back = ctx.socket(zmq.ROUTER)
+                sockets.append(self.back)
+                self._serve(guard)
+            finally:
+                self.stop_zygote("agent shutdown")
+                if guard is not None:
+                    guard.stop()
+                for sock in sockets:
+                    sock.close(linger=0)
+                ctx.term()
+        finally:
+            self.close()
+        return 0
+
+    def _serve(self, guard: Guard) -> None:
         self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.front.setsockopt(zmq.LINGER, 0)
         self.keys.server(self.front)
         guard.watch(self.front, f"agent {self.node}")
         self.front.bind(self.listen)
-        self.back = ctx.socket(zmq.ROUTER)
         self.back.setsockopt(zmq.LINGER, 0)
         self.back_endpoint = f"ipc://{self.dir}/agent"
         self.back.bind(self.back_endpoint)
@@ -228,24 +262,13 @@ class Agent:
         poller = zmq.Poller()
         poller.register(self.front, zmq.POLLIN)
         poller.register(self.back, zmq.POLLIN)
-        try:
-            while not self.stop:
-                for sock, _ in poller.poll(POLL_MS):
-                    if sock is self.front:
-                        self.on_front()
-                    else:
-                        self.on_back()
-                self.check()
-        finally:
-            self.stop_zygote("agent shutdown")
-            guard.stop()
-            self.front.close(linger=0)
-            self.back.close(linger=0)
-            ctx.term()
-            shutil.rmtree(self.dir, ignore_errors=True)
-            if self.own_cache:
-                shutil.rmtree(self.cache_dir, ignore_errors=True)
-        return 0
+        while not self.stop:
+            for sock, _ in poller.poll(POLL_MS):
+                if sock is self.front:
+                    self.on_front()
+                else:
+                    self.on_back()
+            self.check()
 
     def check(self) -> None:
         if self.zygote is not None and self.zygote.poll() is not None:

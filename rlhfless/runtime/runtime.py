@@ -12,8 +12,8 @@ import itertools
 import logging
 import secrets
 import socket
-import tempfile
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -21,7 +21,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from rlhfless.runtime import launch
+from rlhfless.runtime import launch, scratch
 from rlhfless.runtime.billing import BillingLog, BillingRecord
 from rlhfless.runtime.closing import Closing
 from rlhfless.runtime.config import RuntimeConfig
@@ -111,8 +111,11 @@ class Runtime(WarmPool, Locality, ZygoteHost, Closing):
     async def start(self) -> None:
         if self._started:
             return
-        self._started = True
-        self._dir = tempfile.mkdtemp(prefix="rlhfless-")  # 0700: only this user reaches the socket
+        scratch.sweep_leftovers()  # the directories of runtimes and agents killed here before
+        self._dir = scratch.make("rlhfless-")  # 0700: only this user reaches the socket
+        # aclose() runs it; so does the interpreter's exit for a runtime never closed.
+        self._remove_dir = weakref.finalize(self, scratch.remove, [self._dir])
+        self._started = True  # from here on aclose() has something to release
         self.endpoint = f"ipc://{self._dir}/controller"
         self._weights_dir = f"{self._dir}/weights"  # this node's weight cache
         self._ctx = zmq.asyncio.Context()
@@ -142,7 +145,10 @@ class Runtime(WarmPool, Locality, ZygoteHost, Closing):
             await self._shutdown_functions()
             await self._stop_zygote()
         finally:
-            await self._release_resources()
+            try:
+                await self._release_resources()
+            finally:  # a step above cancelled or failing must not leave the directory
+                self._remove_dir()
         if self._failure is not None:
             raise RuntimeClosed(
                 f"the runtime's receiver failed: {self._failure!r}"
