@@ -7,7 +7,6 @@ the runtime that implements it.
 from __future__ import annotations
 
 import errno
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,10 +101,7 @@ def agent(
     except zmq.ZMQError as exc:
         if exc.errno not in _BIND_ERRNOS:
             raise
-        # serve() failed before its cleanup was armed: drop the scratch dirs Agent() made.
-        shutil.rmtree(a.dir, ignore_errors=True)
-        if a.own_cache:
-            shutil.rmtree(a.cache_dir, ignore_errors=True)
+        # serve() removed its scratch directories on the way out (runtime/scratch.py).
         why = exc.strerror if listen in exc.strerror else f"{exc.strerror} ({listen})"
         fail(f"cannot listen: {why}")  # pyzmq >= 26 names the address itself
     raise typer.Exit(code)

@@ -42,7 +42,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -50,6 +49,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from rlhfless.runtime import scratch
 from rlhfless.runtime.errors import RuntimeErrorBase
 
 log = logging.getLogger("rlhfless.ray")
@@ -428,7 +428,9 @@ def _agent_main(argv: list[str]) -> None:
     # The weight cache lives in /dev/shm (RAM): ours, so that it goes with the agent.
     node = argv[argv.index("--node") + 1] if "--node" in argv else "agent"
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    cache = tempfile.mkdtemp(prefix=f"rlhfless-weights-{node}-", dir=shm)
+    # Marked with its owner (scratch.make): if the janitor dies with us, the next agent or
+    # runtime on this machine sweeps it.
+    cache = scratch.make(f"rlhfless-weights-{node}-", shm)
     _start_janitor(os.getpid(), os.getppid(), cache)
 
     from rlhfless.runtime.agent import main  # zmq, and torch at serve(): after the fork
