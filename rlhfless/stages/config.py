@@ -120,6 +120,10 @@ class TrainConfig(_Section):
 class RuntimeConfig(_Section):
     slots: PosInt = 2  # device slots on this node (CPU slots where there is no GPU)
     keep_alive_s: NonNegative = 30.0  # idle functions stay warm this long, then are released
+    # Idle functions kept warm per slot (more exit on release). 0: room for one iteration's
+    # functions (warm_functions_per_slot): with the runtime's own default of 2, PPO's critic
+    # and reference on 2 slots found no room and cold-started every iteration.
+    max_warm_per_slot: NonNegInt = 0
     # Threads of the trainer function; 0 = every core. The trainer runs alone (the other stages'
     # functions are idle by then), so it may use the whole machine.
     trainer_threads: NonNegInt = 0
@@ -257,6 +261,26 @@ def _check_cost_model(name: str) -> None:
             f"invalid value for key 'scaling.cost_model': no cost model named {name!r}; "
             f"valid: {', '.join(e.known)}"
         ) from None
+
+
+def functions_per_iteration(cfg: Config) -> int:
+    """The functions one iteration leases: rollouts, reward, reference (a KL term), critic
+    (PPO), trainer. Each is worth keeping warm for the next iteration."""
+    return (
+        cfg.rollout.functions
+        + 1  # reward
+        + (1 if cfg.train.kl_coef > 0 else 0)  # reference
+        + (1 if cfg.train.algo == "ppo" else 0)  # critic
+        + 1  # trainer
+    )
+
+
+def warm_functions_per_slot(cfg: Config) -> int:
+    """``runtime.max_warm_per_slot``, or for 0 room on this node's slots for every function of
+    an iteration (at least the runtime's default of 2)."""
+    if cfg.runtime.max_warm_per_slot:
+        return cfg.runtime.max_warm_per_slot
+    return max(2, -(-functions_per_iteration(cfg) // cfg.runtime.slots))
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

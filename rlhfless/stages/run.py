@@ -39,7 +39,7 @@ import msgspec
 
 from rlhfless.runtime import Runtime
 from rlhfless.stages.common import atomic_dir_write
-from rlhfless.stages.config import Config, config_to_dict
+from rlhfless.stages.config import Config, config_to_dict, warm_functions_per_slot
 from rlhfless.stages.pipeline import IterationMetrics, Pipeline
 
 SUMMARY_COST_MODELS = ("aws", "gcp", "onprem")
@@ -360,6 +360,7 @@ class Job:
             preload["preload"] = zygote_preload()
         async with Runtime(
             slots=rc.slots, keep_alive_s=rc.keep_alive_s,
+            max_warm_per_slot=warm_functions_per_slot(cfg),
             billing_path=str(self.run_dir / "billing.jsonl"),
             provider=cc.provider, agents=tuple(cc.agents), keys_dir=cc.keys_dir or None,
             ray_address=cc.ray_address,
