@@ -41,6 +41,28 @@ class CurvePoint(msgspec.Struct, frozen=True, kw_only=True):
         return self.usd if self.expected_usd is None else self.expected_usd
 
 
+class Pricing(msgspec.Struct, frozen=True, kw_only=True):
+    """How every candidate of one choice is priced: the bill (``cost_model`` on
+    ``device_kind``), ``lam`` ($/s) for the score, how many functions start ``warm``, and the
+    slots each function holds. :func:`~rlhfless.scaling.scaler.choose_k` makes one and hands it
+    to the expectation and cut passes (:mod:`~rlhfless.scaling.expected`)."""
+
+    cost_model: CostModel
+    device_kind: str
+    lam: float = 0.0
+    warm: int = 0
+    slots_per_function: int = 1
+
+    def evaluate(
+        self, assignment: Assignment, params: ThroughputParams, rank: Sequence[float] | None = None
+    ) -> CurvePoint:
+        """:func:`evaluate` under this pricing."""
+        return evaluate(
+            assignment, params, self.cost_model, self.device_kind, self.lam, self.warm,
+            self.slots_per_function, rank,
+        )  # fmt: skip
+
+
 def within_bound(
     curve: Sequence[CurvePoint], fraction: float, common: float = 0.0
 ) -> tuple[list[CurvePoint], float]:

@@ -20,9 +20,8 @@ from collections.abc import Mapping, Sequence
 
 import msgspec
 
-from rlhfless.cost_models import CostModel
 from rlhfless.scaling.assign import Assignment, GroupWork
-from rlhfless.scaling.curve import CurvePoint, evaluate, within_bound
+from rlhfless.scaling.curve import CurvePoint, Pricing, within_bound
 from rlhfless.scaling.errors import BadScalingInput
 from rlhfless.scaling.margin import Margin, admission_order, scenario_loads
 from rlhfless.scaling.simulate import simulate_rollout
@@ -41,11 +40,7 @@ def scenario_points(
     works: Sequence[GroupWork],
     margin: Margin,
     params: ThroughputParams,
-    cost_model: CostModel,
-    device_kind: str,
-    lam: float = 0.0,
-    warm: int = 0,
-    slots_per_function: int = 1,
+    pricing: Pricing,
     scenarios: int | None = None,
 ) -> list[CurvePoint]:
     """``assignment`` evaluated (:func:`~rlhfless.scaling.curve.evaluate`) on each of the first
@@ -56,11 +51,7 @@ def scenario_points(
     for lengths in margin.scenarios[: scenarios or len(margin.scenarios)]:
         loads = scenario_loads(assignment, works, lengths, params, order)
         drawn = msgspec.structs.replace(assignment, loads=loads, makespan=max(loads, default=0.0))
-        p = evaluate(
-            drawn, params, cost_model, device_kind, lam, warm, slots_per_function,
-            rank=assignment.loads,
-        )  # fmt: skip
-        out.append(p)
+        out.append(pricing.evaluate(drawn, params, rank=assignment.loads))
     return out
 
 
@@ -82,11 +73,7 @@ def expected_point(
     works: Sequence[GroupWork],
     margin: Margin,
     params: ThroughputParams,
-    cost_model: CostModel,
-    device_kind: str,
-    lam: float = 0.0,
-    warm: int = 0,
-    slots_per_function: int = 1,
+    pricing: Pricing,
     plain: Sequence[CurvePoint] | None = None,
 ) -> CurvePoint:
     """``point`` with its expected T and C over ``margin``'s scenarios (and its score on them).
@@ -94,10 +81,7 @@ def expected_point(
     if not margin.scenarios:
         return point
     if plain is None:
-        plain = scenario_points(
-            assignment, works, margin, params, cost_model, device_kind, lam, warm,
-            slots_per_function,
-        )  # fmt: skip
+        plain = scenario_points(assignment, works, margin, params, pricing)
     _check_plain(plain, assignment, len(margin.scenarios))
     seconds = usd = 0.0
     for p in plain:
@@ -108,7 +92,7 @@ def expected_point(
         point,
         expected_seconds=seconds / n,
         expected_usd=usd / n,
-        score=usd / n + lam * seconds / n,
+        score=usd / n + pricing.lam * seconds / n,
     )
 
 
@@ -121,11 +105,7 @@ def expected_cut_point(
     threshold: float,
     params: ThroughputParams,
     transfer: TransferParams,
-    cost_model: CostModel,
-    device_kind: str,
-    lam: float = 0.0,
-    warm: int = 0,
-    slots_per_function: int = 1,
+    pricing: Pricing,
     scenarios: int | None = None,
     plain: Sequence[CurvePoint] | None = None,
 ) -> CurvePoint:
@@ -147,10 +127,7 @@ def expected_cut_point(
         return point
     drawn = margin.scenarios[: scenarios or len(margin.scenarios)]
     if plain is None:
-        plain = scenario_points(
-            assignment, works, margin, params, cost_model, device_kind, lam, warm,
-            slots_per_function, len(drawn),
-        )  # fmt: skip
+        plain = scenario_points(assignment, works, margin, params, pricing, len(drawn))
     _check_plain(plain, assignment, len(drawn))
     order = sorted(range(assignment.functions), key=lambda f: -assignment.loads[f])
     groups = [assignment.groups[f] for f in order]
@@ -159,19 +136,26 @@ def expected_cut_point(
     d_seconds = d_usd = 0.0
     for lengths, base in zip(drawn, plain, strict=False):
         r = simulate_rollout(
-            lengths, prefill, groups, params, predicted=predicted, warm=warm,
+            lengths, prefill, groups, params, predicted=predicted, warm=pricing.warm,
             cut=cut, threshold=threshold, transfer=transfer, shape=margin.shape,  # type: ignore[arg-type]
             max_new_tokens=margin.max_new_tokens, planned_end=point.planned_seconds,
         )  # fmt: skip
         d_seconds += r.makespan - base.seconds
-        d_usd += r.usd(cost_model, device_kind, slots_per_function=slots_per_function) - base.usd
+        d_usd += (
+            r.usd(
+                pricing.cost_model,
+                pricing.device_kind,
+                slots_per_function=pricing.slots_per_function,
+            )
+            - base.usd
+        )
     seconds = point.planned_seconds + d_seconds / len(drawn)
     usd = point.planned_usd + d_usd / len(drawn)
     return msgspec.structs.replace(
         point,
         expected_seconds=seconds,
         expected_usd=usd,
-        score=usd + lam * seconds,
+        score=usd + pricing.lam * seconds,
         cut=cut,
         cut_threshold=threshold,
     )
@@ -183,12 +167,8 @@ def cut_points(
     works: Sequence[GroupWork],
     margin: Margin,
     params: ThroughputParams,
-    cost_model: CostModel,
-    device_kind: str,
-    lam: float,
+    pricing: Pricing,
     within_fraction: float | None,
-    warm: int,
-    slots_per_function: int,
     transfer: TransferParams | None,
     plain: Mapping[tuple[str, int], Sequence[CurvePoint]] | None = None,
 ) -> list[CurvePoint]:
@@ -208,7 +188,7 @@ def cut_points(
         pick = [p for p in curve if p.score - p.planned_usd < best]
         bound = math.inf
     else:
-        common = params.cold_start_seconds if warm <= 0 else 0.0
+        common = params.cold_start_seconds if pricing.warm <= 0 else 0.0
         pick, bound = within_bound(curve, within_fraction, common)
     cheap = (lambda p: p.score) if within_fraction is None else (lambda p: p.planned_usd)
     pick = sorted(pick, key=lambda p: (cheap(p), p.planned_seconds))[:CUT_CANDIDATES]
@@ -223,9 +203,8 @@ def cut_points(
         base = plain.get((p.method, p.k)) if plain is not None else None
         for cut, tau in cuts:
             q = expected_cut_point(
-                p, a, works, margin, cut, tau, params, transfer, cost_model, device_kind,
-                lam, warm, slots_per_function, CUT_SCENARIOS, base,
-            )  # fmt: skip
+                p, a, works, margin, cut, tau, params, transfer, pricing, CUT_SCENARIOS, base
+            )
             out.append(q)
             if within_fraction is not None and q.planned_seconds > bound:
                 break

@@ -39,6 +39,7 @@ import msgspec
 from rlhfless.cost_models import BillingRules, CostModel
 from rlhfless.scaling.assign import Assignment, AssignMethod, GroupWork, assign
 from rlhfless.scaling.curve import CurvePoint as CurvePoint
+from rlhfless.scaling.curve import Pricing as Pricing
 from rlhfless.scaling.curve import evaluate as evaluate
 from rlhfless.scaling.curve import function_lives as function_lives
 from rlhfless.scaling.curve import within_bound
@@ -202,26 +203,23 @@ def choose_k(
     # Each candidate on each scenario without a cut: its expectation, and what a cut setting
     # on it is measured against (computed once here for both).
     plain: dict[tuple[str, int], list[CurvePoint]] = {}
+    pricing = Pricing(
+        cost_model=cost_model, device_kind=device_kind, lam=lam, warm=warm,
+        slots_per_function=slots_per_function,
+    )  # fmt: skip
     for m in methods:
         for k in candidates:
             a = assign(works, k, m, params, slack, headroom)
             assignments[(a.method, k)] = a
-            p = evaluate(a, params, cost_model, device_kind, lam, warm, slots_per_function)
+            p = pricing.evaluate(a, params)
             if margin is not None:
-                plain[(a.method, k)] = scenario_points(
-                    a, works, margin, params, cost_model, device_kind, lam, warm,
-                    slots_per_function,
-                )  # fmt: skip
-                p = expected_point(
-                    p, a, works, margin, params, cost_model, device_kind, lam, warm,
-                    slots_per_function, plain[(a.method, k)],
-                )  # fmt: skip
+                plain[(a.method, k)] = scenario_points(a, works, margin, params, pricing)
+                p = expected_point(p, a, works, margin, params, pricing, plain[(a.method, k)])
             curve.append(p)
     if margin is not None and margin.cuts and margin.scenarios:
         curve += cut_points(
-            curve, assignments, works, margin, params, cost_model, device_kind, lam,
-            within_fraction, warm, slots_per_function, transfer, plain,
-        )  # fmt: skip
+            curve, assignments, works, margin, params, pricing, within_fraction, transfer, plain
+        )
     rank = {m: i for i, m in enumerate(methods)}
     cut_rank = {("none", 1.0): 0} | {c: i + 1 for i, c in enumerate(margin.cuts if margin else ())}
     if within_fraction is None:

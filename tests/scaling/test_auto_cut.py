@@ -20,7 +20,12 @@ from rlhfless.scaling import (
     choose_k,
     simulate_rollout,
 )
-from rlhfless.scaling.scaler import WarmPool, evaluate, expected_cut_point, expected_point
+from rlhfless.scaling.scaler import (
+    Pricing,
+    WarmPool,
+    expected_cut_point,
+    expected_point,
+)
 from tests.scaling.test_margin import _heavy_epochs, _predictor, _works
 
 PARAMS = ThroughputParams(
@@ -60,10 +65,10 @@ def test_a_cut_that_never_fires_changes_nothing() -> None:
     margin = build_margin(pred, works, [True] * 64, 8, cuts=[("per_function", 1.0)])
     for warm in (0, 2):
         a = assign(works, 4, "lpt", PARAMS)
-        p = expected_point(evaluate(a, PARAMS, AWS, "l40s"), a, works, margin, PARAMS, AWS,
-                           "l40s", warm=warm)  # fmt: skip
+        pricing = Pricing(cost_model=AWS, device_kind="l40s", warm=warm)
+        p = expected_point(pricing.evaluate(a, PARAMS), a, works, margin, PARAMS, pricing)
         q = expected_cut_point(p, a, works, margin, "per_function", 1.0, PARAMS,
-                               TransferParams(), AWS, "l40s", warm=warm)  # fmt: skip
+                               TransferParams(), pricing)  # fmt: skip
         assert q.expected_seconds == pytest.approx(p.expected_seconds, rel=1e-9)
         assert q.expected_usd == pytest.approx(p.expected_usd, rel=1e-9)
         assert (q.cut, q.cut_threshold) == ("per_function", 1.0)

@@ -32,11 +32,12 @@ from rlhfless.scaling import simulate as sim
 from rlhfless.scaling.expected import expected_cut_point, expected_point, scenario_points
 from rlhfless.scaling.migrate import FunctionLoad, plan_cut_and_migrate, plan_cut_with_loads
 from rlhfless.scaling.predictor import expected_remaining, length_support
-from rlhfless.scaling.scaler import evaluate
+from rlhfless.scaling.scaler import Pricing, evaluate
 from tests.scaling.test_margin import _heavy_epochs, _predictor, _works
 
 PARAMS = ThroughputParams(cold_start_seconds=5.0, weight_load_seconds=2.0, max_batch=256)
 AWS = get_model("aws")
+AWS_L40S = Pricing(cost_model=AWS, device_kind="l40s")
 
 
 def _heap_timeline(lengths: list[float], p: ThroughputParams, cap: int) -> list[float]:
@@ -199,20 +200,20 @@ def test_choose_k_shares_the_no_cut_evaluations_without_going_stale() -> None:
     for (method, k), p in base.items():
         a = assign(works, k, method, PARAMS)  # type: ignore[arg-type]
         assert p == expected_point(evaluate(a, PARAMS, AWS, "l40s"), a, works, margin, PARAMS,
-                                   AWS, "l40s")  # fmt: skip
+                                   AWS_L40S)  # fmt: skip
     for q in tried:
         a = assign(works, q.k, q.method, PARAMS)  # type: ignore[arg-type]
         fresh = expected_cut_point(base[(q.method, q.k)], a, works, margin, q.cut,
                                    q.cut_threshold, PARAMS, TransferParams(
                                        prefill_tokens_per_s=PARAMS.prefill_tokens_per_s),
-                                   AWS, "l40s", scenarios=16)  # fmt: skip
+                                   AWS_L40S, scenarios=16)  # fmt: skip
         assert q == fresh
     # Another candidate's evaluations are refused, not silently used.
     a1, a2 = assign(works, 2, "lpt", PARAMS), assign(works, 3, "lpt", PARAMS)
-    other = scenario_points(a2, works, margin, PARAMS, AWS, "l40s")
+    other = scenario_points(a2, works, margin, PARAMS, AWS_L40S)
     with pytest.raises(BadScalingInput, match="plain evaluations"):
-        expected_point(evaluate(a1, PARAMS, AWS, "l40s"), a1, works, margin, PARAMS, AWS,
-                       "l40s", plain=other)  # fmt: skip
+        expected_point(evaluate(a1, PARAMS, AWS, "l40s"), a1, works, margin, PARAMS, AWS_L40S,
+                       plain=other)  # fmt: skip
 
 
 def test_a_function_made_a_candidate_by_empty_samples_is_still_found() -> None:
