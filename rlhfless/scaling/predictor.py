@@ -132,9 +132,8 @@ def check_max_new_tokens(value: float | None, name: str = "max_new_tokens") -> f
     """``value`` if it is a generation limit (a number >= 1, or None: unknown)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadScalingSetting(name, value, "a number of tokens >= 1, or None")
-    if not (math.isfinite(value) and value >= 1):
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and value >= 1):
         raise BadScalingSetting(name, value, "a number of tokens >= 1, or None")
     return float(value)
 

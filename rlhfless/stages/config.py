@@ -116,6 +116,18 @@ class TrainConfig(_Section):
     critic_lr: Positive = 1e-3
     value_clip: Positive | None = 0.2  # clip the value update around the old values
 
+    # Which functions an iteration leases besides rollout, reward and trainer: the pipeline asks
+    # these, and so does the warm room that keeps them all warm (functions_per_iteration).
+    @property
+    def uses_critic(self) -> bool:
+        """PPO trains a value model in a critic function."""
+        return self.algo == "ppo"
+
+    @property
+    def uses_reference(self) -> bool:
+        """A KL term needs the reference model's log-probs from a reference function."""
+        return self.kl_coef > 0
+
 
 class RuntimeConfig(_Section):
     slots: PosInt = 2  # device slots on this node (CPU slots where there is no GPU)
@@ -269,8 +281,8 @@ def functions_per_iteration(cfg: Config) -> int:
     return (
         cfg.rollout.functions
         + 1  # reward
-        + (1 if cfg.train.kl_coef > 0 else 0)  # reference
-        + (1 if cfg.train.algo == "ppo" else 0)  # critic
+        + int(cfg.train.uses_reference)
+        + int(cfg.train.uses_critic)
         + 1  # trainer
     )
 

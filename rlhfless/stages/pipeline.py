@@ -157,7 +157,7 @@ class Pipeline:
         ``run_dir/state`` next. A role's function that died before its write landed is
         replaced by one that replays the missing steps."""
         roles = [(TRAINER, self._trainer_args(), "train", self._trainer_threads())]
-        if self.cfg.train.algo == "ppo":
+        if self.cfg.train.uses_critic:
             roles.append((CRITIC, self._critic_args(), "critic", None))
         for role, args, stage, threads in roles:
             await self._with_function(
@@ -247,7 +247,7 @@ class Pipeline:
         # reward || reference || critic values
         t0 = time.perf_counter()
         ppo = cfg.train.algo == "ppo"
-        use_ref = cfg.train.kl_coef > 0
+        use_ref = cfg.train.uses_reference
         task_cfg = msgspec.to_builtins(cfg.task)
 
         async def timed(name: str, coro: Awaitable[R]) -> R:
