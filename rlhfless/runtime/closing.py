@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -35,7 +34,6 @@ class Closing:
     _tasks: list[asyncio.Task[Any]]
     _sock: zmq.asyncio.Socket
     _ctx: zmq.asyncio.Context
-    _dir: str
     _billing: BillingLog
 
     if TYPE_CHECKING:  # the runtime's methods they call (declared only for checkers)
@@ -71,7 +69,8 @@ class Closing:
         # destroy, not term: a socket still open on this context (one a failed step left)
         # is closed instead of making term() wait for it forever.
         await step("closing the zmq context", lambda: self._ctx.destroy(linger=0))
-        shutil.rmtree(self._dir, ignore_errors=True)
+        # The scratch directory is not removed here: Runtime.aclose's finally does it (its
+        # finalizer), also when a step above is cancelled.
         await step("closing the billing log", self._billing.close)
         if failures:
             raise failures[0]
