@@ -30,11 +30,19 @@ class CurvePoint(msgspec.Struct, frozen=True, kw_only=True):
     expected_usd: float | None = None  # E[C(k)] likewise
     cut: str = "none"  # the cut setting behind this point: none, per_function or global
     cut_threshold: float = 1.0  # its τ
+    # Its makespan had every function been warm (no cold start): expected with a margin, else
+    # predicted; what "the fastest" of a within-x choice is measured by (within_bound).
+    warm_seconds: float | None = None
 
     @property
     def planned_seconds(self) -> float:
         """What the choice compares: the expected makespan when known, else the predicted."""
         return self.seconds if self.expected_seconds is None else self.expected_seconds
+
+    @property
+    def ideal_seconds(self) -> float:
+        """Its planned makespan without cold starts (the planned one if not known)."""
+        return self.planned_seconds if self.warm_seconds is None else self.warm_seconds
 
     @property
     def planned_usd(self) -> float:
@@ -64,14 +72,31 @@ class Pricing(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def within_bound(
-    curve: Sequence[CurvePoint], fraction: float, common: float = 0.0
+    curve: Sequence[CurvePoint], fraction: float, cold_start: float = 0.0, warm: int = 0
 ) -> tuple[list[CurvePoint], float]:
     """The points whose planned time is within ``fraction`` of the fastest, and that bound (in
-    planned seconds). ``common``: seconds every candidate pays (a cold start), left out of the
-    comparison so that it does not widen the fraction."""
-    fastest = min(p.planned_seconds for p in curve) - common
-    ok = [p for p in curve if p.planned_seconds - common <= fastest * (1.0 + fraction) + 1e-12]
-    return ok, fastest * (1.0 + fraction) + common + 1e-12
+    planned seconds).
+
+    ``cold_start`` 0: "the fastest" is the quickest planned time, cold starts and all.
+    Otherwise it is what the slots could do warm (the quickest :attr:`CurvePoint.ideal_seconds`)
+    and ``cold_start`` is the seconds a function not among the ``warm`` pays before it works.
+    With nothing warm every candidate pays that, so it is left out of both sides and does not
+    widen the fraction. With ``warm`` functions, a candidate that starts more is measured with
+    its cold starts, and a smaller k is still held to what a larger one could do warm: a plan
+    neither takes a cold start for granted nor drifts down to whatever last ran warm. Where no
+    candidate is within the bound (the work outgrew the warm functions), only the quickest is.
+    """
+    if cold_start <= 0:
+        fastest, own = min(p.planned_seconds for p in curve), 0.0
+    else:
+        fastest = min(p.ideal_seconds for p in curve)
+        own = cold_start if warm <= 0 else 0.0
+    bound = fastest * (1.0 + fraction) + own + 1e-12
+    ok = [p for p in curve if p.planned_seconds <= bound]
+    if not ok:
+        bound = min(p.planned_seconds for p in curve)
+        ok = [p for p in curve if p.planned_seconds <= bound]
+    return ok, bound
 
 
 def life_usd(
@@ -144,6 +169,7 @@ def evaluate(
     reused = warm_functions(assignment.loads, warm, rank)
     ends = [c + b for c, b in lives]
     t = max(ends, default=0.0)
+    t_warm = max((b for _, b in lives), default=0.0)
     usd = sum(
         life_usd(cost_model, device_kind, c, b, 0.0, slots_per_function, f in reused)
         for f, (c, b) in enumerate(lives)
@@ -163,4 +189,5 @@ def evaluate(
         function_seconds=sum(ends) * slots_per_function,
         score=usd + lam * t,
         method=assignment.method,
+        warm_seconds=t_warm,
     )

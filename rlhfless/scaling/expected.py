@@ -83,15 +83,17 @@ def expected_point(
     if plain is None:
         plain = scenario_points(assignment, works, margin, params, pricing)
     _check_plain(plain, assignment, len(margin.scenarios))
-    seconds = usd = 0.0
+    seconds = usd = warm_seconds = 0.0
     for p in plain:
         seconds += p.seconds
         usd += p.usd
+        warm_seconds += p.ideal_seconds
     n = len(margin.scenarios)
     return msgspec.structs.replace(
         point,
         expected_seconds=seconds / n,
         expected_usd=usd / n,
+        warm_seconds=warm_seconds / n,
         score=usd / n + pricing.lam * seconds / n,
     )
 
@@ -188,8 +190,7 @@ def cut_points(
         pick = [p for p in curve if p.score - p.planned_usd < best]
         bound = math.inf
     else:
-        common = params.cold_start_seconds if pricing.warm <= 0 else 0.0
-        pick, bound = within_bound(curve, within_fraction, common)
+        pick, bound = within_bound(curve, within_fraction, params.cold_start_seconds, pricing.warm)
     cheap = (lambda p: p.score) if within_fraction is None else (lambda p: p.planned_usd)
     pick = sorted(pick, key=lambda p: (cheap(p), p.planned_seconds))[:CUT_CANDIDATES]
     # A higher τ cuts later and moves fewer sequences, so it costs less time: try τ from the

@@ -19,9 +19,11 @@ With a :class:`~rlhfless.scaling.margin.Margin` (what :class:`~rlhfless.scaling.
 passes by default), each candidate also gets its *expected* ``E[T(k)]`` and ``E[C(k)]`` over
 scenarios of true lengths drawn from the predictor's measured error, and the choice uses those
 instead of the point predictions; every k is tried with the margin's alternative assignments
-too (e.g. LPT beside stratified), ties going to the configured one; and "within x of the
-fastest" leaves out a cold start that every candidate pays (nothing warm), so it is a fraction
-of the rollout's own time.
+too (e.g. LPT beside stratified), ties going to the configured one; and "the fastest" is what
+the slots could do warm (:func:`~rlhfless.scaling.curve.within_bound`): with nothing warm the
+cold start every candidate pays is left out, so x is a fraction of the rollout's own time; with
+``warm`` functions, a smaller k is still held to what the larger ones could do warm (no drift
+down from one iteration to the next), and a larger k pays its cold starts.
 
 :class:`CurvePoint` and :func:`evaluate` live in :mod:`~rlhfless.scaling.curve`, the expected
 points (and the cut settings' points) in :mod:`~rlhfless.scaling.expected`; both are
@@ -235,9 +237,10 @@ def choose_k(
         )
         criterion = "lam"
     else:
-        # With a margin, a cold start every candidate pays is no part of the rollout's own time.
-        common = params.cold_start_seconds if margin is not None and warm <= 0 else 0.0
-        ok, _ = within_bound(curve, within_fraction, common)
+        # With a margin, the bound is measured against what the slots could do warm (a cold
+        # start every candidate pays is no part of the rollout's own time).
+        cold = params.cold_start_seconds if margin is not None else 0.0
+        ok, _ = within_bound(curve, within_fraction, cold, warm)
         best = min(
             ok,
             key=lambda p: (
