@@ -1,4 +1,4 @@
-""""Cheapest within x of the fastest" once functions are warm: the fastest is what the slots
+"""Cheapest-within-x-of-the-fastest once functions are warm: the fastest is what the slots
 could do warm, so a plan neither takes a cold start for granted nor drifts down, iteration by
 iteration, to whatever ran warm last (curve.within_bound)."""
 
