@@ -354,10 +354,8 @@ def run_policies(
             shape=predictor.shape_ratios(),
             max_new_tokens=limit,
             # As the stage tells its guard: moves may end by the plan's uncut makespan (on this
-            # clock, without the cold start that prewarm hides; a plan on warm functions only
-            # has none).
-            planned_end=dec.uncut.planned_seconds
-            - (0.0 if dec.functions <= warm else PARAMS.cold_start_seconds),
+            # clock: without the cold starts that prewarm hides).
+            planned_end=dec.uncut.ideal_seconds,
         )
         assert r.tokens_per_sequence == [x for g in rollout for x in g], "a sequence was lost"
         extra = {

@@ -92,6 +92,41 @@ def test_train_vllm_engine_without_vllm_fails_before_any_function(tmp_path: Path
     assert len(r.stderr.splitlines()) <= 3, r.stderr
 
 
+def _tiny_model_copy(tmp_path: Path) -> Path:
+    from rlhfless.adapters.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path / "model", seed=0)
+
+
+def test_train_model_dir_without_weights(tmp_path: Path) -> None:
+    model = _tiny_model_copy(tmp_path)
+    (model / "model.safetensors").unlink()
+    r = rlhfless("train", "--set", "model.kind=dir", "--set", f"model.path={model}",
+                 "--set", f"run.run_dir={tmp_path}/r")  # fmt: skip
+    assert_user_error(r, f"error: model.path = '{model}' has no weights", code=1)
+
+
+def test_train_model_dir_with_corrupt_weights_is_one_error_not_tracebacks(tmp_path: Path) -> None:
+    # Fails inside the rollout function: before, each of 5 attempts printed its traceback
+    # (~170 lines) ahead of the error.
+    model = _tiny_model_copy(tmp_path)
+    (model / "model.safetensors").write_bytes(b"\xff" * 1000)
+    r = rlhfless("train", "--set", "model.kind=dir", "--set", f"model.path={model}",
+                 "--set", f"run.run_dir={tmp_path}/r")  # fmt: skip
+    assert_user_error(r, f"error: cannot load the model in {model}: ", code=1)
+    assert "[vm-" not in r.stderr and r.stderr.count("died with exit code") == 1, r.stderr
+
+
+def test_train_model_dir_whose_config_names_no_model(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"")
+    r = rlhfless("train", "--set", "model.kind=dir", "--set", f"model.path={model}",
+                 "--set", f"run.run_dir={tmp_path}/r")  # fmt: skip
+    assert_user_error(r, f"error: cannot load the tokenizer of {model}: ", code=1)
+
+
 # --------------------------------------------------------------------------- simulate
 
 

@@ -138,11 +138,14 @@ def load_tokenizer(model_dir: str | Path) -> Tokenizer:
     if is_tiny_model_dir(model_dir):
         return TinyTokenizer.load(model_dir)
     try:
-        eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
-    except OSError:  # no generation_config.json: the model config may still name an EOS
-        eos = getattr(AutoConfig.from_pretrained(model_dir), "eos_token_id", None)
-    extra = [eos] if isinstance(eos, int) else list(eos or [])
-    return HFTokenizer(AutoTokenizer.from_pretrained(model_dir), extra_eos=extra)
+        try:
+            eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
+        except OSError:  # no generation_config.json: the model config may still name an EOS
+            eos = getattr(AutoConfig.from_pretrained(model_dir), "eos_token_id", None)
+        extra = [eos] if isinstance(eos, int) else list(eos or [])
+        return HFTokenizer(AutoTokenizer.from_pretrained(model_dir), extra_eos=extra)
+    except (OSError, ValueError) as exc:  # transformers' own words, without its traceback
+        raise EngineError(f"cannot load the tokenizer of {model_dir}: {exc}") from exc
 
 
 class HFEngine:
@@ -169,7 +172,10 @@ class HFEngine:
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise EngineError(f"{model_dir} has no config.json; it is not a model directory")
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        except Exception as exc:  # missing, corrupt or unknown: its words, not its traceback
+            raise EngineError(f"cannot load the model in {model_dir}: {exc}") from exc
         return cls(model, load_tokenizer(model_dir), device)
 
     # -- weights ---------------------------------------------------------------------------

@@ -149,7 +149,8 @@ class _Server:
         try:
             self.actor = cls(*init.args, **init.kwargs)
         except BaseException as exc:
-            traceback.print_exc()
+            # The traceback travels in the Error (ActorInitError.remote_traceback); printed here
+            # too, it reached the user once per failing function, ahead of the one-line error.
             await self.send(Error(-1, _qualname(exc), str(exc), traceback.format_exc()))
             return 1
         init_s = time.perf_counter() - t1

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rlhfless.runtime.config import RuntimeConfig
 from rlhfless.runtime.devices import NodeDevices
 from rlhfless.runtime.errors import SpawnError
-from rlhfless.runtime.messages import Release
-from rlhfless.runtime.state import FunctionState, RuntimeStats
+from rlhfless.runtime.messages import Codec, Init, Release
+from rlhfless.runtime.state import FunctionState, RuntimeStats, actor_path, reuse_key
 
 
 class WarmPool:
@@ -25,6 +26,8 @@ class WarmPool:
     _fns: dict[str, FunctionState]
     _room: asyncio.Condition
     _closed: bool
+    _codec: Codec
+    threads: int
 
     if TYPE_CHECKING:  # ...and the runtime's methods they call (declared only for checkers:
         # real stubs here would shadow Locality's methods in the runtime's MRO).
@@ -33,7 +36,38 @@ class WarmPool:
         def _background(self, coro: Any) -> None: ...
         async def _send_quiet(self, identity: str, msg: Any) -> None: ...
 
-    def _take_warm(self, key: str, slot: int | None, node: str | None) -> FunctionState | None:
+    def _reuse_key(
+        self,
+        path: str,
+        args: Sequence[Any],
+        init_kwargs: dict[str, Any] | None,
+        threads: int,
+        env: dict[str, str] | None,
+    ) -> tuple[list[Any], str]:
+        """The constructor's frames, and the key under which a warm function can be reused."""
+        try:
+            init_frames = self._codec.encode(Init(list(args), dict(init_kwargs or {})))
+        except TypeError as exc:
+            raise SpawnError(f"actor {path}: cannot send its arguments: {exc}") from None
+        return init_frames, reuse_key(path, threads, env or {}, init_frames)
+
+    def warm_count(
+        self,
+        actor: str | type[Any],
+        *args: Any,
+        threads: int | None = None,
+        env: dict[str, str] | None = None,
+        init_kwargs: dict[str, Any] | None = None,
+    ) -> int:
+        """How many warm functions a :meth:`spawn` with these arguments would reuse now, on the
+        nodes that are up: what a caller planning its next stage can count on not cold-starting
+        (a released function stays warm ``keep_alive_s``, unless evicted)."""
+        path = actor_path(actor)
+        _, key = self._reuse_key(path, args, init_kwargs, threads or self.threads, env)
+        return self._count_warm(key)
+
+    def _warm(self, key: str, slot: int | None, node: str | None) -> Iterator[FunctionState]:
+        """The warm functions a spawn of ``key`` (on ``slot`` / ``node`` if given) may reuse."""
         up = self.nodes()
         for fn in self._fns.values():
             where = fn.record.node
@@ -43,14 +77,21 @@ class WarmPool:
                 and (slot is None or fn.slot == slot)
                 and (where == node if node is not None else where in up)
             ):
-                if fn.expiry is not None:
-                    fn.expiry.cancel()
-                    fn.expiry = None
-                fn.state = "leased"
-                fn.lease += 1
-                fn.record.lease()
-                self.stats.warm_starts += 1
-                return fn
+                yield fn
+
+    def _count_warm(self, key: str) -> int:
+        return sum(1 for _ in self._warm(key, None, None))
+
+    def _take_warm(self, key: str, slot: int | None, node: str | None) -> FunctionState | None:
+        for fn in self._warm(key, slot, node):
+            if fn.expiry is not None:
+                fn.expiry.cancel()
+                fn.expiry = None
+            fn.state = "leased"
+            fn.lease += 1
+            fn.record.lease()
+            self.stats.warm_starts += 1
+            return fn
         return None
 
     def _live_on(self, slot: int, node: str | None = None) -> list[FunctionState]:

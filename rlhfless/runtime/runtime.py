@@ -44,7 +44,6 @@ from rlhfless.runtime.messages import (
     Error,
     Exited,
     Heartbeat,
-    Init,
     Ready,
     Release,
     Result,
@@ -53,7 +52,7 @@ from rlhfless.runtime.messages import (
 from rlhfless.runtime.nodes import Cluster
 from rlhfless.runtime.pool import WarmPool
 from rlhfless.runtime.procutil import kill
-from rlhfless.runtime.state import FunctionState, RuntimeStats, actor_path, expire, reuse_key
+from rlhfless.runtime.state import FunctionState, RuntimeStats, actor_path, expire
 from rlhfless.runtime.weights import WEIGHTS_ENV
 from rlhfless.runtime.zygote import ZYGOTE_IDENTITY
 from rlhfless.runtime.zygote_host import ZygoteHost
@@ -184,12 +183,8 @@ class Runtime(WarmPool, Locality, ZygoteHost, Closing):
                 f"slot {slot} does not exist: this node has slots "
                 f"0..{self._devices_of(node).slots - 1}"
             )
-        try:
-            init_frames = self._codec.encode(Init(list(args), dict(init_kwargs or {})))
-        except TypeError as exc:
-            raise SpawnError(f"actor {path}: cannot send its arguments: {exc}") from None
         threads = threads or self.threads
-        key = reuse_key(path, threads, env or {}, init_frames)
+        init_frames, key = self._reuse_key(path, args, init_kwargs, threads, env)
         warm = self._take_warm(key, slot, node)
         if warm is not None:
             if weights and self.cluster is not None and warm.record.node != self.node:

@@ -158,6 +158,8 @@ def expected_cut_point(
         expected_seconds=seconds,
         expected_usd=usd,
         score=usd + pricing.lam * seconds,
+        # What the cut changes, on the all-warm time too (the bound's reference).
+        warm_seconds=point.ideal_seconds + d_seconds / len(drawn),
         cut=cut,
         cut_threshold=threshold,
     )

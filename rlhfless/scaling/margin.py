@@ -174,9 +174,10 @@ class Margin(msgspec.Struct, kw_only=True):
 
     ``scenarios``: drawn true lengths (:meth:`ErrorModel.scenarios`); empty: expected = predicted.
     ``alternatives``: assignment methods tried for every k besides the configured one.
-    With a margin, "within x of the fastest" is measured on the rollout's own seconds: a cold
-    start that every candidate pays (no warm function) is left out of the comparison, so a short
-    rollout is not given a looser tolerance.
+    With a margin, "within x of the fastest" is measured against what the slots could do warm
+    (:func:`~rlhfless.scaling.curve.within_bound`): a cold start that every candidate pays (no
+    warm function) is left out of the comparison, so a short rollout is not given a looser
+    tolerance, and with warm functions a smaller k is still held to what a larger k could do.
     """
 
     scenarios: list[Scenario] = []

@@ -21,7 +21,7 @@ import msgspec
 import torch
 
 from rlhfless.adapters.hf import load_tokenizer
-from rlhfless.runtime import FunctionDied, Runtime
+from rlhfless.runtime import ActorInitError, FunctionDied, Runtime
 from rlhfless.stages import algorithms as alg
 from rlhfless.stages.common import RolloutBatch, pad_rows, task_from_config
 from rlhfless.stages.config import Config
@@ -198,7 +198,7 @@ class Pipeline:
                 )  # fmt: skip
                 return await work(handle)
             except FunctionDied as exc:
-                if attempt == MAX_RETRIES:
+                if attempt == MAX_RETRIES or _will_fail_again(exc):
                     raise
                 self.retries += 1
                 log.warning(
@@ -436,3 +436,9 @@ class Pipeline:
         return [adv[i, :n] for i, n in enumerate(lengths)], [
             ret[i, :n] for i, n in enumerate(lengths)
         ]
+
+
+def _will_fail_again(exc: FunctionDied) -> bool:
+    """A function whose engine refused its model or settings (EngineError in ``__init__``):
+    another one, with the same arguments, would refuse them too."""
+    return isinstance(exc, ActorInitError) and exc.remote_type.endswith(".EngineError")

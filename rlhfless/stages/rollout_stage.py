@@ -123,7 +123,6 @@ class RolloutStage:
             device_kind=pipeline.rt.devices.kind,
             max_new_tokens=cfg.rollout.max_new_tokens,
         )
-        self.warm = 0  # rollout functions released by the last iteration (likely still warm)
         self.weight_loads: list[float] = []
         self._kv_bytes: float | None = None
         self.scaler.transfer_source = self.transfer  # plan cuts with the costs executed below
@@ -162,7 +161,11 @@ class RolloutStage:
     ) -> RolloutOutcome:
         p, cfg, g = self.p, self.p.cfg.rollout, self.p.cfg.train.group_size
         t0 = time.perf_counter()
-        plan = self.scaler.plan([q.id for q in prompts], prompt_ids, g, warm=self.warm)
+        # The rollout functions the runtime holds warm now (the last iteration's, unless their
+        # keep-alive ran out or another function evicted them): the plan prices them by the
+        # second and without a cold start.
+        warm = p.rt.warm_count(ROLLOUT, *self.actor_args())
+        plan = self.scaler.plan([q.id for q in prompts], prompt_ids, g, warm=warm)
         groups = [grp for grp in plan.groups if grp]
         # Cutting pays only when stragglers of several functions can consolidate on fewer.
         cut = plan.cut_threshold if plan.cut != "none" and len(groups) > 1 else None
@@ -249,7 +252,6 @@ class RolloutStage:
         )
         if plan.predicted_seconds > 0 and seconds > 0:  # the cut guard's clock (Scaler.migration)
             self.scaler.observe_makespan(plan.predicted_seconds, seconds)
-        self.warm = len(groups)
         return RolloutOutcome(
             response_ids=response_ids, logprobs=batch.logprobs, finish=batch.finish,
             prefill_tokens=sum(c["prefill_tokens"] for c in calls),

@@ -60,6 +60,15 @@ MANIFEST = "manifest.json"
 log = logging.getLogger("rlhfless.run")
 
 
+# What transformers' from_pretrained loads a model from (checked before any function starts).
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
 class RunError(RuntimeError):
     """A run that cannot start or resume (missing checkpoint, bad model directory)."""
 
@@ -77,6 +86,10 @@ def prepare_model(cfg: Config, run_dir: Path) -> Path:
         if not (path / "config.json").is_file():
             raise RunError(
                 f"model.path = {cfg.model.path!r} is not a model directory (no config.json)"
+            )
+        if not any((path / name).is_file() for name in WEIGHT_FILES):
+            raise RunError(
+                f"model.path = {cfg.model.path!r} has no weights (none of {', '.join(WEIGHT_FILES)})"
             )
         return path
     from rlhfless.adapters.hf import smollm2_dir

@@ -21,6 +21,24 @@ async def test_released_function_is_reused_warm(rt: Runtime) -> None:
     assert await h3.getpid() != pid and not h3.warm
 
 
+async def test_warm_count_is_what_a_spawn_would_reuse() -> None:
+    # What the rollout stage asks before planning: functions it can count on not cold-starting.
+    async with Runtime(preload=("torch",), keep_alive_s=0.8, slots=2) as rt:
+        a, b = await rt.spawn(ECHO, "a"), await rt.spawn(ECHO, "a")
+        assert rt.warm_count(ECHO, "a") == 0  # leased, not warm
+        await a.release()
+        await b.release()
+        assert rt.warm_count(ECHO, "a") == 2
+        assert rt.warm_count(ECHO, "b") == 0  # other constructor arguments: no reuse
+        assert rt.warm_count(ECHO, "a", threads=rt.threads + 1) == 0
+        h = await rt.spawn(ECHO, "a")
+        assert h.warm and rt.warm_count(ECHO, "a") == 1
+        await asyncio.sleep(1.6)  # the other one's keep-alive ran out
+        assert rt.warm_count(ECHO, "a") == 0
+        await h.release()
+        assert rt.warm_count(ECHO, "a") == 1
+
+
 async def test_keep_alive_expiry_scales_to_zero() -> None:
     async with Runtime(preload=("torch",), keep_alive_s=0.5) as rt:
         h = await rt.spawn(ECHO)

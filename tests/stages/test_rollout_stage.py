@@ -232,3 +232,25 @@ async def test_sampled_samples_do_not_depend_on_how_many_functions_draw_them(
     assert len({len(r) for r in outs[0].response_ids}) > 1  # sampled, not all alike
     for o in outs[1:]:
         assert o.response_ids == outs[0].response_ids
+
+
+@pytest.mark.parametrize("keep_alive", [30.0, 0.0])
+async def test_the_plan_counts_the_functions_the_runtime_holds_warm(
+    tmp_path: Path, keep_alive: float
+) -> None:
+    """The second rollout's plan prices its functions warm (by the second) only if the runtime
+    still holds them: with no keep-alive they exited at release, and each is a new life again
+    (AWS's 60 s minimum). Before, the stage assumed the last rollout's functions were warm."""
+    model_dir = build_tiny_model(tmp_path / "model", seed=0)
+    cfg = load_config(None, [*BASE, f"run.run_dir={tmp_path}", "scaling.policy=fixed"])
+    async with Runtime(slots=2, keep_alive_s=keep_alive) as rt:
+        p = Pipeline(rt, cfg, model_dir, tmp_path)
+        prompts = batch_for_step(p.task, 0, cfg.train.batch_prompts, cfg.run.seed)
+        ids = [p.tokenizer.encode_prompt(q.text) for q in prompts]
+        first = await p.rollout_stage.run(0, prompts, ids)
+        second = await p.rollout_stage.run(1, prompts, ids)
+    assert first.functions == second.functions == 2
+    if keep_alive:
+        assert second.predicted_usd < first.predicted_usd / 10
+    else:
+        assert second.predicted_usd == pytest.approx(first.predicted_usd)

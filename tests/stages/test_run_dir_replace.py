@@ -3,7 +3,6 @@ run survives a new run that fails or is stopped before its first iteration, and 
 one that gets past it. Real runs of the tiny model; real signals to a real ``rlhfless train``."""
 
 import asyncio
-import importlib.util
 import json
 import os
 import shutil
@@ -52,16 +51,18 @@ def _copy(earlier_run: Path, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
     return run_dir, before
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("vllm") is not None, reason="vLLM is installed: engine=vllm starts"
-)
 async def test_failed_start_keeps_the_earlier_run_then_a_new_run_replaces_it(
     earlier_run: Path, tmp_path: Path
 ) -> None:
     run_dir, before = _copy(earlier_run, tmp_path)
-    # Fails inside the runtime: every rollout function dies importing vLLM.
-    with pytest.raises(Exception, match="vLLM"):
-        await Job(_cfg(run_dir, "train.iterations=2", "rollout.engine=vllm")).run()
+    # Fails inside the runtime: the rollout function cannot read the model's weights.
+    corrupt = tmp_path / "corrupt-model"
+    shutil.copytree(earlier_run / "model", corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"\xff" * 1000)
+    with pytest.raises(Exception, match="cannot load the model"):
+        await Job(
+            _cfg(run_dir, "train.iterations=2", "model.kind=dir", f"model.path={corrupt}")
+        ).run()
     assert _snapshot(run_dir) == before, "the earlier run's record changed"
     assert _leftovers(run_dir) == []
     failed = run_dir / FAILED
