@@ -114,7 +114,9 @@ def test_train_model_dir_with_corrupt_weights_is_one_error_not_tracebacks(tmp_pa
     r = rlhfless("train", "--set", "model.kind=dir", "--set", f"model.path={model}",
                  "--set", f"run.run_dir={tmp_path}/r")  # fmt: skip
     assert_user_error(r, f"error: cannot load the model in {model}: ", code=1)
-    assert "[vm-" not in r.stderr and r.stderr.count("died with exit code") == 1, r.stderr
+    # One function per slot (2) may start before the first failure stops the stage; none re-run.
+    assert "[vm-" not in r.stderr and "re-running" not in r.stderr, r.stderr
+    assert r.stderr.count("died with exit code") <= 2, r.stderr
 
 
 def test_train_model_dir_whose_config_names_no_model(tmp_path: Path) -> None:
