@@ -16,6 +16,7 @@ Both report predicted makespan and dollars, so the iteration summary can show pr
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -63,6 +64,25 @@ class RolloutPlan(msgspec.Struct, kw_only=True):
     uncut_seconds: float | None = None
 
 
+log = logging.getLogger("rlhfless.scaling")
+
+
+def warn_above_slots(config: ScalingConfig, slots: int) -> None:
+    """Say so, once, where a k setting asks for more functions than the scaler has slots:
+    the choice is capped at the slots (``ScalingConfig.k_range`` / ``fixed_k``), which would
+    otherwise drop an explicit minimum without a word."""
+    asked = [("k", config.k)] if config.policy == "fixed" else [
+        ("k_min", config.k_min), ("k_max", config.k_max)
+    ]  # fmt: skip
+    for name, value in asked:
+        if value > slots:
+            log.warning(
+                "scaling.%s = %d is more than the scaler's %d slots (rollout.functions): "
+                "using %d",
+                name, value, slots, slots,
+            )  # fmt: skip
+
+
 class ScalerState(msgspec.Struct, kw_only=True):
     predictor: dict
     throughput: dict
@@ -88,6 +108,7 @@ class Scaler:
         self.max_new_tokens = check_max_new_tokens(max_new_tokens)
         self.slots = slots
         config.k_range(slots)  # validates slots
+        warn_above_slots(config, slots)
         self.device_kind = config.device_kind or device_kind
         self.model = cost_model or get_model(config.cost_model)
         self.model.rate(self.device_kind)  # fail now, with the known kinds, if unpriced

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 ROLLOUT = "rlhfless.stages.rollout:RolloutActor"
 log = logging.getLogger("rlhfless.rollout")
+curve_log = logging.getLogger("rlhfless.rollout.curve")  # scaling.show_curve
 
 
 class RolloutOutcome(msgspec.Struct, kw_only=True):
@@ -126,6 +127,8 @@ class RolloutStage:
         self.weight_loads: list[float] = []
         self._kv_bytes: float | None = None
         self.scaler.transfer_source = self.transfer  # plan cuts with the costs executed below
+        if cfg.scaling.show_curve:  # INFO from this logger only, whatever the root's level
+            curve_log.setLevel(logging.INFO)
 
     def transfer(self) -> TransferParams | None:
         """Ship-KV vs re-prefill costs for this run's model; None: never ship (vLLM, bandwidth 0)."""
@@ -166,6 +169,8 @@ class RolloutStage:
         # second and without a cold start.
         warm = p.rt.warm_count(ROLLOUT, *self.actor_args())
         plan = self.scaler.plan([q.id for q in prompts], prompt_ids, g, warm=warm)
+        if p.cfg.scaling.show_curve and plan.decision is not None:
+            curve_log.info("iteration %d, %d warm:\n%s", step, warm, plan.decision.render())
         groups = [grp for grp in plan.groups if grp]
         # Cutting pays only when stragglers of several functions can consolidate on fewer.
         cut = plan.cut_threshold if plan.cut != "none" and len(groups) > 1 else None

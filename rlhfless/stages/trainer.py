@@ -219,7 +219,7 @@ class TrainerActor(_HandsOver):
                 share = float(mask.sum()) / max(1, total_tokens)
                 (loss * share).backward()
                 stats["loss"] += float(loss.detach()) * share / cfg.epochs
-                stats["kl"] += float(kl) * share / cfg.epochs
+                stats["kl"] += float(kl.detach()) * share / cfg.epochs
                 stats["clip_frac"] += float(clip) * share / cfg.epochs
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
             stats["grad_norm"] += float(norm) / cfg.epochs
@@ -288,4 +288,4 @@ class CriticActor(_HandsOver):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         self.opt.step()
-        return {"value_loss": float(loss), "value_clip_frac": float(clip)}
+        return {"value_loss": float(loss.detach()), "value_clip_frac": float(clip)}

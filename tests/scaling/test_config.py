@@ -47,3 +47,21 @@ def test_loads_from_a_toml_like_dict_and_rejects_unknown_fields() -> None:
     assert c.policy == "rlhfless" and c.cut_threshold == 0.8
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"lamda": 1}, ScalingConfig)
+
+
+def test_k_settings_above_the_slots_are_capped_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from rlhfless.scaling import Scaler
+
+    with caplog.at_level("WARNING", logger="rlhfless.scaling"):
+        s = Scaler(ScalingConfig(policy="rlhfless", k_min=5, k_max=9), slots=2, device_kind="l40s")
+        Scaler(ScalingConfig(policy="fixed", k=3), slots=2, device_kind="l40s")
+        Scaler(ScalingConfig(policy="rlhfless", k_min=1, k_max=2), slots=2, device_kind="l40s")
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "scaling.k_min = 5 is more than the scaler's 2 slots (rollout.functions): using 2",
+        "scaling.k_max = 9 is more than the scaler's 2 slots (rollout.functions): using 2",
+        "scaling.k = 3 is more than the scaler's 2 slots (rollout.functions): using 2",
+    ]
+    assert s.plan(list(range(4)), [[1] * 10] * 4, 4).functions == 2

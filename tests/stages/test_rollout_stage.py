@@ -254,3 +254,25 @@ async def test_the_plan_counts_the_functions_the_runtime_holds_warm(
         assert second.predicted_usd < first.predicted_usd / 10
     else:
         assert second.predicted_usd == pytest.approx(first.predicted_usd)
+
+
+async def test_show_curve_logs_the_k_curve_each_iteration(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model_dir = build_tiny_model(tmp_path / "model", seed=0)
+    cfg = load_config(
+        None,
+        [*BASE, f"run.run_dir={tmp_path}", "scaling.policy=rlhfless", "scaling.show_curve=true"],
+    )
+    caplog.set_level("WARNING")  # as the CLI runs: the curve logger alone says INFO...
+    caplog.handler.setLevel(0)  # ...to a handler of any level (the CLI's basicConfig)
+    async with Runtime(slots=2, keep_alive_s=30) as rt:
+        p = Pipeline(rt, cfg, model_dir, tmp_path)
+        prompts = batch_for_step(p.task, 0, cfg.train.batch_prompts, cfg.run.seed)
+        ids = [p.tokenizer.encode_prompt(q.text) for q in prompts]
+        for step in range(2):
+            await p.rollout_stage.run(step, prompts, ids)
+    curves = [r.getMessage() for r in caplog.records if r.name == "rlhfless.rollout.curve"]
+    assert len(curves) == 2 and all("rollout functions: k=" in c for c in curves), curves
+    assert curves[0].startswith("iteration 0, 0 warm:")
+    assert curves[1].startswith("iteration 1, ") and not curves[1].startswith("iteration 1, 0 ")
