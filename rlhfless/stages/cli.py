@@ -25,6 +25,7 @@ from rlhfless.stages.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
     from rlhfless.stages.pipeline import IterationMetrics
+    from rlhfless.stages.run import Job
 
 _ENUM = re.compile(r"^invalid value for key '(?P<key>[\w.]+)': Invalid enum value ")
 
@@ -150,7 +151,7 @@ def train(
     if cfg.checkpoint.dir:
         check_dir(cfg.checkpoint.dir, "checkpoint.dir")
     known = user_errors()  # imports the job's modules (torch) once the config is known good
-    from rlhfless.stages.run import Job
+    from rlhfless.stages.run import Job, NothingToDo
 
     console = Console(stderr=True)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -174,12 +175,39 @@ def train(
     try:
         with progress:
             summary = asyncio.run(job.run())
+    except NothingToDo as exc:
+        # Exit 0: the run already has what was asked for, so a script that re-runs
+        # `train --resume` until it succeeds (after a preemption, say) ends here, not in a loop.
+        typer.echo(str(exc), err=True)
+        return
+    except KeyboardInterrupt:
+        typer.echo(interrupted_message(job, cfg.run.run_dir), err=True)
+        raise typer.Exit(130) from None  # 128 + SIGINT, as a shell reports a Ctrl-C'd command
     except Exception as exc:
         message = user_message(exc, known)
         if message is None:
             raise  # a bug: its traceback is what a report needs
         fail(message, 1)
     print_summary(Console(), summary, cfg.run.run_dir)
+
+
+def interrupted_message(job: Job, run_dir: str) -> str:
+    """One line after Ctrl-C: where the run stopped and how to continue it (if it can)."""
+    stopped = f"interrupted at iteration {job.next_iteration} of {job.cfg.train.iterations}"
+    if not job.cfg.run.resume and job.next_iteration == 0:
+        # A fresh run with no iteration done keeps nothing (an earlier run's checkpoint may be
+        # back in place, but resuming it would not continue what was just stopped).
+        return f"{stopped}; no iteration completed, nothing of this run was kept"
+    try:
+        latest = job.checkpoints.latest()
+    except Exception:  # a half-written pointer: say nothing about it rather than fail here
+        latest = None
+    if latest is None:
+        return f"{stopped}; no checkpoint was written, so a new run starts from iteration 0"
+    return (
+        f"{stopped}; latest checkpoint {latest}; `rlhfless train --resume --run-dir {run_dir}` "
+        "(with the same settings) continues from it"
+    )
 
 
 def cost_row(d: dict) -> str:
@@ -204,7 +232,14 @@ def print_summary(console: Console, s: dict, run_dir: str) -> None:
             "reward", f"{s['reward_first']:.3f} (first {s['window']} iterations) -> "
             f"{s['reward_last']:.3f} (last {s['window']})",
         )  # fmt: skip
-    table.add_row("iterations / wall time", f"{s['iterations']} / {s['seconds']:.1f} s")
+    session = s.get("session", {})
+    resumed = bool(session.get("resumed"))
+    if resumed and s["iterations"]:  # this session's part of a longer run: say so
+        first, total = session["first_iteration"], session["run_iterations"]
+        done = f"{first}-{total - 1} of {total} (this session)"
+    else:
+        done = str(s["iterations"])
+    table.add_row("iterations / wall time", f"{done} / {s['seconds']:.1f} s")
     table.add_row(
         "time per stage",
         escape(", ".join(f"{k} {v:.1f}s" for k, v in s["stage_seconds"].items())),
@@ -215,10 +250,15 @@ def print_summary(console: Console, s: dict, run_dir: str) -> None:
     table.add_row("functions started (cold)", f"{s['functions_started']} ({cold})")
     table.add_row("warm starts", str(s["warm_starts"]))
     table.add_row("deaths / re-runs", f"{s['deaths']} / {s['retries']}")
+    scope = ", this session" if resumed else ""
     for name, d in s["dollars"].items():
-        table.add_row(escape(f"cost ({name})"), cost_row(d))
+        table.add_row(escape(f"cost ({name}{scope})"), cost_row(d))
     if "dollars_error" in s:
-        table.add_row("cost", escape(f"not priced: {s['dollars_error']}"))
+        table.add_row(f"cost{scope}", escape(f"not priced: {s['dollars_error']}"))
+    for name, d in s.get("dollars_run", {}).items():
+        table.add_row(escape(f"cost ({name}, whole run)"), cost_row(d))
+    if "dollars_run_error" in s:
+        table.add_row("cost, whole run", escape(f"not priced: {s['dollars_run_error']}"))
     table.add_row(
         "run directory",
         escape(f"{run_dir} (metrics.jsonl, billing.jsonl, checkpoints/, summary.json)"),

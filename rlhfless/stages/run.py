@@ -21,7 +21,8 @@ one) and the earlier run's are put back: a run that dies at start-up (a bad engi
 agent) neither loses the earlier run nor leaves its history mixed with a new run's. A run killed
 outright (SIGKILL) leaves ``.replaced/`` behind; the next run in the directory puts it back first.
 Every step is a rename, and a half-done one is finished or undone by the next run. ``--resume``
-moves nothing. ``model/`` stays: it is rebuilt only when missing, not a record of the run.
+moves nothing; it cuts metrics.jsonl and lengths.jsonl back to the checkpoint (the iterations
+after it run again) and refuses another model or algorithm (IDENTITY) before any function starts. ``model/`` stays: it is rebuilt only when missing, not a record of the run.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ from rlhfless.adapters.errors import require_vllm
 from rlhfless.runtime import Runtime
 from rlhfless.stages.common import atomic_dir_write
 from rlhfless.stages.config import Config, config_to_dict, warm_functions_per_slot
+from rlhfless.stages.errors import RunError
 from rlhfless.stages.pipeline import IterationMetrics, Pipeline
+from rlhfless.stages.resume import HISTORY, count_lines, cut_history, refuse_changed_identity
 
 SUMMARY_COST_MODELS = ("aws", "gcp", "onprem")
 # What a run writes into its directory and a fresh run must not mix with its own (module docstring).
@@ -69,8 +72,8 @@ WEIGHT_FILES = (
 )
 
 
-class RunError(RuntimeError):
-    """A run that cannot start or resume (missing checkpoint, bad model directory)."""
+class NothingToDo(RunError):
+    """``--resume`` of a run already at (or past) ``train.iterations``: no function started."""
 
 
 def prepare_model(cfg: Config, run_dir: Path) -> Path:
@@ -239,7 +242,15 @@ class Checkpoints:
         self.root = root
         self.keep = keep
 
-    def save(self, state_dir: Path, next_iteration: int, version: int, cfg: Config) -> Path:
+    def save(
+        self,
+        state_dir: Path,
+        next_iteration: int,
+        version: int,
+        cfg: Config,
+        lines: dict[str, int] | None = None,
+    ) -> Path:
+        """``lines``: how many lines each HISTORY file held, for a resume to cut them back."""
         target = self.root / f"iter-{next_iteration:06d}"
 
         def write(tmp: Path) -> None:
@@ -256,6 +267,7 @@ class Checkpoints:
                 "next_iteration": next_iteration,
                 "version": version,
                 "config": config_to_dict(cfg),
+                "lines": dict(lines or {}),
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
 
@@ -281,6 +293,14 @@ class Checkpoints:
             raise RunError(f"checkpoint {path} named by {pointer} is incomplete or missing")
         return path
 
+    def meta(self) -> dict[str, Any]:
+        """The latest checkpoint's meta.json (read before anything is restored or started)."""
+        path = self.latest()
+        if path is None:
+            raise RunError(f"--resume: no checkpoint in {self.root}")
+        meta: dict[str, Any] = json.loads((path / "meta.json").read_text())
+        return meta
+
     def restore(self, state_dir: Path) -> dict[str, Any]:
         path = self.latest()
         if path is None:
@@ -303,6 +323,8 @@ class Job:
         self.run_dir = Path(cfg.run.run_dir)
         self.on_iteration = on_iteration
         self.metrics: list[IterationMetrics] = []
+        self.first_iteration = 0  # where this session started (the checkpoint's, on --resume)
+        self.next_iteration = 0  # the next iteration to run: where an interrupted run stopped
         self.checkpoints = Checkpoints(
             Path(cfg.checkpoint.dir or self.run_dir / "checkpoints"), cfg.checkpoint.keep
         )
@@ -319,13 +341,25 @@ class Job:
                 "is back in place (the killed run's files, if any, are in %s)",
                 self.run_dir, self.run_dir / FAILED,
             )  # fmt: skip
-        model_dir = prepare_model(cfg, self.run_dir)
         state_dir = self.run_dir / "state"
         start, version = 0, 0
         if cfg.run.resume:
+            # Every check before any function starts (and before state/ is replaced).
+            meta = self.checkpoints.meta()
+            refuse_changed_identity(meta.get("config", {}), cfg)
+            start = meta["next_iteration"]
+            self.next_iteration = start
+            if start >= cfg.train.iterations:
+                raise NothingToDo(
+                    f"nothing to do: the run is at iteration {start} of train.iterations = "
+                    f"{cfg.train.iterations}; raise train.iterations to train further"
+                )
+            model_dir = prepare_model(cfg, self.run_dir)
             meta = self.checkpoints.restore(state_dir)
             start, version = meta["next_iteration"], meta["version"]
+            cut_history(self.run_dir, meta)
             return await self._train(model_dir, state_dir, start, version, None)
+        model_dir = prepare_model(cfg, self.run_dir)
         self._refuse_foreign_checkpoints()
         earlier.set_aside()  # a new run never inherits old state, nor destroys it at start-up
         try:
@@ -368,6 +402,8 @@ class Job:
         """The loop; ``earlier`` (a fresh run's set-aside) is discarded after iteration one."""
         cfg = self.cfg
         t0 = time.time()
+        self.first_iteration = self.next_iteration = start
+        lines = {name: count_lines(self.run_dir / name) for name in HISTORY}
         rc, cc = cfg.runtime, cfg.cluster
         preload: dict[str, Any] = {}
         if cfg.rollout.engine == "vllm":  # the zygote imports vLLM once: ~3 s off each cold start
@@ -398,6 +434,9 @@ class Job:
                         msgspec.json.encode(x) + b"\n" for x in pipeline.last_lengths
                     )
                     lengths_file.flush()
+                    lines["metrics.jsonl"] += 1
+                    lines["lengths.jsonl"] += len(pipeline.last_lengths)
+                    self.next_iteration = step + 1
                     if earlier is not None:  # this run has a history now: the old one goes
                         earlier.discard()
                         earlier = None
@@ -407,7 +446,7 @@ class Job:
                     last = step + 1 == cfg.train.iterations
                     if (every and (step + 1) % every == 0) or last:
                         await pipeline.persist_state()  # written behind: land it first
-                        self.checkpoints.save(state_dir, step + 1, pipeline.version, cfg)
+                        self.checkpoints.save(state_dir, step + 1, pipeline.version, cfg, lines)
             stats = rt.stats
         summary = self.summary(rt, time.time() - t0, stats)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -435,23 +474,43 @@ class Job:
             "deaths": stats.deaths,
             "retries": sum(m.retries for m in ms),
             "dollars": {},
+            # The counts and costs above are this session's; after --resume the run is longer.
+            "session": {
+                "resumed": self.cfg.run.resume,
+                "first_iteration": self.first_iteration,
+                "run_iterations": self.next_iteration,
+            },
         }
         if rt.cluster is not None:  # many machines: what happened to the nodes
             out["nodes_lost"] = rt.cluster.lost_events
             out["nodes_readmitted"] = rt.cluster.readmitted
             out["weight_bytes_sent"] = rt.weight_bytes_sent()
         try:
-            from rlhfless.cost_models import Ledger, get_model
-
-            for name in SUMMARY_COST_MODELS:
-                result = Ledger(get_model(name), rt.billing_events).result()
-                out["dollars"][name] = {
-                    "total": result.total.usd,
-                    "busy": result.total.busy_usd,
-                    "idle": result.total.idle_usd,
-                    "cold_start": result.total.cold_start_usd,  # busy + idle + cold = total
-                    "serverful": result.serverful.usd,
-                }
+            out["dollars"] = price(rt.billing_events)
         except Exception as exc:  # the run's numbers stand even when pricing fails
             out["dollars_error"] = f"{type(exc).__name__}: {exc}"
+        if self.cfg.run.resume:  # the whole run's cost too, as `rlhfless cost billing.jsonl` says
+            try:
+                from rlhfless.cost_models import read_billing_events
+
+                out["dollars_run"] = price(read_billing_events(self.run_dir / "billing.jsonl"))
+            except Exception as exc:  # e.g. a line a killed session cut short
+                out["dollars_run_error"] = f"{type(exc).__name__}: {exc}"
         return out
+
+
+def price(events: Sequence[Any]) -> dict[str, dict[str, float]]:
+    """Each summary cost model's total of ``events`` and the parts that add up to it."""
+    from rlhfless.cost_models import Ledger, get_model
+
+    out: dict[str, dict[str, float]] = {}
+    for name in SUMMARY_COST_MODELS:
+        result = Ledger(get_model(name), list(events)).result()
+        out[name] = {
+            "total": result.total.usd,
+            "busy": result.total.busy_usd,
+            "idle": result.total.idle_usd,
+            "cold_start": result.total.cold_start_usd,  # busy + idle + cold = total
+            "serverful": result.serverful.usd,
+        }
+    return out

@@ -1,0 +1,193 @@
+"""``--resume`` keeps the run's record whole (stages/run.py): the history after the checkpoint is
+cut back before it is written again, a resume that would train another model or algorithm, or
+has nothing to do, is refused before any function starts, the summary says which part of the run
+it covers, and Ctrl-C says where the run stopped. Real runs of the tiny model, no mocks."""
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from rlhfless.stages.cli import print_summary
+from rlhfless.stages.config import load_config
+from rlhfless.stages.run import Job, NothingToDo, RunError
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
+
+FAST = [
+    "train.batch_prompts=4",
+    "train.group_size=2",
+    "train.epochs=1",
+    "rollout.max_new_tokens=16",
+    "runtime.slots=2",
+    "checkpoint.every=2",
+    "checkpoint.keep=3",
+]
+BATCH = 4
+
+
+def _cfg(run_dir: Path, *extra: str):
+    return load_config(None, [*FAST, f"run.run_dir={run_dir}", *extra])
+
+
+def _iterations(run_dir: Path) -> list[int]:
+    return [json.loads(line)["iteration"] for line in (run_dir / "metrics.jsonl").open()]
+
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n")
+
+
+@pytest.fixture(scope="module")
+def five_done(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 5-iteration run, checkpoints at 2, 4 and 5 (each test copies it)."""
+    run_dir = tmp_path_factory.mktemp("five") / "run"
+    asyncio.run(Job(_cfg(run_dir, "train.iterations=5")).run())
+    return run_dir
+
+
+def _interrupted_after_iteration_4(five_done: Path, tmp_path: Path) -> Path:
+    """The state a run killed after iteration 4 leaves: history to 4, latest checkpoint at 4
+    (next_iteration 4), as if the end-of-run checkpoint iter-000005 was never written."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(five_done, run_dir)
+    shutil.rmtree(run_dir / "checkpoints" / "iter-000005")
+    (run_dir / "checkpoints" / "latest").write_text("iter-000004")
+    assert _iterations(run_dir) == [0, 1, 2, 3, 4]
+    return run_dir
+
+
+@pytest.mark.parametrize("meta_has_lines", [True, False], ids=["lines-in-meta", "older-meta"])
+async def test_resume_writes_each_iteration_once(
+    five_done: Path, tmp_path: Path, meta_has_lines: bool
+) -> None:
+    run_dir = _interrupted_after_iteration_4(five_done, tmp_path)
+    meta_path = run_dir / "checkpoints" / "iter-000004" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["lines"] == {"metrics.jsonl": 4, "lengths.jsonl": 4 * BATCH}
+    if not meta_has_lines:  # a checkpoint written before meta recorded them: count per batch
+        del meta["lines"]
+        meta_path.write_text(json.dumps(meta))
+    billed = _lines(run_dir / "billing.jsonl")
+
+    job = Job(_cfg(run_dir, "train.iterations=6", "run.resume=true"))
+    summary = await job.run()
+
+    assert _iterations(run_dir) == [0, 1, 2, 3, 4, 5]
+    assert _lines(run_dir / "lengths.jsonl") == 6 * BATCH
+    assert _lines(run_dir / "billing.jsonl") > billed  # kept whole: those functions were billed
+    assert not list(run_dir.glob("*.tmp"))
+    # The summary is this session's, and says so; the whole run's cost is there too.
+    assert summary["iterations"] == 2
+    assert summary["session"] == {"resumed": True, "first_iteration": 4, "run_iterations": 6}
+    assert set(summary["dollars_run"]) == set(summary["dollars"])
+    assert summary["dollars_run"]["aws"]["total"] > summary["dollars"]["aws"]["total"]
+    assert json.loads((run_dir / "summary.json").read_text())["session"] == summary["session"]
+    console = Console(record=True, width=200)
+    print_summary(console, summary, str(run_dir))
+    text = console.export_text()
+    assert "4-5 of 6 (this session)" in text
+    assert "cost (aws, this session)" in text and "cost (aws, whole run)" in text
+
+
+def _record(run_dir: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(run_dir).as_posix(): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.relative_to(run_dir).parts[0] != "model"
+    }
+
+
+@pytest.mark.parametrize(
+    ("setting", "saved"),
+    [("model.tiny_size=small", "'tiny'"), ("model.seed=7", "0"), ("train.algo=ppo", "'grpo'")],
+)
+async def test_resume_with_another_model_or_algorithm_is_refused(
+    five_done: Path, tmp_path: Path, setting: str, saved: str
+) -> None:
+    run_dir = _interrupted_after_iteration_4(five_done, tmp_path)
+    before = _record(run_dir)
+    key, new = setting.split("=")
+    with pytest.raises(RunError) as info:
+        await Job(_cfg(run_dir, "train.iterations=6", "run.resume=true", setting)).run()
+    message = str(info.value)
+    assert f"{key} = " in message and f"{key} = {saved}" in message and new in message
+    assert "\n" not in message
+    assert _record(run_dir) == before  # nothing started, nothing billed, nothing cut
+
+
+async def test_resume_at_the_end_does_nothing(five_done: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(five_done, run_dir)
+    before = _record(run_dir)
+    for iterations in (5, 3):
+        with pytest.raises(NothingToDo, match="nothing to do: the run is at iteration 5 of "):
+            await Job(_cfg(run_dir, f"train.iterations={iterations}", "run.resume=true")).run()
+    assert _record(run_dir) == before  # summary.json and billing.jsonl untouched
+
+
+def _cli(run_dir: Path, *extra: str) -> subprocess.Popen[str]:
+    """``rlhfless train`` as a user starts it, SIGINT at its default (see test_run_dir_replace)."""
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from rlhfless.cli import main; sys.argv[0] = 'rlhfless'; sys.exit(main())"
+    )
+    args = [a for o in [*FAST, *extra] for a in ("--set", o)]
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "train", "--run-dir", str(run_dir), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_cli_resume_at_the_end_exits_0_with_one_line(five_done: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(five_done, run_dir)
+    args = [a for o in [*FAST, "train.iterations=5"] for a in ("--set", o)]
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlhfless.cli",
+            "train",
+            "--resume",
+            "--run-dir",
+            str(run_dir),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "nothing to do: the run is at iteration 5 of train.iterations = 5" in r.stderr
+    assert "error" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "summary" not in r.stdout  # no summary of a session that did not happen
+
+
+def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = _cli(run_dir, "train.iterations=40")
+    deadline = time.monotonic() + 60
+    while not (run_dir / "checkpoints" / "latest").is_file():  # iteration 2 checkpointed
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "no checkpoint within 60 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err[-2000:]
+    line = next((x for x in err.splitlines() if x.startswith("interrupted at iteration ")), None)
+    assert line is not None, err[-2000:]
+    assert " of 40; latest checkpoint " in line and "iter-0000" in line, line
+    assert f"rlhfless train --resume --run-dir {run_dir}" in line, line
+    stopped = int(line.split()[3])
+    assert stopped == len(_iterations(run_dir)) >= 2
