@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ from rlhfless.runtime import ActorInitError, FunctionDied, Runtime
 from rlhfless.stages import algorithms as alg
 from rlhfless.stages.common import RolloutBatch, pad_rows, task_from_config
 from rlhfless.stages.config import Config
-from rlhfless.stages.rollout_stage import RolloutStage
+from rlhfless.stages.rollout_stage import SCALER_STATE, RolloutStage
 from rlhfless.stages.tasks import Prompt, batch_for_step
 
 log = logging.getLogger("rlhfless.pipeline")
@@ -168,6 +169,12 @@ class Pipeline:
                 threads=threads, node=self._home(role),
             )  # fmt: skip
             self.unsaved[role] = []
+        # The scaler's length history and calibrated speeds: a resumed run plans with them
+        # instead of the priors (a checkpoint copies this file with the roles' state).
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_dir / f"{SCALER_STATE}.tmp"
+        tmp.write_bytes(msgspec.json.encode(self.rollout_stage.scaler.to_dict()))
+        os.replace(tmp, self.state_dir / SCALER_STATE)
 
     # ------------------------------------------------------------------ stage helpers
 

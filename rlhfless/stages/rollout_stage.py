@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 ROLLOUT = "rlhfless.stages.rollout:RolloutActor"
 log = logging.getLogger("rlhfless.rollout")
 curve_log = logging.getLogger("rlhfless.rollout.curve")  # scaling.show_curve
+SCALER_STATE = "scaler.json"  # in the run's state dir: what a checkpoint keeps of the scaler
 
 
 class RolloutOutcome(msgspec.Struct, kw_only=True):
@@ -118,12 +119,17 @@ class RolloutStage:
     def __init__(self, pipeline: Pipeline) -> None:
         self.p = pipeline
         cfg = pipeline.cfg
-        self.scaler = Scaler(
-            cfg.scaling,
-            slots=cfg.rollout.functions,
-            device_kind=pipeline.rt.devices.kind,
-            max_new_tokens=cfg.rollout.max_new_tokens,
-        )
+        kind, slots = pipeline.rt.devices.kind, cfg.rollout.functions
+        saved = pipeline.state_dir / SCALER_STATE
+        if cfg.run.resume and saved.is_file():  # restored from the checkpoint with the roles
+            self.scaler = Scaler.from_dict(
+                json.loads(saved.read_bytes()), cfg.scaling, slots, kind,
+                max_new_tokens=cfg.rollout.max_new_tokens,
+            )  # fmt: skip
+        else:
+            self.scaler = Scaler(
+                cfg.scaling, slots=slots, device_kind=kind, max_new_tokens=cfg.rollout.max_new_tokens
+            )
         self.weight_loads: list[float] = []
         self._kv_bytes: float | None = None
         self.scaler.transfer_source = self.transfer  # plan cuts with the costs executed below

@@ -45,6 +45,7 @@ from rlhfless.stages.config import Config, config_to_dict, warm_functions_per_sl
 from rlhfless.stages.errors import RunError
 from rlhfless.stages.pipeline import IterationMetrics, Pipeline
 from rlhfless.stages.resume import HISTORY, count_lines, cut_history, refuse_changed_identity
+from rlhfless.stages.rollout_stage import SCALER_STATE
 
 SUMMARY_COST_MODELS = ("aws", "gcp", "onprem")
 # What a run writes into its directory and a fresh run must not mix with its own (module docstring).
@@ -254,6 +255,8 @@ class Checkpoints:
         target = self.root / f"iter-{next_iteration:06d}"
 
         def write(tmp: Path) -> None:
+            if (state_dir / SCALER_STATE).is_file():
+                shutil.copy2(state_dir / SCALER_STATE, tmp / SCALER_STATE)
             for part in ("policy", "critic"):
                 if (state_dir / part).is_dir():
                     shutil.copytree(state_dir / part, tmp / part)
@@ -310,6 +313,8 @@ class Checkpoints:
         for part in ("policy", "critic"):
             if (path / part).is_dir():
                 shutil.copytree(path / part, state_dir / part)
+        if (path / SCALER_STATE).is_file():  # older checkpoints have none: priors, as before
+            shutil.copy2(path / SCALER_STATE, state_dir / SCALER_STATE)
         return json.loads((path / "meta.json").read_text())
 
 

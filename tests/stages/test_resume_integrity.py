@@ -191,3 +191,17 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path: Path) -> 
     assert f"rlhfless train --resume --run-dir {run_dir}" in line, line
     stopped = int(line.split()[3])
     assert stopped == len(_iterations(run_dir)) >= 2
+
+
+async def test_resume_plans_with_the_scalers_saved_state(five_done: Path, tmp_path: Path) -> None:
+    """The scaler's length history and calibrated speeds travel in the checkpoint: a resumed
+    run's first plan starts from them, not from the priors a fresh run starts with."""
+    run_dir = _interrupted_after_iteration_4(five_done, tmp_path)
+    saved = json.loads((run_dir / "checkpoints" / "iter-000004" / "scaler.json").read_text())
+    assert saved["predictor"]["counts"]  # prompts seen in iterations 0-3
+    fresh = [json.loads(line)["scaling"] for line in (five_done / "metrics.jsonl").open()]
+    await Job(_cfg(run_dir, "train.iterations=5", "run.resume=true")).run()
+    resumed = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["scaling"]
+    # Iteration 0 planned on the priors (a 7B model's speeds, 8 s cold starts); iteration 4,
+    # resumed cold too, on what iterations 0-3 measured on this CPU.
+    assert resumed["predicted_seconds"] < fresh[0]["predicted_seconds"] / 2, (resumed, fresh[0])
