@@ -37,7 +37,7 @@ from rlhfless.runtime.messages import (
     Result,
     Spawn,
 )
-from rlhfless.runtime.procutil import die_with_parent
+from rlhfless.runtime.procutil import die_with_parent, ignore_terminal_interrupt
 
 INIT_WAIT_S = 120.0  # how long a started function waits for its Init before giving up
 STATS_METHOD = "_rlhfless_stats"  # the one private method a caller may use: the function's counters
@@ -349,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         sys.exit("usage: python -m rlhfless.runtime.function SPEC (started by the runtime)")
+    ignore_terminal_interrupt()  # Ctrl-C is the controller's to handle, not each function's
     die_with_parent()
     spec, hb = msgspec.msgpack.decode(base64.b64decode(argv[0]), type=tuple[Spawn, float])
     sys.stdout.flush()

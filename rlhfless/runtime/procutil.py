@@ -30,6 +30,18 @@ def die_with_parent(sig: int = signal.SIGKILL, parent: int | None = None) -> Non
         os._exit(1)
 
 
+def ignore_terminal_interrupt() -> None:
+    """Ignore SIGINT in a process the runtime started (the zygote, a function).
+
+    A terminal's Ctrl-C signals the whole foreground process group, so every child gets it
+    alongside the controller. The controller decides what an interrupt means and releases and
+    reaps its functions; a child that raised KeyboardInterrupt itself would only die mid-call
+    and print a traceback into the controller's stderr. SIG_IGN survives fork and exec, so the
+    zygote's forked functions inherit it too.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def kill(pid: int, sig: int = signal.SIGKILL) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)

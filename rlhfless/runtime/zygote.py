@@ -25,7 +25,7 @@ import zmq
 
 from rlhfless.runtime.errors import BadMessage
 from rlhfless.runtime.messages import Codec, Exited, Heartbeat, Release, Spawn
-from rlhfless.runtime.procutil import die_with_parent
+from rlhfless.runtime.procutil import die_with_parent, ignore_terminal_interrupt
 
 ZYGOTE_IDENTITY = b"zygote"
 POLL_MS = 50  # how often exits are reaped and the parent checked when no message arrives
@@ -60,6 +60,9 @@ class Zygote:
                 os.dup2(w, 2)
                 os.close(w)
                 sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+                # The zygote's SIGTERM handler (SystemExit, to run its cleanup) is not the
+                # function's: a function the zygote stops dies at once, with no traceback.
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 die_with_parent()
                 from rlhfless.runtime.function import function_main
 
@@ -197,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tail-lines", type=int, default=40)
     parser.add_argument("--heartbeat", type=float, default=2.0)
     parser.add_argument("--parent-pid", type=int, default=None)
+    ignore_terminal_interrupt()  # before the slow preloads: Ctrl-C is the controller's to handle
     args = parser.parse_args(argv)
     die_with_parent(signal.SIGTERM, args.parent_pid)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the finally: children go too

@@ -128,7 +128,10 @@ class RolloutStage:
             )  # fmt: skip
         else:
             self.scaler = Scaler(
-                cfg.scaling, slots=slots, device_kind=kind, max_new_tokens=cfg.rollout.max_new_tokens
+                cfg.scaling,
+                slots=slots,
+                device_kind=kind,
+                max_new_tokens=cfg.rollout.max_new_tokens,
             )
         self.weight_loads: list[float] = []
         self._kv_bytes: float | None = None
