@@ -18,6 +18,7 @@ from rich.console import Console
 from rlhfless.stages.cli import print_summary
 from rlhfless.stages.config import load_config
 from rlhfless.stages.run import Job, NothingToDo, RunError
+from tests.stages.cli_process import start_train
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -134,19 +135,7 @@ async def test_resume_at_the_end_does_nothing(five_done: Path, tmp_path: Path) -
 
 
 def _cli(run_dir: Path, *extra: str) -> subprocess.Popen[str]:
-    """``rlhfless train`` as a user starts it, SIGINT at its default (see test_run_dir_replace)."""
-    code = (
-        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        "from rlhfless.cli import main; sys.argv[0] = 'rlhfless'; sys.exit(main())"
-    )
-    args = [a for o in [*FAST, *extra] for a in ("--set", o)]
-    return subprocess.Popen(
-        [sys.executable, "-c", code, "train", "--run-dir", str(run_dir), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return start_train(run_dir, [*FAST, *extra], text=True)
 
 
 def test_cli_resume_at_the_end_exits_0_with_one_line(five_done: Path, tmp_path: Path) -> None:

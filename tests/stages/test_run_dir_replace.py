@@ -8,13 +8,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from rlhfless.stages.run import FAILED, OUTPUTS, REPLACED, EarlierRun, Job, RunError, run_outputs
+from tests.stages.cli_process import start_train
 from tests.stages.test_pipeline import SMALL, _cfg
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
@@ -93,19 +93,7 @@ async def test_failed_start_keeps_the_earlier_run_then_a_new_run_replaces_it(
 
 
 def _train(run_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
-    """``rlhfless train`` as a user starts it, SIGINT at its default (a background job of a
-    non-interactive shell, as under CI, inherits it ignored)."""
-    code = (
-        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        "from rlhfless.cli import main; sys.argv[0] = 'rlhfless'; sys.exit(main())"
-    )
-    args = [a for o in [*SMALL, *extra] for a in ("--set", o)]
-    return subprocess.Popen(
-        [sys.executable, "-c", code, "train", "--run-dir", str(run_dir), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its function processes go with it on SIGKILL
-    )
+    return start_train(run_dir, [*SMALL, *extra], merge_stderr=True)
 
 
 def _wait_for_attempt(run_dir: Path, proc: subprocess.Popen[bytes]) -> None:
