@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import msgspec
 
-from rlhfless.cost_models import CostModel, get_model
+from rlhfless.cost_models import CostModel, UnknownDeviceKind, get_model
 from rlhfless.runtime.messages import BillingEvent
 from rlhfless.scaling.assign import GroupWork, assign_round_robin
 from rlhfless.scaling.config import ScalingConfig
-from rlhfless.scaling.errors import BadScalingInput
+from rlhfless.scaling.errors import BadScalingInput, BadScalingSetting
 from rlhfless.scaling.margin import Margin, build_margin
 from rlhfless.scaling.migrate import (
     FunctionProgress,
@@ -111,7 +111,16 @@ class Scaler:
         warn_above_slots(config, slots)
         self.device_kind = config.device_kind or device_kind
         self.model = cost_model or get_model(config.cost_model)
-        self.model.rate(self.device_kind)  # fail now, with the known kinds, if unpriced
+        try:
+            self.model.rate(self.device_kind)  # fail now, with the known kinds, if unpriced
+        except UnknownDeviceKind as exc:
+            if not config.device_kind:  # the runtime's own kind: the cost model's words
+                raise
+            raise BadScalingSetting(
+                "device_kind", config.device_kind,
+                f"a kind cost model {exc.model!r} prices ({', '.join(exc.known)})",
+                "Leave it empty to price the runtime's own device kind.",
+            ) from exc  # fmt: skip
         if config.warm_pool:
             self.model = WarmPool(self.model)
         self.predictor = LengthPredictor(

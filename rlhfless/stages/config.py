@@ -260,19 +260,28 @@ def _check_finite(value: msgspec.Struct, prefix: str) -> None:
                     )
 
 
-def _check_cost_model(name: str) -> None:
+def _check_cost_model(name: str, device_kind: str = "") -> None:
     """The scaler prices with ``get_model(scaling.cost_model)`` and no price files (``train``
     takes none), so the valid names are the models ``available_models()`` lists: the shipped
-    price files, matched as get_model matches them (case and surrounding space ignored)."""
-    from rlhfless.cost_models import UnknownModel, get_model
+    price files, matched as get_model matches them (case and surrounding space ignored). A
+    ``scaling.device_kind`` override must be one that model prices."""
+    from rlhfless.cost_models import UnknownDeviceKind, UnknownModel, get_model
 
     try:
-        get_model(name)
+        model = get_model(name)
     except UnknownModel as e:
         raise ConfigError(
             f"invalid value for key 'scaling.cost_model': no cost model named {name!r}; "
             f"valid: {', '.join(e.known)}"
         ) from None
+    if device_kind:
+        try:
+            model.rate(device_kind)
+        except UnknownDeviceKind as e:
+            raise ConfigError(
+                f"invalid value for key 'scaling.device_kind': cost model {name!r} has no price "
+                f"for {device_kind!r}; valid: {', '.join(e.known)}"
+            ) from None
 
 
 def functions_per_iteration(cfg: Config) -> int:
@@ -308,7 +317,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
             raise ConfigError(f"invalid config: {e}") from None
         raise ConfigError(f"invalid value for key '{m['path']}': {m['what']}") from None
     _check_finite(cfg, "")
-    _check_cost_model(cfg.scaling.cost_model)
+    _check_cost_model(cfg.scaling.cost_model, cfg.scaling.device_kind)
     return cfg
 
 

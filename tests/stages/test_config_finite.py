@@ -110,3 +110,22 @@ def test_defaults_stay_finite() -> None:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         assert value is None or math.isfinite(value), key
+
+
+def test_an_unpriced_scaling_device_kind_is_rejected_at_load_naming_the_key() -> None:
+    # Before: the scaler refused it inside the run, after the runtime had started, without
+    # naming the key.
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["scaling.device_kind=tpu9"])
+    assert str(e.value) == (
+        "invalid value for key 'scaling.device_kind': cost model 'aws' has no price for 'tpu9'; "
+        "valid: a100, a100-80gb, a10g, cpu, h100, l4, l40s"
+    )
+    assert load_config(None, ["scaling.device_kind=L40S"]).scaling.device_kind == "L40S"
+
+
+def test_the_scaler_names_an_unpriced_device_kind_setting() -> None:
+    from rlhfless.scaling import BadScalingSetting, Scaler, ScalingConfig
+
+    with pytest.raises(BadScalingSetting, match="device_kind = 'tpu9' is invalid: it must be a"):
+        Scaler(ScalingConfig(device_kind="tpu9"), slots=2, device_kind="cpu")
