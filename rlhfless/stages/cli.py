@@ -7,6 +7,7 @@ imported by every ``rlhfless`` command, and ``rlhfless keys init`` should not wa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
@@ -172,6 +173,10 @@ def train(
         progress.update(task, completed=m.iteration + 1, info=info)
 
     job = Job(cfg, on_iteration)
+    if cfg.run.resume:  # the bar starts where the checkpoint is, not at 0
+        with contextlib.suppress(Exception):  # the job itself reports a missing checkpoint
+            progress.update(task, completed=min(job.checkpoints.meta()["next_iteration"],
+                                                cfg.train.iterations))  # fmt: skip
     try:
         with progress:
             summary = asyncio.run(job.run())
