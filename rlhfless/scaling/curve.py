@@ -91,12 +91,9 @@ def within_bound(
     else:
         fastest = min(p.ideal_seconds for p in curve)
         own = cold_start if warm <= 0 else 0.0
-    bound = fastest * (1.0 + fraction) + own + 1e-12
-    ok = [p for p in curve if p.planned_seconds <= bound]
-    if not ok:
-        bound = min(p.planned_seconds for p in curve)
-        ok = [p for p in curve if p.planned_seconds <= bound]
-    return ok, bound
+    # Never below the quickest candidate: then it alone is within (the work outgrew the warm).
+    bound = max(fastest * (1.0 + fraction) + own + 1e-12, min(p.planned_seconds for p in curve))
+    return [p for p in curve if p.planned_seconds <= bound], bound
 
 
 def life_usd(
