@@ -41,6 +41,17 @@ def pad_rows(rows: list[torch.Tensor], width: int) -> torch.Tensor:
     return out
 
 
+def atomic_file_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data`` in one rename, fsynced first: a crash at any point leaves
+    the old file whole or the new one, never a part."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def atomic_dir_write(target: Path, write: Any, durable: bool = True) -> None:
     """Write a directory via ``write(tmp_dir)`` then swap it in for ``target``.
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from rlhfless.adapters.hf import load_tokenizer
 from rlhfless.runtime import ActorInitError, FunctionDied, Runtime
 from rlhfless.stages import algorithms as alg
-from rlhfless.stages.common import RolloutBatch, pad_rows, task_from_config
+from rlhfless.stages.common import RolloutBatch, atomic_file_write, pad_rows, task_from_config
 from rlhfless.stages.config import Config
 from rlhfless.stages.rollout_stage import SCALER_STATE, RolloutStage
 from rlhfless.stages.tasks import Prompt, batch_for_step
@@ -172,9 +171,8 @@ class Pipeline:
         # The scaler's length history and calibrated speeds: a resumed run plans with them
         # instead of the priors (a checkpoint copies this file with the roles' state).
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_dir / f"{SCALER_STATE}.tmp"
-        tmp.write_bytes(msgspec.json.encode(self.rollout_stage.scaler.to_dict()))
-        os.replace(tmp, self.state_dir / SCALER_STATE)
+        state = msgspec.json.encode(self.rollout_stage.scaler.to_dict())
+        atomic_file_write(self.state_dir / SCALER_STATE, state)
 
     # ------------------------------------------------------------------ stage helpers
 

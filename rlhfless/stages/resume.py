@@ -9,10 +9,10 @@ another is refused before any function starts.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from rlhfless.stages.common import atomic_file_write
 from rlhfless.stages.config import Config, config_to_dict
 from rlhfless.stages.errors import RunError
 
@@ -67,16 +67,6 @@ def _iteration_of(line: bytes) -> int | None:
     return it if isinstance(it, int) else None
 
 
-def _rewrite(path: Path, lines: list[bytes]) -> None:
-    """Replace ``path`` by ``lines`` in one rename: a crash mid-way leaves the old file whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.writelines(lines)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def cut_history(run_dir: Path, meta: dict[str, Any]) -> None:
     """Drop the history rows of iterations at or after the checkpoint's ``next_iteration``: the
     resumed run writes them again, and a second copy would be counted twice (lengths.jsonl is
@@ -87,7 +77,7 @@ def cut_history(run_dir: Path, meta: dict[str, Any]) -> None:
         rows = metrics.read_bytes().splitlines(keepends=True)
         kept = [r for r in rows if (it := _iteration_of(r)) is not None and it < nxt]
         if kept != rows:
-            _rewrite(metrics, kept)
+            atomic_file_write(metrics, b"".join(kept))
     lengths = run_dir / "lengths.jsonl"
     if lengths.is_file():
         # Its rows carry no iteration: the checkpoint records how many there were; an older one
@@ -97,7 +87,7 @@ def cut_history(run_dir: Path, meta: dict[str, Any]) -> None:
             count = nxt * int(_setting(meta.get("config", {}), "train.batch_prompts") or 0)
         rows = lengths.read_bytes().splitlines(keepends=True)
         if len(rows) > count or (rows and not rows[-1].endswith(b"\n")):
-            _rewrite(lengths, [r for r in rows[:count] if r.endswith(b"\n")])
+            atomic_file_write(lengths, b"".join(r for r in rows[:count] if r.endswith(b"\n")))
 
 
 def count_lines(path: Path) -> int:
