@@ -45,8 +45,9 @@ def _setting(config: dict[str, Any], key: str) -> Any:
 
 
 def refuse_changed_identity(saved: dict[str, Any], cfg: Config) -> None:
-    """``--resume`` with another model or algorithm than the checkpoint's: refuse up front, naming
-    the key (the tiny model dir is reused as is, and a checkpoint's meta would claim the new one)."""
+    """``--resume`` with another model or algorithm than the checkpoint's: refuse up front,
+    naming the key (the tiny model dir is reused as is, and a checkpoint's meta would claim the
+    new one)."""
     now = config_to_dict(cfg)
     for key in IDENTITY:
         old, new = _setting(saved, key), _setting(now, key)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rlhfless.stages.run import FAILED, OUTPUTS, REPLACED, EarlierRun, Job, RunError, run_outputs
+from rlhfless.stages.run import Job, RunError
+from rlhfless.stages.run_dir import FAILED, OUTPUTS, REPLACED, EarlierRun, run_outputs
 from tests.stages.cli_process import start_train
 from tests.stages.test_pipeline import SMALL, _cfg
 
