@@ -34,6 +34,7 @@ from rlhfless.runtime.auth import KEYS_ENV, Guard, Keys
 from rlhfless.runtime.config import RuntimeConfig
 from rlhfless.runtime.devices import detect
 from rlhfless.runtime.errors import BadMessage
+from rlhfless.runtime.launch import process_env
 from rlhfless.runtime.messages import (
     Codec,
     Exited,
@@ -106,7 +107,7 @@ class Agent:
     # ------------------------------------------------------------------ zygote
 
     def start_zygote(self) -> None:
-        env = {**os.environ, KEYS_ENV: self.keys_dir, WEIGHTS_ENV: self.cache_dir}
+        env = process_env({KEYS_ENV: self.keys_dir, WEIGHTS_ENV: self.cache_dir})
         self.zygote = subprocess.Popen(
             [sys.executable, "-m", "rlhfless.runtime.zygote", "--endpoint", self.back_endpoint,
              "--preload", ",".join(self.preload), "--heartbeat", str(self.heartbeat_s),

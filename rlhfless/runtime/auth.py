@@ -101,7 +101,7 @@ class Guard:
 
     def __init__(self, ctx: zmq.Context, keys: Keys) -> None:
         # A synchronous shadow: the authenticator's thread needs plain sockets on the same context.
-        self._ctx = zmq.Context.shadow(ctx.underlying)
+        self._ctx: zmq.Context = zmq.Context.shadow(ctx.underlying)
         self.auth = ThreadAuthenticator(self._ctx, log=log)
         self.auth.start()
         self.auth.configure_curve(domain=ZAP_DOMAIN, location=str(keys.clients))
@@ -111,7 +111,7 @@ class Guard:
 
     def watch(self, sock: zmq.Socket, what: str) -> None:
         """Log (and count) every failed handshake on ``sock``: plaintext, no key, wrong key."""
-        mon = zmq.Socket.shadow(sock.get_monitor_socket(_FAIL_EVENTS).underlying)
+        mon: zmq.Socket = zmq.Socket.shadow(sock.get_monitor_socket(_FAIL_EVENTS).underlying)
         thread = threading.Thread(target=self._run, args=(mon, what), daemon=True)
         thread.start()
         self._threads.append(thread)

@@ -133,12 +133,12 @@ def launch(
         str, typer.Option("--ray-address", help="Ray cluster (ray): 'auto' or HOST:PORT")
     ] = "auto",
 ) -> None:
-    """Run ``rlhfless train ...`` with its functions on remote agents, not on this machine.
+    """Run `rlhfless train ...` with its functions on remote agents, not on this machine.
 
-    ``rlhfless launch --provider static --agent 10.0.0.2:7700 --agent 10.0.0.3:7700
-    --keys ~/.rlhfless/keys -- train my.toml``; ``rlhfless launch --provider ray --keys DIR --
-    train my.toml`` first places one agent on every node of the Ray cluster.
-    """
+    Agents you started: `rlhfless launch --provider static --agent 10.0.0.2:7700 --keys ~/.rlhfless/keys -- train my.toml`
+
+    A Ray cluster: `rlhfless launch --provider ray --keys DIR -- train my.toml` first places one agent on every node.
+    """  # one line per paragraph: the help keeps a docstring's line breaks
     if not command or command[0] != "train":
         raise typer.BadParameter(
             f"launch runs `train [CONFIG] [options]` on the agents, not {' '.join(command)!r}"

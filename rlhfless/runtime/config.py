@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 
 
@@ -36,9 +38,19 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True):
     keys_dir: str | None = None  # CURVE key directory (`rlhfless keys init`); needed with agents
     local_node: bool = True  # also place functions on this machine's own slots
     listen_host: str = "0.0.0.0"  # where remote functions reach the controller (CURVE tcp)
+    # Where a gang whose rank 0 runs on this machine meets (torch.distributed's rendezvous and
+    # gloo links: unauthenticated, so never all interfaces). Loopback keeps a gang on this
+    # machine; a gang spanning machines with rank 0 here needs this machine's cluster address.
+    # On an agent's machine a gang meets at the address the agent is listed under (agents).
+    gang_host: str = "127.0.0.1"
     node_heartbeat_s: float = 0.5  # controller <-> agent heartbeat period
     node_timeout_s: float = 3.0  # an agent silent this long is lost: its functions get NodeLost
     join_timeout_s: float = 30.0  # start() waits this long for the listed agents to answer
+    # Fault injection (faults.py): SIGKILL leased functions at this many kills per
+    # function-hour, as spot preemption would; 0 = off. kill_seed seeds the draws.
+    kill_rate: float = 0.0
+    kill_seed: int = 0
+    kill_max: int = 0  # stop after this many kills; 0 = no cap (a demo or test bounds the harm)
 
     def __post_init__(self) -> None:
         # Validation with clear messages: these are user inputs, so no asserts.
@@ -64,5 +76,7 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("ready_timeout_s", "shutdown_timeout_s", "heartbeat_s", "node_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"RuntimeConfig.{name} must be > 0")
+        if not (math.isfinite(self.kill_rate) and self.kill_rate >= 0):
+            raise ValueError(f"RuntimeConfig.kill_rate must be >= 0, got {self.kill_rate}")
         if self.call_timeout_s is not None and self.call_timeout_s <= 0:
             raise ValueError("RuntimeConfig.call_timeout_s must be > 0 or None")

@@ -100,3 +100,29 @@ class NodeLost(FunctionDied):
     def __init__(self, function_id: str, actor: str, node: str, why: str) -> None:
         self.node = node
         super().__init__(function_id, actor, None, [], why=f"node {node} was lost: {why}")
+
+
+class GangMemberDied(FunctionDied):
+    """A member of a gang died: the gang's calls fail with this and the other members are torn
+    down (they may be blocked in a collective that will never complete). Start a new gang."""
+
+    def __init__(self, gang_id: str, rank: int, world_size: int, cause: FunctionDied) -> None:
+        self.gang_id = gang_id
+        self.rank = rank
+        self.world_size = world_size
+        self.cause = cause
+        # NodeLost's reason is only in its message; its first line says what happened.
+        first = str(cause).split("\n", 1)[0]
+        super().__init__(
+            cause.function_id,
+            cause.actor,
+            cause.exit_code,
+            cause.stderr_tail,
+            why=f"rank {rank} of gang {gang_id} (size {world_size}) [{first}]; "
+            "the other members were torn down",
+        )
+
+
+class GangStartError(SpawnError):
+    """A gang could not be started as a whole (a member failed or sent no READY in time);
+    no member is left running."""

@@ -38,6 +38,7 @@ from rlhfless.runtime.messages import (
     Spawn,
 )
 from rlhfless.runtime.procutil import die_with_parent, ignore_terminal_interrupt
+from rlhfless.runtime.rendezvous import prepare_member
 
 INIT_WAIT_S = 120.0  # how long a started function waits for its Init before giving up
 STATS_METHOD = "_rlhfless_stats"  # the one private method a caller may use: the function's counters
@@ -55,6 +56,19 @@ def apply_binding(spec: Spawn) -> None:
         with contextlib.suppress(RuntimeError):  # only settable before inter-op work starts
             torch.set_num_interop_threads(max(1, spec.threads))
         torch.seed()  # forked children would otherwise share the zygote's RNG state
+
+
+def apply_import_context(spec: Spawn) -> None:
+    """The controller's working directory and import path (Spawn.sys_path, .cwd), ahead of the
+    function's own: a zygote started from another directory, or a fresh interpreter started with
+    ``-m``, would not find an actor defined next to the user's script. Entries missing here are
+    skipped; the function's own entries stay, after the controller's."""
+    if spec.cwd and os.path.isdir(spec.cwd):
+        os.chdir(spec.cwd)
+    if spec.sys_path:
+        ours = [p for p in spec.sys_path if os.path.isdir(p) or os.path.isfile(p)]
+        sys.path[:] = ours + [p for p in sys.path if p not in ours]
+        importlib.invalidate_caches()  # the zygote may have cached a miss for these dirs
 
 
 def resolve_actor(path: str) -> type:
@@ -202,11 +216,11 @@ class _Server:
             # Fast path: while calls only reach synchronous methods (which run inline, one at a
             # time, anyway) and nothing else waits on the event loop, serve from a blocking loop
             # without asyncio on the hot path.
-            released, msg = self.serve_blocking()
+            released, first = self.serve_blocking()
             if released:
                 return
-            if msg is not None:
-                self.start_call(msg)  # a coroutine method: serve it, and the rest, on the loop
+            if first is not None:
+                self.start_call(first)  # a coroutine method: serve it, and the rest, on the loop
         while True:
             msg = await self.recv()
             if isinstance(msg, Call):
@@ -238,7 +252,7 @@ class _Server:
         which then needs the loop to run. Heartbeats are sent from here while the loop is not
         running; no call is in flight meanwhile and the heartbeat task has not started.
         """
-        sock = zmq.Socket.shadow(self.sock.underlying)  # same socket, synchronous API
+        sock: zmq.Socket = zmq.Socket.shadow(self.sock.underlying)  # same socket, synchronous API
         codec, fid, pid = self.codec, self.spec.function_id, os.getpid()
         tasks = len(asyncio.all_tasks())
         interval = self.hb_interval
@@ -334,6 +348,8 @@ def function_main(spec: Spawn, hb_interval: float = 2.0) -> int:
     """Run the function to completion; returns its exit code. The caller exits the process."""
     faulthandler.enable()  # a segfault leaves a Python traceback in the stderr tail
     apply_binding(spec)
+    apply_import_context(spec)
+    prepare_member()  # a gang member: gloo's interface, and rank 0's store (rendezvous.py)
     server = _Server(spec)
     try:
         return asyncio.run(server.run(hb_interval))

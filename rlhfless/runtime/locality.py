@@ -67,6 +67,11 @@ class Locality:
         nodes = self.nodes()
         if len(nodes) == 1:
             return next(iter(nodes))
+        return choose(self._node_views(path))
+
+    def _node_views(self, path: str) -> list[NodeView]:
+        """What placement ranks each node up by (gangs use them too: gangs.py)."""
+        nodes = self.nodes()
         views = []
         for name, devices in nodes.items():
             live = [f for f in self._fns.values() if f.record.node == name and f.state != "dead"]
@@ -89,7 +94,7 @@ class Locality:
                     has_version=has,
                 )
             )
-        return choose(views)
+        return views
 
     def publish_weights(self, version: int, tensors: dict[str, Any]) -> None:
         """Make ``version`` current: cached here now, sent to each other node once, lazily.

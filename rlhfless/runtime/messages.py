@@ -36,6 +36,12 @@ class Spawn(msgspec.Struct, array_like=True, frozen=True):
     slot: int
     env: dict[str, str]  # set before the actor's module is imported (CUDA_VISIBLE_DEVICES, ...)
     threads: int  # intra-op threads for torch/OpenMP/MKL in the function
+    # The controller's import context, so an actor in the user's own module (next to their
+    # script, or in their working directory) resolves as it does in the controller, whatever
+    # directory the zygote started in. Empty for a function on another machine: its paths are
+    # not this machine's, and the agent's own installation resolves the actor there.
+    sys_path: list[str] = []  # absolute entries, in the controller's order
+    cwd: str = ""  # the controller's working directory ("" = leave the function's as is)
 
 
 class Init(msgspec.Struct, array_like=True, frozen=True):

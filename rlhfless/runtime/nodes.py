@@ -97,7 +97,7 @@ class Cluster:
         self.keys.server(rt._sock)
         self.guard.watch(rt._sock, "controller")
         rt._sock.bind(f"tcp://{rt.config.listen_host}:0")
-        self.port = int(rt._sock.last_endpoint.decode().rsplit(":", 1)[1])
+        self.port = int(rt._sock.get_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
         for node in self.nodes:
             node.endpoint = f"tcp://{local_ip_toward(node.host)}:{self.port}"
             self._connect(node)
@@ -164,7 +164,7 @@ class Cluster:
     # ------------------------------------------------------------------ sending
 
     def _send_now(self, node: RemoteNode, msg: Any) -> bool:
-        if node.sock is None or node.sock.closed:  # never through a shadow of a closed socket
+        if node.sock is None or node.sync is None or node.sock.closed:  # no shadow of a closed one
             return False
         try:  # through the synchronous API: the asyncio one turns Again into a future's error
             node.sync.send_multipart(self.codec.encode(msg), zmq.NOBLOCK, copy=False)

@@ -84,18 +84,21 @@ class WarmPool:
 
     def _take_warm(self, key: str, slot: int | None, node: str | None) -> FunctionState | None:
         for fn in self._warm(key, slot, node):
-            if fn.expiry is not None:
-                fn.expiry.cancel()
-                fn.expiry = None
-            fn.state = "leased"
-            fn.lease += 1
-            fn.record.lease()
-            self.stats.warm_starts += 1
+            self._lease_warm(fn)
             return fn
         return None
 
-    def _live_on(self, slot: int, node: str | None = None) -> list[FunctionState]:
-        node = node or self.node
+    def _lease_warm(self, fn: FunctionState) -> None:
+        """A warm function serves a new lease (a gang's members each take one)."""
+        if fn.expiry is not None:
+            fn.expiry.cancel()
+            fn.expiry = None
+        fn.state = "leased"
+        fn.lease += 1
+        fn.record.lease()
+        self.stats.warm_starts += 1
+
+    def _live_on(self, slot: int, node: str) -> list[FunctionState]:
         return [
             fn
             for fn in self._fns.values()
@@ -136,21 +139,28 @@ class WarmPool:
         if fn.state == "dead":
             return
         fn.record.release()
+        if self._may_keep_warm(fn):
+            self._keep_warm(fn)
+        else:
+            await self._retire(fn)
+        await self._notify_room()
+
+    def _may_keep_warm(self, fn: FunctionState) -> bool:
+        """Whether a released function may stay warm (a gang stays warm only if all may)."""
         warm_here = sum(f.state == "warm" for f in self._live_on(fn.slot, fn.record.node))
-        if (
+        return (
             not self._closed
             and self.config.keep_alive_s > 0
             and not fn.pending
             and warm_here < self.config.max_warm_per_slot
-        ):
-            fn.state = "warm"
-            loop = asyncio.get_running_loop()
-            fn.expiry = loop.call_later(
-                self.config.keep_alive_s, lambda: self._background(self._retire(fn))
-            )
-        else:
-            await self._retire(fn)
-        await self._notify_room()
+        )
+
+    def _keep_warm(self, fn: FunctionState) -> None:
+        fn.state = "warm"
+        loop = asyncio.get_running_loop()
+        fn.expiry = loop.call_later(
+            self.config.keep_alive_s, lambda: self._background(self._retire(fn))
+        )
 
     async def _retire(self, fn: FunctionState) -> None:
         """Ask a function to exit (scale to zero)."""

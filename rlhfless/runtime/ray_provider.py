@@ -82,7 +82,8 @@ def _import_ray() -> ModuleType:
             "the ray provider needs Ray on this machine and on every Ray node: "
             "pip install 'rlhfless[ray]'"
         ) from exc
-    return ray
+    module: ModuleType = ray  # untyped for mypy (pyproject.toml): Any, narrowed here
+    return module
 
 
 def _check_reachable(ray_address: str) -> None:

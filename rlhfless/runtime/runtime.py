@@ -35,6 +35,9 @@ from rlhfless.runtime.errors import (
     RuntimeClosed,
     SpawnError,
 )
+from rlhfless.runtime.faults import FaultInjector
+from rlhfless.runtime.gang import GangState
+from rlhfless.runtime.gangs import Gangs
 from rlhfless.runtime.handle import _DEFAULT, Handle
 from rlhfless.runtime.locality import Locality
 from rlhfless.runtime.messages import (
@@ -62,7 +65,7 @@ T = TypeVar("T")
 _RECV_BURST = 64  # messages the receiver takes in a row before it lets other tasks run
 
 
-class Runtime(WarmPool, Locality, ZygoteHost, Closing):
+class Runtime(WarmPool, Locality, ZygoteHost, Gangs, Closing):
     """Function processes on demand. ``async with Runtime() as rt: h = await rt.spawn(...)``."""
 
     def __init__(self, config: RuntimeConfig | None = None, **overrides: Any) -> None:
@@ -74,6 +77,9 @@ class Runtime(WarmPool, Locality, ZygoteHost, Closing):
         self.stats = RuntimeStats()
         self._codec = Codec()
         self._fns: dict[str, FunctionState] = {}
+        self._gangs: dict[
+            str, GangState
+        ] = {}  # live gangs by id, the warm ones reusable (gangs.py)
         self._ids = itertools.count(1)
         self._token = secrets.token_hex(3)  # function ids stay unique across runtimes of one run
         self._call_ids = itertools.count(1)
@@ -90,6 +96,7 @@ class Runtime(WarmPool, Locality, ZygoteHost, Closing):
         self.cluster: Cluster | None = None  # remote nodes (agents), when config.agents lists any
         self.ray_agents: Any = None  # provider "ray": the RayAgents this runtime placed
         self._weights: tuple[int, dict[str, Any], int] | None = None  # version, tensors, bytes
+        self.faults: FaultInjector | None = None  # kills injected (config.kill_rate > 0)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -123,9 +130,15 @@ class Runtime(WarmPool, Locality, ZygoteHost, Closing):
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.bind(self.endpoint)
         # The same socket through the synchronous API, for sends and receives that need not wait.
-        self._sync = zmq.Socket.shadow(self._sock.underlying)
+        self._sync: zmq.Socket = zmq.Socket.shadow(self._sock.underlying)
         self._billing = BillingLog(self.config.billing_path)
         self._tasks.append(asyncio.create_task(self._receive(), name="rlhfless-receiver"))
+        if self.config.kill_rate > 0:  # opt-in fault injection (faults.py)
+            cfg = self.config
+            self.faults = FaultInjector(
+                cfg.kill_rate, cfg.kill_seed, self._fns.values, self._kill, cfg.kill_max
+            )
+            self._tasks.append(asyncio.create_task(self.faults.run(), name="rlhfless-faults"))
         if self.config.zygote:
             await self._start_zygote()
         if self.config.provider == "ray":
@@ -210,7 +223,8 @@ class Runtime(WarmPool, Locality, ZygoteHost, Closing):
             endpoint = remote.endpoint
         else:
             bind[WEIGHTS_ENV] = self._weights_dir
-        spec = Spawn(fid, path, endpoint, slot, {**bind, **(env or {})}, threads)
+        here = launch.import_context() if node == self.node else ([], "")
+        spec = Spawn(fid, path, endpoint, slot, {**bind, **(env or {})}, threads, *here)
         record = BillingRecord(fid, path, stage, node, slot, devices.kind)
         fn = FunctionState(spec, path, key, record, init_frames)
         fn.uses_weights = weights
@@ -448,6 +462,8 @@ class Runtime(WarmPool, Locality, ZygoteHost, Closing):
         fn.record.exited(code)
         self._billing.publish(fn.record.event())
         fn.exited.set()
+        for hook in fn.on_exit:  # before the failed calls' callers wake: they see its effects
+            hook(fn)
         self._background(self._notify_room())
 
     def _background(self, coro: Any) -> None:

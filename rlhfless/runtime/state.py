@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import importlib.util
 import re
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -54,6 +55,8 @@ class FunctionState:
         self.expiry: asyncio.TimerHandle | None = None
         self.process: asyncio.subprocess.Process | None = None  # fresh-interpreter mode only
         self.uses_weights = True  # across machines: its node needs the published weights
+        # Called once it has exited (its death recorded): a gang's member tears down the rest.
+        self.on_exit: list[Callable[[FunctionState], None]] = []
 
 
 def actor_path(actor: str | type) -> str:

@@ -14,7 +14,8 @@ from typing import Any, Generic, TypeVar
 from rlhfless.runtime.config import RuntimeConfig
 from rlhfless.runtime.handle import Handle
 from rlhfless.runtime.messages import BillingEvent
-from rlhfless.runtime.runtime import Runtime, RuntimeStats
+from rlhfless.runtime.runtime import Runtime
+from rlhfless.runtime.state import RuntimeStats
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -159,7 +159,7 @@ class Zygote:
                         if self.handle(sock, poller) == "stop":
                             return 0
                     else:
-                        child = self.by_fd.get(item)  # type: ignore[arg-type]
+                        child = self.by_fd.get(item)
                         if child is not None and not self.pump(child):
                             poller.unregister(child.fd)
                 self.reap(sock, poller)
