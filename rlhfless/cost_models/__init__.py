@@ -9,19 +9,29 @@ that turns a run's billing events into dollars.
 Depends on nothing in ``rlhfless.runtime`` but the pure ``runtime.messages`` (BillingEvent).
 """
 
+from rlhfless.cost_models.ages import STALE_AFTER_DAYS, stale_warnings
 from rlhfless.cost_models.devices import KNOWN_DEVICE_KINDS, is_gpu, normalise_device_kind
 from rlhfless.cost_models.errors import (
     BadBillingEvent,
     BillingFileError,
     CostModelError,
     FunctionStillAlive,
+    NoInstanceFits,
     PlotUnavailable,
     PriceFileError,
     UnknownDeviceKind,
     UnknownModel,
 )
 from rlhfless.cost_models.events import latest_time, read_billing_events, write_billing_events
-from rlhfless.cost_models.ledger import Breakdown, Ledger, LedgerResult, Serverful, price_events
+from rlhfless.cost_models.instances import UNUSED_STAGE, price_packed
+from rlhfless.cost_models.ledger import (
+    Breakdown,
+    Ledger,
+    LedgerResult,
+    Serverful,
+    died_in_lease,
+    price_events,
+)
 from rlhfless.cost_models.lifetime import Lifetime, merge_intervals
 from rlhfless.cost_models.model import Bill, BillingRules, CostModel, PriceRow, TableCostModel
 from rlhfless.cost_models.prices import builtin_price_files, load_price_file, model_from_dict
@@ -35,6 +45,8 @@ from rlhfless.cost_models.report import breakdown_table, comparison_table, plot_
 
 __all__ = [
     "KNOWN_DEVICE_KINDS",
+    "STALE_AFTER_DAYS",
+    "UNUSED_STAGE",
     "BadBillingEvent",
     "Bill",
     "BillingFileError",
@@ -46,6 +58,7 @@ __all__ = [
     "Ledger",
     "LedgerResult",
     "Lifetime",
+    "NoInstanceFits",
     "PlotUnavailable",
     "PriceFileError",
     "PriceRow",
@@ -58,6 +71,7 @@ __all__ = [
     "builtin_models",
     "builtin_price_files",
     "comparison_table",
+    "died_in_lease",
     "get_model",
     "is_gpu",
     "latest_time",
@@ -67,8 +81,10 @@ __all__ = [
     "normalise_device_kind",
     "plot_costs",
     "price_events",
+    "price_packed",
     "read_billing_events",
     "resolve_models",
     "results_json",
+    "stale_warnings",
     "write_billing_events",
 ]

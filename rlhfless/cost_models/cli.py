@@ -9,15 +9,20 @@ Registering it in the top-level CLI (``rlhfless/cli.py``)::
 returns an exit status (0 ok, 1 bad input, with the reason on stderr) and is what tests and other
 tools call. Standalone, without the top-level CLI::
 
-    python -m rlhfless.cost_models.cli run.billing.jsonl --model aws --model serverless
+    python -m rlhfless.cost_models.cli run.billing.jsonl --model aws --model modal
 
 Usage::
 
     rlhfless cost EVENTS.jsonl [--model NAME ...] [--prices FILE.toml ...] [--json]
                                [--plot FILE.png] [--now SECONDS|end]
 
-No ``--model``: every built-in model plus those the ``--prices`` files define. A ``--prices`` file
-whose ``[model] name`` is a built-in's replaces that built-in.
+No ``--model``: every built-in model plus those the ``--prices`` files define that price every
+device kind in the file (the others are named on stderr). A ``--prices`` file whose ``[model]
+name`` is a built-in's replaces that built-in. A price row over 12 months old that the run's
+device kinds use is named in a warning. An empty billing file is an error (exit 1): an
+all-zero table would read as a free run.
+
+``rlhfless prices [--model NAME] [--prices FILE]`` lists every table and row with its age.
 """
 
 from __future__ import annotations
@@ -31,17 +36,22 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from rlhfless.cost_models.errors import CostModelError
+from rlhfless.cost_models.ages import stale_warnings
+from rlhfless.cost_models.devices import normalise_device_kind
+from rlhfless.cost_models.errors import CostModelError, NoInstanceFits
 from rlhfless.cost_models.events import latest_time, read_billing_events
 from rlhfless.cost_models.ledger import Ledger, LedgerResult
+from rlhfless.cost_models.model import TableCostModel
 from rlhfless.cost_models.registry import resolve_models
 from rlhfless.cost_models.report import (
     breakdown_table,
     comparison_table,
     plot_costs,
+    prices_table,
     results_json,
     table_title,
 )
+from rlhfless.runtime.messages import BillingEvent
 
 
 def cost_command(
@@ -61,10 +71,24 @@ def cost_command(
     try:
         # An empty file is an error: an all-zero table would read as a free run.
         events = read_billing_events(events_path, allow_empty=False)
-        chosen = resolve_models(_split_names(models), prices or [])
+        names = _split_names(models)
+        chosen = resolve_models(names, prices or [])
+        kinds = {normalise_device_kind(e.device_kind) for e in events}
+        if not names:  # every model: those that price what the run used
+            skipped = [m for m in chosen if not kinds <= set(m.rates())]
+            chosen = [m for m in chosen if m not in skipped]
+            for m in skipped:
+                missing = ", ".join(sorted(kinds - set(m.rates())))
+                _warn(err, f"{m.name} left out: it has no price for {missing}")
+            if not chosen:
+                raise CostModelError(
+                    f"no cost model prices every device kind in the run ({', '.join(sorted(kinds))})"
+                )
+        for line in stale_warnings(chosen, kinds):
+            _warn(err, line)
         cut = latest_time(events) if now == "end" else now
-        results = [Ledger(m, events).result(cut) for m in chosen]
-        plotted = _plot(results, plot) if plot is not None else None
+        results = _price_all(chosen, events, cut, err, skip_unpriceable=not names)
+        plotted = _plot(results, plot, events_path) if plot is not None else None
     except CostModelError as exc:
         # Text, not markup: messages contain "[model]" and "[[prices]]", which rich would eat.
         err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
@@ -83,10 +107,70 @@ def cost_command(
     return 0
 
 
-def _plot(results: list[LedgerResult], path: Path) -> Path:
+def _price_all(
+    chosen: list[TableCostModel],
+    events: list[BillingEvent],
+    cut: float | None,
+    err: Console,
+    skip_unpriceable: bool,
+) -> list[LedgerResult]:
+    """Each model's result; with ``skip_unpriceable`` (no model named), a model whose
+    instances cannot hold the run's functions is left out with a warning instead of failing."""
+    results = []
+    for m in chosen:
+        try:
+            results.append(Ledger(m, events).result(cut))
+        except NoInstanceFits as exc:
+            if not skip_unpriceable:
+                raise
+            _warn(err, f"{m.name} left out: {exc}")
+    if not results:
+        raise CostModelError("no cost model could price this run (see the warnings above)")
+    return results
+
+
+def _warn(err: Console, text: str) -> None:
+    err.print(Text.assemble(("warning: ", "bold yellow"), text), soft_wrap=True)
+
+
+def prices_command(prices: list[Path] | None = None, model: list[str] | None = None) -> int:
+    """Print every price table and row with its source and age; warn on rows over 12 months.
+    Returns the exit status (0; 1 on a bad --prices file or an unknown --model)."""
+    err = Console(stderr=True)
+    try:
+        chosen = resolve_models(_split_names(model or []), prices or [])
+    except CostModelError as exc:
+        err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
+        return 1
+    out = Console(width=None if sys.stdout.isatty() else 200)
+    for m in chosen:
+        out.print(prices_table(m))
+    stale = [line for m in chosen for line in stale_warnings([m], m.shapes)]
+    for line in stale:
+        _warn(err, line)
+    return 0
+
+
+def prices(
+    prices: Annotated[
+        list[Path] | None,
+        typer.Option("--prices", help="Your own price file (TOML); defines or overrides a model."),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Only these models (repeat or comma-separate)."),
+    ] = None,
+) -> None:
+    """List every price table and row: price, billing rule, source and how old it is."""
+    code = prices_command(prices, model)
+    if code:
+        raise typer.Exit(code)
+
+
+def _plot(results: list[LedgerResult], path: Path, events_path: Path) -> Path:
     """``plot_costs``, with a path that cannot be written reported like any other bad input."""
     try:
-        return plot_costs(results, path)
+        return plot_costs(results, path, f"Cost of {events_path.name}, by cost model")
     except OSError as exc:
         raise CostModelError(f"cannot write --plot {path}: {exc.strerror or exc}") from None
 
@@ -97,8 +181,10 @@ def _split_names(models: list[str] | None) -> list[str]:
 
 
 def _parse_now(value: str | None) -> float | Literal["end"] | None:
-    if value is None or value == "end":
-        return value
+    if value is None:
+        return None
+    if value == "end":
+        return "end"
     try:
         return float(value)
     except ValueError:

@@ -49,6 +49,10 @@ class PriceFileError(CostModelError):
         )
 
 
+class NoInstanceFits(CostModelError):
+    """A model that rents whole instances has no shape holding a function's slots."""
+
+
 class UnknownDeviceKind(CostModelError):
     """A cost model was asked about a device kind it has no price for."""
 

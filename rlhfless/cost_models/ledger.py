@@ -40,8 +40,9 @@ from collections.abc import Iterable, Sequence
 import msgspec
 
 from rlhfless.cost_models.devices import is_gpu, normalise_device_kind
+from rlhfless.cost_models.instances import UNUSED_STAGE, instance_bills
 from rlhfless.cost_models.lifetime import Interval, Lifetime, event_slots, merge_intervals
-from rlhfless.cost_models.model import Bill, BillingRules, CostModel
+from rlhfless.cost_models.model import Bill, BillingRules, CostModel, TableCostModel
 from rlhfless.runtime.messages import BillingEvent
 
 UNKNOWN_STAGE = "(unknown)"  # events with stage "" are grouped under this name
@@ -60,6 +61,10 @@ MAX_SEGMENTS_PER_RENTAL = 64
 
 Slot = tuple[str, str, int]  # (node, normalised device kind, slot index)
 
+# A function that dies in a lease is released by the runtime as it records the exit, a few
+# microseconds apart; a function released and then shut down exits seconds later.
+LEASE_END_TOLERANCE_SECONDS = 0.01
+
 
 class Breakdown(msgspec.Struct, kw_only=True):
     """Sums over some functions. Slot-seconds count every slot (a 4-slot function, 4x)."""
@@ -76,9 +81,10 @@ class Breakdown(msgspec.Struct, kw_only=True):
     cold_start_slot_seconds: float = 0.0
     billed_slot_seconds: float = 0.0
 
-    def add(self, bill: Bill) -> None:
+    def add(self, bill: Bill, count: bool = True) -> None:
+        """Add one bill; ``count=False``: not a function (an instance's unused time)."""
         s = bill.slots
-        self.functions += 1
+        self.functions += int(count)
         self.usd += bill.usd
         self.busy_usd += bill.busy_usd
         self.idle_usd += bill.idle_usd
@@ -124,6 +130,7 @@ class LedgerResult(msgspec.Struct, kw_only=True):
     model: str
     description: str = ""
     rules: BillingRules
+    rented: str = "slot"  # "instance": whole instances billed (see instances.py)
     functions: int
     start: float  # first requested_at (0 for an empty run)
     end: float  # last exited_at (or now)
@@ -135,6 +142,10 @@ class LedgerResult(msgspec.Struct, kw_only=True):
     serverful: Serverful
     saving_usd: float  # serverful usd - usd
     saving_fraction: float  # 0 when the serverful bill is 0
+    # Functions that died holding a lease (killed: spot interruption, the fault injector, a
+    # crash): their whole bill, already inside ``total``. Their work in flight was lost and
+    # re-run by another function, so this is what the deaths cost.
+    lost: Breakdown = msgspec.field(default_factory=lambda: Breakdown())
 
     @property
     def empty(self) -> bool:
@@ -179,12 +190,14 @@ class Ledger:
         return not self._events
 
     def bills(self, now: float | None = None) -> list[tuple[BillingEvent, Bill]]:
-        """Each function's bill; raises if a function is alive and ``now`` is None."""
-        out = []
-        for event in self._events.values():
-            life = Lifetime.from_event(event, now)
-            out.append((event, self.model.price(event.device_kind, life, event.slots)))
-        return out
+        """Each function's bill; raises if a function is alive and ``now`` is None. Under a
+        model that rents whole instances, each function's share of its instance, and a line
+        (stage :data:`~rlhfless.cost_models.instances.UNUSED_STAGE`) per instance run for what
+        no function held (see instances.py)."""
+        lives = [(e, Lifetime.from_event(e, now)) for e in self._events.values()]
+        if self.model.rented == "instance" and isinstance(self.model, TableCostModel):
+            return instance_bills(self.model, lives)
+        return [(e, self.model.price(e.device_kind, life, e.slots)) for e, life in lives]
 
     def result(self, now: float | None = None) -> LedgerResult:
         """Price every event. ``now`` cuts functions that have not exited; None forbids them."""
@@ -193,11 +206,15 @@ class Ledger:
         by_stage: dict[str, Breakdown] = {}
         by_device: dict[str, Breakdown] = {}
         gpu_seconds = busy_gpu_seconds = 0.0
+        lost = Breakdown()
         for event, bill in bills:
-            total.add(bill)
-            by_stage.setdefault(event.stage or UNKNOWN_STAGE, Breakdown()).add(bill)
-            by_device.setdefault(bill.device_kind, Breakdown()).add(bill)
-            if is_gpu(bill.device_kind):
+            is_function = event.stage != UNUSED_STAGE
+            total.add(bill, is_function)
+            by_stage.setdefault(event.stage or UNKNOWN_STAGE, Breakdown()).add(bill, is_function)
+            by_device.setdefault(bill.device_kind, Breakdown()).add(bill, is_function)
+            if died_in_lease(event):
+                lost.add(bill)
+            if is_gpu(bill.device_kind) and is_function:
                 gpu_seconds += bill.seconds * bill.slots
                 busy_gpu_seconds += bill.busy_seconds * bill.slots
         serverful, start, end = self._serverful(now)
@@ -206,7 +223,8 @@ class Ledger:
             model=self.model.name,
             description=self.model.description,
             rules=self.model.rules,
-            functions=len(bills),
+            rented=self.model.rented,
+            functions=sum(1 for e, _ in bills if e.stage != UNUSED_STAGE),
             start=start,
             end=end,
             total=total,
@@ -217,6 +235,7 @@ class Ledger:
             serverful=serverful,
             saving_usd=saving,
             saving_fraction=saving / serverful.usd if serverful.usd > 0 else 0.0,
+            lost=lost,
         )
 
     def _serverful(self, now: float | None) -> tuple[Serverful, float, float]:
@@ -236,6 +255,8 @@ class Ledger:
             kind = normalise_device_kind(event.device_kind)
             for slot in event_slots(event):
                 seg.setdefault((event.node, kind, slot), []).extend(life.busy)
+                for other in self._instance_slots(kind, slot):  # rented whole: every slot
+                    seg.setdefault((event.node, kind, other), [])
         out = Serverful(
             span_seconds=end - start, gap_seconds=self.gap_seconds, segments=list(segments)
         )
@@ -262,6 +283,15 @@ class Ledger:
         out.slots_by_device = dict(sorted(by_kind.items()))
         out.usd_by_device = dict(sorted(usd_by_device.items()))
         return out, start, end
+
+    def _instance_slots(self, kind: str, slot: int) -> range:
+        """The slots rented with ``slot``: its whole instance (default shape) under a model
+        that rents instances, else none besides it."""
+        model = self.model
+        if model.rented != "instance" or not isinstance(model, TableCostModel):
+            return range(0)
+        d = model.rows[kind].devices if kind in model.rows else 1
+        return range(slot // d * d, slot // d * d + d)
 
     def _rent(
         self, busy: dict[Slot, list[Interval]], lo: float, hi: float
@@ -324,6 +354,15 @@ class Ledger:
             plan.append((choice[j], j - 1))
             j = choice[j]
         return plan[::-1]
+
+
+def died_in_lease(event: BillingEvent) -> bool:
+    """Whether a function died while a caller held it: a non-zero exit (a signal: SIGKILL from
+    a preemption or the fault injector; a crash) at the end of its last lease. A function that
+    exits after its release (warm expiry, shutdown) lost nothing."""
+    if event.exit_code in (None, 0) or event.exited_at is None or not event.leases:
+        return False
+    return event.leases[-1][1] >= event.exited_at - LEASE_END_TOLERANCE_SECONDS
 
 
 def activity_segments(lives: Iterable[Lifetime], gap_seconds: float) -> list[Interval]:

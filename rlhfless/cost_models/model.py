@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
@@ -41,6 +41,9 @@ class BillingRules(msgspec.Struct, frozen=True, kw_only=True):
     granularity_seconds: float = 1.0  # round up to a multiple of this; 0 = continuous
     minimum_seconds: float = 0.0  # per start with a positive billed span
     bill_cold_start: bool = True  # whether requested_at..ready_at is billed
+    # Billed after a function's last work even if it exits sooner (a serverless worker's idle
+    # timeout: RunPod bills it). 0: billing ends at exit.
+    idle_timeout_seconds: float = 0.0
 
     def billed_seconds(self, span: float) -> float:
         """Seconds charged for holding a slot ``span`` seconds (monotone non-decreasing in span)."""
@@ -81,6 +84,10 @@ class Bill(msgspec.Struct, frozen=True, kw_only=True):
 class CostModel(ABC):
     """Prices one function's lifetime on a device kind. Subclasses supply :meth:`rates`."""
 
+    # "slot": each function pays for its own slots; "instance": the ledger bills whole
+    # instances (see instances.py), and price() is one function's slot share.
+    rented = "slot"
+
     def __init__(self, name: str, rules: BillingRules, description: str = "") -> None:
         self.name = name
         self.rules = rules
@@ -101,6 +108,11 @@ class CostModel(ABC):
             raise UnknownDeviceKind(self.name, device_kind, rates, kind)
         return rates[kind]
 
+    def rate_kind(self, device_kind: str) -> str:
+        """``device_kind`` normalised; :class:`UnknownDeviceKind` (naming it) if not priced."""
+        self.rate(device_kind)
+        return normalise_device_kind(device_kind)
+
     def hourly(self, device_kind: str) -> float:
         """USD per slot-hour, the unit people quote."""
         return self.rate(device_kind) * 3600.0
@@ -118,7 +130,7 @@ class CostModel(ABC):
         else:
             start = lifetime.exited_at if lifetime.ready_at is None else lifetime.ready_at
             billed_cold = 0.0
-        span = lifetime.exited_at - start
+        span = billed_end(lifetime, rules) - start
         billed = rules.billed_seconds(span)
         # Split the billed time into buckets. `covered` is the part of the span that was billed
         # (all of it, unless float noise rounded a hair off the end).
@@ -144,8 +156,24 @@ class CostModel(ABC):
         )
 
 
+def billed_end(lifetime: Lifetime, rules: BillingRules) -> float:
+    """When billing stops: at exit, or ``idle_timeout_seconds`` after the last work if later
+    (a serverless worker is billed for its idle timeout even when it is stopped sooner)."""
+    if rules.idle_timeout_seconds <= 0:
+        return lifetime.exited_at
+    if lifetime.busy:
+        last = lifetime.busy[-1][1]
+    else:
+        last = lifetime.requested_at if lifetime.ready_at is None else lifetime.ready_at
+    return max(lifetime.exited_at, last + rules.idle_timeout_seconds)
+
+
 class PriceRow(msgspec.Struct, frozen=True, kw_only=True):
-    """Where a rate came from: shown by ``rlhfless cost`` and kept for provenance."""
+    """Where a rate came from: shown by ``rlhfless cost`` and kept for provenance.
+
+    ``usd_per_slot_hour`` is everything one slot costs an hour (device share + the CPU and
+    memory its function requests); ``usd_per_instance_hour`` is what renting the whole
+    ``instance`` costs (``devices`` slots)."""
 
     device_kind: str
     usd_per_slot_hour: float
@@ -154,6 +182,9 @@ class PriceRow(msgspec.Struct, frozen=True, kw_only=True):
     source: str
     date: str
     note: str = ""
+    usd_per_instance_hour: float = 0.0
+    cpu_cores: float = 0.0
+    memory_gib: float = 0.0
 
 
 class TableCostModel(CostModel):
@@ -166,11 +197,23 @@ class TableCostModel(CostModel):
         rows: Mapping[str, PriceRow],
         description: str = "",
         origin: str = "",
+        *,
+        shapes: Mapping[str, Sequence[PriceRow]] | None = None,
+        rented: str = "slot",
     ) -> None:
         super().__init__(name, rules, description)
-        self.rows = dict(rows)
+        self.rows = dict(rows)  # each kind's default row: its first in the file
+        # Every row of each kind (instance shapes: g6e.xlarge, g6e.48xlarge), default first.
+        self.shapes = {k: tuple(v) for k, v in (shapes or {}).items()} or {
+            k: (r,) for k, r in self.rows.items()
+        }
+        self.rented = rented
         self.origin = origin  # the file it was loaded from
         self._rates = {kind: row.usd_per_slot_hour / 3600.0 for kind, row in self.rows.items()}
+
+    def all_rows(self) -> list[PriceRow]:
+        """Every row of the table, default shapes first within a kind."""
+        return [row for kind in sorted(self.shapes) for row in self.shapes[kind]]
 
     def rates(self) -> Mapping[str, float]:
         return self._rates

@@ -5,7 +5,7 @@ Checks, beyond the types the schema enforces:
 
 * ``unit`` is one of :data:`schema.UNIT_SECONDS`;
 * ``device_kind`` normalises to a known kind (:data:`devices.KNOWN_DEVICE_KINDS`) and appears
-  once per file;
+  once per ``instance`` (a kind may have several shapes; its first row is its default);
 * prices, capex, watts, years and rates are finite and not negative (years and ``devices``
   positive, ``pue`` >= 1);
 * ``source`` is not blank (``date`` is required by the schema).
@@ -77,44 +77,70 @@ def model_from_dict(raw: dict[str, Any], path: Path | str = "<prices>") -> Table
     row_type: type[RentalRow] | type[OwnedRow] = (
         RentalRow if header.billing == "rental" else OwnedRow
     )
-    rows: dict[str, PriceRow] = {}
-    first_row_of: dict[str, int] = {}
+    shapes: dict[str, list[PriceRow]] = {}
+    first_row_of: dict[tuple[str, str], int] = {}
     for index, row_raw in enumerate(rows_raw, start=1):
         if not isinstance(row_raw, dict):
             raise PriceFileError(path, "each [[prices]] entry must be a table", row=index)
         kind_hint = str(row_raw.get("device_kind", "")) or None
         row = _convert(row_raw, row_type, path, row=index, device_kind=kind_hint)
         kind = _check_kind(row.device_kind, path, index)
-        if kind in rows:
+        key = (kind, row.instance)
+        if key in first_row_of:
             raise PriceFileError(
                 path,
-                f"device kind {kind!r} is already priced by row {first_row_of[kind]}; "
-                "keep one row per kind",
+                f"device kind {kind!r} on instance {row.instance!r} is already priced by row "
+                f"{first_row_of[key]}; keep one row per kind and instance",
                 row=index,
                 field="device_kind",
                 device_kind=row.device_kind,
             )
-        first_row_of[kind] = index
-        hourly = (
-            _rental_hourly(row, path, index)
-            if isinstance(row, RentalRow)
-            else _owned_hourly(row, path, index)
-        )
-        rows[kind] = PriceRow(
-            device_kind=kind,
-            usd_per_slot_hour=hourly,
-            instance=row.instance,
-            devices=row.devices,
-            source=row.source,
-            date=row.date.isoformat(),
-            note=row.note,
-        )
+        first_row_of[key] = index
+        shapes.setdefault(kind, []).append(_price_row(row, kind, header, path, index))
     rules = BillingRules(
         granularity_seconds=header.granularity_seconds,
         minimum_seconds=header.minimum_seconds,
         bill_cold_start=header.bill_cold_start,
+        idle_timeout_seconds=header.idle_timeout_seconds,
     )
-    return TableCostModel(header.name, rules, rows, header.description, origin=str(path))
+    rows = {kind: found[0] for kind, found in shapes.items()}
+    return TableCostModel(
+        header.name,
+        rules,
+        rows,
+        header.description,
+        origin=str(path),
+        shapes=shapes,
+        rented=header.rented,
+    )
+
+
+def _price_row(
+    row: RentalRow | OwnedRow, kind: str, header: ModelHeader, path: Path | str, index: int
+) -> PriceRow:
+    """The loaded form of one row: hourly prices per slot and per instance."""
+    if isinstance(row, RentalRow):
+        device_hourly = _rental_hourly(row, path, index)
+        _non_negative(row, ("cpu_cores", "memory_gib"), path, index)
+        extras = 3600.0 * (
+            row.cpu_cores * header.cpu_usd_per_core_second
+            + row.memory_gib * header.memory_usd_per_gib_second
+        )
+        cpu, memory = row.cpu_cores, row.memory_gib
+    else:
+        device_hourly, extras, cpu, memory = _owned_hourly(row, path, index), 0.0, 0.0, 0.0
+    return PriceRow(
+        device_kind=kind,
+        usd_per_slot_hour=device_hourly + extras,
+        usd_per_instance_hour=device_hourly * row.devices,
+        instance=row.instance,
+        devices=row.devices,
+        cpu_cores=cpu,
+        memory_gib=memory,
+        source=row.source,
+        date=row.date.isoformat(),
+        note=row.note,
+    )
 
 
 def iter_rows(path: Path | str) -> Iterator[dict[str, Any]]:
@@ -149,7 +175,13 @@ def _convert(
 def _check_header(header: ModelHeader, path: Path | str) -> None:
     if not header.name.strip():
         raise PriceFileError(path, "must not be empty", field="name")
-    for field in ("granularity_seconds", "minimum_seconds"):
+    for field in (
+        "granularity_seconds",
+        "minimum_seconds",
+        "idle_timeout_seconds",
+        "cpu_usd_per_core_second",
+        "memory_usd_per_gib_second",
+    ):
         value = getattr(header, field)
         if not (math.isfinite(value) and value >= 0):
             raise PriceFileError(path, f"must be a finite number >= 0, got {value}", field=field)

@@ -9,8 +9,12 @@ from rlhfless.cost_models.errors import PriceFileError, UnknownModel
 from rlhfless.cost_models.model import TableCostModel
 from rlhfless.cost_models.prices import builtin_price_files, load_price_file
 
-# The order models appear in when none are named: rented clouds, serverless, then owned.
-_PREFERRED_ORDER = ("aws", "gcp", "serverless", "onprem")
+# The order models appear in when none are named: rented clouds, serverless, neocloud, owned,
+# then the variants (spot, the per-GPU share).
+_PREFERRED_ORDER = ("aws", "gcp", "modal", "runpod", "lambda", "onprem")
+
+# Older names that still work: "serverless" was the Modal-priced per-second model.
+ALIASES = {"serverless": "modal"}
 
 
 def builtin_models() -> dict[str, TableCostModel]:
@@ -57,6 +61,8 @@ def resolve_models(
     chosen: list[TableCostModel] = []
     for name in names:
         key = name.strip().lower()
+        if key not in models and key in ALIASES:
+            key = ALIASES[key]
         if key not in models:
             raise UnknownModel(name, models)
         if models[key] not in chosen:

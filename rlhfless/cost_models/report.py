@@ -6,6 +6,7 @@ the JSON say "no billing events" (:func:`empty_message`), so the caller need not
 
 from __future__ import annotations
 
+import datetime
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,10 +15,11 @@ import msgspec
 from rich.table import Table
 from rich.text import Text
 
+from rlhfless.cost_models.ages import age_days, age_text, is_stale
 from rlhfless.cost_models.devices import is_gpu
 from rlhfless.cost_models.errors import PlotUnavailable
 from rlhfless.cost_models.ledger import LedgerResult, Serverful
-from rlhfless.cost_models.model import BillingRules
+from rlhfless.cost_models.model import BillingRules, TableCostModel
 
 SIGNIFICANT_DIGITS = 4  # below one cent; a CPU test run's busy dollars are ~$0.0005
 MAX_DECIMALS = 10  # below $1e-7 a bill is float noise, not money
@@ -66,11 +68,43 @@ def all_empty(results: Sequence[LedgerResult]) -> bool:
     return all(r.empty for r in results)
 
 
-def rules_text(rules: BillingRules) -> str:
+def rules_text(rules: BillingRules, rented: str = "slot") -> str:
     g = rules.granularity_seconds
     parts = ["continuous" if g == 0 else f"per {g:g} s"]
-    parts.append(f"min {rules.minimum_seconds:g} s" if rules.minimum_seconds else "no minimum")
+    minimum = f"min {rules.minimum_seconds:g} s" if rules.minimum_seconds else "no minimum"
+    parts.append(minimum + (" per instance" if rented == "instance" and minimum[0] == "m" else ""))
+    if rules.idle_timeout_seconds:
+        parts.append(f"{rules.idle_timeout_seconds:g} s idle billed")
     return ", ".join(parts)
+
+
+def prices_table(model: TableCostModel, today: datetime.date | None = None) -> Table:
+    """One model's rows: what a slot and an instance cost, the source, the date and its age."""
+    rented = "whole instances" if model.rented == "instance" else "per function"
+    title = f"{model.name}: {model.description or ''} [{rented}; {rules_text(model.rules, model.rented)}]"
+    table = Table(title=Text(title), title_justify="left", show_lines=False)
+    for name, just in (("kind", "left"), ("instance", "left"), ("slots", "right")):
+        table.add_column(name, justify=just)  # type: ignore[arg-type]
+    table.add_column("$/slot-h", justify="right")
+    table.add_column("$/instance-h", justify="right")
+    table.add_column("read", justify="right")
+    table.add_column("age", justify="right")
+    table.add_column("source", overflow="fold")
+    for row in model.all_rows():
+        days = age_days(row, today)
+        age = Text(age_text(days), style="bold red" if is_stale(row, today) else "")
+        extra = f" (+{row.cpu_cores:g} cores, {row.memory_gib:g} GiB)" if row.cpu_cores else ""
+        table.add_row(
+            row.device_kind,
+            Text(row.instance or "-"),
+            str(row.devices),
+            f"{row.usd_per_slot_hour:,.4g}{extra}",
+            f"{row.usd_per_instance_hour:,.4g}" if row.usd_per_instance_hour else "-",
+            row.date,
+            age,
+            Text(row.source + (f" NOTE: {row.note}" if row.note else "")),
+        )
+    return table
 
 
 def serverful_text(s: Serverful) -> str:
@@ -105,7 +139,7 @@ def comparison_table(
     def row(label: str, cells: Sequence[str]) -> None:
         table.add_row(label, *cells)
 
-    row("billing", [rules_text(r.rules) for r in results])
+    row("billing", [rules_text(r.rules, r.rented) for r in results])
     row("cold start billed", ["yes" if r.rules.bill_cold_start else "no" for r in results])
     row("functions", [str(r.functions) for r in results])
     row("total", [usd(r.total.usd) for r in results])
@@ -113,6 +147,11 @@ def comparison_table(
     row("  idle (incl. rounding)", [usd(r.total.idle_usd) for r in results])
     row("    of which rounding/minimum", [usd(r.total.padding_usd) for r in results])
     row("  cold start", [usd(r.total.cold_start_usd) for r in results])
+    if any(r.lost.functions for r in results):  # only a run where functions died in a lease
+        row(
+            "lost work (killed functions)",
+            [f"{usd(r.lost.usd)} ({plural(r.lost.functions, 'function')})" for r in results],
+        )
     row("serverful baseline", [serverful_text(r.serverful) for r in results])
     # Only a job that stopped and resumed has several segments; a single-segment run (the common
     # case, and the worked example in docs/cost_models.md) keeps the shorter table.
@@ -168,34 +207,52 @@ def results_json(results: Sequence[LedgerResult], events_path: Path | str | None
     return msgspec.json.format(msgspec.json.encode(payload), indent=2)
 
 
-def plot_costs(results: Sequence[LedgerResult], path: Path | str) -> Path:
-    """Stacked bars of busy / idle / cold-start dollars per model, serverful as a marker."""
+def plot_costs(results: Sequence[LedgerResult], path: Path | str, title: str = "") -> Path:
+    """Per model: a stacked bar of the run's busy / idle / cold-start dollars, and beside it a
+    grey bar of the serverful baseline. Linear dollar axis; each bar is labelled with its total
+    (significant digits, so a test run's fraction of a cent reads as one), and the dollars lost
+    to killed functions are named under the total where there were any."""
     try:
         # Figure without pyplot: no global state, no GUI backend, safe in threads and tests.
         from matplotlib.figure import Figure
+        from matplotlib.ticker import FuncFormatter
     except ImportError:
         raise PlotUnavailable() from None
-    names = [r.model for r in results]
+    n = len(results)
+    x = list(range(n))
+    width = 0.38
+    run_x = [i - width / 2 for i in x]
+    base_x = [i + width / 2 for i in x]
     busy = [r.total.busy_usd for r in results]
     idle = [r.total.idle_usd for r in results]
     cold = [r.total.cold_start_usd for r in results]
-    fig = Figure(figsize=(1.6 * len(results) + 3, 4.5))
+    base = [r.serverful.usd for r in results]
+    fig = Figure(figsize=(max(7.0, 1.9 * n + 2.5), 4.8))
     ax = fig.add_subplot()
-    ax.bar(names, busy, label="busy")
-    ax.bar(names, idle, bottom=busy, label="idle (incl. rounding/minimum)")
-    ax.bar(names, cold, bottom=[b + i for b, i in zip(busy, idle, strict=True)], label="cold start")
-    ax.scatter(
-        names,
-        [r.serverful.usd for r in results],
-        marker="_",
-        s=900,
-        color="black",
-        label="serverful baseline",
-        zorder=3,
+    # One colour per meaning, the same in every bar.
+    ax.bar(run_x, busy, width, color="#2b6cb0", label="busy (working)")
+    ax.bar(run_x, idle, width, bottom=busy, color="#f6ad55", label="idle (warm, rounding, minimum)")
+    bottom = [b + i for b, i in zip(busy, idle, strict=True)]
+    ax.bar(run_x, cold, width, bottom=bottom, color="#68d391", label="cold start")
+    ax.bar(
+        base_x, base, width, color="#a0aec0", label="serverful baseline (same job, slots rented)"
     )
-    ax.set_ylabel("USD")
-    ax.set_title("Run cost by model")
-    ax.legend()
+    top = max([r.total.usd for r in results] + base + [0.0])
+    for i, r in enumerate(results):
+        label = usd(r.total.usd)
+        if r.lost.functions:
+            label += f"\nlost {usd(r.lost.usd)}"
+        ax.annotate(label, (run_x[i], r.total.usd), ha="center", va="bottom", fontsize=8,
+                    xytext=(0, 2), textcoords="offset points")  # fmt: skip
+        ax.annotate(usd(base[i]), (base_x[i], base[i]), ha="center", va="bottom", fontsize=8,
+                    xytext=(0, 2), textcoords="offset points")  # fmt: skip
+    ax.set_xticks(x, [f"{r.model}\n{rules_text(r.rules, r.rented)}" for r in results], fontsize=8)
+    ax.set_xlim(-0.7, n - 0.3)
+    ax.set_ylim(0, top * 1.25 if top > 0 else 1.0)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"${v:.3g}"))
+    ax.set_ylabel("dollars (linear scale)")
+    ax.set_title(title or "Run cost by cost model", fontsize=10)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=120)

@@ -9,8 +9,8 @@ A price file defines one cost model::
     minimum_seconds = 60.0
     bill_cold_start = true
 
-    [[prices]]                   # one row per device kind: RentalRow or OwnedRow, per `billing`
-    device_kind = "h100"
+    [[prices]]                   # RentalRow or OwnedRow rows, per `billing`; one per device kind
+    device_kind = "h100"         # and instance: the first row of a kind is its default shape
     ...
 
 Unknown fields are rejected (``forbid_unknown_fields``) so a misspelt field fails instead of
@@ -51,6 +51,18 @@ class ModelHeader(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # Whether requested_at..ready_at (process start, model load) is billed. When false, billing
     # starts at ready_at, and a function that never became ready costs nothing.
     bill_cold_start: bool = True
+    # What is rented. "slot": each function pays for its own slots (a serverless worker, or the
+    # per-GPU share of an instance). "instance": the whole instance a slot belongs to is billed
+    # from its start while any of its slots is held or warm, the minimum per instance start
+    # (AWS EC2, GCP, Lambda); see instances.py.
+    rented: Literal["slot", "instance"] = "slot"
+    # Seconds billed after a function's last work even when it stops sooner: a serverless
+    # worker's idle timeout (RunPod Serverless: 5 s by default). 0: billing ends at exit.
+    idle_timeout_seconds: float = 0.0
+    # Charges on top of the device price, per CPU core-second and per GiB-second of memory a
+    # function requests (Modal). A row's cpu_cores and memory_gib say how much it requests.
+    cpu_usd_per_core_second: float = 0.0
+    memory_usd_per_gib_second: float = 0.0
 
 
 class RentalRow(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -65,6 +77,10 @@ class RentalRow(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     unit: str  # one of UNIT_SECONDS
     instance: str = ""  # the provider's name for what `price` buys, e.g. "p5.48xlarge"
     devices: int = 1  # device slots in that instance
+    # CPU cores and GiB of memory one slot's function requests, billed at the header's
+    # cpu_usd_per_core_second and memory_usd_per_gib_second (a request, chosen per job).
+    cpu_cores: float = 0.0
+    memory_gib: float = 0.0
     source: str  # URL or document name, and what kind of price it is (list, on-demand, region)
     date: datetime.date  # when the price was read (TOML date: 2024-12-01)
     note: str = ""

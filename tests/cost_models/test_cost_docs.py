@@ -41,9 +41,9 @@ def example(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_worked_example_numbers(example: tuple[Path, Path], capsys) -> None:
     prices, events = example
-    assert cost_command(events, ["mycloud", "aws"], [prices], True, None) == 0
+    assert cost_command(events, ["mycloud", "aws-gpu-share"], [prices], True, None) == 0
     models = json.loads(capsys.readouterr().out)["models"]
-    mine, aws = models["mycloud"], models["aws"]
+    mine, aws = models["mycloud"], models["aws-gpu-share"]
     assert mine["total"]["usd"] == pytest.approx(0.390)
     assert (
         mine["total"]["busy_usd"],
@@ -55,13 +55,13 @@ def test_worked_example_numbers(example: tuple[Path, Path], capsys) -> None:
     assert mine["gpu_seconds"] == pytest.approx(380.5)
     assert mine["serverful"]["usd"] == pytest.approx(0.800)
     assert mine["saving_fraction"] == pytest.approx(0.5125)
-    assert aws["total"]["usd"] == pytest.approx(390 * 12.29 / 3600)
-    assert aws["serverful"]["usd"] == pytest.approx(800 * 12.29 / 3600)
+    assert aws["total"]["usd"] == pytest.approx(390 * 6.88 / 3600)
+    assert aws["serverful"]["usd"] == pytest.approx(800 * 6.88 / 3600)
 
 
 def test_worked_example_table_matches_the_doc(example: tuple[Path, Path], capsys) -> None:
     prices, events = example
-    assert cost_command(events, ["mycloud", "aws"], [prices], False, None) == 0
+    assert cost_command(events, ["mycloud", "aws-gpu-share"], [prices], False, None) == 0
     out = capsys.readouterr().out
     (shown,) = [b for b in blocks("") if b.startswith("$ rlhfless cost")]
     rows = [line for line in shown.splitlines() if line.startswith("│")]

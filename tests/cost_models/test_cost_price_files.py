@@ -45,8 +45,19 @@ def write(tmp_path: Path, text: str, name: str = "prices.toml") -> Path:
     return path
 
 
-def test_the_four_builtin_models_ship() -> None:
-    assert list(builtin_models()) == ["aws", "gcp", "serverless", "onprem"]
+SHIPPED = [
+    "aws", "gcp", "modal", "runpod", "lambda", "onprem", "aws-gpu-share", "aws-spot", "gcp-spot",
+]  # fmt: skip
+
+
+def test_the_builtin_models_ship_in_order() -> None:
+    assert list(builtin_models()) == SHIPPED
+
+
+def test_every_shipped_row_was_read_in_2026() -> None:
+    for model in builtin_models().values():
+        for row in model.all_rows():
+            assert row.date.startswith("2026-"), (model.name, row.device_kind, row.instance)
 
 
 @pytest.mark.parametrize("path", builtin_price_files(), ids=lambda p: p.name)
@@ -61,10 +72,14 @@ def test_every_shipped_row_has_a_source_and_a_date(path: Path) -> None:
     load_price_file(path)  # and the whole file validates
 
 
-def test_every_shipped_model_prices_h100_and_cpu() -> None:
+def test_every_shipped_model_prices_something_and_nothing_is_free() -> None:
     for model in builtin_models().values():
-        assert {"h100", "cpu"} <= set(model.device_kinds()), model.name
-        assert all(rate > 0 for rate in model.rates().values())
+        assert model.device_kinds(), model.name
+        assert all(rate > 0 for rate in model.rates().values()), model.name
+    # The summary of a CPU run (aws, onprem) and the GPU kinds the simulator plans with.
+    assert "cpu" in get_model("aws").device_kinds() and "cpu" in get_model("onprem").device_kinds()
+    for name in ("aws", "gcp", "modal", "runpod", "lambda", "onprem"):
+        assert "h100" in get_model(name).device_kinds(), name
 
 
 def test_a_good_user_file_defines_a_model(tmp_path: Path) -> None:
@@ -76,7 +91,7 @@ def test_a_good_user_file_defines_a_model(tmp_path: Path) -> None:
 def test_a_user_file_named_like_a_builtin_replaces_it(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD_HEADER.replace('"mycloud"', '"aws"') + GOOD_ROW)
     assert get_model("aws", [path]).hourly("h100") == pytest.approx(2.0)
-    assert list(available_models([path])) == ["aws", "gcp", "serverless", "onprem"]
+    assert list(available_models([path])) == SHIPPED
 
 
 def test_two_user_files_may_not_define_the_same_model(tmp_path: Path) -> None:
@@ -87,7 +102,10 @@ def test_two_user_files_may_not_define_the_same_model(tmp_path: Path) -> None:
 
 
 def test_an_unknown_model_name_lists_the_available_ones() -> None:
-    with pytest.raises(UnknownModel, match="aws, gcp, onprem, serverless"):
+    with pytest.raises(
+        UnknownModel,
+        match="aws, aws-gpu-share, aws-spot, gcp, gcp-spot, lambda, modal, onprem, runpod",
+    ):
         resolve_models(["azure"])
 
 

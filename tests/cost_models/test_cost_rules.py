@@ -148,10 +148,10 @@ def test_owned_hardware_rate_is_amortised_capex_plus_power_plus_ops() -> None:
     assert busy.usd == idle.usd == pytest.approx(5.575)
 
 
-def test_shipped_aws_h100_is_the_p5_price_per_gpu_with_a_60s_minimum() -> None:
-    aws = get_model("aws")
-    assert aws.hourly("H100") == pytest.approx(98.32 / 8)
-    assert aws.price("h100", life(0, 30, ready=5)).usd == pytest.approx(98.32 / 8 / 60)
+def test_shipped_aws_gpu_share_h100_is_the_p5_price_per_gpu_with_a_60s_minimum() -> None:
+    aws = get_model("aws-gpu-share")
+    assert aws.hourly("H100") == pytest.approx(55.04 / 8)
+    assert aws.price("h100", life(0, 30, ready=5)).usd == pytest.approx(55.04 / 8 / 60)
 
 
 def test_planned_lifetime_prices_like_a_real_one() -> None:
@@ -165,7 +165,7 @@ def test_planned_lifetime_prices_like_a_real_one() -> None:
 
 
 def test_unknown_device_kind_lists_the_kinds_the_model_has() -> None:
-    with pytest.raises(UnknownDeviceKind, match=r"'gcp' has no price for device kind 'l40s'.*a100"):
+    with pytest.raises(UnknownDeviceKind, match=r"'gcp' has no price for device kind 'l40s'.*h100"):
         get_model("gcp").price("l40s", life(0, 10, ready=0))
 
 

@@ -69,7 +69,7 @@ def test_two_runs_a_night_apart_are_rented_separately(tmp_path: Path) -> None:
     assert overnight.usd == pytest.approx((2 * 0.001 + 0.0001) * (NIGHT + 50))
 
 
-@pytest.mark.parametrize("name", ["aws", "gcp", "serverless", "onprem"])
+@pytest.mark.parametrize("name", ["aws", "aws-gpu-share", "modal", "onprem"])
 def test_the_baseline_is_the_sum_of_the_segments_baselines(tmp_path: Path, name: str) -> None:
     model = get_model(name)
     first = billing_file(tmp_path / "first.jsonl", FIRST)
@@ -92,7 +92,7 @@ def test_a_single_segment_is_one_rental_for_the_whole_run(tmp_path: Path) -> Non
     assert s.segments == [(T0, T0 + 100)]
     assert [(x.start, x.end, x.slots) for x in s.rentals] == [(T0, T0 + 100, 3)]
     assert s.rented_seconds == s.span_seconds == pytest.approx(100)
-    for name in ("aws", "serverless"):
+    for name in ("aws", "modal"):
         segmented = Ledger(get_model(name), run).result().serverful
         whole_run = Ledger(get_model(name), run, gap_seconds=math.inf).result().serverful
         assert segmented.gap_seconds == SEGMENT_GAP_SECONDS and whole_run.gap_seconds == math.inf
@@ -136,7 +136,7 @@ def test_rents_through_a_gap_when_restarting_would_cost_more() -> None:
     assert [x.segments for x in s.rentals] == [1, 1]
     assert s.usd == pytest.approx(120 * rate)
     # Without a minimum, starting again is always cheaper.
-    s = Ledger(get_model("serverless"), near).result().serverful
+    s = Ledger(get_model("modal"), near).result().serverful
     assert [x.segments for x in s.rentals] == [1, 1]
 
 

@@ -92,7 +92,7 @@ def cpu_run(tmp_path: Path) -> Path:
 
 
 def test_a_cpu_only_run_shows_slot_seconds_not_gpu_seconds(cpu_run: Path) -> None:
-    results = priced(cpu_run, ["aws", "serverless"])
+    results = priced(cpu_run, ["aws", "modal"])
     text = render(comparison_table(results))
     assert "GPU-seconds" not in text
     # r: 12 s (1 busy), t: 8 s (6 busy); one physical cpu slot.
@@ -126,12 +126,12 @@ def test_a_resumed_run_shows_its_rentals(tmp_path: Path) -> None:
         path,
         [event("a", requested=0, exited=30), event("b", requested=3600, exited=3610, slot=1)],
     )
-    results = priced(path, ["serverless", "aws"])
+    results = priced(path, ["modal", "aws-gpu-share"])
     lines = render(comparison_table(results)).splitlines()
     (line,) = [x for x in lines if "serverful baseline" in x]
-    # 30 s + 10 s rented, an hour apart; on aws each rental pays its 60 s minimum (h100 $12.29/h).
+    # 30 s + 10 s rented, an hour apart; on aws each rental pays its 60 s minimum (h100 $6.88/h).
     assert line.count("(2 slots, 40.0 s)") == 2
-    assert usd(2 * 60 * 12.29 / 3600) == "$0.4097" and "$0.4097 (2 slots" in line
+    assert usd(2 * 60 * 6.88 / 3600) == "$0.2293" and "$0.2293 (2 slots" in line
     (line,) = [x for x in lines if x.startswith("│   rented ")]
     assert line.count("2 rentals for 2 segments") == 2
 
