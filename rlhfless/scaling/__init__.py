@@ -22,6 +22,7 @@ from rlhfless.scaling.assign import (
 )
 from rlhfless.scaling.config import ScalingConfig
 from rlhfless.scaling.errors import BadScalingInput, BadScalingSetting, ScalingError
+from rlhfless.scaling.expected import expected_point
 from rlhfless.scaling.margin import ErrorModel, Margin, build_margin
 from rlhfless.scaling.migrate import (
     FunctionProgress,
@@ -31,6 +32,7 @@ from rlhfless.scaling.migrate import (
     plan_cut_and_migrate,
     plan_global_cut,
 )
+from rlhfless.scaling.online import SampleReport, SiblingPredictor, lockstep_reports
 from rlhfless.scaling.policy import RolloutPlan, Scaler
 from rlhfless.scaling.predictor import (
     LengthPredictor,
@@ -52,7 +54,6 @@ from rlhfless.scaling.scaler import (
     WarmPool,
     choose_k,
     evaluate,
-    expected_point,
 )
 from rlhfless.scaling.simulate import SimFunction, SimResult, simulate_rollout
 from rlhfless.scaling.throughput import (
@@ -62,6 +63,7 @@ from rlhfless.scaling.throughput import (
     decode_timeline,
 )
 from rlhfless.scaling.transfer import TransferParams, kv_bytes_per_token
+from rlhfless.scaling.worst_case import WorstCase, calibrated_scales
 
 __all__ = [
     "METHODS",
@@ -80,24 +82,28 @@ __all__ = [
     "PrefixPlan",
     "PrefixRoute",
     "RolloutPlan",
+    "SampleReport",
     "Scaler",
     "ScalingConfig",
     "ScalingDecision",
     "ScalingError",
     "SequenceProgress",
     "SharedPrefix",
+    "SiblingPredictor",
     "SimFunction",
     "SimResult",
     "ThroughputModel",
     "ThroughputParams",
     "TransferParams",
     "WarmPool",
+    "WorstCase",
     "assign",
     "assign_lpt",
     "assign_pack",
     "assign_round_robin",
     "assign_stratified",
     "build_margin",
+    "calibrated_scales",
     "choose_k",
     "decode_seconds",
     "decode_timeline",
@@ -107,6 +113,7 @@ __all__ = [
     "function_load",
     "kv_bytes_per_token",
     "length_support",
+    "lockstep_reports",
     "plan_cut_and_migrate",
     "plan_global_cut",
     "plan_prefix_routes",

@@ -82,7 +82,8 @@ class ScalingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     predictor_alpha: float = 0.5  # EWMA weight of the newest epoch (1 = last epoch only)
     predictor_window: int = 0  # >0: plain mean over that many epochs instead of the EWMA
     predictor_default: float = 128.0  # tokens predicted before any observation
-    predictor_shrink: float = 0.0  # pseudo-observations of the dataset mixed into each prompt's
+    # pseudo-observations of the dataset's mean mixed into each prompt's own lengths (0 = off)
+    predictor_shrink: float = 0.0
     pack_headroom: float = 0.0  # pack: keep chunks this fraction below LPT's makespan
     prefix_min_len: int = 16  # shortest shared prefix worth planning (tokens)
     cost_model: str = "aws"  # prices C(k) (a name rlhfless.cost_models.get_model knows)

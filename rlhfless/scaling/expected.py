@@ -16,7 +16,7 @@ so ``choose_k`` computes them once (:func:`scenario_points`) and hands them to b
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import msgspec
 
@@ -193,7 +193,9 @@ def cut_points(
         bound = math.inf
     else:
         pick, bound = within_bound(curve, within_fraction, params.cold_start_seconds, pricing.warm)
-    cheap = (lambda p: p.score) if within_fraction is None else (lambda p: p.planned_usd)
+    cheap: Callable[[CurvePoint], float] = (
+        (lambda p: p.score) if within_fraction is None else (lambda p: p.planned_usd)
+    )
     pick = sorted(pick, key=lambda p: (cheap(p), p.planned_seconds))[:CUT_CANDIDATES]
     # A higher τ cuts later and moves fewer sequences, so it costs less time: try τ from the
     # highest down and stop at the first that leaves the bound (a lower one would too).

@@ -25,7 +25,7 @@ import msgspec
 from rlhfless.cost_models import CostModel, UnknownDeviceKind, get_model
 from rlhfless.runtime.messages import BillingEvent
 from rlhfless.scaling.assign import GroupWork, assign_round_robin
-from rlhfless.scaling.config import ScalingConfig
+from rlhfless.scaling.config import DEFAULT_WITHIN, ScalingConfig
 from rlhfless.scaling.errors import BadScalingInput, BadScalingSetting
 from rlhfless.scaling.margin import Margin, build_margin
 from rlhfless.scaling.migrate import (
@@ -44,6 +44,7 @@ from rlhfless.scaling.prefix import PrefixPlan, plan_prefixes
 from rlhfless.scaling.scaler import ScalingDecision, WarmPool, choose_k, evaluate
 from rlhfless.scaling.throughput import ThroughputModel, ThroughputParams
 from rlhfless.scaling.transfer import TransferParams
+from rlhfless.scaling.worst_case import WorstCase, calibrated_scales
 
 
 class RolloutPlan(msgspec.Struct, kw_only=True):
@@ -86,6 +87,24 @@ def warn_above_slots(config: ScalingConfig, slots: int) -> None:
 class ScalerState(msgspec.Struct, kw_only=True):
     predictor: dict
     throughput: dict
+    batch_ratios: list[float] = []  # actual / predicted work of earlier batches' seen prompts
+
+
+BATCH_RATIOS_KEPT = 64  # earlier batches the worst-case guard calibrates its scales from
+
+
+def batch_work_ratio(
+    predictor: LengthPredictor,
+    prompt_ids: Sequence[PromptId],
+    lengths: Sequence[Sequence[int]],
+) -> float | None:
+    """Actual over predicted total length of a batch's *seen* prompts (None: none seen): how far
+    the whole batch was off, which independent per-group errors do not show."""
+    pairs = [(predictor.predict(p), ls) for p, ls in zip(prompt_ids, lengths, strict=True)]
+    seen = [(pr * len(ls), sum(ls)) for (pr, ls), p in zip(pairs, prompt_ids, strict=True)
+            if predictor.seen(p) and ls]  # fmt: skip
+    predicted = sum(a for a, _ in seen)
+    return sum(b for _, b in seen) / predicted if seen and predicted > 0 else None
 
 
 class Scaler:
@@ -141,6 +160,9 @@ class Scaler:
         # Measured / predicted makespan of recent rollouts (EWMA; None before the first): what
         # converts the stage's wall clock into the plan's seconds (migration()).
         self.makespan_ratio: float | None = None
+        # Actual / predicted work of recent batches (batch_work_ratio): the worst-case guard's
+        # calibrated scales (worst_case.calibrated_scales).
+        self.batch_ratios: list[float] = []
 
     @property
     def transfer(self) -> TransferParams:
@@ -164,7 +186,7 @@ class Scaler:
     def works(
         self,
         prompt_ids: Sequence[PromptId],
-        prompt_tokens: Sequence[Sequence[int]] | Sequence[int],
+        prompt_tokens: Sequence[Sequence[int] | int],
         group_size: int,
     ) -> list[GroupWork]:
         """Predicted work per prompt group (prompt tokens: ids, or just their counts)."""
@@ -224,6 +246,7 @@ class Scaler:
             warm=warm,
             margin=margin,
             transfer=self.transfer if margin is not None and margin.cuts else None,
+            worst_case=self.worst_case(),
         )
         self._cut = cfg.cut_in_force((decision.cut, decision.cut_threshold))
         self._uncut_seconds = decision.uncut.planned_seconds
@@ -241,6 +264,17 @@ class Scaler:
             uncut_seconds=self._uncut_seconds,
         )
 
+    def worst_case(self) -> WorstCase | None:
+        """The worst-case guard for the next plan (:mod:`~rlhfless.scaling.worst_case`; its
+        quantile is the module's default): always on, so that round robin on all slots is
+        always a candidate and the bound holds on the scenarios' worst case, not their mean."""
+        cfg = self.config
+        return WorstCase(
+            scales=calibrated_scales(self.batch_ratios),
+            fraction=cfg.within() if cfg.within() is not None else DEFAULT_WITHIN,  # type: ignore[arg-type]
+            max_new_tokens=self.max_new_tokens,
+        )
+
     def margin(self, prompt_ids: Sequence[PromptId], works: Sequence[GroupWork]) -> Margin | None:
         """The error margin for a plan of ``works`` (None when ``margin_scenarios`` is 0)."""
         cfg = self.config
@@ -253,7 +287,7 @@ class Scaler:
             works,
             [self.predictor.seen(pid) for pid in prompt_ids],
             cfg.margin_scenarios,
-            alternatives,  # type: ignore[arg-type]
+            alternatives,
             cuts=cuts,
             max_new_tokens=self.max_new_tokens,
         )
@@ -326,6 +360,9 @@ class Scaler:
             raise BadScalingInput(
                 "Scaler.observe", f"{len(prompt_ids)} prompt ids but {len(lengths)} length lists"
             )
+        ratio = batch_work_ratio(self.predictor, prompt_ids, lengths)
+        if ratio is not None:
+            self.batch_ratios = [*self.batch_ratios, ratio][-BATCH_RATIOS_KEPT:]
         for pid, ls in zip(prompt_ids, lengths, strict=True):
             self.predictor.observe(pid, ls)
         for steps, tokens, seconds in decode:
@@ -350,9 +387,14 @@ class Scaler:
     # ------------------------------------------------------------------ checkpoints
 
     def to_dict(self) -> dict:
-        return msgspec.to_builtins(
-            ScalerState(predictor=self.predictor.to_dict(), throughput=self.throughput.to_dict())
+        state: dict = msgspec.to_builtins(  # a struct's builtins are a dict
+            ScalerState(
+                predictor=self.predictor.to_dict(),
+                throughput=self.throughput.to_dict(),
+                batch_ratios=list(self.batch_ratios),
+            )
         )
+        return state
 
     @classmethod
     def from_dict(
@@ -367,4 +409,5 @@ class Scaler:
         out = cls(config, slots, device_kind, **kwargs)  # type: ignore[arg-type]
         out.predictor = LengthPredictor.from_dict(state.predictor)
         out.throughput = ThroughputModel.from_dict(state.throughput)
+        out.batch_ratios = list(state.batch_ratios)
         return out

@@ -123,8 +123,9 @@ def expected_remaining(
         raise BadScalingSetting("remaining tail", tail, "a finite number > 0")
     above = [x - produced for x in support if x > produced]
     rem = sum(above) / len(above) if above else tail * produced
-    if max_new_tokens is not None:
-        rem = min(rem, check_max_new_tokens(max_new_tokens) - produced)
+    limit = check_max_new_tokens(max_new_tokens)
+    if limit is not None:
+        rem = min(rem, limit - produced)
     return max(1.0, rem)
 
 
@@ -274,6 +275,10 @@ class LengthPredictor:
         """Predicted longest response of the prompt's group (tokens): what its finish time needs."""
         return self.profile(prompt_id)[-1]
 
+    def dataset_profile(self) -> list[float]:
+        """What a prompt never seen is predicted: the dataset's median profile (a copy)."""
+        return list(self._dataset_profile())
+
     def _dataset_profile(self) -> list[float]:
         if not self._dataset:
             return [self.default] * PROFILE_POINTS
@@ -371,7 +376,7 @@ class LengthPredictor:
     def shape_ratios(self, points: int = 16) -> list[float]:
         """Quantiles of ``sample length / its prompt's median`` over the dataset's latest
         profiles: how far from its prompt's typical length a sample can land."""
-        ratios = []
+        ratios: list[float] = []
         for prof in self._dataset:
             mid = median(prof)
             if mid > 0:
@@ -413,7 +418,8 @@ class LengthPredictor:
 
     def to_dict(self) -> dict:
         """Plain JSON-able state for a checkpoint; :meth:`from_dict` restores it exactly."""
-        return msgspec.to_builtins(self.state())
+        state: dict = msgspec.to_builtins(self.state())  # a struct's builtins are a dict
+        return state
 
     @classmethod
     def from_state(cls, state: PredictorState) -> LengthPredictor:

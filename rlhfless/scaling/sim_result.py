@@ -51,6 +51,16 @@ class SimResult(msgspec.Struct, kw_only=True):
     moves: int  # sequences migrated
     cuts: int  # functions cut
     tokens_per_sequence: list[int]  # decode tokens each sequence got, over all functions
+    finish_times: list[float] = []  # when each sequence finished (same order)
+
+    @property
+    def tail_seconds(self) -> float:
+        """Rollout tail latency as Seer reports it: from the median sequence's finish to the
+        last one's (0 without finish times)."""
+        if not self.finish_times:
+            return 0.0
+        s = sorted(self.finish_times)
+        return s[-1] - s[(len(s) - 1) // 2]
 
     @property
     def function_seconds(self) -> float:

@@ -85,7 +85,7 @@ class _Fn:
 
 
 def simulate_rollout(
-    lengths: Sequence[Sequence[int]],
+    lengths: Sequence[Sequence[float]],  # drawn lengths may be fractional: rounded up per sample
     prefill_tokens: Sequence[float],
     groups: Sequence[Sequence[int]],
     params: ThroughputParams,
@@ -169,6 +169,7 @@ def simulate_rollout(
     remaining_of: list[dict[int, float]] = [{} for _ in support]
     n = len(seq_len)
     produced = [0] * n  # decode tokens of completed steps, over all functions
+    finished_at = [0.0] * n  # when each sequence finished
     start_step = [0] * n  # its function's step count when it was admitted there
     fns: list[_Fn] = []
     out: list[SimFunction] = []
@@ -365,13 +366,13 @@ def simulate_rollout(
         cut_ids = [int(c) for c in plan.cut]
         leave = {c: t for c in cut_ids}
         for c in cut_ids:  # stop generation; the step in flight is abandoned
-            src = fns[c]
-            for _, s in src.active:
-                produced[s] += src.step - start_step[s]
-            src.active.clear()
-            src.active_set.clear()
-            src.queue.clear()
-            src.arrivals.clear()
+            stopped = fns[c]
+            for _, s in stopped.active:
+                produced[s] += stopped.step - start_step[s]
+            stopped.active.clear()
+            stopped.active_set.clear()
+            stopped.queue.clear()
+            stopped.arrivals.clear()
         woken = set()
         for m in plan.moves:
             s, src, dst = int(m.seq_id), int(m.source), int(m.dest)
@@ -409,18 +410,21 @@ def simulate_rollout(
                 _, s = heapq.heappop(fn.active)
                 fn.active_set.discard(s)
                 produced[s] = seq_len[s]
+                finished_at[s] = t
                 fn.finished += 1
                 out[f].finished += 1
                 done_any = True
             if done_any and cut != "none" and has_candidate(f):
                 migrate(t, f)
+                # migrate() may finish fn; mypy keeps fn.done narrowed to False across the call.
                 if fn.done:
-                    continue
+                    continue  # type: ignore[unreachable]
         while fn.arrivals and fn.arrivals[0][0] <= t + 1e-12:
             fn.queue.append(heapq.heappop(fn.arrivals)[1])
         while fn.queue and len(fn.active) < fn.max_batch:
             s = fn.queue.popleft()
             if produced[s] >= seq_len[s]:  # zero length: finished without a step
+                finished_at[s] = t
                 clear = False  # unchecked: the next cut check looks at every function
                 fn.finished += 1
                 out[f].finished += 1
@@ -443,12 +447,13 @@ def simulate_rollout(
             finish_fn(f, t)
     makespan = max((max(s.released_at, s.finished_at) for s in out), default=0.0)
     if hold_to_end:
-        for s in out:
-            s.released_at = makespan
+        for result in out:
+            result.released_at = makespan
     return SimResult(
         makespan=makespan,
         functions=out,
         moves=moves,
         cuts=cuts,
         tokens_per_sequence=list(produced),
+        finish_times=finished_at,
     )

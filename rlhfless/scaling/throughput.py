@@ -339,7 +339,7 @@ class ThroughputModel:
     # ------------------------------------------------------------------ checkpoints
 
     def to_dict(self) -> dict:
-        return msgspec.to_builtins(
+        state: dict = msgspec.to_builtins(  # a struct's builtins are a dict
             ThroughputState(
                 prior=self.prior,
                 prior_weight=self.prior_weight,
@@ -350,6 +350,7 @@ class ThroughputModel:
                 weight_loads=list(self._weights),
             )
         )
+        return state
 
     @classmethod
     def from_dict(cls, data: Mapping) -> ThroughputModel:

@@ -48,7 +48,7 @@ def test_warm_functions_skip_the_cold_start() -> None:
 
 
 def test_render_prints_the_curve() -> None:
-    d = choose_k(works_from(lognormal_groups(16, 4)), range(1, 4), PARAMS, get_model("aws"), "l4")
+    d = choose_k(works_from(lognormal_groups(16, 4)), range(1, 4), PARAMS, get_model("aws"), "a10g")
     text = d.render()
     assert "k=" in text and "T (s)" in text and f"*{d.k}" in text
 
@@ -56,9 +56,9 @@ def test_render_prints_the_curve() -> None:
 @pytest.mark.parametrize("lam", [-0.1, float("nan"), float("inf")])
 def test_negative_or_nonfinite_lambda_is_rejected(lam: float) -> None:
     with pytest.raises(BadScalingSetting, match=r"lam .* invalid.*>= 0"):
-        choose_k(works_from([[1]]), [1], PARAMS, get_model("aws"), "l4", lam=lam)
+        choose_k(works_from([[1]]), [1], PARAMS, get_model("aws"), "a10g", lam=lam)
 
 
 def test_empty_k_range_is_rejected() -> None:
     with pytest.raises(BadScalingSetting, match="k range"):
-        choose_k(works_from([[1]]), [], PARAMS, get_model("aws"), "l4")
+        choose_k(works_from([[1]]), [], PARAMS, get_model("aws"), "a10g")

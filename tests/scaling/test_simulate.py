@@ -50,7 +50,7 @@ def test_holding_to_the_end_turns_early_finishes_into_idle_time() -> None:
     assert released.idle_seconds == pytest.approx(0.0, abs=1e-9)
     assert held.idle_seconds > 0
     aws = get_model("aws")
-    assert held.usd(aws, "l4") >= released.usd(aws, "l4")
+    assert held.usd(aws, "a10g") >= released.usd(aws, "a10g")
 
 
 def test_zero_length_and_single_prompt_rollouts() -> None:
