@@ -4,12 +4,15 @@
     report = simulate(SimConfig(nodes=20, gpu="h100", model="7b", workload=Workload(algo="grpo")))
     report.systems["rlhfless"].usd["aws"], report.systems["serverful-colocated"].mean_iteration_seconds
 
-Modules: ``hardware`` (GPU and model profiles), ``vidur_fit`` (efficiencies fitted to Vidur's
-profiles), ``perf`` (the performance model), ``calibration`` (``cpu-tiny``), ``workload``
-(lengths: parametric or a trace), ``engine`` (discrete events), ``cluster`` (functions and
-billing events), ``systems`` / ``serverless`` (the three systems), ``run`` (simulate and price),
-``report`` (table, JSON, PNG), ``cli`` (the command). Imports only ``rlhfless.scaling``,
-``rlhfless.cost_models`` and ``rlhfless.runtime.messages``.
+Modules: ``profiles`` / ``hardware`` (GPU and model profiles), ``model_config`` (a model from its
+config.json), ``vidur_fit`` (efficiencies fitted to Vidur's profiles), ``published`` (verl's
+published step and the per-layer fit), ``calibration`` (``cpu-tiny``), ``residuals`` (each stage
+against measured steps), ``perf`` (the performance model), ``workload`` (lengths: parametric or a
+trace), ``engine`` (discrete events), ``cluster`` (functions and billing events), ``systems`` /
+``serverless`` / ``stream`` (the systems; the streamed iteration's pool), ``run`` (simulate and
+price), ``estimate`` / ``estimate_gpu`` (``rlhfless estimate``), ``report`` (tables, JSON, PNG),
+``cli`` (the commands). Imports only ``rlhfless.scaling``, ``rlhfless.cost_models`` and
+``rlhfless.runtime.messages``.
 """
 
 from rlhfless.sim.errors import BadSetting, BadSweep, BadTrace, SimError, UnknownName

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -17,6 +18,7 @@ from rich.progress import Progress
 
 from rlhfless.cost_models import CostModelError
 from rlhfless.sim.errors import BadSweep, SimError
+from rlhfless.sim.estimate import JobSpec
 from rlhfless.sim.hardware import get_gpu
 from rlhfless.sim.perf import startup_for
 from rlhfless.sim.run import SimConfig, resolve_systems
@@ -49,9 +51,14 @@ def parse_sweep(text: str) -> tuple[str, list]:
 
 
 def simulate_command(
-    nodes: Annotated[int, typer.Option(help="nodes of --gpu (8 GPUs each)")] = 20,
+    nodes: Annotated[int, typer.Option(min=1, help="nodes of --gpu")] = 20,
+    gpus_per_node: Annotated[
+        int, typer.Option(min=0, help="GPUs per node: 1, 2, 4, 8 (0: the instance's 8)")
+    ] = 0,
     gpu: Annotated[str, typer.Option(help="h100, a100, l40s, l4, cpu-tiny")] = "h100",
-    model: Annotated[str, typer.Option(help="0.5b 1.5b 3b 7b 14b 32b 70b tiny")] = "7b",
+    model: Annotated[
+        str, typer.Option(help="0.5b 1.5b 3b 7b 14b 32b 70b tiny smollm2, or a config.json")
+    ] = "7b",
     algo: Annotated[str, typer.Option(help="grpo or ppo")] = "grpo",
     dataset: Annotated[
         str, typer.Option(help="gsm8k-like, gpqa-like, livecodebench-like")
@@ -63,6 +70,13 @@ def simulate_command(
     group: Annotated[int, typer.Option(min=0, help="samples per prompt (0: 8 GRPO, 1 PPO)")] = 0,
     seed: int = 0,
     trace: Annotated[Path | None, typer.Option(help="lengths JSONL to replay")] = None,
+    prompt_len: Annotated[int, typer.Option(min=0, help="median prompt tokens (0: dataset)")] = 0,
+    response_len: Annotated[
+        int, typer.Option(min=0, help="median response tokens (0: dataset)")
+    ] = 0,
+    max_response: Annotated[int, typer.Option(min=0, help="generation limit (0: dataset)")] = 0,
+    micro_batch: Annotated[int, typer.Option(min=1, help="sequences per micro-batch")] = 4,
+    eager: Annotated[bool, typer.Option(help="rollout engines without CUDA graphs")] = False,
     keep_alive: Annotated[float, typer.Option(min=0)] = 300.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="write results here")] = None,
     plot: Annotated[Path | None, typer.Option(help="write a PNG here")] = None,
@@ -83,13 +97,14 @@ def simulate_command(
                 w = Workload(
                     algo=algo, dataset=dataset, batch_prompts=p["batch"],  # type: ignore[arg-type]
                     group_size=group or (1 if algo == "ppo" else 8), iterations=iterations,
-                    seed=seed, trace=str(trace or ""),
+                    seed=seed, trace=str(trace or ""), prompt_len=prompt_len,
+                    response_len=response_len, max_response=max_response, micro_batch=micro_batch,
                 )  # fmt: skip
                 cfg = SimConfig(
                     nodes=p["nodes"], gpu=p["gpu"], model=p["model"], workload=w,  # type: ignore[arg-type]
-                    systems=names, costs=costs,
+                    systems=names, costs=costs, gpus_per_node=gpus_per_node, eager=eager,
                     startup=msgspec.structs.replace(
-                        startup_for(get_gpu(p["gpu"])), keep_alive_seconds=keep_alive
+                        startup_for(get_gpu(str(p["gpu"]))), keep_alive_seconds=keep_alive
                     ),
                 )  # fmt: skip
                 reports.append(run_simulation(cfg))
@@ -123,6 +138,65 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 simulate = simulate_command  # the name the lead registers
+
+
+def make_estimate(load_job: Callable[[Path | None, list[str]], JobSpec]) -> Callable[..., None]:
+    """``rlhfless estimate``; ``load_job`` reads a config (stages' loader, wired by the CLI)."""
+
+    def estimate_command(
+        config: Annotated[
+            Path | None, typer.Argument(help="TOML config; omit for the default")
+        ] = None,
+        set_: Annotated[list[str] | None, typer.Option("--set", help="key=value override")] = None,
+        cost: Annotated[
+            str, typer.Option(help="cost models, comma separated")
+        ] = "aws,gcp,modal,onprem",
+        history: Annotated[
+            Path | None,
+            typer.Option(help="an earlier run's directory: its lengths and stage times"),
+        ] = None,
+        run: Annotated[
+            Path | None,
+            typer.Option(help="a finished run of this config: estimate beside measured"),
+        ] = None,
+        json_out: Annotated[
+            Path | None, typer.Option("--json", help="write the estimate here")
+        ] = None,
+        gpu: Annotated[
+            str, typer.Option(help="simulate on this GPU instead (h100, a100, l40s, l4)")
+        ] = "",
+        nodes: Annotated[int, typer.Option(min=1, help="with --gpu: nodes")] = 1,
+        gpus_per_node: Annotated[int, typer.Option(min=0, help="with --gpu: GPUs per node")] = 0,
+    ) -> None:
+        """Predict a job's time and cost per iteration and in all, per cost model, as a range."""
+        from rlhfless.sim.estimate import estimate, read_run
+        from rlhfless.sim.estimate_gpu import estimate_gpu
+        from rlhfless.sim.report import estimate_table
+
+        try:
+            job = load_job(config, list(set_ or []))
+            if gpu:
+                job = msgspec.structs.replace(
+                    job, device=gpu, device_kind=get_gpu(gpu).device_kind, nodes=nodes,
+                    gpus_per_node=gpus_per_node,
+                )  # fmt: skip
+            earlier = read_run(history) if history else None
+            costs = [c.strip() for c in cost.split(",") if c.strip()]
+            est = (estimate_gpu if gpu else estimate)(job, costs, earlier)
+            measured = read_run(run) if run else None
+        except (SimError, CostModelError) as exc:
+            fail(str(exc), 2)
+        Console(width=None if sys.stdout.isatty() else 160).print(
+            estimate_table(est, job, measured)
+        )
+        if json_out:
+            try:
+                json_out.write_bytes(msgspec.json.encode(est))
+            except OSError as exc:
+                fail(f"cannot write --json {json_out}: {exc.strerror or exc}", 1)
+
+    return estimate_command
+
 
 if __name__ == "__main__":
     typer.run(simulate_command)

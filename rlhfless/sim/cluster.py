@@ -97,8 +97,8 @@ class Cluster:
             for s, e in busy:
                 rec.add_busy(s, e)
             rec.exited_at = max(rec.exited_at, end)
-        key = (node, role)
-        self._cache[key] = max(self._cache.get(key, -1e300), end)
+        cached = (node, role)
+        self._cache[cached] = max(self._cache.get(cached, -1e300), end)
 
     def cached(self, node: int, role: str, t: float, keep_alive: float) -> bool:
         last = self._cache.get((node, role))

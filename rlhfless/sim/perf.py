@@ -96,9 +96,12 @@ class PerfModel:
         prompt_mean: float,
         response_mean: float,
         startup: StartupParams | None = None,
+        eager: bool = False,
+        micro_batch: int = 4,
     ) -> None:
         self.gpu, self.model = gpu, model
         self.startup = startup or startup_for(gpu)
+        self.eager, self.micro_batch = eager, max(1, micro_batch)
         self.tp = model.tp
         if self.tp > gpu.gpus_per_node:
             raise BadSetting("tp", self.tp, f"<= {gpu.gpus_per_node} GPUs per node of {gpu.name}")
@@ -127,6 +130,8 @@ class PerfModel:
         m, g, tp = self.model, self.gpu, self.tp
         comm = 2 * m.layers * TP_ALLREDUCE_SECONDS if tp > 1 else 0.0
         t0 = m.weight_bytes / (tp * g.bandwidth) + g.step_overhead_seconds + comm
+        if self.eager:  # no CUDA graphs: every layer's launches, as an eager forward pass
+            t0 += m.layers * g.layer_pass_seconds
         context = self.prompt_mean + self.response_mean / 2
         t1 = m.kv_bytes_per_token * context / (tp * g.bandwidth) + 2 * m.params / (tp * g.flops)
         return t0, t1
@@ -137,20 +142,44 @@ class PerfModel:
         per_seq = self.model.kv_bytes_per_token * (self.prompt_mean + self.response_mean)
         return max(1, min(self.startup.max_batch, int(free / per_seq)))
 
-    def forward_seconds(self, tokens: float, seq_len: float, gpus: int) -> float:
-        flops = tokens * (2 * self.model.params + self.attention_flops_per_token(seq_len / 2))
-        return flops / (max(gpus, 1) * self.gpu.flops)
+    def micro_batches(self, samples: int, gpus: int) -> int:
+        """Micro-batches each GPU runs for a pass over ``samples`` sequences."""
+        return -(-samples // (max(gpus, 1) * self.micro_batch)) if samples else 0
 
-    def train_seconds(self, tokens: float, seq_len: float, gpus: int, steps: int = 1) -> float:
+    def forward_seconds(self, tokens: float, seq_len: float, gpus: int, samples: int = 0) -> float:
+        flops = tokens * (2 * self.model.params + self.attention_flops_per_token(seq_len / 2))
+        fixed = self.micro_batches(samples, gpus) * self.model.layers * self.gpu.layer_pass_seconds
+        return flops / (max(gpus, 1) * self.gpu.flops) + fixed
+
+    def train_seconds(
+        self, tokens: float, seq_len: float, gpus: int, steps: int = 1, samples: int = 0
+    ) -> float:
+        """One training pass over ``tokens`` (``samples`` sequences: the micro-batches' fixed
+        per-layer cost) with ``steps`` optimiser steps: compute overlapped with FSDP traffic."""
+        compute = self.train_compute_seconds(tokens, seq_len, gpus, samples)
+        return max(compute, self.train_traffic_seconds(gpus, steps))
+
+    def train_compute_seconds(
+        self, tokens: float, seq_len: float, gpus: int, samples: int = 0
+    ) -> float:
+        """The forward and backward FLOPs of ``tokens`` on ``gpus`` plus the micro-batches'
+        fixed per-layer cost."""
         g = self.gpu
         flops = 3 * tokens * (2 * self.model.params + self.attention_flops_per_token(seq_len / 2))
-        compute = flops / (max(gpus, 1) * g.peak_flops * g.train_efficiency)
+        fixed = self.micro_batches(samples, gpus) * self.model.layers * g.layer_train_seconds
+        return flops / (max(gpus, 1) * g.peak_flops * g.train_efficiency) + fixed
+
+    def train_traffic_seconds(self, gpus: int, steps: int) -> float:
+        """FSDP's traffic for ``steps`` optimiser steps: 3 x weight bytes per GPU per step
+        (gather for forward and backward, reduce-scatter of gradients) over its network share."""
+        g = self.gpu
+        if gpus <= 1:
+            return 0.0
         nodes = math.ceil(gpus / g.gpus_per_node)
         per_gpu_net = (
             g.network_bytes_per_s / g.gpus_per_node if nodes > 1 else g.intra_node_bytes_per_s
         )
-        comm = steps * 3 * self.model.weight_bytes / per_gpu_net if gpus > 1 else 0.0
-        return max(compute, comm)
+        return steps * 3 * self.model.weight_bytes / per_gpu_net
 
     def reshard_seconds(self) -> float:
         return self.model.weight_bytes / self.tp / self.gpu.intra_node_bytes_per_s

@@ -18,13 +18,14 @@ from rlhfless.cost_models import Ledger, UnknownDeviceKind, get_model
 from rlhfless.sim.cluster import Cluster
 from rlhfless.sim.engine import Engine
 from rlhfless.sim.errors import BadSetting, UnknownName
-from rlhfless.sim.hardware import get_gpu, get_model_profile
+from rlhfless.sim.hardware import GpuProfile, ModelProfile, get_gpu, get_model_profile
+from rlhfless.sim.model_config import is_config_path, model_from_config, tp_for
 from rlhfless.sim.perf import PerfModel, StartupParams, startup_for
-from rlhfless.sim.serverless import Rlhfless
+from rlhfless.sim.serverless import Rlhfless, RlhflessStaged
 from rlhfless.sim.systems import ServerfulColocated, ServerfulFused, System
 from rlhfless.sim.workload import Batch, Workload
 
-SYSTEMS = ("serverful-colocated", "serverful-fused", "rlhfless")
+SYSTEMS = ("serverful-colocated", "serverful-fused", "rlhfless", "rlhfless-staged")
 
 
 class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -36,6 +37,7 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     systems: tuple[str, ...] = SYSTEMS
     costs: tuple[str, ...] = ("aws", "onprem")
     startup: StartupParams | None = None  # None: the device's own (perf.startup_for)
+    eager: bool = False  # rollout engines without CUDA graphs (verl's quickstart ran so)
 
 
 class Span(msgspec.Struct, frozen=True, array_like=True):
@@ -78,7 +80,8 @@ def _make(name: str, perf: PerfModel, w: Workload, cluster: Cluster, plan: str) 
         return ServerfulColocated(perf, w, cluster)
     if name == "serverful-fused":
         return ServerfulFused(perf, w, cluster)
-    return Rlhfless(perf, w, cluster, get_model(plan))
+    cls = RlhflessStaged if name == "rlhfless-staged" else Rlhfless
+    return cls(perf, w, cluster, get_model(plan))
 
 
 def resolve_systems(text: str) -> tuple[str, ...]:
@@ -91,12 +94,25 @@ def resolve_systems(text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def resolve_model(name: str, gpu: GpuProfile) -> ModelProfile:
+    """A preset or a config.json; ``tp`` chosen for the GPU where the preset's does not fit a
+    node (or a config.json gives none)."""
+    model = model_from_config(name) if is_config_path(name) else get_model_profile(name)
+    if model.tp == 0 or model.tp > gpu.gpus_per_node:
+        tp = tp_for(model.weight_bytes, gpu.memory_bytes, gpu.gpus_per_node)
+        model = msgspec.structs.replace(model, tp=tp)
+    return model
+
+
 def simulate(cfg: SimConfig, batches: list[Batch] | None = None) -> SimReport:
-    gpu, model = get_gpu(cfg.gpu), get_model_profile(cfg.model)
+    gpu = get_gpu(cfg.gpu)
     if cfg.nodes < 1:
         raise BadSetting("nodes", cfg.nodes, "an integer >= 1")
+    if cfg.gpus_per_node < 0:
+        raise BadSetting("gpus_per_node", cfg.gpus_per_node, "an integer >= 1 (0: the GPU's)")
     per_node = cfg.gpus_per_node or gpu.gpus_per_node
     gpu = msgspec.structs.replace(gpu, gpus_per_node=per_node)
+    model = resolve_model(cfg.model, gpu)
     for s in cfg.systems:
         if s not in SYSTEMS:
             raise UnknownName("system", s, SYSTEMS)
@@ -108,7 +124,10 @@ def simulate(cfg: SimConfig, batches: list[Batch] | None = None) -> SimReport:
         / samples
     )
     response_mean = sum(b.decode_tokens for b in batches) / samples
-    perf = PerfModel(gpu, model, prompt_mean, response_mean, cfg.startup or startup_for(gpu))
+    perf = PerfModel(
+        gpu, model, prompt_mean, response_mean, cfg.startup or startup_for(gpu),
+        eager=cfg.eager, micro_batch=cfg.workload.micro_batch,
+    )  # fmt: skip
     if per_node % perf.tp:
         raise BadSetting("gpus_per_node", per_node, f"a multiple of the model's tp ({perf.tp})")
     out: dict[str, SystemReport] = {}
@@ -116,14 +135,18 @@ def simulate(cfg: SimConfig, batches: list[Batch] | None = None) -> SimReport:
     for name in cfg.systems:
         # rlhfless adapts its policy (functions per rollout, when to release a GPU) to the
         # billing rules, so it runs once per cost model; times come from the first.
-        runs = plans if name == "rlhfless" else plans[:1]
+        runs = plans if name.startswith("rlhfless") else plans[:1]
         report: SystemReport | None = None
         for plan in runs:
             cluster = Cluster(cfg.nodes, per_node, gpu.device_kind)
             system = _make(name, perf, cfg.workload, cluster, plan)
             system.run(Engine(), batches)
             priced = (
-                models if name != "rlhfless" else {plan: models[plan]} if plan in models else {}
+                models
+                if not name.startswith("rlhfless")
+                else {plan: models[plan]}
+                if plan in models
+                else {}
             )
             one = _report(name, system, cluster, priced)
             if report is None:

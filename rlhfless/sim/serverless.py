@@ -2,13 +2,15 @@
 
 Per iteration, with the same :mod:`rlhfless.scaling` code the real runtime uses:
 
-* **Rollout.** The :class:`~rlhfless.scaling.LengthPredictor` (EWMA, alpha 0.5) predicts each
-  prompt's lengths; :func:`~rlhfless.scaling.choose_k` packs prompt groups by predicted length
-  and picks the cheapest number of functions (``tp`` GPUs each) whose predicted makespan is
-  within 5% of the fastest, under the plan's cost model (the first ``--cost`` model);
-  :func:`~rlhfless.scaling.simulate_rollout` runs it with the true lengths and per-function
-  cut-and-migrate at tau = 0.7. Shared prefixes: each group's prompt is prefilled once.
-  Functions are released at their own finish (or cut).
+* **Rollout.** Planned as the real :class:`~rlhfless.scaling.Scaler` plans it (:mod:`.plan`):
+  its predictor (EWMA, alpha 0.5) predicts each prompt's lengths; ``choose_k`` packs prompt
+  groups by predicted length and picks the cheapest number of functions (``tp`` GPUs each)
+  whose *expected* makespan over the predictor's error margin is within 3% of the fastest
+  (``ScalingConfig.within()``), under the plan's cost model (the first ``--cost`` model), with
+  LPT as the margin's fallback and a per-function cut planned where the margin says it pays
+  (``cut = "auto"``); :func:`~rlhfless.scaling.simulate_rollout` runs it with the true lengths
+  and that cut. Shared prefixes: each group's prompt is prefilled once. Functions are released
+  at their own finish (or cut).
 * **Forward passes** (old log-probs, reference, critic values) and **training** run on
   functions of one whole node each (the G GPUs, like the serverful systems, so stage times match
   and only the holding differs). Trainer functions load the Adam state (16 bytes per
@@ -28,46 +30,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rlhfless.cost_models import CostModel
-from rlhfless.scaling import (
-    GroupWork,
-    LengthPredictor,
-    ScalingConfig,
-    ScalingDecision,
-    SimFunction,
-    ThroughputParams,
-    choose_k,
-    simulate_rollout,
-)
+from rlhfless.scaling import SimFunction, SimResult, simulate_rollout
 from rlhfless.sim.cluster import Cluster
 from rlhfless.sim.engine import Engine
 from rlhfless.sim.perf import PerfModel
+from rlhfless.sim.plan import POLICY, RolloutPlanner
+from rlhfless.sim.stream import Freed, group_finish_times, stream
 from rlhfless.sim.systems import IterationResult, System, completed
-from rlhfless.sim.workload import Batch, Workload
-
-WITHIN_FRACTION = 0.05  # k: cheapest within 5% of the fastest predicted rollout
-# The rollout policy as a user gets it by default (assignment method, cut, tau), so the
-# simulated system is the one `rlhfless train --set scaling.policy=rlhfless` runs.
-POLICY = ScalingConfig(policy="rlhfless")
-
-
-def k_grid(limit: int, around: int | None = None) -> list[int]:
-    """Candidate function counts: powers of two up to ``limit`` (and ``limit``), or, with
-    ``around``, ~10% steps from half to twice it. The scaler's curve is smooth, so a coarse
-    pass and a fine pass around its choice find its minimum at a fraction of the cost of
-    evaluating every k (which would dominate a 100-node sweep)."""
-    if around is None:
-        ks = {limit}
-        k = 1
-        while k < limit:
-            ks.add(k)
-            k *= 2
-        return sorted(ks)
-    ks = {around}
-    k = max(1.0, around / 2)
-    while k < min(limit, 2 * around):
-        ks.add(max(1, min(limit, round(k))))
-        k *= 1.1
-    return sorted(ks)
+from rlhfless.sim.workload import Batch, Workload, lengths_of
 
 
 def hold_seconds(model: CostModel, boot: float) -> float:
@@ -78,14 +48,22 @@ def hold_seconds(model: CostModel, boot: float) -> float:
 
 
 class Rlhfless(System):
+    """Streamed (the default, as ``rlhfless train`` runs): finished groups are scored and trained
+    on GPUs that finished rollout functions released while the tail decodes (:mod:`.stream`)."""
+
     name = "rlhfless"
+    streamed = True
 
     def __init__(
         self, perf: PerfModel, workload: Workload, cluster: Cluster, plan_model: CostModel
     ) -> None:
         super().__init__(perf, workload, cluster)
         self.plan_model = plan_model
-        self.predictor = LengthPredictor(alpha=0.5)
+        limit = None if workload.trace else lengths_of(workload).max_response
+        self.planner = RolloutPlanner(
+            cluster.gpus // perf.tp, cluster.device_kind, plan_model, perf.transfer_params(),
+            limit, perf.tp,
+        )  # fmt: skip
         self.node_slots = min(cluster.gpus_per_node, cluster.gpus)
 
     def warm(self, role: str, t: float) -> bool:
@@ -109,14 +87,6 @@ class Rlhfless(System):
                 start + busy,
                 self.hold(boot),
             )
-
-    def choose(
-        self, works: list[GroupWork], ks: list[int], params: ThroughputParams
-    ) -> ScalingDecision:
-        return choose_k(
-            works, ks, params, self.plan_model, self.cluster.device_kind,
-            within_fraction=WITHIN_FRACTION, method=POLICY.assign, slots_per_function=self.perf.tp,
-        )  # fmt: skip
 
     def hold(self, boot: float) -> float:
         return min(hold_seconds(self.plan_model, boot), self.perf.startup.keep_alive_seconds)
@@ -148,14 +118,9 @@ class Rlhfless(System):
         tp = perf.tp
         stages: dict[str, float] = {}
         params = perf.throughput_params(warm=self.warm("rollout", t))
-        predicted = [
-            self.predictor.predict_group(pid, len(ls))
-            for pid, ls in zip(batch.prompt_ids, batch.lengths, strict=True)
-        ]
+        predicted = self.planner.predict(batch.prompt_ids, [len(ls) for ls in batch.lengths])
         works = self.works(batch, predicted, dedup=True)
-        limit = c.gpus // tp
-        coarse = self.choose(works, k_grid(limit), params)
-        decision = self.choose(works, k_grid(limit, coarse.k), params)
+        decision = self.planner.plan(batch.prompt_ids, works, params)
         groups = decision.assignment.groups
         cut, tau = POLICY.cut_in_force((decision.cut, decision.cut_threshold))
         r = simulate_rollout(
@@ -169,10 +134,20 @@ class Rlhfless(System):
                 self._use("rollout", node, slot, tp, t, sf),
                 f"rollout:{node}:{slot}",
             )
-        for pid, ls in zip(batch.prompt_ids, batch.lengths, strict=True):
-            self.predictor.observe(pid, ls)
+        self.planner.observe(batch.prompt_ids, batch.lengths)
         roll = r.makespan + perf.gpu.stage_overhead_seconds
         stages["rollout"] = roll
+        if self.streamed:
+            end = self.stream_after(engine, t, i, batch, groups, r, stages)
+            self.results.append(
+                IterationResult(
+                    index=i, start=t, end=end, stages=stages, samples=batch.samples,
+                    decode_tokens=sum(r.tokens_per_sequence), samples_trained=completed(r, batch),
+                    rollout_functions=len(groups), moves=r.moves, cuts=r.cuts,
+                )
+            )  # fmt: skip
+            done(end)
+            return
         t2 = t + roll
         stages["reward"] = reward = self.reward_seconds(batch)
         t3 = t2 + reward
@@ -198,3 +173,77 @@ class Rlhfless(System):
             )
         )  # fmt: skip
         done(end)
+
+    def stream_after(
+        self, engine: Engine, t: float, i: int, batch: Batch, groups: list, r: SimResult,
+        stages: dict[str, float],
+    ) -> float:  # fmt: skip
+        """Scoring and training on released GPUs while the tail decodes; returns the end."""
+        perf, c, tp = self.perf, self.cluster, self.perf.tp
+        G = c.gpus
+        streamable, barrier = self.stream_work(batch)
+        seq = [
+            p * len(ls) + sum(ls) for p, ls in zip(batch.prompt_tokens, batch.lengths, strict=True)
+        ]
+        total = sum(seq) or 1
+        t0, t1 = perf.decode_step()
+        freed = []
+        for f, (grp, sf) in enumerate(zip(groups, r.functions, strict=True)):
+            freed.append(Freed(sf.finished_at, tp, 0.0, f))  # its GPUs
+            dated = None if r.moves else group_finish_times(
+                [batch.lengths[g] for g in grp], sf.finished_at, t0, t1, perf.max_batch()
+            )  # fmt: skip
+            for g, at in zip(grp, dated or [sf.finished_at] * len(grp), strict=True):
+                freed.append(Freed(at, 0, streamable * seq[g] / total, f))  # its groups' work
+        places = c.place(G // tp, tp)
+        freed += [Freed(0.0, tp, 0.0, f) for f in range(len(groups), len(places))]
+        state = perf.trainer_state_bytes()
+        join = perf.start_seconds(self.warm("scorer", t), state, G)
+        # Pre-warmed as the staged stages are (the start overlaps the rollout function it
+        # follows on the GPU: billed as a cold start, not on the critical path); see module doc.
+        res = stream(freed, r.makespan, barrier, join_seconds=0.0)
+        for f, spans in res.busy.items():
+            node, slot = places[f]
+            for s, e in spans:
+                engine.at(t + s, self._span("scorer", node, slot, join, t + s, t + e), f"score{i}")
+        stages["after rollout"] = (
+            res.end - r.makespan
+        )  # the state's offload: off the path, as staged
+        return t + res.end + perf.gpu.stage_overhead_seconds
+
+    def stream_work(self, batch: Batch) -> tuple[float, float]:
+        """GPU-seconds on the whole cluster's GPUs that stream (start once a group is complete)
+        and that wait for the last group, by the real trainer's rule (stages/streamed.py,
+        ``TrainerActor.begin_step / accumulate / finish_step``).
+
+        The forward passes stream. GRPO's first optimiser step accumulates the forward and
+        backward of complete groups and steps after the last one; every later step (later
+        mini-batches, later epochs) needs the weights of the step before it, so it waits. Only
+        the first step's compute streams (its share of every group: mini-batches are drawn
+        across the batch); the rest of the training time as staged (later steps' compute, all
+        steps' FSDP traffic beyond the compute moved earlier, the update's overhead) waits.
+        PPO's update waits for whole-batch advantage whitening: all its training waits."""
+        G = self.cluster.gpus
+        fwd = self.forward_seconds(batch, G) * G
+        train = self.train_seconds(batch, G) * G
+        if self.workload.algo != "grpo":
+            return fwd, train
+        first = self.first_step_compute_seconds(batch, G) * G
+        return fwd + first, train - first
+
+    def _span(
+        self, role: str, node: int, slot: int, boot: float, start: float, end: float
+    ) -> Callable[[float], None]:
+        def go(_now: float) -> None:
+            self.cluster.use(
+                role, node, slot, self.perf.tp, boot, start, [(start, end)], end, self.hold(boot)
+            )
+
+        return go
+
+
+class RlhflessStaged(Rlhfless):
+    """Every stage waits for the one before it (``pipeline.stream = false``)."""
+
+    name = "rlhfless-staged"
+    streamed = False

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Literal
 
 import msgspec
 
@@ -113,17 +114,30 @@ class System(ABC):
         return 1 + int(self.workload.reference) + int(self.workload.algo == "ppo")
 
     def forward_seconds(self, batch: Batch, gpus: int) -> float:
-        one = self.perf.forward_seconds(batch.sequence_tokens, self.mean_seq(batch), gpus)
+        one = self.perf.forward_seconds(
+            batch.sequence_tokens, self.mean_seq(batch), gpus, batch.samples
+        )
         return self.forward_passes() * one + self.perf.gpu.stage_overhead_seconds
 
     def train_seconds(self, batch: Batch, gpus: int) -> float:
         w = self.workload
         tokens = batch.sequence_tokens * w.train_epochs
         one = self.perf.train_seconds(
-            tokens, self.mean_seq(batch), gpus, w.minibatches * w.train_epochs
-        )
+            tokens, self.mean_seq(batch), gpus, w.minibatches * w.train_epochs,
+            batch.samples * w.train_epochs,
+        )  # fmt: skip
         models = 2 if w.algo == "ppo" else 1  # PPO trains the critic too
         return models * one + self.perf.gpu.train_overhead_seconds
+
+    def first_step_compute_seconds(self, batch: Batch, gpus: int) -> float:
+        """The forward and backward compute of the first of the iteration's optimiser steps
+        (``minibatches x train_epochs`` steps share the batch's passes evenly)."""
+        w = self.workload
+        compute = self.perf.train_compute_seconds(
+            batch.sequence_tokens * w.train_epochs, self.mean_seq(batch), gpus,
+            batch.samples * w.train_epochs,
+        )  # fmt: skip
+        return compute / (w.minibatches * w.train_epochs)
 
     def reward_seconds(self, batch: Batch) -> float:
         return batch.samples * REWARD_SECONDS_PER_SAMPLE + self.perf.gpu.stage_overhead_seconds
@@ -184,7 +198,7 @@ class ServerfulColocated(System):
         prefill = [
             float(batch.prompt_tokens[p] * len(batch.lengths[p])) for p in range(len(batch.lengths))
         ]
-        cut = "global" if self.fused else "none"
+        cut: Literal["global", "none"] = "global" if self.fused else "none"
         r = simulate_rollout(
             batch.lengths, prefill, a.groups, params, warm=k, cut=cut,
             threshold=FUSED_CUT_THRESHOLD, transfer=perf.transfer_params(), hold_to_end=True,

@@ -106,6 +106,10 @@ class Workload(msgspec.Struct, frozen=True, kw_only=True):
     train_epochs: int = 1  # passes over the batch per iteration (verl ppo_epochs = 1)
     minibatches: int = 4  # optimizer steps per iteration (each one all-gathers the weights)
     reference: bool = True  # a KL term needs reference log-probs (verl's GRPO default)
+    micro_batch: int = 4  # sequences per micro-batch per GPU (verl's quickstart)
+    prompt_len: int = 0  # > 0: the dataset's median prompt tokens replaced by this
+    response_len: int = 0  # > 0: the dataset's median response tokens replaced by this
+    max_response: int = 0  # > 0: the generation limit (the dataset's cap otherwise)
     seed: int = 0
     trace: str = ""  # JSONL trace replacing the parametric lengths
 
@@ -117,7 +121,10 @@ class Workload(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("batch_prompts", "group_size", "iterations", "steps_per_epoch"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise BadSetting(name, getattr(self, name), "an integer >= 1")
-        for name in ("train_epochs", "minibatches"):
+        for name in ("prompt_len", "response_len", "max_response"):
+            if getattr(self, name) < 0:
+                raise BadSetting(name, getattr(self, name), "an integer >= 0 (0: the dataset's)")
+        for name in ("train_epochs", "minibatches", "micro_batch"):
             if getattr(self, name) < 1:
                 raise BadSetting(name, getattr(self, name), "an integer >= 1")
 
@@ -128,8 +135,22 @@ class Workload(msgspec.Struct, frozen=True, kw_only=True):
             yield from _parametric(self)
 
 
-def _parametric(w: Workload) -> Iterator[Batch]:
+def lengths_of(w: Workload) -> LengthDist:
+    """The dataset's length distribution with the workload's own medians and limit."""
     d = DATASETS[w.dataset]
+    changes: dict = {}
+    if w.prompt_len:
+        changes["prompt_median"] = float(w.prompt_len)
+        changes["max_prompt"] = max(d.max_prompt, 2 * w.prompt_len)
+    if w.response_len:
+        changes["response_median"] = float(w.response_len)
+    if w.max_response:
+        changes["max_response"] = w.max_response
+    return msgspec.structs.replace(d, **changes)
+
+
+def _parametric(w: Workload) -> Iterator[Batch]:
+    d = lengths_of(w)
     rng = random.Random(w.seed)
     n = w.batch_prompts * w.steps_per_epoch
     typical = [rng.lognormvariate(math.log(d.response_median), d.sigma_prompt) for _ in range(n)]

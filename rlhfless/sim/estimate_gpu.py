@@ -1,0 +1,60 @@
+"""``rlhfless estimate --gpu``: the same job on a simulated GPU cluster, serverless and serverful.
+
+The job's settings become a :class:`~rlhfless.sim.Workload` (an earlier run's ``lengths.jsonl`` as
+the trace where given; else gsm8k-like lengths with the config's generation limit, and the repeat
+task's median where it has one), simulated on ``nodes`` x ``gpus_per_node`` GPUs. Serverless is
+the streamed ``rlhfless`` system, serverful ``serverful-colocated`` (verl-like), each priced by
+the cost model's own rules. The range is the central value x (1 -/+ :data:`GPU_UNCERTAINTY`):
+the largest stage residual of the calibration against verl's published GPU step (+17%),
+rounded up, on a GPU the step's own GPU is only assumed to be.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlhfless.sim.estimate import Earlier, Estimate, JobSpec, Priced, Range
+from rlhfless.sim.run import SimConfig, simulate
+from rlhfless.sim.workload import Workload
+
+GPU_UNCERTAINTY = 0.25
+
+
+def _band(x: float) -> Range:
+    return Range(x * (1 - GPU_UNCERTAINTY), x, x * (1 + GPU_UNCERTAINTY))
+
+
+def estimate_gpu(job: JobSpec, costs: list[str], earlier: Earlier | None = None) -> Estimate:
+    trace = str(Path(earlier.run_dir) / "lengths.jsonl") if earlier and earlier.run_dir else ""
+    w = Workload(
+        algo=job.algo, batch_prompts=job.batch_prompts,  # type: ignore[arg-type]
+        group_size=job.group_size, iterations=max(job.iterations, 2), train_epochs=job.epochs,
+        reference=job.reference, seed=job.seed, trace=trace, prompt_len=job.prompt_tokens,
+        response_len=int(job.length_median) if job.length_median else job.max_new_tokens,
+        max_response=job.max_new_tokens,
+    )  # fmt: skip
+    cfg = SimConfig(
+        nodes=job.nodes, gpu=job.device, model=job.model, gpus_per_node=job.gpus_per_node,
+        workload=w, systems=("rlhfless", "serverful-colocated"), costs=tuple(costs),
+    )  # fmt: skip
+    r = simulate(cfg)
+    less, full = r.systems["rlhfless"], r.systems["serverful-colocated"]
+    first = less.iteration_seconds[0]
+    it = less.mean_iteration_seconds
+    job_s = first + (job.iterations - 1) * it
+    priced = []
+    for name in costs:
+        a, b = less.usd.get(name), full.usd.get(name)
+        scale = job.iterations / len(less.iteration_seconds)  # the simulated job -> the config's
+        priced.append(Priced(
+            cost_model=name,
+            serverless_usd=None if a is None else _band(a * scale),
+            serverful_usd=None if b is None else _band(b * scale),
+        ))  # fmt: skip
+    return Estimate(
+        iteration_seconds=_band(it), first_iteration_seconds=first,
+        job_seconds=Range(first + (job_s - first) * (1 - GPU_UNCERTAINTY), job_s,
+                          first + (job_s - first) * (1 + GPU_UNCERTAINTY)),
+        stage_seconds=less.stages, priced=priced,
+        basis=f"simulated on {r.gpus} x {job.device} (tp {r.tp}), streamed rlhfless vs verl-like",
+    )  # fmt: skip

@@ -1,0 +1,105 @@
+"""`rlhfless estimate`: ranges, the runtime-shaped bill, history, and the command's errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+from typer.testing import CliRunner
+
+from rlhfless.cli import app
+from rlhfless.cost_models import Ledger, get_model
+from rlhfless.sim.errors import BadSetting
+from rlhfless.sim.estimate import RUN_OVERHEAD_SECONDS, JobSpec, _events, estimate, read_run
+from rlhfless.sim.estimate_gpu import estimate_gpu
+from rlhfless.stages.estimate import load_job
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_default_config_gives_a_range_and_a_bill_per_cost_model() -> None:
+    job = load_job(None, ["train.iterations=10"])
+    assert (job.algo, job.model, job.functions, job.iterations) == ("grpo", "tiny", 4, 10)
+    est = estimate(job, ["aws", "onprem"])
+    it = est.iteration_seconds
+    assert 0 < it.low < it.mid < it.high
+    outside = RUN_OVERHEAD_SECONDS
+    assert est.job_seconds.mid == pytest.approx(est.first_iteration_seconds + outside + 9 * it.mid)
+    onprem = next(p for p in est.priced if p.cost_model == "onprem").serverless_usd
+    assert onprem is not None and onprem.low < onprem.mid < onprem.high  # billed by the second
+
+
+def test_the_bill_is_the_ledgers_on_runtime_shaped_events() -> None:
+    job = JobSpec(algo="ppo", reference=True, iterations=3)
+    events = _events(job, {"rollout": 1.0, "reward": 0.1, "train": 2.0}, 5.0, 20.0)
+    assert len(events) == job.functions == 6  # 2 rollouts, reward, trainer, reference, critic
+    assert all(e.requested_at == 0 and e.exited_at == 20.0 for e in events)
+    train = next(e for e in events if e.stage == "train")
+    assert len(train.busy) == 3
+    # idle longer than the keep-alive between iterations: the function exits and restarts
+    short = msgspec.structs.replace(job, keep_alive=1.0)
+    lives = [e for e in _events(short, {"rollout": 1.0, "train": 10.0}, 1.0, 40.0)
+             if e.stage == "rollout"]  # fmt: skip
+    assert len(lives) == 2 * 3  # 2 rollout functions x 3 iterations
+    assert all(e.exited_at <= 40.0 for e in lives)
+    est = estimate(job, ["onprem"])
+    assert est.priced[0].serverless_usd is not None
+    usd = Ledger(get_model("onprem"), events).result().total.usd
+    assert usd > 0
+
+
+def write_run(tmp: Path, name: str) -> Path:
+    prof = json.loads((DATA / f"measured_{name}.json").read_text())
+    run = tmp / name
+    run.mkdir()
+    metrics = [{"seconds": it["seconds"], "stage_seconds": it["stage_seconds"]}
+               for it in prof["iterations"]]  # fmt: skip
+    lines = [{"prompt_id": str(j), "prompt_tokens": p, "lengths": ls}
+             for it in prof["iterations"]
+             for j, (p, ls) in enumerate(zip(it["prompt_tokens"], it["lengths"], strict=True))]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    (run / "lengths.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return run
+
+
+def test_history_uses_the_measured_iterations(tmp_path: Path) -> None:
+    earlier = read_run(write_run(tmp_path, "tiny-ppo"))
+    job = load_job(None, ["train.algo=ppo", "train.kl_coef=0.05", "train.iterations=12"])
+    est = estimate(job, ["onprem"], earlier)
+    steady = sorted(earlier.seconds[1:])
+    assert steady[0] <= est.iteration_seconds.low <= est.iteration_seconds.mid
+    assert est.iteration_seconds.high <= steady[-1]
+    assert est.first_iteration_seconds == earlier.seconds[0]
+    assert "measured" in est.basis
+
+
+def test_command_prints_the_estimate_and_one_line_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(app, ["estimate", "--set", "train.iterations=5", "--cost", "aws,onprem"])
+    assert ok.exit_code == 0, ok.output
+    assert "s / iteration" in ok.output and "$ onprem serverless" in ok.output
+    bad = runner.invoke(app, ["estimate", "--history", str(tmp_path / "nothing")])
+    assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "metrics.jsonl" in bad.output
+    bad = runner.invoke(app, ["estimate", "--set", "model.tiny_size=75m"])
+    assert bad.exit_code == 2 and "calibrated" in bad.output
+
+
+def test_a_model_the_cpu_stage_model_was_not_calibrated_for_is_refused() -> None:
+    with pytest.raises(BadSetting, match="calibrated"):
+        load_job(None, ["model.tiny_size=75m"])
+
+
+def test_gpu_estimate_simulates_serverless_and_serverful(tmp_path: Path) -> None:
+    job = msgspec.structs.replace(
+        load_job(Path("configs/smollm2-gsm.toml"), ["train.iterations=3"]),
+        device="h100", device_kind="h100", gpus_per_node=1,
+    )  # fmt: skip
+    est = estimate_gpu(job, ["onprem"])
+    assert "simulated on 1 x h100" in est.basis
+    p = est.priced[0]
+    assert p.serverless_usd is not None and p.serverful_usd is not None
+    assert p.serverless_usd.low < p.serverless_usd.mid < p.serverless_usd.high
+    with pytest.raises(BadSetting, match="--gpu"):
+        estimate(msgspec.structs.replace(job, device="cpu-tiny", model="7b"), ["onprem"])

@@ -1,0 +1,32 @@
+"""The simulate report: dollars never print as $0.00, bars for one configuration, lines for a sweep."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from rlhfless.sim.report import STATE_COLOURS, SYSTEM_COLOURS, plot, swept_key, usd
+from rlhfless.sim.run import SimConfig
+from rlhfless.sim.run import simulate as run_sim
+from rlhfless.sim.workload import Workload
+
+
+def test_amounts_keep_significant_digits() -> None:
+    assert usd(0.000216977) == "$0.000217"
+    assert usd(0.00672) == "$0.00672"
+    assert usd(12.345) == "$12.3"
+    assert usd(1234.5) == "$1,234.50"
+    assert usd(0) == "$0"
+
+
+def test_one_configuration_is_bars_a_sweep_is_lines(tmp_path: Path) -> None:
+    w = Workload(batch_prompts=8, group_size=2, iterations=2)
+    one = run_sim(SimConfig(nodes=1, model="0.5b", workload=w, costs=("onprem",)))
+    two = run_sim(msgspec.structs.replace(one.config, nodes=2))
+    assert swept_key([one]) == "" and swept_key([one, two]) == "nodes"
+    for reports, name in (([one], "one.png"), ([one, two], "sweep.png")):
+        plot(reports, tmp_path / name)
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # one meaning per colour: no timeline state shares a system's colour
+    assert not set(SYSTEM_COLOURS.values()) & set(STATE_COLOURS.values())
