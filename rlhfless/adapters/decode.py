@@ -72,6 +72,9 @@ class Inbox:
         self._open = False
         self.cut_requested = False  # the controller's cut: stop at the next step
         self.progress: Progress | None = None  # the running generate's, after every step
+        # Rows that ended (EOS or length) since the last take_finished: a streamed rollout
+        # hands finished groups on while the rest of the batch still decodes.
+        self._finished: list[FinishedRow] = []
 
     def open(self) -> None:
         with self._lock:
@@ -79,6 +82,7 @@ class Inbox:
             self._open = True
             self.cut_requested = False
             self.progress = None
+            self._finished = []
 
     @property
     def is_open(self) -> bool:
@@ -106,6 +110,16 @@ class Inbox:
                 self._open = False
             return rows
 
+    def put_finished(self, rows: Sequence[FinishedRow]) -> None:
+        with self._lock:
+            self._finished.extend(rows)
+
+    def take_finished(self) -> list[FinishedRow]:
+        """Rows that ended since the last take (their final tokens: they never change)."""
+        with self._lock:
+            rows, self._finished = self._finished, []
+            return rows
+
     def close(self) -> list[Joiner]:
         """Close now and return whatever arrived but was not taken."""
         with self._lock:
@@ -122,6 +136,21 @@ class Progress:
     total: int  # rows, own and joined
     own: list[tuple[int, int]]  # (own row, tokens so far) of each unfinished own row
     joined: list[tuple[int, int]]  # (key, tokens so far) of each unfinished joiner
+    # (own row, length) / (key, length) of each row that ended: its final length, what an
+    # online predictor reads its unfinished siblings from
+    ended_own: list[tuple[int, int]] = field(default_factory=list)
+    ended_joined: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FinishedRow:
+    """A row that ended (EOS or length) in a running generate; its tokens are final."""
+
+    row: int  # the generate's row: own rows first, then joiners in arrival order
+    key: int | None  # a joiner's key (the caller's id for it); None for an own row
+    token_ids: list[int]
+    logprobs: list[float]
+    reason: str
 
 
 @dataclass
@@ -253,16 +282,13 @@ def decode(
         full = torch.tensor([len(out.tokens[r]) >= max_new_tokens for r in rows], device=dev)
         ended = done | full
         finished += int(ended.sum())
+        if inbox is not None and bool(ended.any()):
+            inbox.put_finished([_finished_row(out, r, n_own) for r in active[ended].tolist()])
         if inbox is not None:
             live = [
                 (r, len(out.tokens[r])) for r, e in zip(rows, ended.tolist(), strict=True) if not e
             ]
-            inbox.progress = Progress(
-                finished,
-                len(out.tokens),
-                [(r, m) for r, m in live if r < n_own],
-                [(out.joined[r - n_own].key, m) for r, m in live if r >= n_own],
-            )
+            inbox.progress = _progress(out, live, finished, n_own)
         if bool(ended.all()):
             joiners = inbox.take(final=True) if inbox is not None else []
             if not joiners:
@@ -314,6 +340,26 @@ def decode(
     # Steps run here: a joiner's tokens from before it came do not count.
     out.steps = max((len(t) - s for t, s in zip(out.tokens, out.start, strict=True)), default=0)
     return out
+
+
+def _progress(out: Decoded, live: list[tuple[int, int]], finished: int, n_own: int) -> Progress:
+    """The generate after a step: its unfinished rows with tokens so far, its ended rows with
+    their final lengths (own rows by row, joiners by key)."""
+    running = {r for r, _ in live}
+    ended = [(r, len(out.tokens[r])) for r in range(len(out.tokens)) if r not in running]
+    return Progress(
+        finished,
+        len(out.tokens),
+        [(r, m) for r, m in live if r < n_own],
+        [(out.joined[r - n_own].key, m) for r, m in live if r >= n_own],
+        [(r, m) for r, m in ended if r < n_own],
+        [(out.joined[r - n_own].key, m) for r, m in ended if r >= n_own],
+    )
+
+
+def _finished_row(out: Decoded, r: int, n_own: int) -> FinishedRow:
+    key = out.joined[r - n_own].key if r >= n_own else None
+    return FinishedRow(r, key, list(out.tokens[r]), list(out.logprobs[r]), out.reasons[r])
 
 
 def _sample(scores: torch.Tensor, keys: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,8 @@ import importlib
 import logging
 import os
 import re
+import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -20,9 +22,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
-from rlhfless.stages.config import Config, ConfigError, load_config
+from rlhfless.stages.config import Config, ConfigError, load_config, settings_given
 
 if TYPE_CHECKING:
     from rlhfless.stages.pipeline import IterationMetrics
@@ -119,22 +121,12 @@ def check_dir(path: str, key: str) -> None:
         fail(f"{key} = {path!r} is not writable by this user", 2)
 
 
-def train(
-    config: Annotated[
-        Path | None, typer.Argument(help="TOML config; omit for the embedded default")
-    ] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="override: key=value, e.g. train.lr=1e-3")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="continue from the latest checkpoint")
-    ] = False,
-    run_dir: Annotated[
-        str | None, typer.Option("--run-dir", help="where metrics, billing, checkpoints go")
-    ] = None,
-) -> None:
-    """Run synchronous RLHF (GRPO or PPO); every stage runs in functions started on demand."""
-    overrides = list(set_ or [])
+def _train_settings(
+    config: Path | None, set_: list[str], resume: bool, run_dir: str | None, allow_changes: str
+) -> tuple[Config, tuple[str, ...]]:
+    """The run's config from the file and overrides (a resume's laid over its checkpoint's),
+    and the settings --allow-changes lets differ; a bad one exits 2 naming it."""
+    overrides = list(set_)
     if resume:
         overrides.append("run.resume=true")
     if run_dir:
@@ -151,32 +143,60 @@ def train(
     check_dir(cfg.run.run_dir, "run.run_dir")
     if cfg.checkpoint.dir:
         check_dir(cfg.checkpoint.dir, "checkpoint.dir")
+    from rlhfless.stages.resume import check_allowance
+
+    if allow_changes and not resume:
+        fail("--allow-changes is for --resume (a fresh run has no earlier settings)", 2)
+    try:
+        allowed = check_allowance(allow_changes.split(","))
+        if resume:
+            cfg = resumed_config(cfg, config, overrides)
+    except ConfigError as exc:
+        fail(explain_config_error(str(exc)), 2)
+    return cfg, allowed
+
+
+def train(
+    config: Annotated[
+        Path | None, typer.Argument(help="TOML config; omit for the embedded default")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override: key=value, e.g. train.lr=1e-3")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from the latest checkpoint")
+    ] = False,
+    run_dir: Annotated[
+        str | None, typer.Option("--run-dir", help="where metrics, billing, checkpoints go")
+    ] = None,
+    allow_changes: Annotated[
+        str,
+        typer.Option(
+            "--allow-changes",
+            metavar="KEYS",
+            help="with --resume: settings that change what is trained which may differ from the "
+            "checkpoint's, comma-separated (e.g. train.lr,train.kl_coef)",
+        ),
+    ] = "",
+) -> None:
+    """Run synchronous RLHF (GRPO or PPO); every stage runs in functions started on demand.
+
+    --resume keeps the run's settings: the checkpoint's config, with only what you give (a config file, --set) laid over it. A change to what is trained is refused unless named in --allow-changes; every change is recorded in RUN_DIR/changes.jsonl. `rlhfless config` lists every setting.
+    """  # one line per paragraph: the help keeps a docstring's line breaks
+    cfg, allowed = _train_settings(config, set_ or [], resume, run_dir, allow_changes)
     known = user_errors()  # imports the job's modules (torch) once the config is known good
     from rlhfless.stages.run import Job, NothingToDo
 
     console = Console(stderr=True)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
-    )  # fmt: skip
-    task = progress.add_task(
-        f"{cfg.train.algo} on {cfg.model.kind}", total=cfg.train.iterations, info="starting"
+    logging.getLogger("rlhfless.samples").setLevel(logging.INFO)  # run.show_samples_every
+    progress = ProgressReport(
+        console, f"{cfg.train.algo} on {cfg.model.kind}", cfg.train.iterations
     )
-
-    def on_iteration(m: IterationMetrics) -> None:
-        st = m.stage_seconds
-        info = (
-            f"reward {m.reward_mean:.3f}  len {m.response_len_mean:.1f}  "
-            f"rollout {st.get('rollout', 0):.2f}s score {st.get('score', 0):.2f}s train {st.get('train', 0):.2f}s"
-        )
-        progress.update(task, completed=m.iteration + 1, info=info)
-
-    job = Job(cfg, on_iteration)
-    if cfg.run.resume:  # the bar starts where the checkpoint is, not at 0
+    job = Job(cfg, progress.iteration, allowed)
+    if cfg.run.resume:  # the count starts where the checkpoint is, not at 0
         with contextlib.suppress(Exception):  # the job itself reports a missing checkpoint
-            progress.update(task, completed=min(job.checkpoints.meta()["next_iteration"],
-                                                cfg.train.iterations))  # fmt: skip
+            progress.start_at(job.checkpoints.meta()["next_iteration"])
     try:
         with progress:
             summary = asyncio.run(job.run())
@@ -194,6 +214,83 @@ def train(
             raise  # a bug: its traceback is what a report needs
         fail(message, 1)
     print_summary(Console(), summary, cfg.run.run_dir)
+
+
+def iteration_detail(m: IterationMetrics) -> str:
+    """Reward, response length and each stage's seconds (whatever stages the iteration had)."""
+    stages = " ".join(f"{k} {v:.2f}s" for k, v in m.stage_seconds.items())
+    return f"reward {m.reward_mean:.3f}  len {m.response_len_mean:.1f}  {stages}"
+
+
+class ProgressReport:
+    """Progress of a run on stderr. On a terminal, a bar whose counter and elapsed time come
+    first, so an 80-column terminal cuts the detail, not them. Anywhere else (a file, a pipe, a
+    CI log), one plain line per iteration as it ends, flushed, so a log shows the run while it
+    runs."""
+
+    def __init__(self, console: Console, title: str, total: int) -> None:
+        self.console = console
+        self.total = total
+        self.done = 0
+        self.t0 = time.monotonic()
+        self.live = console.is_terminal
+        counter = 2 * len(str(total)) + 1
+        # Fixed widths for what must stay; the detail takes what is left (ratio) and is cut.
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True)),
+            BarColumn(bar_width=16),
+            MofNCompleteColumn(table_column=Column(min_width=counter, no_wrap=True)),
+            TimeElapsedColumn(table_column=Column(min_width=7, no_wrap=True)),
+            TextColumn(
+                "{task.fields[info]}",
+                table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis"),
+            ),
+            console=console, disable=not self.live, expand=True,
+        )  # fmt: skip
+        self.task = self.bar.add_task(title, total=total, info="starting")
+
+    def start_at(self, iteration: int) -> None:
+        self.done = min(iteration, self.total)
+        self.bar.update(self.task, completed=self.done)
+
+    def iteration(self, m: IterationMetrics) -> None:
+        self.done = m.iteration + 1
+        detail = iteration_detail(m)
+        if self.live:
+            self.bar.update(self.task, completed=self.done, info=detail)
+            return
+        elapsed = time.monotonic() - self.t0
+        width = len(str(self.total))
+        line = f"iteration {self.done:>{width}}/{self.total}  {elapsed:7.1f}s  {detail}"
+        print(line, file=sys.stderr, flush=True)
+
+    def __enter__(self) -> ProgressReport:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(None, None, None)
+
+
+def resumed_config(cfg: Config, path: Path | None, overrides: list[str]) -> Config:
+    """The checkpoint's settings with the ones given laid over them (stages/resume.py). Without
+    a readable checkpoint ``cfg`` stays as given: the job reports what is missing."""
+    from rlhfless.stages.resume import keep_run_settings
+    from rlhfless.stages.run import Checkpoints, RunError
+
+    root = Path(cfg.checkpoint.dir or Path(cfg.run.run_dir) / "checkpoints")
+    try:
+        saved = Checkpoints(root, cfg.checkpoint.keep).meta().get("config", {})
+    except (RunError, OSError, ValueError):
+        return cfg
+    return keep_run_settings(saved, settings_given(path, overrides), cfg)
+
+
+def config_reference() -> None:
+    """Print every setting of `train`: default, accepted values, meaning (docs/config.md)."""
+    from rlhfless.stages import config_doc
+
+    typer.echo(config_doc.config_reference(), nl=False)
 
 
 def interrupted_message(job: Job, run_dir: str) -> str:
@@ -245,10 +342,10 @@ def print_summary(console: Console, s: dict, run_dir: str) -> None:
     else:
         done = str(s["iterations"])
     table.add_row("iterations / wall time", f"{done} / {s['seconds']:.1f} s")
-    table.add_row(
-        "time per stage",
-        escape(", ".join(f"{k} {v:.1f}s" for k, v in s["stage_seconds"].items())),
-    )
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in s["stage_seconds"].items())
+    if "iteration_seconds" in s:  # older summaries lack it
+        stages += f" (of {s['iteration_seconds']:.1f}s in iterations)"
+    table.add_row("time per stage", escape(stages))
     cold = (
         f"{s['cold_start_median_s']:.2f}s median" if s["cold_start_median_s"] is not None else "-"
     )

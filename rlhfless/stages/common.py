@@ -33,9 +33,18 @@ class RolloutBatch(msgspec.Struct, kw_only=True):
     version: int  # weights version that produced every sample (never mixed)
 
 
-def pad_rows(rows: list[torch.Tensor], width: int) -> torch.Tensor:
+def function_device() -> torch.device:
+    """Where this function's model lives: its GPU where it has one (the runtime sets
+    CUDA_VISIBLE_DEVICES to the function's slot, so it sees exactly that one, as cuda:0),
+    else the CPU. Asked inside a function process, never in the zygote: it initialises CUDA."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pad_rows(
+    rows: list[torch.Tensor], width: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Per-sample 1-D tensors of different lengths as one zero-padded [B, width] float32 batch."""
-    out = torch.zeros(len(rows), width, dtype=torch.float32)
+    out = torch.zeros(len(rows), width, dtype=torch.float32, device=device)
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
     return out
@@ -102,4 +111,7 @@ def task_from_config(cfg: TaskConfig, max_new_tokens: int | None = None) -> Task
             "repeat", cfg.size, cfg.seed, chars=cfg.chars, median_len=cfg.median_len,
             sigma=cfg.sigma, **extra,
         )  # fmt: skip
-    return make_task(cfg.name, cfg.size, cfg.seed, dataset=cfg.dataset)
+    return make_task(
+        cfg.name, cfg.size, cfg.seed, dataset=cfg.dataset, dataset_args=cfg.dataset_args,
+        reward=cfg.reward,
+    )  # fmt: skip

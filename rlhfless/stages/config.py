@@ -56,15 +56,20 @@ class ModelConfig(_Section):
 
 
 class TaskConfig(_Section):
-    name: Literal["repeat", "reasoning-gym"] = "repeat"
+    name: Literal["repeat", "reasoning-gym"] = "repeat"  # built-in toy task, or a reasoning-gym one
     size: PosInt = 256  # prompts in the task; ids are stable, so epochs revisit the same prompts
     seed: int = 0  # which prompts the task generates
     # repeat task: target length is lognormal(median, sigma), clipped to max_new_tokens - 1,
     # so lengths are long-tailed like real rollouts (median 6, p99 ~ 40 at these defaults).
     chars: str = "abcdefgh"
-    median_len: Positive = 6.0
-    sigma: NonNegative = 0.8
+    median_len: Positive = 6.0  # repeat task: median target length (tokens)
+    sigma: NonNegative = 0.8  # repeat task: lognormal sigma of the target length (0 = all median)
     dataset: str = "gsm_symbolic"  # reasoning-gym dataset name when name = "reasoning-gym"
+    # reasoning-gym: the dataset's own settings, e.g. {max_terms = 2, max_digits = 1}
+    dataset_args: dict[str, int | float | str | bool] = {}
+    # reasoning-gym: "answer" scores only what is inside the answer tags; "format-answer" gives
+    # partial credit for the tags and for the right number without them (stages/tasks.py)
+    reward: Literal["answer", "format-answer"] = "answer"
 
 
 class RolloutConfig(_Section):
@@ -88,7 +93,7 @@ class RolloutConfig(_Section):
 
 
 class TrainConfig(_Section):
-    algo: Literal["grpo", "ppo"] = "grpo"
+    algo: Literal["grpo", "ppo"] = "grpo"  # GRPO: group-relative advantages; PPO: a critic (GAE)
     iterations: PosInt = 40  # reward on the repeat task rises clearly within ~30 steps
     batch_prompts: PosInt = 16  # prompts per iteration (x group_size samples)
     group_size: PosInt = 8  # samples per prompt (G); GRPO needs G >= 2 for a nonzero advantage
@@ -102,19 +107,30 @@ class TrainConfig(_Section):
     # PPO clip keeps the later passes close to the sampling policy
     epochs: PosInt = 4
     lr: Positive = 3e-3  # high because the tiny model is random-init and the run is short
-    weight_decay: NonNegative = 0.0
+    weight_decay: NonNegative = 0.0  # AdamW weight decay of the policy
     max_grad_norm: Positive = 1.0  # clip the global grad norm: one bad batch cannot blow up
     clip_eps: Positive = 0.2  # PPO-clip range (lower side)
     clip_eps_high: Positive | None = None  # DAPO clip-higher; None = same as clip_eps
     kl_coef: NonNegative = 0.0  # KL to the reference; 0 skips the reference stage entirely
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"  # k3: unbiased and never negative
+    # token-mean: every token of the batch weighs the same; seq-mean-token-mean: every sequence
     loss_agg: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
     scale_adv_by_std: bool = True  # GRPO: divide by the group std (False = Dr. GRPO)
     # PPO only
     gamma: Fraction = 1.0  # no discount: the reward comes once, at the end of the response
     lam: Fraction = 0.95  # GAE lambda
-    critic_lr: Positive = 1e-3
+    critic_lr: Positive = 1e-3  # learning rate of the critic (value model)
     value_clip: Positive | None = 0.2  # clip the value update around the old values
+    # Sharded training (stages/sharded.py): the policy trainer as a gang of this many functions
+    # (one slot each), FSDP2 sharding parameters, gradients and AdamW state over them; 1 = one
+    # process. The update equals one process's up to float summation order.
+    slots: PosInt = 1
+    # Recompute each transformer block's activations in the backward pass: less memory, about
+    # a third more compute (any slots)
+    activation_checkpointing: bool = False
+    # bf16 compute with float32 gradient reduction and master weights, sharded trainer only and
+    # only where the device computes in bf16 (a CUDA GPU); elsewhere float32 (logged)
+    mixed_precision: bool = False
 
     # Which functions an iteration leases besides rollout, reward and trainer: the pipeline asks
     # these, and so does the warm room that keeps them all warm (functions_per_iteration).
@@ -139,6 +155,12 @@ class RuntimeConfig(_Section):
     # Threads of the trainer function; 0 = every core. The trainer runs alone (the other stages'
     # functions are idle by then), so it may use the whole machine.
     trainer_threads: NonNegInt = 0
+    # Fault injection: SIGKILL functions a stage holds at this many kills per function-hour, as
+    # spot preemption would (rlhfless/runtime/faults.py); 0 = off. Their work is re-run and the
+    # bill shows it as lost work.
+    kill_rate: NonNegative = 0.0
+    kill_seed: NonNegInt = 0  # seeds the fault injector's draws
+    kill_max: NonNegInt = 0  # stop injecting after this many kills; 0 = no cap
 
 
 class ClusterConfig(_Section):
@@ -163,6 +185,18 @@ class ClusterConfig(_Section):
             )
 
 
+class PipelineConfig(_Section):
+    """How an iteration's stages follow each other (stages/streamed.py)."""
+
+    # Score (reward, reference, critic) and train on complete groups on the slots that finished
+    # rollout functions release, while the rollout tail still decodes; False: every stage
+    # waits for the one before it (the staged iteration). Same samples, rewards and update.
+    # Off by default: on this 2-core CPU the streamed iteration measured 0.81-0.97x the staged
+    # one (benchmarks/stream.py, docs/streaming.md): the rollout tails are short there.
+    stream: bool = False
+    stream_poll_s: Positive = 0.02  # how often the controller takes the functions' finished samples
+
+
 class CheckpointConfig(_Section):
     every: NonNegInt = 10  # iterations between checkpoints; 0 = only at the end
     dir: str = ""  # "" = <run_dir>/checkpoints
@@ -173,6 +207,9 @@ class RunConfig(_Section):
     seed: int = 0  # data order, sampling and init all derive from this
     run_dir: str = "runs/default"  # metrics.jsonl, billing events, checkpoints, the model
     resume: bool = False  # continue from the latest checkpoint in the run dir
+    # log a few sampled responses with their rewards every N iterations (0 = never); they are
+    # written to samples.jsonl in the run dir every iteration either way (stages/samples.py)
+    show_samples_every: NonNegInt = 0
 
 
 class Config(_Section):
@@ -184,8 +221,64 @@ class Config(_Section):
     cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     checkpoint: CheckpointConfig = msgspec.field(default_factory=CheckpointConfig)
     run: RunConfig = msgspec.field(default_factory=RunConfig)
+    pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     # How many rollout functions, which prompts where, and cut-and-migrate (rlhfless.scaling).
     scaling: ScalingConfig = msgspec.field(default_factory=ScalingConfig)
+
+
+# What `--resume` may change (stages/resume.py compares every setting with the checkpoint's).
+# Every key is classified here, once; tests/stages/test_config_doc.py fails on a key
+# missing, so a new setting is classified when it is added.
+# - FIXED: the checkpoint's state depends on it (weights of this model, PPO's critic); never.
+# - TRAINS: changes what is trained (optimiser, loss, data, sampling, batch); refused unless
+#   allowed by name (`rlhfless train --resume --allow-changes train.lr`), and recorded.
+# - everything else (FREE): how the run executes, is placed, logged, checkpointed or priced;
+#   the samples and the update stay the same (up to float summation order). Recorded.
+RESUME_FIXED = frozenset(
+    ("model.kind", "model.path", "model.tiny_size", "model.seed", "model.dtype", "train.algo")
+)
+RESUME_TRAINS = frozenset(
+    (
+        "task.name", "task.size", "task.seed", "task.chars", "task.median_len", "task.sigma",
+        "task.dataset", "task.dataset_args", "task.reward",
+        "rollout.max_new_tokens", "rollout.temperature", "rollout.engine", "rollout.greedy",
+        "train.batch_prompts", "train.group_size", "train.epochs", "train.lr",
+        "train.weight_decay", "train.max_grad_norm", "train.clip_eps", "train.clip_eps_high",
+        "train.kl_coef", "train.kl_estimator", "train.loss_agg", "train.scale_adv_by_std",
+        "train.gamma", "train.lam", "train.critic_lr", "train.value_clip",
+        "train.mixed_precision",
+        "run.seed",
+    )
+)  # fmt: skip
+RESUME_FREE = frozenset(
+    (
+        "model.cache_dir",  # only where the converted copy lives
+        "rollout.shared_prefix", "rollout.functions", "rollout.weights_file_mb",
+        "rollout.kv_bandwidth_bytes_per_s", "rollout.kv_latency_s",
+        # the same gradient, split into other micro-batches
+        "train.micro_batch_tokens", "train.grad_accum",
+        # the same update on more or fewer ranks; checkpoints resume at any gang size
+        "train.slots", "train.activation_checkpointing",
+        "train.iterations",
+        "runtime.slots", "runtime.keep_alive_s", "runtime.max_warm_per_slot",
+        "runtime.trainer_threads", "runtime.kill_rate", "runtime.kill_seed",
+        "runtime.kill_max",
+        "cluster.provider", "cluster.agents", "cluster.ray_address", "cluster.keys_dir",
+        "cluster.local_node", "cluster.node_timeout_s",
+        "checkpoint.every", "checkpoint.dir", "checkpoint.keep",
+        "run.run_dir", "run.resume", "run.show_samples_every",
+        "pipeline.stream", "pipeline.stream_poll_s",
+        # which function decodes which prompt, and when it is cut: same samples (each keeps
+        # its sampling key), other bill
+        "scaling.policy", "scaling.k", "scaling.k_min", "scaling.k_max", "scaling.lam",
+        "scaling.within_fraction", "scaling.assign", "scaling.margin_scenarios",
+        "scaling.margin_fallback", "scaling.pack_slack", "scaling.cut", "scaling.cut_threshold",
+        "scaling.cut_guard", "scaling.cut_poll_s", "scaling.auto_cut_thresholds",
+        "scaling.predictor_alpha", "scaling.predictor_window", "scaling.predictor_default",
+        "scaling.predictor_shrink", "scaling.pack_headroom", "scaling.prefix_min_len",
+        "scaling.cost_model", "scaling.warm_pool", "scaling.device_kind", "scaling.show_curve",
+    )
+)  # fmt: skip
 
 
 def _parse_value(raw: str) -> Any:
@@ -292,7 +385,7 @@ def functions_per_iteration(cfg: Config) -> int:
         + 1  # reward
         + int(cfg.train.uses_reference)
         + int(cfg.train.uses_critic)
-        + 1  # trainer
+        + cfg.train.slots  # trainer: a gang of train.slots functions
     )
 
 
@@ -323,6 +416,12 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the TOML file at ``path`` (if any), then ``overrides`` in order."""
+    return config_from_dict(settings_given(path, overrides))
+
+
+def settings_given(path: str | Path | None, overrides: list[str] | None) -> dict[str, Any]:
+    """Only the settings the file and the overrides give, unchecked: a resume lays them over
+    the checkpoint's settings rather than the defaults."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -334,7 +433,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path} is not valid TOML: {e}") from None
     for item in overrides or []:
         _apply_override(data, item)
-    return config_from_dict(data)
+    return data
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

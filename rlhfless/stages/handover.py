@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -90,9 +91,37 @@ class StateDir:
     def load(self, module: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
         with self.locked():
             recover_dir(self.path)
+            if is_sharded(self.path):  # written by a sharded trainer: any gang size reads it
+                load_sharded(self.path, module, opt)
+                return int((self.path / "version").read_text())
             load_model(module, str(self.path / "weights.safetensors"))
             opt.load_state_dict(torch.load(self.path / "optimizer.pt", weights_only=True))
             return int((self.path / "version").read_text())
+
+
+def is_sharded(path: Path) -> bool:
+    """A state directory that ``torch.distributed.checkpoint`` wrote (stages/sharded_state.py)."""
+    return (path / ".metadata").is_file()
+
+
+def load_sharded(
+    path: Path, module: torch.nn.Module, opt: torch.optim.Optimizer, group: Any = None
+) -> None:
+    """Read a sharded (DCP) state into ``module`` and ``opt``, whatever gang size wrote it:
+    DCP reshards by each tensor's global offsets. A plain module takes whole tensors; a
+    sharded one (``group``: its ranks) takes its own shard. Keys are parameter names, so the
+    optimiser's state lands on the same parameters at any size."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+
+    msd, osd = get_state_dict(module, opt)  # the target's layout (creates Adam's moments)
+    with warnings.catch_warnings():  # one process reading a sharded state is meant (no_dist)
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp_load(
+            {"model": msd, "optim": osd}, checkpoint_id=str(path), process_group=group,
+            no_dist=group is None,
+        )  # fmt: skip
+    set_state_dict(module, opt, model_state_dict=msd, optim_state_dict=osd)
 
 
 def _link(src: Path | None, dest: Path) -> bool:
@@ -109,10 +138,21 @@ def _link(src: Path | None, dest: Path) -> bool:
 class HandOver:
     """A training function's state directory, written behind its steps on one thread."""
 
-    def __init__(self, path: str | Path, module: torch.nn.Module, opt: torch.optim.Optimizer):
-        self.state = StateDir(path)
+    def __init__(
+        self,
+        path: str | Path,
+        module: torch.nn.Module,
+        opt: torch.optim.Optimizer,
+        state: StateDir | None = None,
+        version: int | None = None,
+    ) -> None:
+        """``state``: how the directory is written (a sharded trainer's is collective);
+        ``version``: the state was loaded already (a sharded trainer loads before sharding)."""
+        self.state = state or StateDir(path)
         self.module, self.opt = module, opt
-        self.version = self.state.load(module, opt) if self.state.exists() else 0
+        if version is None:
+            version = self.state.load(module, opt) if self.state.exists() else 0
+        self.version = version
         self.durable = self.version  # the last version whose state is complete on disk
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None

@@ -28,35 +28,42 @@ import torch
 from rlhfless.adapters.decode import Inbox, Joiner
 from rlhfless.adapters.hf import Generation, HFEngine, Sample
 from rlhfless.scaling.transfer import TransferParams
-from rlhfless.stages.common import DTYPES
+from rlhfless.stages.common import DTYPES, function_device
+from rlhfless.stages.protocol import (
+    CutRow,
+    FinishedSample,
+    GenerateReply,
+    Migration,
+    RolloutProgress,
+    reply,
+)
 
 
-def _pack(gen: Generation, version: int) -> dict[str, Any]:
-    return {
-        "response_ids": [s.token_ids for s in gen.samples],
-        "logprobs": [torch.tensor(s.logprobs, dtype=torch.float32) for s in gen.samples],
-        "finish": [s.finish_reason for s in gen.samples],
-        "version": version,
-        "prefill_tokens": gen.prefill_tokens,
-        "prefill_saved": gen.prefill_tokens_saved,  # a batch-wide common prefix prefilled once
-        "decode_tokens": gen.decode_tokens,
-        "prefill_seconds": gen.prefill_seconds,
-        "decode_seconds": gen.decode_seconds,
-        # Decode steps run by this call (a joiner's earlier tokens were decoded elsewhere).
-        "steps": gen.steps
+def _pack(gen: Generation, version: int, migration: Migration | None = None) -> GenerateReply:
+    return GenerateReply(
+        response_ids=[s.token_ids for s in gen.samples],
+        logprobs=[torch.tensor(s.logprobs, dtype=torch.float32) for s in gen.samples],
+        finish=[s.finish_reason for s in gen.samples],
+        version=version,
+        prefill_tokens=gen.prefill_tokens,
+        prefill_saved=gen.prefill_tokens_saved,
+        decode_tokens=gen.decode_tokens,
+        prefill_seconds=gen.prefill_seconds,
+        decode_seconds=gen.decode_seconds,
+        steps=gen.steps
         if gen.steps >= 0
         else max((len(s.token_ids) for s in gen.samples), default=0),
-        "kv_tokens": gen.kv_tokens,  # resume / joiners: state tokens that arrived shipped
-        "joined": list(gen.joined),  # keys of samples[len(own):], sequences that joined here
-        "joined_prefill": gen.joined_prefill_tokens,  # joiners' state tokens re-prefilled here
-        # Sampling: each cut sample's key, so it continues as it would have here.
-        "rng": [gen.rng.get(r) for r in range(len(gen.samples))] if gen.rng else None,
-    }
+        kv_tokens=gen.kv_tokens,
+        joined=list(gen.joined),
+        joined_prefill=gen.joined_prefill_tokens,
+        rng=[gen.rng.get(r) for r in range(len(gen.samples))] if gen.rng else None,
+        migration=migration,
+    )
 
 
 def _migration(
     prompt_len: list[int], gen: Generation, transfer: TransferParams | None
-) -> dict[str, Any] | None:
+) -> Migration | None:
     """This function's cut as one migration: its state tokens and how they move (None: no cut).
 
     ``prompt_len[r]``: the prompt length of sample r (own samples and joiners alike)."""
@@ -69,7 +76,7 @@ def _migration(
     if transfer is not None and all(r in gen.kv for r in cut):
         method, _ = transfer.choose(tokens)
     kv = [gen.kv.get(r) for r in range(len(gen.samples))] if method == "ship_kv" else None
-    return {"method": method, "tokens": tokens, "kv": kv}
+    return Migration(method=method, tokens=tokens, kv=kv)
 
 
 class RolloutActor:
@@ -79,8 +86,9 @@ class RolloutActor:
         self.inbox = Inbox()
         self._decoding = False  # a generate's decode thread is running
         self._joiner_prompts: dict[int, int] = {}  # key -> prompt length of an admitted sequence
+        self._own_ids: list[int] | None = None  # the running generate's own rows' ids
         if engine == "hf":
-            self.engine = HFEngine.load(model_dir, dtype=DTYPES[dtype])
+            self.engine = HFEngine.load(model_dir, dtype=DTYPES[dtype], device=function_device())
         elif engine == "vllm":  # imported here: vLLM lives in its own venv (docs/vllm.md)
             from rlhfless.adapters.vllm import VLLMEngine
 
@@ -124,8 +132,13 @@ class RolloutActor:
         ship_kv: dict[str, float] | None = None,
         join: bool = False,
         keys: list[int] | None = None,
-    ) -> dict[str, Any]:
+        stream: bool = False,
+        ids: list[int] | None = None,
+    ) -> GenerateReply:
         """``ship_kv``: the stage's ``TransferParams`` (as a dict); None never ships a cache.
+
+        ``stream``: samples that end are handed out while the call runs (:meth:`take_finished`),
+        each under its id in ``ids`` (the own rows' batch indices; their row by default).
 
         ``join``: other functions' cut sequences may join this call while it runs (:meth:`admit`);
         they come back after the own samples, ``joined`` naming their keys. ``keys``: each
@@ -147,7 +160,8 @@ class RolloutActor:
             self.engine.generate, prompts, group_size, max_new_tokens, temperature=temperature,
             seed=seed, greedy=greedy, shared_prefix=shared_prefix, stop=stop,
         )  # fmt: skip
-        if not (join and isinstance(self.engine, HFEngine)):  # vLLM: no joining, admit() refuses
+        self._own_ids = ids
+        if not ((join or stream) and isinstance(self.engine, HFEngine)):  # vLLM: no joining
             gen = call(**kw)  # inline, as any synchronous method: nothing can join
         else:
             # Opened here, on the event loop, before the decode starts on a worker thread: an
@@ -171,28 +185,24 @@ class RolloutActor:
             finally:
                 for j in self.inbox.close():  # a failed decode took them: refuse, forget them
                     self._joiner_prompts.pop(j.key, None)
-        out = _pack(gen, self.engine.version)
         lens = [len(prompts[s.prompt_index]) for s in gen.samples[: len(prompts) * group_size]]
         lens += [self._joiner_prompts.pop(key) for key in gen.joined]
-        out["migration"] = _migration(lens, gen, transfer)
-        return out
+        return _pack(gen, self.engine.version, _migration(lens, gen, transfer))
 
-    async def admit(self, rows: list[dict[str, Any]]) -> bool:
-        """Cut sequences of another function, to continue inside the running :meth:`generate`.
-
-        Each row: ``key``, ``prompt`` (ids), ``token_ids``, ``logprobs``, ``kv`` (the shipped
-        cache, or None to re-prefill) and ``rng`` (its sampling key, or None). False: no generate is running here (or it
-        is ending); the rows were not taken and must go elsewhere.
+    async def admit(self, rows: list[Any]) -> bool:
+        """Cut sequences of another function (:class:`CutRow` each), to continue inside the
+        running :meth:`generate`. False: no generate is running here (or it is ending); the
+        rows were not taken and must go elsewhere.
         """
         joiners = [
             Joiner(
-                key=int(r["key"]),
-                prompt=list(r["prompt"]),
-                partial=Sample(-1, list(r["token_ids"]), list(r["logprobs"]), "cut"),
-                kv=r.get("kv"),
-                rng=r.get("rng"),
+                key=r.key,
+                prompt=r.prompt,
+                partial=Sample(-1, r.token_ids, r.logprobs, "cut"),
+                kv=r.kv,
+                rng=r.rng,
             )
-            for r in rows
+            for r in reply(rows, list[CutRow])
         ]
         for j in joiners:  # before the offer: the generate may take them at once
             self._joiner_prompts[j.key] = len(j.prompt)
@@ -202,12 +212,28 @@ class RolloutActor:
             self._joiner_prompts.pop(j.key, None)
         return False
 
-    async def progress(self) -> dict[str, Any] | None:
+    async def progress(self) -> RolloutProgress | None:
         """The running generate's progress after its last step (None: none running yet)."""
         p = self.inbox.progress if self.inbox.is_open else None
         if p is None:
             return None
-        return {"finished": p.finished, "total": p.total, "own": p.own, "joined": p.joined}
+        return RolloutProgress(
+            finished=p.finished, total=p.total, own=p.own, joined=p.joined,
+            ended_own=p.ended_own, ended_joined=p.ended_joined,
+        )  # fmt: skip
+
+    async def take_finished(self) -> list[FinishedSample]:
+        """Samples of the running generate that ended since the last take (``stream``)."""
+        ids = self._own_ids
+        return [
+            FinishedSample(
+                key=r.key if r.key is not None else (ids[r.row] if ids is not None else r.row),
+                token_ids=r.token_ids,
+                logprobs=torch.tensor(r.logprobs, dtype=torch.float32),
+                finish=r.reason,
+            )
+            for r in self.inbox.take_finished()
+        ]
 
     async def cut_now(self) -> bool:
         """Cut the running generate at its next step (the controller's plan); False: none runs."""
@@ -223,7 +249,7 @@ class RolloutActor:
         greedy: bool = False,
         kv: list[Any] | None = None,
         rng: list[Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> GenerateReply:
         """Continue cut samples (``partial[j]["prompt_index"]`` indexes ``prompts``) to the end.
 
         ``kv[j]``: sample j's shipped cache, or None to re-prefill it (always, on vLLM).

@@ -9,13 +9,15 @@ Run directory layout::
     <run_dir>/state/              trainer/critic hand-over state (written after every step)
     <run_dir>/checkpoints/iter-NNNNNN/, latest   checkpoints, written atomically
     <run_dir>/summary.json        the end-of-run summary
+    <run_dir>/changes.jsonl       settings each --resume changed (stages/resume.py)
     <run_dir>/.replaced/          an earlier run's outputs while a fresh run starts (run_dir.py)
     <run_dir>/failed-attempt/     the outputs of the last fresh run that failed before iteration 1
 
 A fresh run in a directory holding an earlier run's outputs sets them aside first, and puts
 them back should it fail before its first iteration (:mod:`rlhfless.stages.run_dir`).
 ``--resume`` moves nothing; it cuts metrics.jsonl and lengths.jsonl back to the checkpoint (the
-iterations after it run again) and refuses another model or algorithm before any function starts
+iterations after it run again), refuses another model or algorithm, and a change to what is
+trained unless allowed, before any function starts; what it changed goes to changes.jsonl
 (:mod:`rlhfless.stages.resume`). ``model/`` stays: it is rebuilt only when missing, not a record
 of the run.
 """
@@ -39,9 +41,16 @@ from rlhfless.stages.common import atomic_dir_write
 from rlhfless.stages.config import Config, config_to_dict, warm_functions_per_slot
 from rlhfless.stages.errors import RunError
 from rlhfless.stages.pipeline import IterationMetrics, Pipeline
-from rlhfless.stages.resume import HISTORY, count_lines, cut_history, refuse_changed_identity
+from rlhfless.stages.resume import (
+    HISTORY,
+    count_lines,
+    cut_history,
+    record_changes,
+    resume_changes,
+)
 from rlhfless.stages.rollout_stage import SCALER_STATE
 from rlhfless.stages.run_dir import FAILED, EarlierRun, run_outputs
+from rlhfless.stages.samples import SampleLog
 
 SUMMARY_COST_MODELS = ("aws", "gcp", "onprem")
 
@@ -169,17 +178,24 @@ class Checkpoints:
 
 
 class Job:
-    """A whole run; ``on_iteration`` gets each iteration's metrics (the CLI draws progress)."""
+    """A whole run; ``on_iteration`` gets each iteration's metrics (the CLI draws progress).
+    ``allow_changes``: settings that change what is trained which a resume may change anyway
+    (stages/resume.py)."""
 
     def __init__(
-        self, cfg: Config, on_iteration: Callable[[IterationMetrics], None] | None = None
+        self,
+        cfg: Config,
+        on_iteration: Callable[[IterationMetrics], None] | None = None,
+        allow_changes: Sequence[str] = (),
     ) -> None:
         self.cfg = cfg
+        self.allow_changes = tuple(allow_changes)
         self.run_dir = Path(cfg.run.run_dir)
         self.on_iteration = on_iteration
         self.metrics: list[IterationMetrics] = []
         self.first_iteration = 0  # where this session started (the checkpoint's, on --resume)
         self.next_iteration = 0  # the next iteration to run: where an interrupted run stopped
+        self.iteration_seconds = 0.0  # wall time inside run_iteration, this session
         self.checkpoints = Checkpoints(
             Path(cfg.checkpoint.dir or self.run_dir / "checkpoints"), cfg.checkpoint.keep
         )
@@ -201,7 +217,7 @@ class Job:
         if cfg.run.resume:
             # Every check before any function starts (and before state/ is replaced).
             meta = self.checkpoints.meta()
-            refuse_changed_identity(meta.get("config", {}), cfg)
+            changes = resume_changes(meta.get("config", {}), cfg, self.allow_changes)
             start = meta["next_iteration"]
             self.next_iteration = start
             if start >= cfg.train.iterations:
@@ -209,6 +225,10 @@ class Job:
                     f"nothing to do: the run is at iteration {start} of train.iterations = "
                     f"{cfg.train.iterations}; raise train.iterations to train further"
                 )
+            record_changes(self.run_dir, start, changes)
+            for c in changes:
+                if c.kind == "training":
+                    log.warning("resume: %s changed from %r to %r (allowed)", c.key, c.old, c.new)
             model_dir = prepare_model(cfg, self.run_dir)
             meta = self.checkpoints.restore(state_dir)
             start, version = meta["next_iteration"], meta["version"]
@@ -271,9 +291,11 @@ class Job:
             billing_path=str(self.run_dir / "billing.jsonl"),
             provider=cc.provider, agents=tuple(cc.agents), keys_dir=cc.keys_dir or None,
             ray_address=cc.ray_address,
-            local_node=cc.local_node, node_timeout_s=cc.node_timeout_s, **preload,
+            local_node=cc.local_node, node_timeout_s=cc.node_timeout_s,
+            kill_rate=rc.kill_rate, kill_seed=rc.kill_seed, kill_max=rc.kill_max, **preload,
         ) as rt:  # fmt: skip
             pipeline = Pipeline(rt, cfg, model_dir, self.run_dir)
+            samples = SampleLog(self.run_dir, cfg.run.show_samples_every, pipeline.tokenizer.decode)
             if version:
                 await pipeline.restore_weights()
             with (
@@ -281,7 +303,9 @@ class Job:
                 open(self.run_dir / "lengths.jsonl", "ab") as lengths_file,
             ):
                 for step in range(start, cfg.train.iterations):
+                    t_it = time.perf_counter()
                     m = await pipeline.run_iteration(step)
+                    self.iteration_seconds += time.perf_counter() - t_it
                     self.metrics.append(m)
                     metrics_file.write(msgspec.json.encode(m) + b"\n")
                     metrics_file.flush()
@@ -291,6 +315,8 @@ class Job:
                     lengths_file.flush()
                     lines["metrics.jsonl"] += 1
                     lines["lengths.jsonl"] += len(pipeline.last_lengths)
+                    if pipeline.last_scored is not None:
+                        samples.record(step, pipeline.last_scored)
                     self.next_iteration = step + 1
                     if earlier is not None:  # this run has a history now: the old one goes
                         earlier.discard()
@@ -320,7 +346,11 @@ class Job:
             "reward_first": sum(m.reward_mean for m in ms[:k]) / k if ms else None,
             "reward_last": sum(m.reward_mean for m in ms[-k:]) / k if ms else None,
             "window": k,
+            # The stages' wall times add up to the iterations' (stages that ran side by side
+            # are counted in one of them, see IterationMetrics.stage_seconds); the rest of
+            # `seconds` is start-up, checkpoints and the shutdown.
             "stage_seconds": stage_totals,
+            "iteration_seconds": self.iteration_seconds,
             "functions_started": stats.functions_started,
             "warm_starts": stats.warm_starts,
             "cold_start_median_s": sorted(stats.cold_start_s)[len(stats.cold_start_s) // 2]
@@ -356,16 +386,20 @@ class Job:
 
 def price(events: Sequence[Any]) -> dict[str, dict[str, float]]:
     """Each summary cost model's total of ``events`` and the parts that add up to it."""
-    from rlhfless.cost_models import Ledger, get_model
+    from rlhfless.cost_models import CostModelError, Ledger, get_model
 
     out: dict[str, dict[str, float]] = {}
     for name in SUMMARY_COST_MODELS:
-        result = Ledger(get_model(name), list(events)).result()
+        try:
+            result = Ledger(get_model(name), list(events)).result()
+        except CostModelError:  # a kind it has no price for (gcp has no CPU-only machine)
+            continue
         out[name] = {
             "total": result.total.usd,
             "busy": result.total.busy_usd,
             "idle": result.total.idle_usd,
             "cold_start": result.total.cold_start_usd,  # busy + idle + cold = total
             "serverful": result.serverful.usd,
+            "lost": result.lost.usd,  # functions killed in a lease (inside the total)
         }
     return out

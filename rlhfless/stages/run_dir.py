@@ -27,7 +27,9 @@ OUTPUTS = (
     "metrics.jsonl",
     "billing.jsonl",
     "lengths.jsonl",
+    "samples.jsonl",
     "summary.json",
+    "changes.jsonl",
     "state",
     "checkpoints",
 )

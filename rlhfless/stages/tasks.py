@@ -9,15 +9,20 @@ Built in:
 - ``RepeatTask`` ("repeat"): "c x n =" -> c repeated n times. n is lognormal across prompts, so
   response lengths are long-tailed the way real RLHF rollouts are; the score gives dense partial
   credit, so a random-init tiny model starts above zero and GRPO can climb within ~40 CPU steps.
-- ``ReasoningGymTask`` ("reasoning-gym"): GSM-style prompts from the ``reasoning-gym`` package
-  (imported lazily), answer extracted from ``<answer>...</answer>``.
+- ``ReasoningGymTask`` ("reasoning-gym"): a dataset of the ``reasoning-gym`` package (imported
+  lazily; GSM-style ``gsm_symbolic`` by default), scored by the dataset's own verifier. Reward
+  "answer": the content of ``<answer>...</answer>`` only. Reward "format-answer": partial
+  credit (:func:`format_answer_score`), so that a small model that never writes the tags still
+  earns something for the right number, and the tags earn the rest.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from typing import Any, Protocol, runtime_checkable
+import re
+from collections.abc import Callable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -138,12 +143,50 @@ def repeat_score(target: str, response: str) -> float:
 ANSWER_INSTRUCTION = (
     "\nThink step by step, then give only the final answer inside <answer></answer> tags."
 )
+# "format-answer" asks for the answer alone: with a few dozen new tokens, step-by-step text is
+# cut off before the answer (SmolLM2-135M, measured: most responses ramble past 40 tokens).
+SHORT_ANSWER_INSTRUCTION = "\nGive the final answer inside <answer></answer> tags."
+
+# format_answer_score's credits. A tagged answer earns TAG_CREDIT for the format and the rest
+# by the verifier; the right number said without tags earns UNTAGGED_CREDIT of the verifier's
+# score. So: tagged and right 1.0 > untagged and right 0.5 > tagged and wrong 0.25 > 0.
+TAG_CREDIT = 0.25
+UNTAGGED_CREDIT = 0.5
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def last_number(text: str) -> str | None:
+    """The last number written in ``text`` ("-4", "1,000", "2.5"), or None."""
+    found = _NUMBER.findall(text)
+    return found[-1].rstrip(",") if found else None
+
+
+def format_answer_score(tagged: str | None, response: str, verify: Callable[[str], float]) -> float:
+    """Partial credit for the format and the answer; ``tagged`` is the ``<answer>`` content.
+
+    With tags: ``TAG_CREDIT + (1 - TAG_CREDIT) * verify(tagged)``. Without: the response's last
+    number, at ``UNTAGGED_CREDIT * verify(number)``; nothing without a number. ``verify`` is
+    the task's own scorer in [0, 1]. SmolLM2-135M-Instruct writes the tags in ~1 of 32 samples
+    and the right last number in ~1 of 4 on one-digit sums (measured): the untagged half keeps a
+    GRPO group's rewards apart from the first iteration.
+    """
+    if tagged is not None:
+        return TAG_CREDIT + (1.0 - TAG_CREDIT) * verify(tagged)
+    number = last_number(response)
+    return UNTAGGED_CREDIT * verify(number) if number is not None else 0.0
 
 
 class ReasoningGymTask:
     """A ``reasoning-gym`` dataset (e.g. ``gsm_symbolic``) as a task; needs ``pip install reasoning-gym``."""
 
-    def __init__(self, dataset: str = "gsm_symbolic", size: int = 256, seed: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: str = "gsm_symbolic",
+        size: int = 256,
+        seed: int = 0,
+        dataset_args: dict[str, Any] | None = None,
+        reward: Literal["answer", "format-answer"] = "answer",
+    ) -> None:
         try:
             import reasoning_gym
             from reasoning_gym.utils import extract_answer
@@ -152,18 +195,28 @@ class ReasoningGymTask:
                 f"task 'reasoning-gym' needs the reasoning-gym package ({e}); "
                 "install it with `pip install reasoning-gym`"
             ) from None
+        if reward not in ("answer", "format-answer"):
+            raise TaskError(f"unknown reward {reward!r}; choose 'answer' or 'format-answer'")
         self.name = f"reasoning-gym:{dataset}"
+        self.reward = reward
         self._extract = extract_answer
         try:
-            self._ds = reasoning_gym.create_dataset(dataset, size=size, seed=seed)
-        except Exception as e:  # reasoning-gym raises plain errors for unknown names
-            raise TaskError(f"reasoning-gym cannot build dataset {dataset!r}: {e}") from e
+            self._ds = reasoning_gym.create_dataset(
+                dataset, size=size, seed=seed, **(dataset_args or {})
+            )
+        except Exception as e:  # reasoning-gym raises plain errors for unknown names and args
+            raise TaskError(
+                f"reasoning-gym cannot build dataset {dataset!r} with {dataset_args or {}}: {e}"
+            ) from e
+        instruction = ANSWER_INSTRUCTION if reward == "answer" else SHORT_ANSWER_INSTRUCTION
         self._entries: list[dict[str, Any]] = [self._ds[i] for i in range(size)]
+        # Other dataset settings make other prompts: their ids must differ too.
+        key = dataset + "".join(f",{k}={v}" for k, v in sorted((dataset_args or {}).items()))
         self._prompts = [
             Prompt(
-                id=f"{dataset}/{seed}/{i}",
+                id=f"{key}/{seed}/{i}",
                 index=i,
-                text=str(e["question"]) + ANSWER_INSTRUCTION,
+                text=str(e["question"]) + instruction,
                 answer=str(e["answer"]),
             )
             for i, e in enumerate(self._entries)
@@ -180,10 +233,14 @@ class ReasoningGymTask:
 
     def score(self, prompt: Prompt, response_text: str) -> float:
         entry = self._entries[_index_of(self, prompt)]
-        answer = self._extract(response_text, tag_name="answer")
-        if answer is None:
-            return 0.0
-        return float(self._ds.score_answer(answer=answer, entry=entry))
+        tagged = self._extract(response_text, tag_name="answer")
+
+        def verify(answer: str) -> float:
+            return float(self._ds.score_answer(answer=answer, entry=entry))
+
+        if self.reward == "format-answer":
+            return format_answer_score(tagged, response_text, verify)
+        return 0.0 if tagged is None else verify(tagged)
 
 
 def make_task(name: str, size: int, seed: int, **params: Any) -> Task:

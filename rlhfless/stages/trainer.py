@@ -9,6 +9,7 @@ function simply keeps it in memory.
 from __future__ import annotations
 
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,10 @@ from rlhfless.adapters.hf import (
     response_logprobs,
 )
 from rlhfless.stages import algorithms as alg
-from rlhfless.stages.common import DTYPES, pad_rows
+from rlhfless.stages.common import DTYPES, function_device, pad_rows
 from rlhfless.stages.config import TrainConfig
 from rlhfless.stages.handover import HandOver, StateDir
+from rlhfless.stages.reference import blocks
 
 
 def micro_batches(lengths: list[int], parts: int, token_budget: int) -> list[list[int]]:
@@ -51,6 +53,18 @@ def micro_batches(lengths: list[int], parts: int, token_budget: int) -> list[lis
         current.append(i)
     if current:
         out.append(current)
+    return out
+
+
+def group_micro_batches(lengths: list[int], group_size: int, token_budget: int) -> list[list[int]]:
+    """Micro-batches that never mix groups (rows i*G .. i*G+G-1): each group's rows cut by
+    ``token_budget`` as :func:`micro_batches` cuts a batch. A micro-batch's rows, and so its
+    forward pass, are then the same however the batch was split into chunks: the streamed and
+    the staged first epoch compute the very same per-micro-batch gradients."""
+    out: list[list[int]] = []
+    for lo in range(0, len(lengths), group_size):
+        part = micro_batches(lengths[lo : lo + group_size], 1, token_budget)
+        out += [[lo + i for i in idx] for idx in part]
     return out
 
 
@@ -90,6 +104,19 @@ class _HandsOver:
         stats["seconds"] = time.perf_counter() - t0  # the update alone
         return stats
 
+    def sync(
+        self, expected_version: int | None = None, replay: list[dict[str, Any]] | None = None
+    ) -> int:
+        """Catch up to the run's version (a cold function replays what its state lacks) once,
+        before a streamed stage's calls, which then need not carry the replay each."""
+        return self._catch_up(expected_version, replay)
+
+    def set_threads(self, threads: int) -> int:
+        """Use ``threads`` CPU threads from now on: a streamed step shares the machine with the
+        rollout tail until it ends (on a GPU each function has its own device anyway)."""
+        torch.set_num_threads(max(1, threads))
+        return torch.get_num_threads()
+
     def persist(
         self, expected_version: int | None = None, replay: list[dict[str, Any]] | None = None
     ) -> int:
@@ -108,6 +135,26 @@ class _HandsOver:
         """Released (scaled to zero): land the write behind before the process exits."""
         self.handover.flush()
 
+    def memory(self) -> dict[str, int]:
+        """Bytes this process holds of parameters, gradients and optimiser state (a sharded
+        trainer's rank: its shards)."""
+
+        def nbytes(t: torch.Tensor) -> int:
+            local = t.to_local() if hasattr(t, "to_local") else t
+            return local.numel() * local.element_size()
+
+        params = list(self.model.parameters())
+        moments = [
+            v for s in self.opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)
+        ]
+        return {
+            "param_bytes": sum(nbytes(p) for p in params),
+            "grad_bytes": sum(nbytes(p.grad) for p in params if p.grad is not None),
+            "optim_bytes": sum(nbytes(m) for m in moments),
+            # the process's peak resident memory (Linux: KiB), shared libraries included
+            "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        }
+
 
 class TrainerActor(_HandsOver):
     """Policy updates; publishes weights with a version number after every step."""
@@ -118,13 +165,19 @@ class TrainerActor(_HandsOver):
         self, model_dir: str, train: dict[str, Any], state_dir: str, dtype: str = "float32"
     ) -> None:
         self.cfg = msgspec.convert(train, TrainConfig)
-        self.engine = HFEngine.load(model_dir, dtype=DTYPES[dtype])
+        self.device = function_device()
+        self.engine = HFEngine.load(model_dir, dtype=DTYPES[dtype], device=self.device)
         self.model = self.engine.model.train()
+        if self.cfg.activation_checkpointing:  # recompute each block's activations in backward
+            self.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         self.pad_id = self.engine.tokenizer.pad_id
         self.opt = torch.optim.AdamW(
             self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
         )
         self.handover = HandOver(state_dir, self.model, self.opt)
+        self._stream: _Stream | None = None  # an open streamed step (begin_step)
 
     def weights(self, file_dir: str | None = None, file_above_bytes: int = 0) -> dict[str, Any]:
         """The current weights with their version: inline as tensors (zero-copy frames), or,
@@ -182,49 +235,223 @@ class TrainerActor(_HandsOver):
         ref_logprobs: list[torch.Tensor] | None,
         temperature: float,
     ) -> dict[str, float]:
+        batch = _PolicyBatch(
+            prompt_ids, response_ids, old_logprobs, advantages, ref_logprobs, temperature,
+            self.device,
+        )  # fmt: skip
+        sums = _Sums()
+        for epoch in range(self.cfg.epochs):
+            self._epoch(batch, sums, first=epoch == 0)
+        return self._reduced(sums).stats(self.cfg.epochs)
+
+    def _epoch(self, batch: _PolicyBatch, sums: _Sums, first: bool = False) -> None:
+        """One optimiser step over the whole batch: grad accumulation over micro-batches. The
+        first epoch's micro-batches keep groups apart, as the streamed step's must."""
         cfg = self.cfg
-        lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
+        self.opt.zero_grad(set_to_none=True)
+        total = batch.units(cfg.loss_agg)
+        if first:
+            parts = group_micro_batches(batch.lengths, cfg.group_size, cfg.micro_batch_tokens)
+        else:
+            parts = micro_batches(batch.lengths, cfg.grad_accum, cfg.micro_batch_tokens)
+        for idx, live in self._share(parts):
+            self._backward(batch, idx, sums, 1.0 / total, live)
+        self._clip_and_step(sums)
+
+    def _share(self, parts: list[list[int]]) -> list[tuple[list[int], bool]]:
+        """The micro-batches this process runs, each with whether it counts: all of them here;
+        a rank of a sharded trainer takes its share (stages/sharded.py)."""
+        return [(idx, True) for idx in parts]
+
+    def _backward(
+        self, batch: _PolicyBatch, idx: list[int], sums: _Sums, scale: float, live: bool = True
+    ) -> None:
+        """Forward and backward of micro-batch ``idx``: its loss times its units (tokens, or
+        sequences for seq-mean-token-mean) times ``scale``. With scale 1/units of the batch the
+        micro-batches add up to the batch's loss, however the batch was split. ``live=False``:
+        a pass that adds nothing (weight 0), for a rank of a sharded trainer whose share ran
+        out while the others still need it in their collectives."""
+        cfg = self.cfg
+        packed = pack_sequences(
+            [batch.prompt_ids[i] for i in idx], [batch.response_ids[i] for i in idx], self.pad_id,
+            self.device,
+        )  # fmt: skip
+        mask = packed.response_mask
+        w = mask.shape[1]
+        logp = response_logprobs(self.model, packed, batch.temperature)
+        loss, clip = alg.policy_loss(
+            logp, batch.old[idx, :w], batch.adv[idx, :w], mask, cfg.clip_eps, cfg.clip_eps_high,
+            cfg.loss_agg,
+        )  # fmt: skip
+        kl = torch.zeros(())
+        if batch.ref is not None:
+            kl = alg.masked_mean(alg.kl_estimate(logp, batch.ref[idx, :w], cfg.kl_estimator), mask)
+            if cfg.algo == "grpo":  # GRPO puts the KL in the loss; PPO in the reward
+                loss = loss + cfg.kl_coef * kl
+        weight = units([batch.response_ids[i] for i in idx], cfg.loss_agg) * scale if live else 0.0
+        (loss * weight).backward()
+        if live:
+            sums.add(float(loss.detach()), float(kl.detach()), float(clip), weight)
+
+    def _clip_and_step(self, sums: _Sums) -> None:
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        # sharded: a replicated DTensor, the norm of the whole gradient
+        sums.grad_norm += float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        self.opt.step()
+
+    def _reduced(self, sums: _Sums) -> _Sums:
+        """The statistics of the whole batch: this process's own here; a sharded trainer adds
+        up its ranks' (stages/sharded.py)."""
+        return sums
+
+    # ------------------------------------------------------------- the streamed step
+    # The same update as :meth:`step`, its first epoch's forward and backward run on chunks of
+    # the batch as they become ready (complete groups with their advantages) while the rollout
+    # tail still decodes. Gradients are summed unnormalised and scaled once by the batch's
+    # units at :meth:`finish_step` (the token-mean needs the whole batch's token count), so the
+    # result equals the staged step up to float summation order. Later epochs need the first
+    # epoch's update, so they run at the end over the whole batch, as in the staged step.
+
+    def begin_step(
+        self, expected_version: int | None = None, replay: list[dict[str, Any]] | None = None
+    ) -> int:
+        """Open a streamed step at the run's version; returns the steps replayed to get there."""
+        self.handover.flush()
+        replayed = self._catch_up(expected_version, replay)
+        self.opt.zero_grad(set_to_none=True)
+        self._stream = _Stream(replayed=replayed, t0=time.perf_counter())
+        return replayed
+
+    def accumulate(
+        self,
+        prompt_ids: list[list[int]],
+        response_ids: list[list[int]],
+        old_logprobs: list[torch.Tensor],
+        advantages: list[torch.Tensor],
+        ref_logprobs: list[torch.Tensor] | None,
+        temperature: float,
+    ) -> int:
+        """Forward and backward of one chunk of the open step; returns the chunks taken."""
+        stream = self._open_stream()
+        chunk = _PolicyBatch(
+            prompt_ids, response_ids, old_logprobs, advantages, ref_logprobs, temperature,
+            self.device,
+        )  # fmt: skip
+        cfg = self.cfg
+        parts = group_micro_batches(chunk.lengths, cfg.group_size, cfg.micro_batch_tokens)
+        for idx, live in self._share(parts):
+            self._backward(chunk, idx, stream.sums, 1.0, live)
+        stream.units += chunk.units(self.cfg.loss_agg)
+        stream.chunks.append(chunk)
+        return len(stream.chunks)
+
+    def finish_step(self) -> dict[str, Any]:
+        """Scale the summed gradients by the batch's units, step, run the later epochs."""
+        stream, self._stream = self._open_stream(), None
+        scale = 1.0 / max(stream.units, 1.0)
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        stream.sums.scale(scale)
+        self._clip_and_step(stream.sums)
+        whole = _PolicyBatch.join(stream.chunks)
+        for _ in range(self.cfg.epochs - 1):
+            self._epoch(whole, stream.sums)
+        self.handover.stepped()
+        return {
+            **self._reduced(stream.sums).stats(self.cfg.epochs),
+            "version": self.version,
+            "durable_version": self.handover.durable,
+            "replayed": stream.replayed,
+            "seconds": time.perf_counter() - stream.t0,
+        }
+
+    def _open_stream(self) -> _Stream:
+        if self._stream is None:
+            raise RuntimeError("no streamed step is open here: call begin_step first")
+        return self._stream
+
+
+def units(response_ids: list[list[int]], agg: str) -> float:
+    """What a loss of ``agg`` averages over: response tokens, or responses with tokens."""
+    if agg == "seq-mean-token-mean":
+        return float(sum(1 for r in response_ids if r))
+    return float(sum(len(r) for r in response_ids))
+
+
+class _PolicyBatch:
+    """A policy step's inputs, padded once to the batch's longest response."""
+
+    def __init__(
+        self,
+        prompt_ids: list[list[int]],
+        response_ids: list[list[int]],
+        old_logprobs: list[torch.Tensor],
+        advantages: list[torch.Tensor],
+        ref_logprobs: list[torch.Tensor] | None,
+        temperature: float,
+        device: torch.device,
+    ) -> None:
+        self.prompt_ids, self.response_ids = prompt_ids, response_ids
+        self.device = device
+        self.raw = (old_logprobs, advantages, ref_logprobs)
+        self.temperature = temperature
+        self.lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
         width = max(1, max(len(r) for r in response_ids))
-        old = pad_rows(old_logprobs, width)
-        adv = pad_rows(advantages, width)
-        ref = pad_rows(ref_logprobs, width) if ref_logprobs is not None else None
-        total_tokens = sum(len(r) for r in response_ids)
-        stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
-        for _ in range(cfg.epochs):
-            self.opt.zero_grad(set_to_none=True)
-            for idx in micro_batches(lengths, cfg.grad_accum, cfg.micro_batch_tokens):
-                batch = pack_sequences(
-                    [prompt_ids[i] for i in idx], [response_ids[i] for i in idx], self.pad_id
-                )
-                mask = batch.response_mask
-                w = mask.shape[1]
-                logp = response_logprobs(self.model, batch, temperature)
-                loss, clip = alg.policy_loss(
-                    logp,
-                    old[idx, :w],
-                    adv[idx, :w],
-                    mask,
-                    cfg.clip_eps,
-                    cfg.clip_eps_high,
-                    cfg.loss_agg,
-                )
-                kl = torch.zeros(())
-                if ref is not None:
-                    kl = alg.masked_mean(
-                        alg.kl_estimate(logp, ref[idx, :w], cfg.kl_estimator), mask
-                    )
-                    if cfg.algo == "grpo":  # GRPO puts the KL in the loss; PPO in the reward
-                        loss = loss + cfg.kl_coef * kl
-                # Weight each micro-batch by its share of tokens: the sum is the batch token-mean.
-                share = float(mask.sum()) / max(1, total_tokens)
-                (loss * share).backward()
-                stats["loss"] += float(loss.detach()) * share / cfg.epochs
-                stats["kl"] += float(kl.detach()) * share / cfg.epochs
-                stats["clip_frac"] += float(clip) * share / cfg.epochs
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-            stats["grad_norm"] += float(norm) / cfg.epochs
-            self.opt.step()
-        return stats
+        self.old = pad_rows(old_logprobs, width, device)
+        self.adv = pad_rows(advantages, width, device)
+        self.ref = pad_rows(ref_logprobs, width, device) if ref_logprobs is not None else None
+
+    def units(self, agg: str) -> float:
+        return units(self.response_ids, agg)
+
+    @staticmethod
+    def join(chunks: list[_PolicyBatch]) -> _PolicyBatch:
+        refs = [c.raw[2] for c in chunks]
+        return _PolicyBatch(
+            [p for c in chunks for p in c.prompt_ids],
+            [r for c in chunks for r in c.response_ids],
+            [t for c in chunks for t in c.raw[0]],
+            [t for c in chunks for t in c.raw[1]],
+            None if any(r is None for r in refs) else [t for r in refs for t in r or []],
+            chunks[0].temperature,
+            chunks[0].device,
+        )
+
+
+class _Sums:
+    """Loss statistics added up over micro-batches (weighted as their gradients are)."""
+
+    def __init__(self) -> None:
+        self.loss = self.kl = self.clip_frac = self.grad_norm = 0.0
+
+    def add(self, loss: float, kl: float, clip: float, weight: float) -> None:
+        self.loss += loss * weight
+        self.kl += kl * weight
+        self.clip_frac += clip * weight
+
+    def scale(self, factor: float) -> None:
+        self.loss, self.kl, self.clip_frac = (
+            self.loss * factor, self.kl * factor, self.clip_frac * factor,
+        )  # fmt: skip
+
+    def stats(self, epochs: int) -> dict[str, float]:
+        return {
+            "loss": self.loss / epochs,
+            "kl": self.kl / epochs,
+            "clip_frac": self.clip_frac / epochs,
+            "grad_norm": self.grad_norm / epochs,
+        }
+
+
+class _Stream:
+    """An open streamed step: chunks taken so far and their summed statistics."""
+
+    def __init__(self, replayed: int, t0: float) -> None:
+        self.replayed, self.t0 = replayed, t0
+        self.units = 0.0
+        self.sums = _Sums()
+        self.chunks: list[_PolicyBatch] = []
 
 
 class CriticActor(_HandsOver):
@@ -237,7 +464,8 @@ class CriticActor(_HandsOver):
     ) -> None:
         self.cfg = msgspec.convert(train, TrainConfig)
         torch.manual_seed(0)
-        self.model = ValueModel.from_pretrained(model_dir, dtype=DTYPES[dtype])
+        self.device = function_device()
+        self.model = ValueModel.from_pretrained(model_dir, dtype=DTYPES[dtype]).to(self.device)
         self.pad_id = load_tokenizer(model_dir).pad_id
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.critic_lr)
         self.handover = HandOver(state_dir, self.model, self.opt)
@@ -249,12 +477,17 @@ class CriticActor(_HandsOver):
         response_ids: list[list[int]],
         expected_version: int | None = None,
         replay: list[dict[str, Any]] | None = None,
+        group_size: int = 0,
     ) -> list[torch.Tensor]:
-        """Values under the critic at the run's version (a cold one replays what it lacks)."""
+        """Values under the critic at the run's version (a cold one replays what it lacks).
+        ``group_size``: one forward pass per group, as ``ReferenceActor.logprobs``."""
         self._catch_up(expected_version, replay)
-        batch = pack_sequences(prompt_ids, response_ids, self.pad_id)
-        v = self.model(batch)
-        return [v[i, : len(r)] for i, r in enumerate(response_ids)]
+        out = []
+        for lo, hi in blocks(len(prompt_ids), group_size):
+            batch = pack_sequences(prompt_ids[lo:hi], response_ids[lo:hi], self.pad_id, self.device)
+            v = self.model(batch)
+            out += [v[i, : len(r)] for i, r in enumerate(response_ids[lo:hi])]
+        return out
 
     def step(
         self,
@@ -278,12 +511,16 @@ class CriticActor(_HandsOver):
         returns: list[torch.Tensor],
     ) -> dict[str, float]:
         width = max(1, max(len(r) for r in response_ids))
-        batch = pack_sequences(prompt_ids, response_ids, self.pad_id)
+        batch = pack_sequences(prompt_ids, response_ids, self.pad_id, self.device)
         mask = batch.response_mask
         self.opt.zero_grad(set_to_none=True)
         v = self.model(batch)
         loss, clip = alg.value_loss(
-            v, pad_rows(old_values, width), pad_rows(returns, width), mask, self.cfg.value_clip
+            v,
+            pad_rows(old_values, width, self.device),
+            pad_rows(returns, width, self.device),
+            mask,
+            self.cfg.value_clip,
         )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)

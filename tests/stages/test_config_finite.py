@@ -119,7 +119,7 @@ def test_an_unpriced_scaling_device_kind_is_rejected_at_load_naming_the_key() ->
         load_config(None, ["scaling.device_kind=tpu9"])
     assert str(e.value) == (
         "invalid value for key 'scaling.device_kind': cost model 'aws' has no price for 'tpu9'; "
-        "valid: a100, a100-80gb, a10g, cpu, h100, l4, l40s"
+        "valid: a100, a100-80gb, a10g, cpu, h100, h200, l40s"
     )
     assert load_config(None, ["scaling.device_kind=L40S"]).scaling.device_kind == "L40S"
 

@@ -41,7 +41,8 @@ async def test_three_iterations_train_and_publish(tmp_path: Path, algo: str) -> 
     assert [m.version for m in ms] == [1, 2, 3]
     for m in ms:
         assert math.isfinite(m.loss) and math.isfinite(m.kl) and m.samples == 16
-        assert set(m.stage_seconds) >= {"rollout", "reward", "train"}
+        assert set(m.stage_seconds) == {"rollout", "score", "train"}
+        assert "reward" in m.busy_seconds  # the seconds the reward function worked
         if algo == "ppo":
             assert m.value_loss is not None and math.isfinite(m.value_loss)
     initial = load_file(tmp_path / "model" / "model.safetensors")
@@ -49,7 +50,7 @@ async def test_three_iterations_train_and_publish(tmp_path: Path, algo: str) -> 
     changed = [k for k in trained if k in initial and not torch.equal(trained[k], initial[k])]
     assert changed, "training did not change any weight"
     assert summary["functions_started"] >= 3 and summary["warm_starts"] > 0
-    assert set(summary["dollars"]) == {"aws", "gcp", "onprem"}
+    assert set(summary["dollars"]) == {"aws", "onprem"}  # gcp prices no CPU-only machine
     assert (tmp_path / "billing.jsonl").read_text().count("\n") == summary["functions_started"]
 
 
@@ -119,12 +120,17 @@ async def test_weights_through_a_node_local_file_match_inline_weights(tmp_path: 
         assert a.reward_mean == b.reward_mean and a.response_len_mean == b.response_len_mean
 
 
-async def test_trainer_dead_before_its_state_landed_loses_no_step(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+async def test_trainer_dead_before_its_state_landed_loses_no_step(
+    tmp_path: Path, stream: bool
+) -> None:
     """The trainer's hand-over state is written behind its step. Kill -9 the warm trainer and
     leave its state directory as if its last write never landed (version 1 while the run is at
     2): the next iteration's cold trainer replays step 2 from the inputs the pipeline kept and
-    the run ends bit-for-bit where an undisturbed run does."""
-    cfg = _cfg(tmp_path, "train.iterations=3")
+    the run ends where an undisturbed run does: bit for bit when staged; streamed, the replay
+    adds the step's micro-batches in the batch's order rather than as they arrived, so to
+    float summation order (tests/stages/test_streamed.py states the tolerance)."""
+    cfg = _cfg(tmp_path, "train.iterations=3", f"pipeline.stream={str(stream).lower()}")
     model_dir = build_tiny_model(tmp_path / "model", seed=0)
 
     async def three_iterations(fault: bool, run: Path) -> tuple[list[Any], dict[str, Any]]:
@@ -152,6 +158,8 @@ async def test_trainer_dead_before_its_state_landed_loses_no_step(tmp_path: Path
     hit, got = await three_iterations(True, tmp_path / "hit")
     assert [m.version for m in hit] == [1, 2, 3]
     assert [m.replayed for m in clean] == [0, 0, 0] and [m.replayed for m in hit] == [0, 0, 1]
-    assert hit[2].reward_mean == clean[2].reward_mean and hit[2].loss == clean[2].loss
+    assert hit[2].reward_mean == clean[2].reward_mean
+    atol = 1e-4 if stream else 0.0
+    assert hit[2].loss == pytest.approx(clean[2].loss, rel=1e-4 if stream else 0, abs=atol)
     for k, v in got.items():
-        torch.testing.assert_close(v, want[k], rtol=0, atol=0)
+        torch.testing.assert_close(v, want[k], rtol=0, atol=atol)

@@ -1,0 +1,42 @@
+"""The glue ``rlhfless estimate`` needs from ``stages``: a TOML config read into the simulator's
+:class:`~rlhfless.sim.estimate.JobSpec` (``sim`` may not import ``stages``; see tests/test_house.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlhfless.sim.errors import BadSetting
+from rlhfless.sim.estimate import JobSpec
+from rlhfless.stages.config import Config, ConfigError, load_config
+
+REPEAT_PROMPT_TOKENS = 4  # the repeat task's prompts: measured 4-5 tokens (lengths.jsonl)
+OTHER_PROMPT_TOKENS = 120  # gsm_symbolic with SmolLM2's chat template: measured 110-144
+
+
+def job_from_config(cfg: Config) -> JobSpec:
+    if cfg.model.kind == "tiny" and cfg.model.tiny_size != "tiny":
+        raise BadSetting("model", cfg.model.tiny_size, "tiny_size tiny, smollm2 or a model dir: "
+                         "the models the CPU stage model is calibrated for")  # fmt: skip
+    repeat = cfg.task.name == "repeat"
+    # a model directory is described by its config.json (GPU estimates: --gpu)
+    model = cfg.model.path if cfg.model.kind == "dir" else cfg.model.kind
+    return JobSpec(
+        algo=cfg.train.algo, model=model, slots=cfg.runtime.slots,
+        rollout_functions=cfg.rollout.functions, iterations=cfg.train.iterations,
+        batch_prompts=cfg.train.batch_prompts, group_size=cfg.train.group_size,
+        epochs=cfg.train.epochs, reference=cfg.train.uses_reference,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        length_median=cfg.task.median_len if repeat else 0.0,
+        length_sigma=cfg.task.sigma if repeat else 0.0,
+        prompt_tokens=REPEAT_PROMPT_TOKENS if repeat else OTHER_PROMPT_TOKENS, seed=cfg.run.seed,
+        keep_alive=cfg.runtime.keep_alive_s,
+    )  # fmt: skip
+
+
+def load_job(path: Path | None, overrides: list[str]) -> JobSpec:
+    """A config file (or the embedded default) with ``--set`` overrides, as a JobSpec."""
+    try:
+        return job_from_config(load_config(path, overrides))
+    except ConfigError as exc:
+        raise BadSetting("config", str(path or "default"), str(exc)) from None
