@@ -7,6 +7,14 @@
         --set rollout.max_new_tokens=768 --out tests/scaling/data/smollm2_gsm_trace.jsonl
     python benchmarks/scaling.py --trace FILE.jsonl   # replay it
 
+    # the small traces of issue 20 (HF engine, one thread: ~10-15 min each on a loaded 2-core
+    # machine; OMP_NUM_THREADS=1 because OpenMP's spin-wait under other load is 20x slower):
+    OMP_NUM_THREADS=1 python benchmarks/record_trace.py configs/smollm2-gsm.toml --prompts 24 \
+        --group 8 --chunk 12 --set task.size=24 --set rollout.temperature=0.7 \
+        --set rollout.max_new_tokens=256 --out tests/scaling/data/smollm2_gsm_t07_c256.jsonl
+    # likewise --set task.dataset=chain_sum (T 1.0, cap 128, 32 prompts x 8) and
+    # --set task.dataset=basic_arithmetic (T 0.7, cap 192, 32 prompts x 6): docs/scaling.md
+
 ``rlhfless train`` writes the same kind of file (``<run_dir>/lengths.jsonl``) while it trains;
 this script records a model's lengths without paying for training (a 135M model trains ~25 s
 per iteration on this CPU). The config (a TOML file and ``--set`` overrides, as for
@@ -17,7 +25,7 @@ model's chat template. The weights do not change between epochs, so the trace sh
 sampling spread around each prompt's typical length, not the drift training adds.
 
 Output: the format ``benchmarks/scaling.py --trace`` reads, one line per prompt and epoch,
-epochs in order. Progress goes to stderr; lines are written as each chunk of prompts finishes,
+epochs in order, each also naming its ``temperature`` and ``task`` (the dataset). Progress goes to stderr; lines are written as each chunk of prompts finishes,
 so a stopped run keeps what it did.
 """
 
@@ -28,6 +36,12 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+
+def task_name(cfg: Any) -> str:
+    """What a trace row says it was sampled on: the reasoning-gym dataset, or the task."""
+    return cfg.task.dataset if cfg.task.name == "reasoning-gym" else cfg.task.name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                         "prompt_tokens": len(ids[lo + j]),
                         "epoch": epoch,
                         "max_new_tokens": cfg.rollout.max_new_tokens,
+                        "temperature": cfg.rollout.temperature,
+                        "task": task_name(cfg),
                     }
                     out.write(json.dumps(row) + "\n")
                 out.flush()
