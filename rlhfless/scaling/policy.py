@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
@@ -150,11 +150,9 @@ class Scaler:
         )
         self.throughput = ThroughputModel(throughput)
         self._transfer = transfer
-        # Where the run's own TransferParams come from (the rollout stage sets its ``transfer``
-        # method: KV bytes from the model's config, the [rollout] link, the measured prefill
-        # rate), so that the scaler plans cuts with the costs the stage executes them with.
-        # It returns None when a cut's KV never ships (vLLM, bandwidth 0): re-prefill only.
-        self.transfer_source: Callable[[], TransferParams | None] | None = None
+        # The transfer costs the last plan was made with (plan(transfer=...)): its cuts are
+        # executed, and so re-planned by migration(), with the same costs.
+        self._plan_transfer: TransferParams | None = None
         self._cut = ("none", 1.0)  # the last plan's cut setting, for migration()
         self._uncut_seconds: float | None = None  # the last plan's uncut_seconds, likewise
         # Measured / predicted makespan of recent rollouts (EWMA; None before the first): what
@@ -164,19 +162,11 @@ class Scaler:
         # calibrated scales (worst_case.calibrated_scales).
         self.batch_ratios: list[float] = []
 
-    @property
-    def transfer(self) -> TransferParams:
-        """What moving a cut sequence costs: ``transfer_source``'s answer when set, else the
-        constructor's ``transfer``, else the defaults; the prefill rate is the measured one
-        unless a ``transfer`` was given."""
-        if self.transfer_source is not None:
-            got = self.transfer_source()
-            if got is not None:
-                return got
-            return TransferParams(
-                bandwidth_bytes_per_s=0.0,
-                prefill_tokens_per_s=self.throughput.params().prefill_tokens_per_s,
-            )
+    def transfer_costs(self, given: TransferParams | None = None) -> TransferParams:
+        """What moving a cut sequence costs: ``given`` (the caller's, with the plan), else the
+        constructor's ``transfer``, else the defaults at the measured prefill rate."""
+        if given is not None:
+            return given
         if self._transfer is not None:
             return self._transfer
         return TransferParams(prefill_tokens_per_s=self.throughput.params().prefill_tokens_per_s)
@@ -207,9 +197,16 @@ class Scaler:
         prompt_tokens: Sequence[Sequence[int]] | Sequence[int],
         group_size: int,
         warm: int = 0,
+        transfer: TransferParams | None = None,
     ) -> RolloutPlan:
-        """How many functions to start and which prompts each gets."""
+        """How many functions to start and which prompts each gets.
+
+        ``transfer``: what a cut sequence's move costs in the run that executes the plan (the
+        rollout stage's KV bytes, link and prefill rate; bandwidth 0 when KV never ships). Cuts
+        are planned, and re-planned by :meth:`migration`, with it; None: :meth:`transfer_costs`.
+        """
         cfg = self.config
+        self._plan_transfer = transfer
         params = self.throughput.params()
         works = self.works(prompt_ids, prompt_tokens, group_size)
         prefix = None
@@ -245,7 +242,7 @@ class Scaler:
             headroom=cfg.pack_headroom,
             warm=warm,
             margin=margin,
-            transfer=self.transfer if margin is not None and margin.cuts else None,
+            transfer=self.transfer_costs(transfer) if margin is not None and margin.cuts else None,
             worst_case=self.worst_case(),
         )
         self._cut = cfg.cut_in_force((decision.cut, decision.cut_threshold))
@@ -317,12 +314,13 @@ class Scaler:
         if cfg.policy == "fixed" or cut == "none":
             return MigrationPlan(policy="none")
         if cut == "global":
-            return plan_global_cut(progress, tau, self.transfer)
+            return plan_global_cut(progress, tau, self.transfer_costs(self._plan_transfer))
         params = self.throughput.params() if cfg.cut_guard or cfg.cut == "auto" else None
         planned = None
         if elapsed is not None and self._uncut_seconds is not None and self.makespan_ratio:
             planned = self._uncut_seconds - elapsed / self.makespan_ratio
-        return plan_cut_and_migrate(progress, tau, self.transfer, params, planned)
+        transfer = self.transfer_costs(self._plan_transfer)
+        return plan_cut_and_migrate(progress, tau, transfer, params, planned)
 
     def observe_makespan(
         self, predicted_seconds: float, seconds: float, alpha: float = 0.5

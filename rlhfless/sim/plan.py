@@ -81,7 +81,7 @@ class RolloutPlanner:
     ) -> ScalingDecision:
         """The decision ``Scaler.plan`` would make for ``works`` (coarse, then fine k grid)."""
         margin = self.scaler.margin(prompt_ids, works)
-        transfer = self.scaler.transfer if margin is not None and margin.cuts else None
+        transfer = self.scaler.transfer_costs() if margin is not None and margin.cuts else None
 
         def choose(ks: list[int]) -> ScalingDecision:
             return choose_k(

@@ -122,7 +122,6 @@ class RolloutStage:
             )
         self.weight_loads: list[float] = []
         self._kv_bytes: float | None = None
-        self.scaler.transfer_source = self.transfer  # plan cuts with the costs executed below
         if cfg.scaling.show_curve:  # INFO from this logger only, whatever the root's level
             curve_log.setLevel(logging.INFO)
 
@@ -203,7 +202,13 @@ class RolloutStage:
         # second and without a cold start.
         warm = p.rt.warm_count(ROLLOUT, *self.actor_args())
         g = p.cfg.train.group_size
-        plan = self.scaler.plan([q.id for q in prompts], prompt_ids, g, warm=warm)
+        # Cuts are planned with the costs this stage executes them with (re-prefill only when
+        # KV never ships: vLLM, or no link).
+        costs = self.transfer() or TransferParams(
+            bandwidth_bytes_per_s=0.0,
+            prefill_tokens_per_s=self.scaler.throughput.params().prefill_tokens_per_s,
+        )
+        plan = self.scaler.plan([q.id for q in prompts], prompt_ids, g, warm=warm, transfer=costs)
         if p.cfg.scaling.show_curve and plan.decision is not None:
             curve_log.info("iteration %d, %d warm:\n%s", step, warm, plan.decision.render())
         return plan

@@ -115,31 +115,18 @@ def test_auto_cut_pays_on_the_heavy_tail_within_the_bound() -> None:
     assert chose >= 1
 
 
-def test_scaler_plans_cuts_with_the_stages_transfer_params() -> None:
+def test_scaler_plans_cuts_with_the_transfer_given_with_the_plan() -> None:
     scaler = Scaler(ScalingConfig(policy="rlhfless", cut="auto"), slots=4, device_kind="l40s")
-    assert scaler.transfer == TransferParams(
+    assert scaler.transfer_costs() == TransferParams(
         prefill_tokens_per_s=scaler.throughput.params().prefill_tokens_per_s
     )
     stage = TransferParams(kv_bytes_per_token=512.0, bandwidth_bytes_per_s=1e9,
                            latency_seconds=0.002, prefill_tokens_per_s=900.0)  # fmt: skip
-    scaler.transfer_source = lambda: stage
-    assert scaler.transfer is stage
-    scaler.transfer_source = lambda: None  # the stage never ships KV (vLLM, bandwidth 0)
-    t = scaler.transfer
-    assert t.bandwidth_bytes_per_s == 0 and t.choose(100)[0] == "reprefill"
-    assert t.prefill_tokens_per_s == scaler.throughput.params().prefill_tokens_per_s
+    assert scaler.transfer_costs(stage) is stage
 
 
-def test_migration_follows_the_planned_cut() -> None:
-    epochs = _heavy_epochs(96, 8, 2, seed=0)
-    scaler = Scaler(ScalingConfig(policy="rlhfless", cut="auto"), slots=8, device_kind="l40s",
-                    throughput=PARAMS)  # fmt: skip
-    ids = list(range(96))
-    scaler.observe(ids, epochs[0])
-    plan = scaler.plan(ids, [300] * 96, 8)
-    assert plan.decision is not None
-    assert (plan.cut, plan.cut_threshold) == (plan.decision.cut, plan.decision.cut_threshold)
-    progress = [
+def _progress() -> list[FunctionProgress]:
+    return [
         FunctionProgress(function_id="a", assigned=40, finished=39, unfinished=(
             SequenceProgress(seq_id=1, prompt_tokens=10, produced=50, predicted_remaining=5),
         )),
@@ -152,6 +139,34 @@ def test_migration_follows_the_planned_cut() -> None:
             for i in range(10)
         )),  # the longest: the horizon a move must stay within
     ]  # fmt: skip
+
+
+def test_migration_replans_with_the_plans_transfer() -> None:
+    # A plan made with KV that never ships (bandwidth 0) is re-planned mid-rollout with it:
+    # the cut sequence re-prefills; the same plan with a fast link ships it.
+    methods = {}
+    for name, link in (("no link", 0.0), ("fast link", 1e12)):
+        cfg = ScalingConfig(policy="rlhfless", cut="per_function", cut_threshold=0.9)
+        scaler = Scaler(cfg, slots=8, device_kind="l40s", throughput=PARAMS)
+        costs = TransferParams(kv_bytes_per_token=512.0, bandwidth_bytes_per_s=link,
+                               latency_seconds=0.0, prefill_tokens_per_s=PARAMS.prefill_tokens_per_s)  # fmt: skip
+        scaler.plan(list(range(8)), [300] * 8, 4, transfer=costs)
+        migration = scaler.migration(_progress())
+        assert migration.cut == ["a"] and migration.moves
+        methods[name] = {m.method for m in migration.moves}
+    assert methods == {"no link": {"reprefill"}, "fast link": {"ship_kv"}}
+
+
+def test_migration_follows_the_planned_cut() -> None:
+    epochs = _heavy_epochs(96, 8, 2, seed=0)
+    scaler = Scaler(ScalingConfig(policy="rlhfless", cut="auto"), slots=8, device_kind="l40s",
+                    throughput=PARAMS)  # fmt: skip
+    ids = list(range(96))
+    scaler.observe(ids, epochs[0])
+    plan = scaler.plan(ids, [300] * 96, 8)
+    assert plan.decision is not None
+    assert (plan.cut, plan.cut_threshold) == (plan.decision.cut, plan.decision.cut_threshold)
+    progress = _progress()
     m = scaler.migration(progress)
     if plan.cut == "none":
         assert m.empty
