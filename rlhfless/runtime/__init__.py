@@ -21,6 +21,7 @@ _EXPORTS = {
     "RemoteError": "rlhfless.runtime.errors",
     "RuntimeClosed": "rlhfless.runtime.errors",
     "SpawnError": "rlhfless.runtime.errors",
+    "WeightsDeltaError": "rlhfless.runtime.errors",
     "Gang": "rlhfless.runtime.gang",
     "Handle": "rlhfless.runtime.handle",
     "BillingEvent": "rlhfless.runtime.messages",

@@ -32,8 +32,9 @@ import zmq
 from rlhfless.runtime import scratch
 from rlhfless.runtime.auth import KEYS_ENV, Guard, Keys
 from rlhfless.runtime.config import RuntimeConfig
+from rlhfless.runtime.delta import apply_to_cache
 from rlhfless.runtime.devices import detect
-from rlhfless.runtime.errors import BadMessage
+from rlhfless.runtime.errors import BadMessage, WeightsDeltaError
 from rlhfless.runtime.launch import process_env
 from rlhfless.runtime.messages import (
     Codec,
@@ -44,6 +45,8 @@ from rlhfless.runtime.messages import (
     Release,
     Spawn,
     Weights,
+    WeightsDelta,
+    WeightsRefused,
 )
 from rlhfless.runtime.procutil import kill
 from rlhfless.runtime.weights import WEIGHTS_ENV, save, versions
@@ -181,10 +184,25 @@ class Agent:
         elif isinstance(msg, Weights):
             save(self.cache_dir, msg.version, msg.tensors)
             self.to_controller(self.hello())  # the acknowledgement lists the new version
+        elif isinstance(msg, WeightsDelta):
+            self.take_delta(msg)
         elif isinstance(msg, Release):
             pass  # the controller is shutting down; its heartbeats stop and so do our functions
         else:
             log.warning("agent %s: unexpected %s", self.node, type(msg).__name__)
+
+    def take_delta(self, msg: WeightsDelta) -> None:
+        """Rebuild a version from a cached base (checked, exact), or refuse it in one line:
+        the controller then sends the whole version."""
+        try:
+            apply_to_cache(self.cache_dir, msg)
+        except Exception as exc:  # a bad delta, a full disk: the controller must hear of it
+            what = "" if isinstance(exc, WeightsDeltaError) else f"{type(exc).__name__}: "
+            reason = f"{what}{exc}".split("\n", 1)[0]
+            log.warning("agent %s: %s", self.node, reason)
+            self.to_controller(WeightsRefused(msg.version, reason))
+            return
+        self.to_controller(self.hello())  # the acknowledgement lists the new version
 
     def owns(self, pid: int) -> bool:
         """Only the zygote's children may be killed on a controller's request."""

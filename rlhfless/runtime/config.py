@@ -46,6 +46,9 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True):
     node_heartbeat_s: float = 0.5  # controller <-> agent heartbeat period
     node_timeout_s: float = 3.0  # an agent silent this long is lost: its functions get NodeLost
     join_timeout_s: float = 30.0  # start() waits this long for the listed agents to answer
+    # Send a node only what changed since a weights version it holds, where that pays
+    # (publish.py; bitwise exact, checked by crc on the node). False: always whole versions.
+    weight_deltas: bool = True
     # Fault injection (faults.py): SIGKILL leased functions at this many kills per
     # function-hour, as spot preemption would; 0 = off. kill_seed seeds the draws.
     kill_rate: float = 0.0

@@ -126,3 +126,9 @@ class GangMemberDied(FunctionDied):
 class GangStartError(SpawnError):
     """A gang could not be started as a whole (a member failed or sent no READY in time);
     no member is left running."""
+
+
+class WeightsDeltaError(RuntimeErrorBase, ValueError):
+    """A weights delta cannot be applied exactly: its base is not the version (or the bytes)
+    the receiver holds, or the delta itself is malformed or corrupt. Nothing was applied where
+    it could be checked first; the message names the problem. Send the full version instead."""

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from rlhfless.runtime.config import RuntimeConfig
+from rlhfless.runtime.delta import WeightTraffic
 from rlhfless.runtime.devices import NodeDevices
 from rlhfless.runtime.nodes import Cluster
 from rlhfless.runtime.placement import NodeView, choose
@@ -103,7 +104,16 @@ class Locality:
         """
         nbytes = save(self._weights_dir, version, tensors)
         self._weights = (version, dict(tensors), nbytes)
+        if self.cluster is not None:
+            self.cluster.sender.published()
 
     def weight_bytes_sent(self) -> dict[str, int]:
         """Weight bytes sent over the network, per remote node (locality: once per version)."""
         return {n.name: n.bytes_sent for n in self.cluster.nodes} if self.cluster else {}
+
+    def weight_traffic(self) -> dict[str, WeightTraffic]:
+        """Per remote node: weight bytes sent, what whole versions would have taken (the bytes
+        saved by deltas), versions sent as deltas and whole, and the seconds it took."""
+        if self.cluster is None:
+            return {}
+        return {k: msgspec.structs.replace(v) for k, v in self.cluster.sender.traffic.items()}

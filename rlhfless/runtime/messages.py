@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -169,6 +169,37 @@ class Weights(msgspec.Struct, array_like=True, frozen=True):
     tensors: dict[str, Any]
 
 
+class TensorChange(msgspec.Struct, array_like=True, frozen=True):
+    """One tensor of a :class:`WeightsDelta`: how to build it from the base's tensor of that
+    name (``delta.py``). "same": the base's bytes; "sparse": the base with ``values`` written at
+    the flat positions ``index``; "full": ``values`` is the whole tensor."""
+
+    kind: Literal["same", "sparse", "full"]
+    dtype: str
+    shape: list[int]
+    crc: int  # crc32 of the new tensor's bytes: the receiver checks what it built against it
+    base_crc: int = 0  # crc32 of the base tensor the change was made against (same, sparse)
+    index: Any = None  # sparse: 1-d int32/int64 tensor of flat element positions
+    values: Any = None  # sparse: the new elements at ``index``; full: the tensor itself
+
+
+class WeightsDelta(msgspec.Struct, array_like=True, frozen=True):
+    """Controller -> agent: policy weights of ``version`` as changes against ``base``, a version
+    the node said it holds. Names absent from ``tensors`` are not in ``version``."""
+
+    version: int
+    base: int
+    tensors: dict[str, TensorChange]
+
+
+class WeightsRefused(msgspec.Struct, array_like=True, frozen=True):
+    """Agent -> controller: a :class:`WeightsDelta` could not be applied (``reason``, one line);
+    nothing was cached, and the controller sends the full version instead."""
+
+    version: int
+    reason: str
+
+
 # ---------------------------------------------------------------------------------------------
 # Kind bytes: the first frame of every message.
 
@@ -186,6 +217,8 @@ KINDS: dict[int, type[msgspec.Struct]] = {
     11: NodeHello,
     12: Kill,
     13: Weights,
+    14: WeightsDelta,
+    15: WeightsRefused,
 }
 KIND_OF: dict[type[msgspec.Struct], bytes] = {cls: bytes([k]) for k, cls in KINDS.items()}
 

@@ -31,8 +31,9 @@ from rlhfless.runtime.messages import (
     Heartbeat,
     Kill,
     NodeHello,
-    Weights,
+    WeightsRefused,
 )
+from rlhfless.runtime.publish import WeightSender
 
 if TYPE_CHECKING:
     from rlhfless.runtime.runtime import Runtime
@@ -90,6 +91,7 @@ class Cluster:
         self.guard: Guard | None = None
         self.port = 0
         self.tasks: list[asyncio.Task[Any]] = []
+        self.sender = WeightSender(self._send, self.codec, rt._weights_dir, cfg.weight_deltas)
 
     async def start(self) -> None:
         rt = self.rt
@@ -234,13 +236,11 @@ class Cluster:
         if version not in node.versions and version not in node.sent:
             # Claimed before the send yields: concurrent spawns on this node send it once.
             node.sent.add(version)
-            left = max(0.1, deadline - time.monotonic())
             try:
-                await self._send(node, self.codec.encode(Weights(version, tensors)), left)
+                node.bytes_sent += await self.sender.send(node, version, tensors, nbytes, deadline)
             except BaseException:
                 node.sent.discard(version)
                 raise
-            node.bytes_sent += nbytes
         while confirmed and version not in node.versions:
             if node.state != "up":
                 raise SpawnError(f"node {node.name} was lost while taking weights v{version}")
@@ -272,6 +272,8 @@ class Cluster:
             node.last_seen = time.monotonic()
             if isinstance(msg, NodeHello):
                 self._hello(node, msg)
+            elif isinstance(msg, WeightsRefused):
+                self.sender.refused(node.name, msg)
             elif isinstance(msg, Exited):
                 fn = self.rt._fns.get(msg.function_id)
                 if fn is not None and fn.record.node == node.name:

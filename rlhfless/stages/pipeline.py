@@ -69,6 +69,9 @@ class IterationMetrics(msgspec.Struct, kw_only=True):
     replayed: int = 0
     scaling: dict[str, Any]  # the rollout plan: policy, functions, predicted vs actual time and $
     seconds: float
+    # Across machines: policy weight bytes sent to nodes this iteration ("sent": whole versions
+    # and deltas, runtime/publish.py) and what whole versions would have been ("whole").
+    weight_bytes: dict[str, int] = {}
 
 
 class Pipeline:
@@ -147,6 +150,7 @@ class Pipeline:
         """plan -> rollout, scoring and training (streamed or staged) -> step -> publish."""
         t_start, started_at = time.perf_counter(), time.time()
         stats0 = (self.rt.stats.functions_started, self.rt.stats.warm_starts, self.retries)
+        sent0, whole0 = self.state.weight_bytes()
         prompts: list[Prompt] = batch_for_step(
             self.task, step, self.cfg.train.batch_prompts, self.cfg.run.seed
         )
@@ -172,6 +176,9 @@ class Pipeline:
         )
         metrics = self._metrics(step, out, stats0, time.perf_counter() - t_start)
         metrics.started_at = started_at
+        if self.rt.cluster is not None:
+            sent, whole = self.state.weight_bytes()
+            metrics.weight_bytes = {"sent": sent - sent0, "whole": whole - whole0}
         return metrics
 
     def _lengths(

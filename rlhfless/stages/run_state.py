@@ -82,6 +82,11 @@ class RunState:
         else:
             self.weights = published.path or published.state_dict
 
+    def weight_bytes(self) -> tuple[int, int]:
+        """Weight bytes sent to other nodes so far, and what whole versions would have been."""
+        traffic = self.rt.weight_traffic().values()
+        return sum(t.sent_bytes for t in traffic), sum(t.full_bytes for t in traffic)
+
     @property
     def weights_cached(self) -> bool:
         """Across machines the runtime sends each version once per node into that node's cache

@@ -16,6 +16,7 @@ from rlhfless.runtime.messages import (
     Exited,
     Heartbeat,
     Result,
+    WeightsRefused,
     billing_from_json,
     billing_to_json,
 )
@@ -89,10 +90,11 @@ def test_every_kind_round_trips() -> None:
         Heartbeat("x", 1.0, 5, 2),
         Error(-1, "ValueError", "m", "tb"),
         Exited("f", 9, -9, ["a"]),
+        WeightsRefused(3, "weights delta v2 -> v3: a reason"),
     ]:
         assert codec.decode(codec.encode(msg)) == msg
     assert billing_from_json(billing_to_json(ev)) == ev
-    assert set(KINDS) == set(range(1, 14))
+    assert set(KINDS) == set(range(1, 16))
 
 
 def test_unsendable_value_is_a_clear_type_error() -> None:
