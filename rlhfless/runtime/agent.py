@@ -31,10 +31,10 @@ import zmq
 
 from rlhfless.runtime import scratch
 from rlhfless.runtime.auth import KEYS_ENV, Guard, Keys
+from rlhfless.runtime.cache_writer import CacheWriter
 from rlhfless.runtime.config import RuntimeConfig
-from rlhfless.runtime.delta import apply_to_cache
 from rlhfless.runtime.devices import detect
-from rlhfless.runtime.errors import BadMessage, WeightsDeltaError
+from rlhfless.runtime.errors import BadMessage
 from rlhfless.runtime.launch import process_env
 from rlhfless.runtime.messages import (
     Codec,
@@ -49,13 +49,14 @@ from rlhfless.runtime.messages import (
     WeightsRefused,
 )
 from rlhfless.runtime.procutil import kill
-from rlhfless.runtime.weights import WEIGHTS_ENV, save, versions
+from rlhfless.runtime.weights import WEIGHTS_ENV, versions
 from rlhfless.runtime.zygote import ZYGOTE_IDENTITY
 
 # The same zygote preload as this machine's own runtime: remote cold starts match local ones.
 DEFAULT_PRELOAD = RuntimeConfig().preload
 log = logging.getLogger("rlhfless.agent")
 POLL_MS = 100
+CACHE_POLL_MS = 5
 
 
 class Agent:
@@ -102,9 +103,12 @@ class Agent:
         self._remove_dirs = weakref.finalize(
             self, scratch.remove, [self.dir, *([self.cache_dir] if self.own_cache else [])]
         )
+        self.writer = CacheWriter(self.cache_dir)
+        self.after_cache: list[Spawn] = []  # spawns held back while weights are being written
 
     def close(self) -> None:
         """Remove this agent's directories (its weight cache too, if the agent made it)."""
+        self.writer.close()  # a write in flight finishes first: nothing writes into a removed dir
         self._remove_dirs()
 
     # ------------------------------------------------------------------ zygote
@@ -137,6 +141,7 @@ class Agent:
                 Exited(fid, 0, -9, [f"(the node agent stopped its functions: {why})"])
             )
         self.functions.clear()
+        self.after_cache.clear()  # reported exited just now: never started
 
     # ------------------------------------------------------------------ links
 
@@ -174,35 +179,39 @@ class Agent:
             self.to_controller(self.hello())
         elif isinstance(msg, Spawn):
             self.functions.add(msg.function_id)
-            if self.zygote_ready:
-                self.back.send_multipart([ZYGOTE_IDENTITY, *self.codec.encode(msg)])
+            if self.writer.busy:  # it may load the version being written: after it lands
+                self.after_cache.append(msg)
             else:
-                self.queued.append(msg)
+                self.spawn(msg)
         elif isinstance(msg, Kill):
             if self.owns(msg.pid):
                 kill(msg.pid, msg.signal)
-        elif isinstance(msg, Weights):
-            save(self.cache_dir, msg.version, msg.tensors)
-            self.to_controller(self.hello())  # the acknowledgement lists the new version
-        elif isinstance(msg, WeightsDelta):
-            self.take_delta(msg)
+        elif isinstance(msg, Weights | WeightsDelta):
+            self.writer.submit(msg)  # on a thread: heartbeats are answered meanwhile
         elif isinstance(msg, Release):
             pass  # the controller is shutting down; its heartbeats stop and so do our functions
         else:
             log.warning("agent %s: unexpected %s", self.node, type(msg).__name__)
 
-    def take_delta(self, msg: WeightsDelta) -> None:
-        """Rebuild a version from a cached base (checked, exact), or refuse it in one line:
-        the controller then sends the whole version."""
-        try:
-            apply_to_cache(self.cache_dir, msg)
-        except Exception as exc:  # a bad delta, a full disk: the controller must hear of it
-            what = "" if isinstance(exc, WeightsDeltaError) else f"{type(exc).__name__}: "
-            reason = f"{what}{exc}".split("\n", 1)[0]
-            log.warning("agent %s: %s", self.node, reason)
+    def spawn(self, msg: Spawn) -> None:
+        if self.zygote_ready:
+            self.back.send_multipart([ZYGOTE_IDENTITY, *self.codec.encode(msg)])
+        else:
+            self.queued.append(msg)
+
+    def cache_written(self) -> None:
+        """Acknowledge what the writer finished (the hello lists the new version), or say why
+        a delta was refused; then release the spawns that waited for it."""
+        for msg, reason in self.writer.finished():
+            if reason is None:
+                self.to_controller(self.hello())
+                continue
+            log.warning("agent %s: weights v%d not cached: %s", self.node, msg.version, reason)
             self.to_controller(WeightsRefused(msg.version, reason))
-            return
-        self.to_controller(self.hello())  # the acknowledgement lists the new version
+        if not self.writer.busy:
+            for spec in self.after_cache:
+                self.spawn(spec)
+            self.after_cache.clear()
 
     def owns(self, pid: int) -> bool:
         """Only the zygote's children may be killed on a controller's request."""
@@ -282,11 +291,14 @@ class Agent:
         poller.register(self.front, zmq.POLLIN)
         poller.register(self.back, zmq.POLLIN)
         while not self.stop:
-            for sock, _ in poller.poll(POLL_MS):
+            # While weights are written, look for the writer's end often: a delta's sender
+            # waits for the acknowledgement.
+            for sock, _ in poller.poll(CACHE_POLL_MS if self.writer.busy else POLL_MS):
                 if sock is self.front:
                     self.on_front()
                 else:
                     self.on_back()
+            self.cache_written()
             self.check()
 
     def check(self) -> None:
@@ -298,6 +310,7 @@ class Agent:
             for fid in sorted(self.functions):
                 self.to_controller(Exited(fid, 0, -9, ["(the node's zygote exited)"]))
             self.functions.clear()
+            self.after_cache.clear()
             self.start_zygote()
         silent = time.monotonic() - self.last_seen
         if self.controller is not None and silent > self.controller_timeout_s:
