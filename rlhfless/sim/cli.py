@@ -20,6 +20,7 @@ from rlhfless.cost_models import CostModelError
 from rlhfless.sim.errors import BadSweep, SimError
 from rlhfless.sim.estimate import JobSpec
 from rlhfless.sim.hardware import get_gpu
+from rlhfless.sim.interruptions import Interruptions
 from rlhfless.sim.perf import startup_for
 from rlhfless.sim.run import SimConfig, resolve_systems
 from rlhfless.sim.run import simulate as run_simulation
@@ -78,6 +79,10 @@ def simulate_command(
     micro_batch: Annotated[int, typer.Option(min=1, help="sequences per micro-batch")] = 4,
     eager: Annotated[bool, typer.Option(help="rollout engines without CUDA graphs")] = False,
     keep_alive: Annotated[float, typer.Option(min=0)] = 300.0,
+    spot_mtbi_hours: Annotated[
+        float,
+        typer.Option(min=0, help="spot: mean hours between reclaims of one node (0: none)"),
+    ] = 0.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="write results here")] = None,
     plot: Annotated[Path | None, typer.Option(help="write a PNG here")] = None,
     sweep: Annotated[str, typer.Option(help="KEY=V1,V2,... (nodes, batch, model, gpu)")] = "",
@@ -103,6 +108,8 @@ def simulate_command(
                 cfg = SimConfig(
                     nodes=p["nodes"], gpu=p["gpu"], model=p["model"], workload=w,  # type: ignore[arg-type]
                     systems=names, costs=costs, gpus_per_node=gpus_per_node, eager=eager,
+                    interruptions=Interruptions(mtbi_hours=spot_mtbi_hours, seed=seed)
+                    if spot_mtbi_hours else None,
                     startup=msgspec.structs.replace(
                         startup_for(get_gpu(str(p["gpu"]))), keep_alive_seconds=keep_alive
                     ),

@@ -63,7 +63,9 @@ def table(report: SimReport, title: str = "") -> Table:
         f"(tp {report.tp}), {c.workload.dataset if not c.workload.trace else 'trace'}, "
         f"{c.workload.batch_prompts} x {c.workload.group_size} samples"
     )
-    for col in ("system", "s/iter", "speedup", "GPU-h busy", "GPU-h idle", "GPU-h cold"):
+    spot = c.interruptions is not None
+    cols = ["system", "s/iter", "speedup", "GPU-h busy", "GPU-h idle", "GPU-h cold"]
+    for col in cols + (["reclaims", "GPU-h lost"] if spot else []):
         t.add_column(col, justify="right")
     for m in costs:
         t.add_column(f"$ {m}", justify="right")
@@ -78,6 +80,8 @@ def table(report: SimReport, title: str = "") -> Table:
             f"{s.idle_gpu_hours:.3f}",
             f"{s.cold_gpu_hours:.3f}",
         ]
+        if spot:
+            row += [str(s.interruptions), f"{s.lost_gpu_hours:.3f}"]
         for m in costs:
             dollars, ref = s.usd.get(m), base.usd.get(m) if base else None
             row.append("n/a" if dollars is None else usd(dollars))

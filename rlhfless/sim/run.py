@@ -19,6 +19,7 @@ from rlhfless.sim.cluster import Cluster
 from rlhfless.sim.engine import Engine
 from rlhfless.sim.errors import BadSetting, UnknownName
 from rlhfless.sim.hardware import GpuProfile, ModelProfile, get_gpu, get_model_profile
+from rlhfless.sim.interruptions import Interrupter, Interruptions
 from rlhfless.sim.model_config import is_config_path, model_from_config, tp_for
 from rlhfless.sim.perf import PerfModel, StartupParams, startup_for
 from rlhfless.sim.serverless import Rlhfless, RlhflessStaged
@@ -38,6 +39,7 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     costs: tuple[str, ...] = ("aws", "onprem")
     startup: StartupParams | None = None  # None: the device's own (perf.startup_for)
     eager: bool = False  # rollout engines without CUDA graphs (verl's quickstart ran so)
+    interruptions: Interruptions | None = None  # spot: nodes reclaimed, their work re-run
 
 
 class Span(msgspec.Struct, frozen=True, array_like=True):
@@ -65,6 +67,8 @@ class SystemReport(msgspec.Struct, kw_only=True):
     samples: int
     samples_trained: int
     timeline: list[Span] = []  # one steady iteration
+    interruptions: int = 0  # nodes reclaimed under SimConfig.interruptions
+    lost_gpu_hours: float = 0.0  # of gpu_hours, the interrupted attempts' thrown-away work
 
 
 class SimReport(msgspec.Struct, kw_only=True):
@@ -75,13 +79,18 @@ class SimReport(msgspec.Struct, kw_only=True):
     systems: dict[str, SystemReport]
 
 
-def _make(name: str, perf: PerfModel, w: Workload, cluster: Cluster, plan: str) -> System:
+def _make(
+    name: str, perf: PerfModel, w: Workload, cluster: Cluster, plan: str,
+    interruptions: Interruptions | None,
+) -> System:  # fmt: skip
+    # Every system draws from its own generator, seeded alike; a replacement node cold-starts.
+    lose = Interrupter(interruptions, perf.start_seconds(warm=False))
     if name == "serverful-colocated":
-        return ServerfulColocated(perf, w, cluster)
+        return ServerfulColocated(perf, w, cluster, lose)
     if name == "serverful-fused":
-        return ServerfulFused(perf, w, cluster)
+        return ServerfulFused(perf, w, cluster, lose)
     cls = RlhflessStaged if name == "rlhfless-staged" else Rlhfless
-    return cls(perf, w, cluster, get_model(plan))
+    return cls(perf, w, cluster, get_model(plan), lose)
 
 
 def resolve_systems(text: str) -> tuple[str, ...]:
@@ -139,7 +148,7 @@ def simulate(cfg: SimConfig, batches: list[Batch] | None = None) -> SimReport:
         report: SystemReport | None = None
         for plan in runs:
             cluster = Cluster(cfg.nodes, per_node, gpu.device_kind)
-            system = _make(name, perf, cfg.workload, cluster, plan)
+            system = _make(name, perf, cfg.workload, cluster, plan, cfg.interruptions)
             system.run(Engine(), batches)
             priced = (
                 models
@@ -199,6 +208,8 @@ def _report(name: str, system: System, cluster: Cluster, models: dict) -> System
         samples=sum(r.samples for r in res),
         samples_trained=sum(r.samples_trained for r in res),
         timeline=_timeline(cluster, steady[len(steady) // 2]),
+        interruptions=system.interrupter.interruptions,
+        lost_gpu_hours=system.interrupter.lost_gpu_seconds / 3600,
     )
 
 

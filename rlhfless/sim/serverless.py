@@ -33,6 +33,7 @@ from rlhfless.cost_models import CostModel
 from rlhfless.scaling import SimFunction, SimResult, simulate_rollout
 from rlhfless.sim.cluster import Cluster
 from rlhfless.sim.engine import Engine
+from rlhfless.sim.interruptions import Interrupter, interrupted_functions
 from rlhfless.sim.perf import PerfModel
 from rlhfless.sim.plan import POLICY, RolloutPlanner
 from rlhfless.sim.stream import Freed, group_finish_times, stream
@@ -55,9 +56,10 @@ class Rlhfless(System):
     streamed = True
 
     def __init__(
-        self, perf: PerfModel, workload: Workload, cluster: Cluster, plan_model: CostModel
-    ) -> None:
-        super().__init__(perf, workload, cluster)
+        self, perf: PerfModel, workload: Workload, cluster: Cluster, plan_model: CostModel,
+        interrupter: Interrupter | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(perf, workload, cluster, interrupter)
         self.plan_model = plan_model
         limit = None if workload.trace else lengths_of(workload).max_response
         self.planner = RolloutPlanner(
@@ -128,6 +130,7 @@ class Rlhfless(System):
             predicted=predicted, cut=cut, threshold=tau,  # type: ignore[arg-type]
             transfer=perf.transfer_params(), prewarm=i > 0,
         )  # fmt: skip
+        r = interrupted_functions(r, self.interrupter, tp)  # each its own unit, on its own node
         for (node, slot), sf in zip(c.place(len(groups), tp), r.functions, strict=True):
             engine.at(
                 t + sf.ready_at,
@@ -151,12 +154,16 @@ class Rlhfless(System):
         t2 = t + roll
         stages["reward"] = reward = self.reward_seconds(batch)
         t3 = t2 + reward
-        stages["forward"] = fwd = self.forward_seconds(batch, c.gpus)
+        # The forward passes and the training are gangs on every node: a lost node restarts
+        # the stage (the replacement's wait is counted in the stage's held, busy seconds).
+        fwd = self.forward_seconds(batch, c.gpus)
+        stages["forward"] = fwd = fwd + self.whole_cluster_unit(fwd, t3, lambda a, b: None)
         engine.at(
             t3, lambda now: self.node_functions(engine, "forward", now, fwd, None), f"forward{i}"
         )
         t4 = t3 + fwd
-        stages["train"] = train = self.train_seconds(batch, c.gpus)
+        train = self.train_seconds(batch, c.gpus)
+        stages["train"] = train = train + self.whole_cluster_unit(train, t4, lambda a, b: None)
         state = perf.trainer_state_bytes()
         offload = state / c.gpus / perf.gpu.intra_node_bytes_per_s
         engine.at(
@@ -206,10 +213,17 @@ class Rlhfless(System):
             node, slot = places[f]
             for s, e in spans:
                 engine.at(t + s, self._span("scorer", node, slot, join, t + s, t + e), f"score{i}")
-        stages["after rollout"] = (
-            res.end - r.makespan
-        )  # the state's offload: off the path, as staged
-        return t + res.end + perf.gpu.stage_overhead_seconds
+        # The work after the last group runs as gangs on every node: a lost node restarts it.
+        # Its lost attempts are recorded after the attempt that completed (totals, not order).
+        after = res.end - r.makespan
+        lost = self.whole_cluster_unit(after, t + res.end, lambda a, b: None)
+        if lost > 0:
+            engine.at(
+                t + res.end, lambda now: self.node_functions(engine, "trainer", now, lost, None),
+                f"lost{i}",
+            )  # fmt: skip
+        stages["after rollout"] = after + lost  # the state's offload: off the path, as staged
+        return t + res.end + lost + perf.gpu.stage_overhead_seconds
 
     def stream_work(self, batch: Batch) -> tuple[float, float]:
         """GPU-seconds on the whole cluster's GPUs that stream (start once a group is complete)

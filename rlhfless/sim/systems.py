@@ -32,6 +32,7 @@ from rlhfless.scaling import SimResult, ThroughputParams, assign_round_robin, si
 from rlhfless.scaling.assign import GroupWork
 from rlhfless.sim.cluster import Cluster, FnRecord
 from rlhfless.sim.engine import Engine
+from rlhfless.sim.interruptions import Interrupter
 from rlhfless.sim.perf import PerfModel
 from rlhfless.sim.workload import Batch, Workload
 
@@ -65,8 +66,12 @@ def completed(r: SimResult, batch: Batch) -> int:
 class System(ABC):
     name = ""
 
-    def __init__(self, perf: PerfModel, workload: Workload, cluster: Cluster) -> None:
+    def __init__(
+        self, perf: PerfModel, workload: Workload, cluster: Cluster,
+        interrupter: Interrupter | None = None,
+    ) -> None:  # fmt: skip
         self.perf, self.workload, self.cluster = perf, workload, cluster
+        self.interrupter = interrupter or Interrupter(None, 0.0)
         self.results: list[IterationResult] = []
         self.end = 0.0
 
@@ -97,6 +102,17 @@ class System(ABC):
 
     def finish(self, t: float) -> None:
         self.end = t
+
+    def whole_cluster_unit(
+        self, seconds: float, start: float, busy: Callable[[float, float], None]
+    ) -> float:
+        """A unit on every node (:mod:`.interruptions`) from ``start``: its lost attempts are
+        marked busy with ``busy``; returns the extra seconds before the attempt that completes."""
+        c = self.cluster
+        a = self.interrupter.attempts(seconds, c.nodes, c.gpus)
+        if a.lost_seconds > 0:
+            busy(start, start + a.lost_seconds)
+        return a.extra_seconds
 
     @abstractmethod
     def iterate(
@@ -203,25 +219,30 @@ class ServerfulColocated(System):
             batch.lengths, prefill, a.groups, params, warm=k, cut=cut,
             threshold=FUSED_CUT_THRESHOLD, transfer=perf.transfer_params(), hold_to_end=True,
         )  # fmt: skip
-        roll = r.makespan + perf.gpu.stage_overhead_seconds
+        # One SPMD job: losing any node restarts the stage on every engine.
+        lost = self.whole_cluster_unit(r.makespan, t1, self.all_busy)
+        roll = lost + r.makespan + perf.gpu.stage_overhead_seconds
         stages["rollout"] = roll
+        t1 += lost
         for f, sf in enumerate(r.functions):
             for s, e in sf.busy:
                 self.engines[f].add_busy(t1 + s, t1 + e)
-        t2 = t1 + roll
+        t2 = t1 + r.makespan + perf.gpu.stage_overhead_seconds
         reward = self.reward_seconds(batch)
         stages["reward"] = reward
         fwd = self.forward_seconds(batch, G)
         if self.fused:
             fwd = self.fuse_forward(r, t1, fwd)
-        stages["forward"] = fwd
         t3 = t2 + reward
-        self.all_busy(t3, t3 + fwd)
+        fwd_lost = self.whole_cluster_unit(fwd, t3, self.all_busy)
+        stages["forward"] = fwd + fwd_lost
+        self.all_busy(t3 + fwd_lost, t3 + fwd_lost + fwd)
         train = self.train_seconds(batch, G)
-        stages["train"] = train
-        t4 = t3 + fwd
-        self.all_busy(t4, t4 + train)
-        end = t4 + train
+        t4 = t3 + fwd_lost + fwd
+        train_lost = self.whole_cluster_unit(train, t4, self.all_busy)
+        stages["train"] = train + train_lost
+        self.all_busy(t4 + train_lost, t4 + train_lost + train)
+        end = t4 + train_lost + train
         self.results.append(
             IterationResult(
                 index=i, start=t, end=end, stages=stages, samples=batch.samples,
