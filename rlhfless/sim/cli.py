@@ -79,6 +79,9 @@ def simulate_command(
     micro_batch: Annotated[int, typer.Option(min=1, help="sequences per micro-batch")] = 4,
     eager: Annotated[bool, typer.Option(help="rollout engines without CUDA graphs")] = False,
     keep_alive: Annotated[float, typer.Option(min=0)] = 300.0,
+    train_gpus: Annotated[
+        int, typer.Option(min=0, help="rlhfless's training gang: train.slots (0: every GPU)")
+    ] = 0,
     spot_mtbi_hours: Annotated[
         float,
         typer.Option(min=0, help="spot: mean hours between reclaims of one node (0: none)"),
@@ -108,6 +111,7 @@ def simulate_command(
                 cfg = SimConfig(
                     nodes=p["nodes"], gpu=p["gpu"], model=p["model"], workload=w,  # type: ignore[arg-type]
                     systems=names, costs=costs, gpus_per_node=gpus_per_node, eager=eager,
+                    train_gpus=train_gpus,
                     interruptions=Interruptions(mtbi_hours=spot_mtbi_hours, seed=seed)
                     if spot_mtbi_hours else None,
                     startup=msgspec.structs.replace(

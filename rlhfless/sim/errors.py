@@ -18,6 +18,7 @@ class UnknownName(SimError):
 
 class BadSetting(SimError):
     def __init__(self, name: str, value: object, expected: str) -> None:
+        self.name, self.expected = name, expected
         super().__init__(f"{name} = {value!r} is not valid: expected {expected}")
 
 

@@ -52,6 +52,7 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     nodes: int = 1  # GPU jobs: nodes and GPUs per node of the simulated cluster
     gpus_per_node: int = 0
     slots: int = 2
+    train_slots: int = 1  # the trainer's gang (train.slots): GPUs it trains on in --gpu
     rollout_functions: int = 2
     iterations: int = 40
     batch_prompts: int = 16

@@ -3,7 +3,8 @@
 The job's settings become a :class:`~rlhfless.sim.Workload` (an earlier run's ``lengths.jsonl`` as
 the trace where given; else gsm8k-like lengths with the config's generation limit, and the repeat
 task's median where it has one), simulated on ``nodes`` x ``gpus_per_node`` GPUs. Serverless is
-the streamed ``rlhfless`` system, serverful ``serverful-colocated`` (verl-like), each priced by
+the streamed ``rlhfless`` system training on a gang of ``train.slots`` GPUs, as the run would;
+serverful ``serverful-colocated`` (verl-like) trains on every GPU. Each is priced by
 the cost model's own rules. The range is the central value x (1 -/+ :data:`GPU_UNCERTAINTY`):
 the largest stage residual of the calibration against verl's published GPU step (+17%),
 rounded up, on a GPU the step's own GPU is only assumed to be.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rlhfless.sim.errors import BadSetting
 from rlhfless.sim.estimate import Earlier, Estimate, JobSpec, Priced, Range
 from rlhfless.sim.run import SimConfig, simulate
 from rlhfless.sim.workload import Workload
@@ -36,8 +38,14 @@ def estimate_gpu(job: JobSpec, costs: list[str], earlier: Earlier | None = None)
     cfg = SimConfig(
         nodes=job.nodes, gpu=job.device, model=job.model, gpus_per_node=job.gpus_per_node,
         workload=w, systems=("rlhfless", "serverful-colocated"), costs=tuple(costs),
+        train_gpus=job.train_slots,  # the gang a real run trains on
     )  # fmt: skip
-    r = simulate(cfg)
+    try:
+        r = simulate(cfg)
+    except BadSetting as exc:
+        if exc.name != "train_gpus":
+            raise
+        raise BadSetting("train.slots", job.train_slots, exc.expected) from None
     less, full = r.systems["rlhfless"], r.systems["serverful-colocated"]
     first = less.iteration_seconds[0]
     it = less.mean_iteration_seconds

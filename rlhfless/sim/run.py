@@ -40,6 +40,9 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     startup: StartupParams | None = None  # None: the device's own (perf.startup_for)
     eager: bool = False  # rollout engines without CUDA graphs (verl's quickstart ran so)
     interruptions: Interruptions | None = None  # spot: nodes reclaimed, their work re-run
+    # rlhfless's training gang in GPUs (a real run's train.slots): whole nodes, or part of one;
+    # 0: every GPU (as the serverful systems train).
+    train_gpus: int = 0
 
 
 class Span(msgspec.Struct, frozen=True, array_like=True):
@@ -79,18 +82,27 @@ class SimReport(msgspec.Struct, kw_only=True):
     systems: dict[str, SystemReport]
 
 
-def _make(
-    name: str, perf: PerfModel, w: Workload, cluster: Cluster, plan: str,
-    interruptions: Interruptions | None,
-) -> System:  # fmt: skip
+def _make(name: str, perf: PerfModel, cfg: SimConfig, cluster: Cluster, plan: str) -> System:
     # Every system draws from its own generator, seeded alike; a replacement node cold-starts.
-    lose = Interrupter(interruptions, perf.start_seconds(warm=False))
+    lose = Interrupter(cfg.interruptions, perf.start_seconds(warm=False))
+    w = cfg.workload
     if name == "serverful-colocated":
         return ServerfulColocated(perf, w, cluster, lose)
     if name == "serverful-fused":
         return ServerfulFused(perf, w, cluster, lose)
     cls = RlhflessStaged if name == "rlhfless-staged" else Rlhfless
-    return cls(perf, w, cluster, get_model(plan), lose)
+    return cls(perf, w, cluster, get_model(plan), lose, cfg.train_gpus)
+
+
+def check_train_gpus(train_gpus: int, gpus: int, per_node: int, tp: int) -> None:
+    """A gang is whole nodes or part of one, and holds whole rollout engines (tp)."""
+    fits = 0 <= train_gpus <= gpus and (train_gpus <= per_node or train_gpus % per_node == 0)
+    if not fits or train_gpus % tp:
+        raise BadSetting(
+            "train_gpus", train_gpus,
+            f"0 (every GPU), or a multiple of tp ({tp}) up to one node ({per_node}) or whole "
+            f"nodes up to the cluster ({gpus})",
+        )  # fmt: skip
 
 
 def resolve_systems(text: str) -> tuple[str, ...]:
@@ -139,6 +151,7 @@ def simulate(cfg: SimConfig, batches: list[Batch] | None = None) -> SimReport:
     )  # fmt: skip
     if per_node % perf.tp:
         raise BadSetting("gpus_per_node", per_node, f"a multiple of the model's tp ({perf.tp})")
+    check_train_gpus(cfg.train_gpus, cfg.nodes * per_node, per_node, perf.tp)
     out: dict[str, SystemReport] = {}
     plans = list(cfg.costs) or ["aws"]
     for name in cfg.systems:
@@ -148,7 +161,7 @@ def simulate(cfg: SimConfig, batches: list[Batch] | None = None) -> SimReport:
         report: SystemReport | None = None
         for plan in runs:
             cluster = Cluster(cfg.nodes, per_node, gpu.device_kind)
-            system = _make(name, perf, cfg.workload, cluster, plan, cfg.interruptions)
+            system = _make(name, perf, cfg, cluster, plan)
             system.run(Engine(), batches)
             priced = (
                 models

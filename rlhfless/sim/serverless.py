@@ -11,9 +11,9 @@ Per iteration, with the same :mod:`rlhfless.scaling` code the real runtime uses:
   (``cut = "auto"``); :func:`~rlhfless.scaling.simulate_rollout` runs it with the true lengths
   and that cut. Shared prefixes: each group's prompt is prefilled once. Functions are released
   at their own finish (or cut).
-* **Forward passes** (old log-probs, reference, critic values) and **training** run on
-  functions of one whole node each (the G GPUs, like the serverful systems, so stage times match
-  and only the holding differs). Trainer functions load the Adam state (16 bytes per
+* **Forward passes** (old log-probs, reference, critic values) and **training** run as one gang
+  of ``train_gpus`` GPUs (a real run's ``train.slots``; default every GPU, like the serverful
+  systems, so stage times match and only the holding differs): one function per node of it. Trainer functions load the Adam state (16 bytes per
   parameter) and write it back to host memory after the update (billed, busy).
 * **Cold starts and keep-alive.** A function is pre-warmed (requested its start time before its
   stage begins, overlapping the previous stage: billed, not on the critical path) except the
@@ -41,6 +41,10 @@ from rlhfless.sim.systems import IterationResult, System, completed
 from rlhfless.sim.workload import Batch, Workload, lengths_of
 
 
+def _nothing(start: float, end: float) -> None:
+    """A gang stage's lost attempts are inside its busy seconds already (see iterate)."""
+
+
 def hold_seconds(model: CostModel, boot: float) -> float:
     """Idle gap worth paying for instead of releasing and restarting a GPU: a restart bills its
     boot (when cold starts are billed) and at least the minimum charge."""
@@ -57,16 +61,18 @@ class Rlhfless(System):
 
     def __init__(
         self, perf: PerfModel, workload: Workload, cluster: Cluster, plan_model: CostModel,
-        interrupter: Interrupter | None = None,
+        interrupter: Interrupter | None = None, train_gpus: int = 0,
     ) -> None:  # fmt: skip
         super().__init__(perf, workload, cluster, interrupter)
+        # The training gang (train.slots of a real run): whole nodes, or part of one.
+        self.gang = train_gpus or cluster.gpus
         self.plan_model = plan_model
         limit = None if workload.trace else lengths_of(workload).max_response
         self.planner = RolloutPlanner(
             cluster.gpus // perf.tp, cluster.device_kind, plan_model, perf.transfer_params(),
             limit, perf.tp,
         )  # fmt: skip
-        self.node_slots = min(cluster.gpus_per_node, cluster.gpus)
+        self.node_slots = min(cluster.gpus_per_node, self.gang)
 
     def warm(self, role: str, t: float) -> bool:
         return self.cluster.cached(0, role, t, self.perf.startup.keep_alive_seconds)
@@ -76,8 +82,8 @@ class Rlhfless(System):
     ) -> None:
         """One function per node for a whole-cluster stage, pre-warmed to be ready at ``start``."""
         c, slots = self.cluster, self.node_slots
-        boot = self.perf.start_seconds(self.warm(role, start), state_bytes, c.gpus)
-        for node, slot in c.place(c.gpus // slots, slots):
+        boot = self.perf.start_seconds(self.warm(role, start), state_bytes, self.gang)
+        for node, slot in c.place(self.gang // slots, slots):
             c.use(
                 role,
                 node,
@@ -154,18 +160,18 @@ class Rlhfless(System):
         t2 = t + roll
         stages["reward"] = reward = self.reward_seconds(batch)
         t3 = t2 + reward
-        # The forward passes and the training are gangs on every node: a lost node restarts
+        # The forward passes and the training are gangs (self.gang): a lost node restarts
         # the stage (the replacement's wait is counted in the stage's held, busy seconds).
-        fwd = self.forward_seconds(batch, c.gpus)
-        stages["forward"] = fwd = fwd + self.whole_cluster_unit(fwd, t3, lambda a, b: None)
+        fwd = self.forward_seconds(batch, self.gang)
+        stages["forward"] = fwd = fwd + self.gang_unit(fwd, t3, _nothing, self.gang)
         engine.at(
             t3, lambda now: self.node_functions(engine, "forward", now, fwd, None), f"forward{i}"
         )
         t4 = t3 + fwd
-        train = self.train_seconds(batch, c.gpus)
-        stages["train"] = train = train + self.whole_cluster_unit(train, t4, lambda a, b: None)
+        train = self.train_seconds(batch, self.gang)
+        stages["train"] = train = train + self.gang_unit(train, t4, _nothing, self.gang)
         state = perf.trainer_state_bytes()
-        offload = state / c.gpus / perf.gpu.intra_node_bytes_per_s
+        offload = state / self.gang / perf.gpu.intra_node_bytes_per_s
         engine.at(
             t4,
             lambda now: self.node_functions(engine, "trainer", now, train + offload, state),
@@ -205,18 +211,18 @@ class Rlhfless(System):
         places = c.place(G // tp, tp)
         freed += [Freed(0.0, tp, 0.0, f) for f in range(len(groups), len(places))]
         state = perf.trainer_state_bytes()
-        join = perf.start_seconds(self.warm("scorer", t), state, G)
+        join = perf.start_seconds(self.warm("scorer", t), state, self.gang)
         # Pre-warmed as the staged stages are (the start overlaps the rollout function it
         # follows on the GPU: billed as a cold start, not on the critical path); see module doc.
-        res = stream(freed, r.makespan, barrier, join_seconds=0.0)
+        res = stream(freed, r.makespan, barrier, join_seconds=0.0, max_gpus=self.gang)
         for f, spans in res.busy.items():
             node, slot = places[f]
             for s, e in spans:
                 engine.at(t + s, self._span("scorer", node, slot, join, t + s, t + e), f"score{i}")
-        # The work after the last group runs as gangs on every node: a lost node restarts it.
+        # The work after the last group runs on the gang: a lost node restarts it.
         # Its lost attempts are recorded after the attempt that completed (totals, not order).
         after = res.end - r.makespan
-        lost = self.whole_cluster_unit(after, t + res.end, lambda a, b: None)
+        lost = self.gang_unit(after, t + res.end, _nothing, self.gang)
         if lost > 0:
             engine.at(
                 t + res.end, lambda now: self.node_functions(engine, "trainer", now, lost, None),
@@ -237,7 +243,7 @@ class Rlhfless(System):
         across the batch); the rest of the training time as staged (later steps' compute, all
         steps' FSDP traffic beyond the compute moved earlier, the update's overhead) waits.
         PPO's update waits for whole-batch advantage whitening: all its training waits."""
-        G = self.cluster.gpus
+        G = self.gang
         fwd = self.forward_seconds(batch, G) * G
         train = self.train_seconds(batch, G) * G
         if self.workload.algo != "grpo":

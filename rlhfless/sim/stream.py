@@ -44,10 +44,11 @@ class StreamResult(msgspec.Struct, kw_only=True):
 
 def stream(
     freed: list[Freed], rollout_end: float, barrier_work: float, join_seconds: float,
-    pace: bool = True,
+    pace: bool = True, max_gpus: int = 0,
 ) -> StreamResult:  # fmt: skip
     """Run the pool (see the module doc); ``freed`` includes never-used GPU groups at ``at=0``
-    with ``work=0``."""
+    with ``work=0``. ``max_gpus``: the most GPUs the pool may hold (the training gang's size;
+    0: no limit)."""
     pending, t = 0.0, 0.0
     ready: dict[int, float] = {}  # group -> time it contributes from
     gpus = {f.key: f.gpus for f in freed if f.gpus}
@@ -63,7 +64,10 @@ def stream(
             pending, barrier_left = barrier_left, 0.0
         cap = sum(gpus[k] for k, r in ready.items() if r <= t + 1e-12)
         if pending > 1e-12:  # free GPUs join when there is work (paced: see _join)
-            _join(ready, _freed_by(freed, t), gpus, t, pending, rollout_end, join_seconds, pace)
+            _join(
+                ready, _freed_by(freed, t), gpus, t, pending, rollout_end, join_seconds, pace,
+                max_gpus or sum(gpus.values()),
+            )  # fmt: skip
             cap = sum(gpus[k] for k, r in ready.items() if r <= t + 1e-12)
         nxt = min(
             [a[0] for a in arrivals[i:]] + [r for r in ready.values() if r > t + 1e-12] + [1e300]
@@ -84,7 +88,7 @@ def stream(
 
 def _join(
     ready: dict[int, float], free: dict[int, float], gpus: dict[int, int], t: float,
-    pending: float, rollout_end: float, join_seconds: float, pace: bool,
+    pending: float, rollout_end: float, join_seconds: float, pace: bool, max_gpus: int,
 ) -> None:  # fmt: skip
     """Free GPU groups join the pool. Paced, while the rollout runs: only as many as finish the
     pending work by the rollout's end (the work can wait that long without delaying the
@@ -93,7 +97,7 @@ def _join(
     need = pending / (rollout_end - t) if pace and t < rollout_end - 1e-9 else float("inf")
     # released rollout GPUs first (already rented, warm), GPUs the rollout never used last
     for k, at in sorted(free.items(), key=lambda kv: kv[1], reverse=True):
-        if k in ready:
+        if k in ready or held + gpus[k] > max_gpus:
             continue
         if held >= need:
             return

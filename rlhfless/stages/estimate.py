@@ -22,7 +22,7 @@ def job_from_config(cfg: Config) -> JobSpec:
     # a model directory is described by its config.json (GPU estimates: --gpu)
     model = cfg.model.path if cfg.model.kind == "dir" else cfg.model.kind
     return JobSpec(
-        algo=cfg.train.algo, model=model, slots=cfg.runtime.slots,
+        algo=cfg.train.algo, model=model, slots=cfg.runtime.slots, train_slots=cfg.train.slots,
         rollout_functions=cfg.rollout.functions, iterations=cfg.train.iterations,
         batch_prompts=cfg.train.batch_prompts, group_size=cfg.train.group_size,
         epochs=cfg.train.epochs, reference=cfg.train.uses_reference,
