@@ -46,7 +46,9 @@ class WeightTraffic(msgspec.Struct, kw_only=True):
     deltas: int = 0  # versions sent as deltas
     fulls: int = 0  # versions sent whole (no common base, or the delta would not pay)
     refused: int = 0  # deltas the node could not apply (then sent whole)
-    seconds: float = 0.0  # sending (and, for deltas, the node's apply and acknowledgement)
+    # In the sender: a delta's diff, send and wait for the node's answer; a whole version's
+    # hand-off to the socket (a spawn that needs it confirmed waits for that after).
+    seconds: float = 0.0
 
     @property
     def saved_bytes(self) -> int:

@@ -73,6 +73,10 @@ class RemoteNode:
         self.versions: set[int] = set()  # weight versions the agent says it holds
         self.sent: set[int] = set()  # versions sent on this link, maybe not yet confirmed
         self.bytes_sent = 0  # weight bytes sent to this node
+        # Versions on their way to the node, until its hello lists them -> the sender's deadline.
+        # Heartbeats queue behind them on the one link (hundreds of MB take seconds), so while
+        # one is in flight the node's silence is judged by that deadline, not node_timeout_s.
+        self.receiving: dict[int, float] = {}
         self.sock: zmq.asyncio.Socket | None = None
         self.sync: zmq.Socket | None = None  # the same socket, synchronous API
         self.reader: asyncio.Task[None] | None = None
@@ -236,10 +240,12 @@ class Cluster:
         if version not in node.versions and version not in node.sent:
             # Claimed before the send yields: concurrent spawns on this node send it once.
             node.sent.add(version)
+            node.receiving[version] = deadline
             try:
                 node.bytes_sent += await self.sender.send(node, version, tensors, nbytes, deadline)
             except BaseException:
                 node.sent.discard(version)
+                node.receiving.pop(version, None)
                 raise
         while confirmed and version not in node.versions:
             if node.state != "up":
@@ -281,6 +287,8 @@ class Cluster:
 
     def _hello(self, node: RemoteNode, msg: NodeHello) -> None:
         node.versions = set(msg.weight_versions)
+        for version in node.versions:
+            node.receiving.pop(version, None)
         if node.state == "up":
             return
         names = {n.name for n in self.nodes if n is not node} | {self.rt.node}
@@ -322,7 +330,8 @@ class Cluster:
                 await asyncio.sleep(period)
                 continue
             for node in self.nodes:
-                if node.state == "up" and now - node.last_seen > timeout:
+                receiving = any(deadline > now for deadline in node.receiving.values())
+                if node.state == "up" and now - node.last_seen > timeout and not receiving:
                     self.lost(node, f"no answer for {now - node.last_seen:.1f}s")
                 elif node.state != "up" and now - node.connected_at > self._patience(node):
                     # libzmq may stop retrying a connect that failed while the route was gone
@@ -346,6 +355,7 @@ class Cluster:
         node.lost_at = time.time()
         node.versions.clear()  # unknown after a loss: resend on the next spawn there
         node.sent.clear()
+        node.receiving.clear()
         self.lost_events += 1
         log.warning("node %s lost: %s", node.name, why)
         for fn in list(self.rt._fns.values()):
