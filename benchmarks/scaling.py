@@ -157,12 +157,11 @@ from rlhfless.scaling import (
     choose_k,
     simulate_rollout,
 )
-from rlhfless.scaling.config import DEFAULT_WITHIN
 from rlhfless.scaling.online import SiblingPredictor, lockstep_reports
 from rlhfless.scaling.policy import batch_work_ratio
 from rlhfless.scaling.predictor import spearman
 from rlhfless.scaling.scaler import WarmPool
-from rlhfless.scaling.worst_case import WorstCase, calibrated_scales
+from rlhfless.scaling.worst_case import WorstCase, bound_fraction, calibrated_scales
 
 RESULTS = Path(__file__).parent / "results" / "scaling.json"
 TRACE_DIR = Path(__file__).parent.parent / "tests" / "scaling" / "data"
@@ -355,7 +354,7 @@ def run_policies(
     auto = [("per_function", t) for t in default.auto_cut_thresholds]
     guard = WorstCase(
         scales=calibrated_scales(batch_ratios),
-        fraction=WITHIN if WITHIN is not None else DEFAULT_WITHIN,
+        fraction=bound_fraction(WITHIN),
         max_new_tokens=limit,
     )
     for name, cut, oracle, predictor, method, margin in (

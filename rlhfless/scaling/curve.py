@@ -72,7 +72,11 @@ class Pricing(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def within_bound(
-    curve: Sequence[CurvePoint], fraction: float, cold_start: float = 0.0, warm: int = 0
+    curve: Sequence[CurvePoint],
+    fraction: float,
+    cold_start: float = 0.0,
+    warm: int = 0,
+    fastest: float | None = None,
 ) -> tuple[list[CurvePoint], float]:
     """The points whose planned time is within ``fraction`` of the fastest, and that bound (in
     planned seconds).
@@ -85,11 +89,14 @@ def within_bound(
     its cold starts, and a smaller k is still held to what a larger one could do warm: a plan
     neither takes a cold start for granted nor drifts down to whatever last ran warm. Where no
     candidate is within the bound (the work outgrew the warm functions), only the quickest is.
+    ``fastest`` (with a ``cold_start``): that all-warm reference where the caller knows better
+    than the quickest of ``curve`` (the worst-case guard: the quickest candidate it lets through).
     """
     if cold_start <= 0:
         fastest, own = min(p.planned_seconds for p in curve), 0.0
     else:
-        fastest = min(p.ideal_seconds for p in curve)
+        if fastest is None:
+            fastest = min(p.ideal_seconds for p in curve)
         own = cold_start if warm <= 0 else 0.0
     # Never below the quickest candidate: then it alone is within (the work outgrew the warm).
     bound = max(fastest * (1.0 + fraction) + own + 1e-12, min(p.planned_seconds for p in curve))

@@ -175,9 +175,14 @@ def cut_points(
     within_fraction: float | None,
     transfer: TransferParams | None,
     plain: Mapping[tuple[str, int], Sequence[CurvePoint]] | None = None,
+    *,
+    fastest: float | None = None,
+    keep: Callable[[CurvePoint], bool] | None = None,
 ) -> list[CurvePoint]:
     """The margin's cut settings on the candidates worth trying them on (``plain``: each
-    candidate's :func:`scenario_points`, by ``(method, k)`` as ``assignments``).
+    candidate's :func:`scenario_points`, by ``(method, k)`` as ``assignments``; ``fastest``:
+    the bound's reference, as :func:`~rlhfless.scaling.curve.within_bound` takes it; ``keep``:
+    only candidates it accepts, e.g. those the worst-case guard lets through uncut).
 
     A cut only adds time (the no-extension guard aims at none, but predicted remaining lengths
     are only expected ones), so under "within x of the fastest" only candidates already within
@@ -192,7 +197,11 @@ def cut_points(
         pick = [p for p in curve if p.score - p.planned_usd < best]
         bound = math.inf
     else:
-        pick, bound = within_bound(curve, within_fraction, params.cold_start_seconds, pricing.warm)
+        pick, bound = within_bound(
+            curve, within_fraction, params.cold_start_seconds, pricing.warm, fastest
+        )
+    if keep is not None:
+        pick = [p for p in pick if keep(p)]
     cheap: Callable[[CurvePoint], float] = (
         (lambda p: p.score) if within_fraction is None else (lambda p: p.planned_usd)
     )

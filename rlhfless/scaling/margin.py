@@ -13,18 +13,26 @@ is in; the predictor can, because it scores every prediction it made once the le
 Scenarios. :class:`ErrorModel` draws ``n`` plausible sets of true lengths for the rollout's
 groups (:meth:`ErrorModel.scenarios`, seeded, so a plan is reproducible):
 
-* a group whose prompt the predictor has seen: its predicted lengths times the ratios
-  ``actual / predicted`` (of the mean, and of the max for its longest sample) of a scored group
-  whose prediction was about as long (the ``window`` scored groups nearest in predicted max).
-  Conditioning matters: a group predicted long because last epoch it drew a rare long sample
-  tends to come out shorter (ratio < 1), one predicted short can come out much longer;
+* a group whose prompt the predictor has seen: its predicted lengths times the ratio
+  ``actual / predicted`` of the mean of a scored group whose predicted mean was about as large
+  (one of the ``window`` nearest), and its longest sample at least its predicted max times the
+  max's ratio of a scored group whose predicted max was about as large. Conditioning matters: a
+  group predicted long because last epoch it drew a rare long sample tends to come out shorter
+  (ratio < 1), one predicted short can come out much longer; and the mean is keyed by the
+  predicted mean, since one long sample gives a group a long max but says little of its other
+  samples;
 * a group whose prompt is new: likewise from the scored predictions of new prompts (the
   per-dataset fallback's error);
-* too few scored groups of that kind (fewer than ``min_samples``; e.g. the first iteration of a
-  run's second epoch): fresh draws around the predicted median: ``median x r`` with ``r`` drawn
-  from the dataset's measured ``sample / its prompt's median`` ratios
+* a seen prompt before ``min_samples`` seen predictions were scored (the first iteration of a
+  run's second epoch): likewise from the split-half scores of the observed groups (one half of
+  a group's samples predicting the other:
+  :meth:`~rlhfless.scaling.predictor.LengthPredictor.split_samples`), which carry the error of a
+  prompt's own profile, group by group, before a second epoch has scored it;
+* too few scored groups of that kind (fewer than ``min_samples``): fresh draws around the
+  predicted median: ``median x r`` with ``r`` drawn from the dataset's measured ``sample / its
+  prompt's median`` ratios
   (:meth:`~rlhfless.scaling.predictor.LengthPredictor.shape_ratios`), which hold a rare long
-  tail even before any prediction has been scored;
+  tail even before any prediction has been scored, but no error of a group as a whole;
 * nothing measured at all (no observation yet): no scenario; the plan uses the point prediction.
 
 Every drawn length is capped at the longest response ever observed (responses are capped by the
@@ -76,29 +84,43 @@ def check_scenarios(n: int, name: str = "margin_scenarios") -> int:
 
 
 class _Ratios:
-    """Scored groups of one kind, sorted by predicted max: (predicted max, mean ratio, max ratio)."""
+    """Scored groups of one kind: the ``actual / predicted`` ratio of the mean, keyed by the
+    predicted mean, and of the max, keyed by the predicted max."""
 
     def __init__(self, samples: Sequence[ErrorSample]) -> None:
-        rows = sorted(
-            (
-                e.predicted_max,
-                e.actual_mean / max(e.predicted_mean, 1.0),
-                e.actual_max / max(e.predicted_max, 1.0),
-            )
-            for e in samples
+        self.by_mean = sorted(
+            (e.predicted_mean, e.actual_mean / max(e.predicted_mean, 1.0)) for e in samples
         )
-        self.keys = [r[0] for r in rows]
-        self.rows = rows
+        self.by_max = sorted(
+            (e.predicted_max, e.actual_max / max(e.predicted_max, 1.0)) for e in samples
+        )
+        self.mean_keys = [r[0] for r in self.by_mean]
+        self.max_keys = [r[0] for r in self.by_max]
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.by_max)
 
-    def draw(self, predicted_max: float, rng: random.Random) -> tuple[float, float]:
-        n = len(self.rows)
+    @staticmethod
+    def _near(
+        keys: Sequence[float], rows: Sequence[tuple[float, float]], key: float, rng: random.Random
+    ) -> float:
+        """The ratio of one of the ``window`` rows whose key is nearest ``key``, at random."""
+        n = len(rows)
         width = min(n, max(MIN_SAMPLES // 2, n // WINDOW_FRACTION))
-        at = bisect.bisect_left(self.keys, predicted_max)
+        at = bisect.bisect_left(keys, key)
         lo = max(0, min(at - width // 2, n - width))
-        _, mean_ratio, max_ratio = self.rows[rng.randrange(lo, lo + width)]
+        return rows[rng.randrange(lo, lo + width)][1]
+
+    def draw(
+        self, predicted_mean: float, predicted_max: float, rng: random.Random
+    ) -> tuple[float, float]:
+        """(mean ratio, max ratio): each from the scored groups predicted about as long in that
+        measure. A group predicted short *on average* regresses towards the mean by what groups
+        predicted that short did, whatever its predicted max (one long sample last epoch gives
+        a short group a long max: keyed by the max alone, its mean was drawn as if it were long,
+        and a stratum of such groups ran 60% past its predicted tokens, far outside the draws)."""
+        mean_ratio = self._near(self.mean_keys, self.by_mean, predicted_mean, rng)
+        max_ratio = self._near(self.max_keys, self.by_max, predicted_max, rng)
         return mean_ratio, max_ratio
 
 
@@ -111,6 +133,7 @@ class ErrorModel:
         shape: Sequence[float] = (),
         cap: float | None = None,
         min_samples: int = MIN_SAMPLES,
+        split: Sequence[ErrorSample] = (),
     ) -> None:
         if not (isinstance(min_samples, int) and min_samples >= 1):
             raise BadScalingSetting("margin min_samples", min_samples, "an integer >= 1")
@@ -118,6 +141,7 @@ class ErrorModel:
             raise BadScalingInput("ErrorModel", f"shape ratios must be finite and >= 0: {shape}")
         self.seen = _Ratios([e for e in samples if e.seen])
         self.new = _Ratios([e for e in samples if not e.seen])
+        self.split = _Ratios(split)  # split-half scores (LengthPredictor.split_samples)
         self.shape = [float(r) for r in shape]
         observed = [e.actual_max for e in samples]
         self.cap = cap if cap is not None else (max(observed) if observed else math.inf)
@@ -127,14 +151,23 @@ class ErrorModel:
     def from_predictor(cls, predictor: LengthPredictor, last: int | None = None) -> ErrorModel:
         """The error of ``predictor``'s last ``last`` (default: all kept) scored predictions."""
         return cls(
-            predictor.error_samples(last), predictor.shape_ratios(), predictor.max_observed()
+            predictor.error_samples(last),
+            predictor.shape_ratios(),
+            predictor.max_observed(),
+            split=predictor.split_samples(last),
         )
 
+    def _pool(self, how: str) -> _Ratios:
+        return {"seen": self.seen, "new": self.new, "split": self.split}[how]
+
     def source(self, seen: bool) -> str:
-        """Where a group's draws come from: "seen", "new", "shape" or "none" (no draws)."""
+        """Where a group's draws come from: "seen", "new", "split" (a seen prompt before enough
+        seen predictions were scored: the split-half scores), "shape" or "none" (no draws)."""
         pool = self.seen if seen else self.new
         if len(pool) >= self.min_samples:
             return "seen" if seen else "new"
+        if seen and len(self.split) >= self.min_samples:
+            return "split"
         return "shape" if self.shape else "none"
 
     def draw(self, work: GroupWork, seen: bool, rng: random.Random) -> list[float]:
@@ -151,7 +184,7 @@ class ErrorModel:
             mid = float(median(pred))
             out = [mid * self.shape[rng.randrange(len(self.shape))] for _ in pred]
         else:
-            mean_ratio, max_ratio = (self.seen if seen else self.new).draw(pred[top], rng)
+            mean_ratio, max_ratio = self._pool(how).draw(sum(pred) / len(pred), pred[top], rng)
             out = [x * mean_ratio for x in pred]
             out[top] = max(out[top], pred[top] * max_ratio)
         return [min(cap, x) for x in out]
@@ -182,7 +215,7 @@ class Margin(msgspec.Struct, kw_only=True):
 
     scenarios: list[Scenario] = []
     alternatives: tuple[str, ...] = ()
-    source: str = "none"  # how most groups were drawn: seen / new / shape / none
+    source: str = "none"  # how most groups were drawn: seen / new / split / shape / none
     # Cut settings (policy, τ) each candidate within the bound is also evaluated with, by
     # simulating its rollout on every scenario (see expected.expected_cut_point); empty: no cut.
     cuts: tuple[tuple[str, float], ...] = ()

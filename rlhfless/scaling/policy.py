@@ -25,7 +25,7 @@ import msgspec
 from rlhfless.cost_models import CostModel, UnknownDeviceKind, get_model
 from rlhfless.runtime.messages import BillingEvent
 from rlhfless.scaling.assign import GroupWork, assign_round_robin
-from rlhfless.scaling.config import DEFAULT_WITHIN, ScalingConfig
+from rlhfless.scaling.config import ScalingConfig
 from rlhfless.scaling.errors import BadScalingInput, BadScalingSetting
 from rlhfless.scaling.margin import Margin, build_margin
 from rlhfless.scaling.migrate import (
@@ -44,7 +44,7 @@ from rlhfless.scaling.prefix import PrefixPlan, plan_prefixes
 from rlhfless.scaling.scaler import ScalingDecision, WarmPool, choose_k, evaluate
 from rlhfless.scaling.throughput import ThroughputModel, ThroughputParams
 from rlhfless.scaling.transfer import TransferParams
-from rlhfless.scaling.worst_case import WorstCase, calibrated_scales
+from rlhfless.scaling.worst_case import WorstCase, bound_fraction, calibrated_scales
 
 
 class RolloutPlan(msgspec.Struct, kw_only=True):
@@ -268,7 +268,7 @@ class Scaler:
         cfg = self.config
         return WorstCase(
             scales=calibrated_scales(self.batch_ratios),
-            fraction=cfg.within() if cfg.within() is not None else DEFAULT_WITHIN,  # type: ignore[arg-type]
+            fraction=bound_fraction(cfg.within()),
             max_new_tokens=self.max_new_tokens,
         )
 

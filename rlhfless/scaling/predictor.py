@@ -25,11 +25,22 @@ mean). ``c`` pseudo-observations of the dataset profile are mixed in: the predic
 Error. Each observation of a prompt is first compared with what the predictor said before it:
 :meth:`LengthPredictor.error` reports mean absolute and relative error and the Spearman rank
 correlation (ranking is what assignment needs) over the last observations.
+
+Split-half error (:meth:`LengthPredictor.split_samples`). Until some predictions for *seen*
+prompts have been scored (the first batch of a run's second epoch), how wrong a prompt's own
+profile will be is unmeasured. A group of G samples already holds an estimate of it: its samples
+are split at random into two halves, and the profile of one half is scored against the other, as
+a second epoch of the same policy would score the profile of the first. The halves are half as
+large, so this overstates the spread of the error (on the safe side); it misses a drift of the
+whole batch between epochs, which the worst-case guard's scales cover
+(:mod:`~rlhfless.scaling.worst_case`).
 """
 
 from __future__ import annotations
 
 import math
+import random
+import zlib
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from statistics import median
@@ -160,6 +171,29 @@ class ErrorSample(msgspec.Struct, frozen=True, array_like=True):
     actual_max: float
 
 
+def split_half_error(
+    prompt_id: PromptId, lengths: Sequence[int | float], epoch: int = 0
+) -> ErrorSample | None:
+    """One half of a group's samples (drawn at random, seeded by the prompt and ``epoch``) as
+    the prediction of the other half (its mean and max against that half's), scored as a seen
+    prompt's prediction is. None for a group of fewer than 2 samples."""
+    n = len(lengths)
+    if n < 2:
+        return None
+    order = list(range(n))
+    random.Random(zlib.crc32(f"{prompt_id}:{epoch}".encode())).shuffle(order)
+    half = n // 2
+    known = [float(lengths[i]) for i in order[:half]]
+    other = [float(lengths[i]) for i in order[half:]]
+    return ErrorSample(
+        seen=True,
+        predicted_mean=sum(known) / len(known),
+        actual_mean=sum(other) / len(other),
+        predicted_max=max(known),
+        actual_max=max(other),
+    )
+
+
 class PredictorError(msgspec.Struct, frozen=True, kw_only=True):
     """Prediction error over the last ``n`` observed groups (``seen`` of them known prompts)."""
 
@@ -186,6 +220,7 @@ class PredictorState(msgspec.Struct, kw_only=True):
     counts: dict[str, int] = {}  # observations per prompt
     dataset: list[list[float]] = []  # latest profiles of the most recent prompts
     errors: list[ErrorSample] = []
+    split_errors: list[ErrorSample] = []  # split-half scores of observed groups (split_samples)
 
 
 class LengthPredictor:
@@ -228,6 +263,7 @@ class LengthPredictor:
         self._counts: dict[str, int] = {}
         self._dataset: deque[list[float]] = deque(maxlen=dataset_window)
         self._errors: deque[ErrorSample] = deque(maxlen=error_window)
+        self._split: deque[ErrorSample] = deque(maxlen=error_window)
         self._fallback: list[float] | None = None  # cached median profile
 
     # ------------------------------------------------------------------ prediction
@@ -307,6 +343,9 @@ class LengthPredictor:
                 actual_max=float(max(lengths)),
             )
         )
+        split = split_half_error(key, lengths, self._counts.get(key, 0))
+        if split is not None:
+            self._split.append(split)
         new = resample_sorted(lengths, PROFILE_POINTS)
         stored = self._profiles.get(key)
         if stored is None:
@@ -367,6 +406,16 @@ class LengthPredictor:
         s = list(self._errors)
         return s if last is None else s[-last:]
 
+    def split_samples(self, last: int | None = None) -> list[ErrorSample]:
+        """Split-half scores of the observed groups (module docstring; the last ``last``): what
+        a seen prompt's own profile gets wrong, measurable before any seen prompt was scored.
+        :class:`~rlhfless.scaling.margin.ErrorModel` draws from them until enough seen
+        predictions are scored; :meth:`error` never includes them."""
+        if last is not None and last < 1:
+            raise BadScalingInput("split_samples", f"last must be >= 1, got {last}")
+        s = list(self._split)
+        return s if last is None else s[-last:]
+
     def max_observed(self) -> float | None:
         """The longest response in the scored groups and the dataset's latest profiles (None
         before any observation): an upper bound for a drawn length."""
@@ -414,6 +463,7 @@ class LengthPredictor:
             counts=dict(self._counts),
             dataset=[list(p) for p in self._dataset],
             errors=list(self._errors),
+            split_errors=list(self._split),
         )
 
     def to_dict(self) -> dict:
@@ -435,6 +485,7 @@ class LengthPredictor:
         out._counts = dict(state.counts)
         out._dataset.extend(list(p) for p in state.dataset)
         out._errors.extend(state.errors)
+        out._split.extend(state.split_errors)
         return out
 
     @classmethod

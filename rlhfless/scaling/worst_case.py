@@ -11,7 +11,8 @@ twice too long, the default plan ran 4-6% longer than round robin on every seed
 (tests/scaling/test_worst_case.py).
 
 The check. A candidate is kept only if, in the upper ``quantile`` of its scenarios, its makespan
-over round robin's *on the same scenario* is within ``1 + fraction``, and that with every length
+over round robin's *on the same scenario* is within ``1 + fraction`` (the promised bound,
+``MAKESPAN_BOUND``: 5%; :func:`bound_fraction`), and that with every length
 of the scenario multiplied by each of ``scales`` (capped at the generation limit). The scales are
 calibrated (:func:`calibrated_scales`): the range of ``actual / predicted`` work of earlier
 batches of seen prompts (split-conformal: the extremes of few batches); before
@@ -36,6 +37,12 @@ from rlhfless.scaling.transfer import TransferParams
 # Scenarios a cut is simulated on per scale (each one simulation of the whole rollout).
 CUT_SCENARIOS = 8
 
+# The most a plan's makespan may exceed round robin's on the worst case: the bound the policy
+# promises (issue 20: +5% on every run). The mean-based choice keeps a tighter margin
+# (DEFAULT_WITHIN, 3%) because one run can land above a mean; this check already is the worst
+# case (an upper quantile of the scenarios, at every batch scale), so it holds the bound itself.
+MAKESPAN_BOUND = 0.05
+
 # A batch's mean length moving by up to 2x either way between epochs (a policy learning to
 # answer longer or shorter): assumed until MIN_BATCHES batches of seen prompts are scored.
 DEFAULT_SCALES = (0.5, 1.0, 2.0)
@@ -47,7 +54,7 @@ class WorstCase(msgspec.Struct, frozen=True, kw_only=True):
 
     quantile: float = 0.9  # the scenarios' upper quantile the bound must hold at
     scales: tuple[float, ...] = DEFAULT_SCALES  # common factors every scenario is tried with
-    fraction: float = 0.03  # allowed makespan over round robin's
+    fraction: float = MAKESPAN_BOUND  # allowed makespan over round robin's (bound_fraction)
     max_new_tokens: float | None = None  # no scaled length exceeds it
 
     def __post_init__(self) -> None:
@@ -57,6 +64,13 @@ class WorstCase(msgspec.Struct, frozen=True, kw_only=True):
             raise BadScalingSetting("worst_case scales", self.scales, "factors > 0")
         if not (math.isfinite(self.fraction) and self.fraction >= 0):
             raise BadScalingSetting("worst_case fraction", self.fraction, "a number >= 0")
+
+
+def bound_fraction(within_fraction: float | None) -> float:
+    """The guard's bound for a choice made within ``within_fraction`` of the fastest (None: by
+    lam): ``MAKESPAN_BOUND``, or the user's own fraction where that is looser (a user who asks
+    for the cheapest within 10% accepts 10%)."""
+    return max(MAKESPAN_BOUND, within_fraction or 0.0)
 
 
 def calibrated_scales(batch_ratios: Sequence[float]) -> tuple[float, ...]:

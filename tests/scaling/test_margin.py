@@ -123,16 +123,28 @@ def test_without_measurements_there_are_no_scenarios() -> None:
     assert all(p.expected_seconds is None for p in d.curve)
 
 
-def test_unscored_seen_prompts_draw_from_the_dataset_spread() -> None:
+def test_unscored_seen_prompts_draw_from_split_halves() -> None:
+    # One epoch: no prediction of a seen prompt scored yet; each group's halves score each other.
     groups = lognormal_groups(32, 8, seed=4)
-    pred = _predictor([groups])  # one epoch: no prediction of a seen prompt scored yet
+    pred = _predictor([groups])
+    assert len(pred.split_samples()) == 32 and pred.error().seen == 0
     model = ErrorModel.from_predictor(pred)
-    assert model.source(True) == "shape" and model.source(False) == "new"
+    assert model.source(True) == "split" and model.source(False) == "new"
     works = _works(pred, 32, 8)
     scen = model.scenarios(works, [True] * 32, 4, seed=7)
     assert scen == model.scenarios(works, [True] * 32, 4, seed=7)  # seeded: reproducible
     cap = max(max(g) for g in groups)
     assert all(0 <= x <= cap for s in scen for g in s for x in g)
+    assert any(s != [list(w.lengths) for w in works] for s in scen)
+
+
+def test_too_few_groups_to_split_draw_from_the_dataset_spread() -> None:
+    groups = lognormal_groups(8, 8, seed=4)  # 8 split-half scores: fewer than MIN_SAMPLES
+    pred = _predictor([groups])
+    model = ErrorModel.from_predictor(pred)
+    assert model.source(True) == "shape"
+    works = _works(pred, 8, 8)
+    scen = model.scenarios(works, [True] * 8, 4, seed=7)
     assert any(s != [list(w.lengths) for w in works] for s in scen)
 
 
