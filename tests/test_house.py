@@ -122,7 +122,6 @@ def test_cycles_finds_a_cycle() -> None:
 # into a failure (strict) the moment its cycle is gone, and must then be removed.
 KNOWN_CYCLES = {
     "runtime": "closing <-> handle <-> locality <-> nodes <-> runtime",
-    "adapters": "decode <-> hf <-> kv_transfer",
 }
 
 

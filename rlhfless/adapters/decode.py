@@ -28,12 +28,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from rlhfless.adapters.errors import EngineError
 from rlhfless.adapters.kv_transfer import (
+    PrefillEngine,
     PrefixKV,
     cache_kwarg,
     cache_of,
@@ -42,9 +43,7 @@ from rlhfless.adapters.kv_transfer import (
     kv_tokens,
     resume_prefix,
 )
-
-if TYPE_CHECKING:
-    from rlhfless.adapters.hf import HFEngine, Sample
+from rlhfless.adapters.sample import Sample
 
 
 @dataclass
@@ -201,7 +200,7 @@ def merge(cache: Any, mask: torch.Tensor, pre: PrefixKV, config) -> tuple[Any, t
 
 
 def decode(
-    engine: HFEngine,
+    engine: PrefillEngine,
     pre: PrefixKV,
     src: list[int],
     max_new_tokens: int,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 import torch
@@ -40,6 +40,7 @@ from rlhfless.adapters.kv_transfer import PrefixKV, resume_prefix
 from rlhfless.adapters.kv_transfer import cache_kwarg as _cache_kwarg
 from rlhfless.adapters.kv_transfer import cache_of as _cache_of
 from rlhfless.adapters.kv_transfer import kv_of as _kv_of
+from rlhfless.adapters.sample import Sample
 from rlhfless.adapters.scoring import (  # re-exported: the engine's public surface
     PackedBatch,
     ValueModel,
@@ -65,17 +66,6 @@ __all__ = [
     "smollm2_dir",
     "values",
 ]
-
-FinishReason = Literal["eos", "length", "cut"]
-
-
-class Sample(msgspec.Struct):
-    """One sampled response. ``token_ids`` ends with the EOS token when ``finish_reason == "eos"``."""
-
-    prompt_index: int  # index into the ``prompts`` list given to ``generate``
-    token_ids: list[int]
-    logprobs: list[float]  # log-prob of each chosen token under logits / temperature
-    finish_reason: FinishReason
 
 
 class Generation(msgspec.Struct):

@@ -35,7 +35,7 @@ import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -44,7 +44,20 @@ from rlhfless.adapters.errors import EngineError
 if TYPE_CHECKING:
     from torch import nn
 
-    from rlhfless.adapters.hf import HFEngine
+
+class PrefillEngine(Protocol):
+    """What the decode loop and :func:`resume_prefix` use of an engine (``HFEngine`` is one):
+    a protocol here rather than an import of hf.py, which imports both."""
+
+    @property
+    def model(self) -> Any: ...
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def tokenizer(self) -> Any: ...
+    def prefill(
+        self, prompts: Sequence[Sequence[int]], min_common_prefix: int | None = ...
+    ) -> PrefixKV: ...
 
 
 def cache_kwarg(model: nn.Module) -> str:
@@ -173,7 +186,7 @@ def import_rows(
 
 
 def resume_prefix(
-    engine: HFEngine, seqs: Sequence[Sequence[int]], shipped: Sequence[torch.Tensor | None]
+    engine: PrefillEngine, seqs: Sequence[Sequence[int]], shipped: Sequence[torch.Tensor | None]
 ) -> PrefixKV:
     """The decode state of ``seqs`` (prompt + partial response each) from their shipped caches.
 

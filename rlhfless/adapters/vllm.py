@@ -38,13 +38,12 @@ import torch
 
 from rlhfless.adapters.errors import VLLM_MISSING, EngineError
 from rlhfless.adapters.hf import (
-    FinishReason,
     Generation,
     HFEngine,
     PrefixKV,
-    Sample,
     load_tokenizer,
 )
+from rlhfless.adapters.sample import FinishReason, Sample
 
 __all__ = ["CPU_ZYGOTE_PRELOAD", "VLLMEngine", "VLLMSettings", "zygote_preload"]
 
