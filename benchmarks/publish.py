@@ -326,7 +326,7 @@ async def main() -> None:
     })  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    results[args.model] = result
+    results[args.model if args.ranks == 1 else f"{args.model}-ranks{args.ranks}"] = result
     RESULTS.write_text(json.dumps(results, indent=1))
     print(f"wrote {RESULTS}")
 
