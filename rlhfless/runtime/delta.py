@@ -108,7 +108,7 @@ def change_of(b: Any, n: Any, b_crc: int, n_crc: int) -> TensorChange:
 
     b_bits, n_bits = _bits(b), _bits(n)
     if b_bits is None:  # 16-byte elements (complex128): whole or nothing
-        same = torch.equal(b.view(torch.uint8), n.view(torch.uint8))
+        same = torch.equal(b.reshape(-1).view(torch.uint8), n.reshape(-1).view(torch.uint8))
         return _same(n, n_crc, b_crc) if same else _full(n, n_crc)
     index_dtype = torch.int32 if n.numel() < 2**31 else torch.int64
     # The changed fraction above which positions + values outweigh the tensor itself.
@@ -151,21 +151,6 @@ def wire_bytes(delta: WeightsDelta) -> int:
         for t in (c.index, c.values):
             if t is not None:
                 total += t.numel() * t.element_size()
-    return total
-
-
-def full_bytes(delta: WeightsDelta) -> int:
-    """Bytes of the whole version the delta rebuilds."""
-    import torch
-
-    from rlhfless.runtime.messages import _torch_dtype
-
-    total = 0
-    for c in delta.tensors.values():
-        numel = 1
-        for s in c.shape:
-            numel *= s
-        total += numel * torch.empty((), dtype=_torch_dtype(c.dtype)).element_size()
     return total
 
 

@@ -62,7 +62,8 @@ class WeightSender:
         else:
             left = max(0.1, deadline - time.monotonic())
             await self._send(node, self._codec.encode(Weights(version, tensors)), left)
-            sent, how = nbytes, "whole"
+            # A refused delta crossed the link too.
+            sent, how = nbytes + (made[1] if made is not None else 0), "whole"
             traffic.fulls += 1
         traffic.sent_bytes += sent
         traffic.full_bytes += nbytes

@@ -84,6 +84,16 @@ def test_zero_dim_empty_and_bool_tensors() -> None:
     assert bitwise_equal(apply(v1, delta, 1), v2)
 
 
+def test_sixteen_byte_elements_go_whole_or_not_at_all() -> None:
+    v1 = {"c": torch.ones(8, dtype=torch.complex128), "c0": torch.tensor(1j)}
+    v2 = {"c": v1["c"].clone(), "c0": torch.tensor(2j)}
+    v2["c"][3] = 2.0
+    delta = diff(v1, v2, 2, 1)
+    assert {k: c.kind for k, c in delta.tensors.items()} == {"c": "full", "c0": "full"}
+    assert diff(v1, v1, 2, 1).tensors["c0"].kind == "same"
+    assert bitwise_equal(apply(v1, delta, 1), v2)
+
+
 def test_signed_zero_and_nan_payloads_are_changes_bitwise() -> None:
     v1 = {"x": torch.tensor([0.0, float("nan"), 1.0] * 100)}
     v2 = {"x": v1["x"].clone()}

@@ -121,7 +121,11 @@ async def test_a_node_whose_base_differs_refuses_and_gets_the_whole_version(
     caplog.set_level(logging.INFO, logger="rlhfless.nodes")
     rt.publish_weights(2, v2)
     assert bitwise_equal(await read_cache(rt, "host0", 2), v2)
-    assert rt.weight_traffic()["host0"].refused == 1
+    traffic = rt.weight_traffic()["host0"]
+    assert traffic.refused == 1 and traffic.deltas == 0
+    v2_bytes = sum(t.numel() * t.element_size() for t in v2.values())
+    assert traffic.sent_bytes > traffic.full_bytes  # v1 and v2 whole, and the refused delta
+    assert traffic.full_bytes == v2_bytes + sum(t.numel() * t.element_size() for t in v1.values())
     refusal = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(refusal) == 1 and "is not the sender's v1 (crc" in refusal[0], refusal
     assert "send the full version" in refusal[0]
