@@ -13,6 +13,7 @@ the new weights to a rollout function on this machine: the trainer's reply with 
 weights (the gather, on a gang, and the transfer to the controller), then the controller's
 call that loads them into a rollout function, each as seconds and GB/s of the weights' bytes,
 inline (zero-copy frames) and through the node-local file (``rollout.weights_file_mb``).
+Publishing to another host, whole versions vs deltas, in fp32 and bf16: benchmarks/publish.py.
 
 Prints a table and writes benchmarks/results/gangs.json with the machine's load average
 before and after (``uptime``): on a shared 2-core machine 2 ranks share the 2 cores that one
