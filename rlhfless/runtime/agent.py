@@ -156,9 +156,8 @@ class Agent:
 
     def hello(self) -> NodeHello:
         d = self.devices
-        return NodeHello(
-            self.node, d.slots, d.kind, d.gpu, d.cores, os.getpid(), versions(self.cache_dir)
-        )
+        held = [] if self.writer.forgetting else versions(self.cache_dir)
+        return NodeHello(self.node, d.slots, d.kind, d.gpu, d.cores, os.getpid(), held)
 
     def on_front(self) -> None:
         frames = self.front.recv_multipart(copy=False)
@@ -172,6 +171,10 @@ class Agent:
             if self.controller is not None and self.functions:
                 self.stop_zygote("a new controller connected")
                 self.start_zygote()
+            # Cached versions are an earlier controller's (or, in a --cache-dir, an earlier
+            # agent's): the same numbers with other weights. The new one starts from none.
+            self.writer.forget()
+            self.after_cache.clear()
             log.info("agent %s: serving controller %s", self.node, ident.hex())
             self.controller = ident
         self.last_seen = time.monotonic()

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from rlhfless.runtime.delta import apply_to_cache
 from rlhfless.runtime.errors import WeightsDeltaError
 from rlhfless.runtime.messages import Weights, WeightsDelta
-from rlhfless.runtime.weights import save
+from rlhfless.runtime.weights import prune, save
 
 log = logging.getLogger("rlhfless.agent")
 CacheMessage = Weights | WeightsDelta
@@ -28,10 +28,22 @@ class CacheWriter:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="rlhfless-cache")
         self._waiting: deque[CacheMessage] = deque()
         self._running: tuple[CacheMessage, Future[int]] | None = None
+        self.forgetting = False  # the cache is cleared once the write in progress lands
 
     @property
     def busy(self) -> bool:
         return self._running is not None or bool(self._waiting)
+
+    def forget(self) -> None:
+        """A new controller: the versions cached here are an earlier run's (the same numbers,
+        other weights), so none may be reported as held. Drop what waits and remove every
+        cached version: now, or when the write in progress lands (its result is not the new
+        controller's either, and is not reported)."""
+        self._waiting.clear()
+        if self._running is None:
+            prune(self.cache_dir, keep=0)
+        else:
+            self.forgetting = True
 
     def submit(self, msg: CacheMessage) -> None:
         self._waiting.append(msg)
@@ -44,7 +56,11 @@ class CacheWriter:
             msg, future = self._running
             self._running = None
             exc = future.exception()
-            out.append((msg, None if exc is None else _reason(exc)))
+            if self.forgetting:  # written for the earlier controller: gone, unreported
+                prune(self.cache_dir, keep=0)
+                self.forgetting = False
+            else:
+                out.append((msg, None if exc is None else _reason(exc)))
             self._start_next()
         return out
 

@@ -92,8 +92,10 @@ def save(
 
 
 def prune(directory: str | os.PathLike[str], keep: int = KEEP_VERSIONS) -> None:
-    """Remove all but the newest ``keep`` versions (the agent's cache is RAM: /dev/shm)."""
-    for old in versions(directory)[:-keep] if keep > 0 else []:
+    """Remove all but the newest ``keep`` versions (the agent's cache is RAM: /dev/shm);
+    ``keep = 0`` removes every version."""
+    cached = versions(directory)
+    for old in cached[:-keep] if keep > 0 else cached:
         path_of(directory, old).unlink(missing_ok=True)
 
 

@@ -160,3 +160,20 @@ async def test_a_function_holding_the_base_takes_a_delta_in_place() -> None:
         assert bitwise_equal(dict(await h.tensors()), v2)
         with pytest.raises(Exception, match="made against v1, this receiver holds v2"):
             await h.load_delta(diff(v1, v2, 3, 1))
+
+
+async def test_a_new_controller_never_takes_an_earlier_runs_versions(
+    agents: list[tuple[str, Path]], tmp_path: Path
+) -> None:
+    """Two runs one after the other on the same agent, both numbering their versions from 1:
+    the second run's v1 must reach the node whole, not be taken as already held there."""
+    first, second = versions_of_two_dtypes()
+    second = step(second, seed=11)
+    for weights in (first, second):
+        async with Runtime(
+            preload=("torch",), agents=(agents[0][0],), keys_dir=str(tmp_path / "keys"),
+            local_node=False, join_timeout_s=60,
+        ) as rt:  # fmt: skip
+            rt.publish_weights(1, weights)
+            assert bitwise_equal(await read_cache(rt, "host0", 1), weights)
+            assert rt.weight_traffic()["host0"].fulls == 1
