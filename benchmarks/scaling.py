@@ -4,6 +4,7 @@
     python benchmarks/scaling.py --trace lengths.jsonl  # plus another recorded trace
     python benchmarks/scaling.py --prompts 256 --seeds 3
     python benchmarks/scaling.py --scored-prompts 256    # predictor error measured on seen prompts
+    python benchmarks/scaling.py --traces-only --oracle  # + what an oracle reaches on each trace
 
 Prints a table and writes ``benchmarks/results/scaling.json``.
 
@@ -47,7 +48,12 @@ held to the end) next to the mean relative error the scaler reports before the r
 rollout tail latency as Seer reports it (median sample's finish to the last one's); then the
 worst seed. Prediction quality per trace: Spearman and mean relative error at plan time, and,
 replaying the rollout (every sample started together, one token per step), at each group's
-first finish and at half finished, plan vs sibling-informed (``SiblingPredictor``).
+first finish and at half finished, plan vs sibling-informed (``SiblingPredictor``). Then,
+per trace and seed, where the later bill comes from: functions (first, later, round robin's),
+billed seconds, functions reused warm, whether a cut ran, the first iteration's per-start
+minimum share; with ``--oracle`` also the cheapest later iteration an oracle reaches within the
+bound (``oracle_best``: every k, LPT and stratified on the true lengths, with and without a cut)
+and lower bounds on any plan's bill (``cost_floors``).
 
 Speed model (``ThroughputParams``; estimates for a 7B model in bf16 under vLLM on one L40S, not
 measurements): decode step ``18 ms + 0.08 ms x batch``, prefill 12k tokens/s, at most 256
@@ -71,7 +77,8 @@ Policies (same true lengths for all):
   chosen as the cheapest (under ``aws``) within 3% of the fastest *expected* makespan, T and C
   averaged over 16 scenarios drawn from the predictor's measured error, and kept only where
   the worst-case guard (``rlhfless.scaling.worst_case``) says its makespan over round robin's
-  stays within 3% at the scenarios' 0.9 quantile, at every calibrated batch scale (the
+  stays within 5% (``MAKESPAN_BOUND``) at the scenarios' 0.9 quantile, at every calibrated
+  batch scale, "the fastest" being the quickest plan the guard lets through (the
   ``rlhfless``, ``/nocut``, ``/pool`` and ``/steady`` rows)
   (``rlhfless.scaling.margin``); cold starts pre-warmed (billed, hidden from the makespan).
 * ``rlhfless/nocut`` — ``rlhfless`` with ``cut = "none"`` (the default before ``auto``): what
@@ -152,6 +159,7 @@ from rlhfless.scaling import (
     ScalingConfig,
     ThroughputParams,
     TransferParams,
+    assign,
     assign_round_robin,
     build_margin,
     choose_k,
@@ -161,7 +169,12 @@ from rlhfless.scaling.online import SiblingPredictor, lockstep_reports
 from rlhfless.scaling.policy import batch_work_ratio
 from rlhfless.scaling.predictor import spearman
 from rlhfless.scaling.scaler import WarmPool
-from rlhfless.scaling.worst_case import WorstCase, bound_fraction, calibrated_scales
+from rlhfless.scaling.worst_case import (
+    MAKESPAN_BOUND,
+    WorstCase,
+    bound_fraction,
+    calibrated_scales,
+)
 
 RESULTS = Path(__file__).parent / "results" / "scaling.json"
 TRACE_DIR = Path(__file__).parent.parent / "tests" / "scaling" / "data"
@@ -325,6 +338,10 @@ def run_policies(
             "moves": r.moves,
             "cuts": r.cuts,
             "tail_seconds": r.tail_seconds,
+            # Seconds aws bills (its dollars over the rate: minimum and rounding included),
+            # and how many functions a later iteration reused warm (billed by the second).
+            "billed_aws_seconds": r.usd(aws, DEVICE, continuous=serverful) / aws.rate(DEVICE),
+            "warm_functions": float(sum(f.warm for f in r.functions)),
             **extra,
         }
 
@@ -507,6 +524,18 @@ def trace_seed_row(run: dict[str, dict[str, float]]) -> dict[str, float]:
         "reported_error": run["_predictor"]["reported_rel_error"],
         "tail": change(ours["tail_seconds"], fixed["tail_seconds"]),
         "tail_later": change(later["tail_seconds"], fixed["tail_seconds"]),
+        # Where the later bill comes from: functions (round robin: all slots), the seconds aws
+        # bills them, how many were reused warm, and whether a cut ran.
+        "k_first": ours["functions"],
+        "k_later": later["functions"],
+        "k_fixed": fixed["functions"],
+        "billed_later_s": later["billed_aws_seconds"],
+        "billed_fixed_s": fixed["billed_aws_seconds"],
+        "warm_later": later["warm_functions"],
+        "cut_later": later["cut_chosen"],
+        # The first iteration under aws/start: the share of its bill that is per-start minimum
+        # (billed seconds beyond the seconds held).
+        "first_minimum_share": 1 - ours["function_seconds"] / ours["billed_aws_seconds"],
     }
 
 
@@ -557,6 +586,45 @@ def trace_table(results: dict[str, Any]) -> Table:
     return t
 
 
+def short_name(name: str) -> str:
+    """``trace:smollm2_gsm_t07_c256.jsonl`` -> ``gsm_t07_c256``."""
+    return name.removeprefix("trace:").removeprefix("smollm2_").removesuffix(".jsonl")
+
+
+def bill_table(results: dict[str, Any]) -> Table:
+    """Where the later iteration's aws bill comes from, per real trace and seed: the functions
+    against round robin's, the seconds aws bills each side, the functions reused warm, whether
+    a cut ran; the first iteration's per-start minimum share; and (``--oracle``) the cheapest
+    an oracle reaches within the bound and the lower bounds on any plan."""
+    t = Table(title="later-iteration aws bill vs round robin, per seed (oracle: true lengths)")
+    for col in ("trace", "seed", "k 1st/later/RR", "billed s later/RR", "warm", "cut",
+                "1st: minimum", "aws later", "oracle (makespan)", "floor no-cut/any"):  # fmt: skip
+        t.add_column(col, justify="left" if col == "trace" else "right")
+    for name, res in results.items():
+        if not name.startswith("trace:"):
+            continue
+        for seed, run in enumerate(res["seeds"]):
+            r = trace_seed_row(run)
+            o = res["oracle"][seed] if res["oracle"] else None
+            oracle = floor = "-"
+            if o is not None:
+                cut = "no cut" if o.get("cut") == "none" else f"cut {o.get('tau', 1.0):g}"
+                oracle = (
+                    f"{o['aws']:+.0%} (k{o['k']} {o['method'][:5]} {cut}, {o['makespan']:+.1%})"
+                    if math.isfinite(o["aws"])
+                    else "none within"
+                )
+                floor = f"{o['floor_no_cut']:+.0%} / {o['floor_any']:+.0%}"
+            t.add_row(
+                short_name(name), str(seed),
+                f"{r['k_first']:.0f}/{r['k_later']:.0f}/{r['k_fixed']:.0f}",
+                f"{r['billed_later_s']:.0f}/{r['billed_fixed_s']:.0f}",
+                f"{r['warm_later']:.0f}", "yes" if r["cut_later"] else "no",
+                f"{r['first_minimum_share']:.0%}", f"{r['later_aws']:+.0%}", oracle, floor,
+            )  # fmt: skip
+    return t
+
+
 def quality_line(name: str, q: dict[str, float | None]) -> str:
     def f(key: str) -> str:
         v = q.get(key)
@@ -570,6 +638,93 @@ def quality_line(name: str, q: dict[str, float | None]) -> str:
             f", rel. err {f(f'rel_plan_{view}')} -> {f(f'rel_siblings_{view}')}"
         )
     return "; ".join(parts)
+
+
+# The oracle's cut settings: none, and a per-function cut at each τ (remaining lengths known).
+ORACLE_CUTS = (("none", 1.0), ("per_function", 0.95), ("per_function", 0.9),
+               ("per_function", 0.8), ("per_function", 0.7))  # fmt: skip
+
+
+def oracle_best(
+    rollout: list[list[int]], prompt_tokens: list[int], slots: int, limit: int | None,
+    fixed: dict[str, float],
+) -> dict[str, Any]:  # fmt: skip
+    """The cheapest later iteration an oracle reaches within the bound: every k, LPT and
+    stratified on the *true* lengths, each with every ``ORACLE_CUTS`` setting (the cut planner
+    told the true lengths), all functions warm (billed by the second, as the cheapest later
+    iteration is); the plan with the lowest ``aws`` bill whose makespan is within
+    ``MAKESPAN_BOUND`` of round robin's. An upper bound on the best any policy could do."""
+    aws = get_model("aws")
+    true = [
+        GroupWork(group_id=p, prefill_tokens=prompt_tokens[p], lengths=tuple(map(float, sorted(g))))
+        for p, g in enumerate(rollout)
+    ]  # fmt: skip
+    base, bound = fixed["usd_aws"], (1 + MAKESPAN_BOUND) * fixed["makespan"]
+    best: dict[str, Any] = {"aws": math.inf}
+    for k in range(1, slots + 1):
+        for method in ("lpt", "stratified"):
+            a = assign(true, k, method, PARAMS)
+            for cut, tau in ORACLE_CUTS:
+                if cut != "none" and a.functions < 2:
+                    continue
+                r = simulate_rollout(
+                    rollout, prompt_tokens, a.groups, PARAMS, warm=a.functions, prewarm=True,
+                    cut=cut, threshold=tau, transfer=TRANSFER, max_new_tokens=limit,  # type: ignore[arg-type]
+                )  # fmt: skip
+                usd = r.usd(aws, DEVICE)
+                if r.makespan <= bound and usd / base - 1 < best["aws"]:
+                    best = {"aws": usd / base - 1, "makespan": r.makespan / fixed["makespan"] - 1,
+                            "k": a.functions, "method": method, "cut": cut, "tau": tau}  # fmt: skip
+    return best
+
+
+def cost_floors(
+    rollout: list[list[int]], prompt_tokens: list[int], slots: int, fixed: dict[str, float]
+) -> dict[str, float]:
+    """Lower bounds on the later iteration's ``aws`` bill (change against round robin's) of
+    *any* plan on at most ``slots`` warm functions that each end within ``MAKESPAN_BOUND`` of
+    round robin's makespan T (relaxations, from the speed model: a function's time is weight
+    load + its prefill + one ``step_seconds`` per decode step + ``step_seconds_per_seq`` per
+    token, and it takes as many steps as its longest sequence, at least):
+
+    * ``no_cut``: no sequence moves. With the groups sorted by their longest sample, the i-th
+      longest function's longest sequence is at least the smallest group maximum such that the
+      groups longer than it fit in what the i - 1 longer functions have left by T; summed over
+      the functions, minimised over their number.
+    * ``any``: sequences may move freely and for nothing: the steps are at least the longest
+      sequence's, and the functions at least enough to hold all the work by T.
+
+    Either bound above the target says that no policy can meet it."""
+    P = PARAMS
+    rate = get_model("aws").rate(DEVICE)
+    t_max = (1 + MAKESPAN_BOUND) * fixed["makespan"]
+    rows = sorted(
+        ((max(g), P.step_seconds_per_seq * sum(g) + P.prefill_seconds(t))
+         for g, t in zip(rollout, prompt_tokens, strict=True)),
+        reverse=True,
+    )  # fmt: skip
+    maxes, work = [m for m, _ in rows], [w for _, w in rows]
+    prefix = [0.0]
+    for w in work:
+        prefix.append(prefix[-1] + w)
+    total, room = prefix[-1], t_max - P.weight_load_seconds
+    floors = {"no_cut": math.inf, "any": math.inf}
+    longest: list[float] = []  # each function's longest sequence, longest function first
+    for k in range(1, slots + 1):
+        if k == 1:
+            longest.append(maxes[0])
+        else:
+            left = sum(room - P.step_seconds * m for m in longest)
+            j = max(i for i in range(len(work) + 1) if prefix[i] <= left + 1e-12)
+            longest.append(maxes[min(j, len(maxes) - 1)])
+        caps = [room - P.step_seconds * m for m in longest]
+        if min(caps) >= 0 and total <= sum(caps) + 1e-12:
+            usd = rate * (k * P.weight_load_seconds + total + P.step_seconds * sum(longest))
+            floors["no_cut"] = min(floors["no_cut"], usd)
+        if k * room >= total + P.step_seconds * maxes[0]:
+            usd = rate * (k * P.weight_load_seconds + total + P.step_seconds * maxes[0])
+            floors["any"] = min(floors["any"], usd)
+    return {key: v / fixed["usd_aws"] - 1 for key, v in floors.items()}
 
 
 def recorded_traces() -> list[Path]:
@@ -674,6 +829,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--traces-only", action="store_true", help="skip the synthetic lognormal/heavy runs"
     )
+    ap.add_argument(
+        "--oracle",
+        action="store_true",
+        help="per real trace and seed, the cheapest later iteration an oracle (true lengths) "
+        "reaches within the bound, and lower bounds on any plan's (a few minutes)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     DEVICE, WITHIN, SCENARIOS = args.device, args.within, args.scenarios
@@ -694,7 +855,7 @@ def main(argv: list[str] | None = None) -> int:
     traces = ([] if args.no_recorded_traces else recorded_traces()) + list(args.trace)
     for path in traces:
         epochs, prompt_tokens, _, trace_limit = read_trace(path)
-        runs, quality = [], []
+        runs, quality, oracle = [], [], []
         for seed in range(args.seeds):
             order = shuffled(len(epochs), seed)
             history = [epochs[i][:-1] for i in order]
@@ -703,10 +864,16 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run_policies(history, rollout, tokens, args.slots, limit=trace_limit))
             if seed == 0:  # the replay does not depend on the order
                 quality.append(prediction_quality(history, rollout, trace_limit))
+            if args.oracle:
+                fixed = runs[-1]["fixed"]
+                oracle.append(
+                    oracle_best(rollout, tokens, args.slots, trace_limit, fixed)
+                    | {"floor_" + k: v for k, v in cost_floors(rollout, tokens, args.slots, fixed).items()}
+                )  # fmt: skip
         rows = mean_rows(runs)
         results[f"trace:{path.name}"] = {
             "mean": rows, "targets": targets(rows), "seeds": runs, "quality": quality[0],
-            "path": path,
+            "path": path, "oracle": oracle,
         }  # fmt: skip
     for name, res in results.items():
         console.print(table(name, res["mean"]))
@@ -753,6 +920,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{res['mean']['rlhfless/steady']['plan_seconds']:.2f} s\n"
         )
     console.print(trace_table(results))
+    Console(width=160).print(bill_table(results))
     for name, res in results.items():
         if name.startswith("trace:"):
             console.print("  " + quality_line(name, res["quality"]))
@@ -780,6 +948,7 @@ def main(argv: list[str] | None = None) -> int:
                         "per_seed": [trace_seed_row(r) for r in v["seeds"]],
                         "worst_and_mean": trace_targets([trace_seed_row(r) for r in v["seeds"]]),
                         "prediction_quality": v["quality"],
+                        "oracle": v["oracle"],
                     }
                     if k.startswith("trace:")
                     else {}
