@@ -125,6 +125,17 @@ class TrainConfig(_Section):
     # (one slot each), FSDP2 sharding parameters, gradients and AdamW state over them; 1 = one
     # process. The update equals one process's up to float summation order.
     slots: PosInt = 1
+    # PPO's critic as a gang of this many functions (the same FSDP2 sharding of parameters,
+    # gradients and AdamW state as the trainer's). A key each for critic and reference, not
+    # one rule shared with train.slots: the
+    # critic's state is as large as the policy trainer's, the reference's a quarter of it
+    # (no gradients, no AdamW), so it often fits where the trainer needs several slots; and
+    # each is its own gang, leased when its stage runs. 1 = one process. Each at most
+    # runtime.slots on one machine.
+    critic_slots: PosInt = 1
+    # The reference as a gang of this many functions: parameters sharded, every rank runs the
+    # same forward passes, rank 0 replies (1 = one process; at most runtime.slots on one machine)
+    reference_slots: PosInt = 1
     # Recompute each transformer block's activations in the backward pass: less memory, about
     # a third more compute (any slots)
     activation_checkpointing: bool = False
@@ -258,7 +269,8 @@ RESUME_FREE = frozenset(
         # the same gradient, split into other micro-batches
         "train.micro_batch_tokens", "train.grad_accum",
         # the same update on more or fewer ranks; checkpoints resume at any gang size
-        "train.slots", "train.activation_checkpointing",
+        "train.slots", "train.critic_slots", "train.reference_slots",
+        "train.activation_checkpointing",
         "train.iterations",
         "runtime.slots", "runtime.keep_alive_s", "runtime.max_warm_per_slot",
         "runtime.trainer_threads", "runtime.kill_rate", "runtime.kill_seed",
@@ -377,15 +389,29 @@ def _check_cost_model(name: str, device_kind: str = "") -> None:
             ) from None
 
 
+def _check_gangs(cfg: Config) -> None:
+    """A gang's ranks hold one slot each: on this machine alone (provider "local") it cannot
+    have more ranks than runtime.slots (across machines it may span nodes)."""
+    if cfg.cluster.provider != "local":
+        return
+    for key in ("slots", "critic_slots", "reference_slots"):
+        n = getattr(cfg.train, key)
+        if n > cfg.runtime.slots:
+            raise ConfigError(
+                f"invalid value for key 'train.{key}': a gang of {n} ranks needs {n} slots, "
+                f"but runtime.slots is {cfg.runtime.slots}"
+            )
+
+
 def functions_per_iteration(cfg: Config) -> int:
     """The functions one iteration leases: rollouts, reward, reference (a KL term), critic
     (PPO), trainer. Each is worth keeping warm for the next iteration."""
     return (
         cfg.rollout.functions
         + 1  # reward
-        + int(cfg.train.uses_reference)
-        + int(cfg.train.uses_critic)
-        + cfg.train.slots  # trainer: a gang of train.slots functions
+        + int(cfg.train.uses_reference) * cfg.train.reference_slots  # each role may be a gang
+        + int(cfg.train.uses_critic) * cfg.train.critic_slots
+        + cfg.train.slots
     )
 
 
@@ -410,6 +436,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
             raise ConfigError(f"invalid config: {e}") from None
         raise ConfigError(f"invalid value for key '{m['path']}': {m['what']}") from None
     _check_finite(cfg, "")
+    _check_gangs(cfg)
     _check_cost_model(cfg.scaling.cost_model, cfg.scaling.device_kind)
     return cfg
 

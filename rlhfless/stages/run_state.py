@@ -18,10 +18,19 @@ import torch
 from rlhfless.runtime import Runtime
 from rlhfless.stages.config import Config
 from rlhfless.stages.leases import Leases
-from rlhfless.stages.protocol import CRITIC, ROLLOUT, TRAINER, Published, StepStats
+from rlhfless.stages.protocol import (
+    CRITIC,
+    REFERENCE,
+    ROLLOUT,
+    TRAINER,
+    Published,
+    StepStats,
+)
 
 R = TypeVar("R")
 SHARDED_TRAINER = "rlhfless.stages.sharded:ShardedTrainerActor"
+SHARDED_CRITIC = "rlhfless.stages.sharded:ShardedCriticActor"
+SHARDED_REFERENCE = "rlhfless.stages.sharded:ShardedReferenceActor"
 
 
 class RunState:
@@ -34,8 +43,14 @@ class RunState:
         self.run_dir = Path(run_dir)
         self.state_dir = self.run_dir / "state"
         self.leases = Leases(runtime)
-        if config.train.slots > 1:  # the policy trainer as a gang (FSDP2, stages/sharded.py)
-            self.leases.gangs[TRAINER] = (SHARDED_TRAINER, config.train.slots)
+        # a role with slots > 1 runs as a gang wherever it is leased (FSDP2, stages/sharded.py)
+        for role, actor, slots in (
+            (TRAINER, SHARDED_TRAINER, config.train.slots),
+            (CRITIC, SHARDED_CRITIC, config.train.critic_slots),
+            (REFERENCE, SHARDED_REFERENCE, config.train.reference_slots),
+        ):
+            if slots > 1:
+                self.leases.gangs[role] = (actor, slots)
         self.version = 0
         # None: the model dir's weights; a dict of tensors; or a node-local file's path.
         self.weights: dict[str, torch.Tensor] | str | None = None

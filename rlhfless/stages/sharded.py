@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,38 +45,60 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-from rlhfless.adapters.hf import HFEngine
+from rlhfless.adapters.hf import HFEngine, ValueModel, load_tokenizer
 from rlhfless.runtime.rendezvous import member
 from rlhfless.stages.common import DTYPES, function_device
 from rlhfless.stages.config import TrainConfig
-from rlhfless.stages.handover import StateDir
+from rlhfless.stages.handover import HandOver, StateDir
+from rlhfless.stages.reference import ReferenceActor
 from rlhfless.stages.sharded_state import ShardedHandOver, ShardedStateDir
-from rlhfless.stages.trainer import TrainerActor, _Sums
+from rlhfless.stages.trainer import CriticActor, TrainerActor
 
 log = logging.getLogger("rlhfless.sharded")
 
 
-class ShardedTrainerActor(TrainerActor):
-    """One rank of the sharded policy trainer; the same methods as :class:`TrainerActor`."""
+class _Rank:
+    """One member of a gang: the process group, and this machine's cores shared."""
 
-    def __init__(
-        self, model_dir: str, train: dict[str, Any], state_dir: str, dtype: str = "float32"
-    ) -> None:
-        self.cfg = msgspec.convert(train, TrainConfig)
+    device: torch.device
+    rank: int
+    world: int
+
+    def _join(self) -> None:
+        """The runtime set torch's env:// variables (loopback by default)."""
         self.device = function_device()
-        self.me = member()  # the runtime set torch's env:// variables (loopback by default)
+        self.me = member()
         dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.state_group = dist.new_group(backend="gloo")  # the write behind's own collectives
-        self.engine = HFEngine.load(model_dir, dtype=DTYPES[dtype], device=self.device)
-        self.model = self.engine.model.train()
-        self.pad_id = self.engine.tokenizer.pad_id
+
+    def set_threads(self, threads: int) -> int:
+        """``threads`` for the whole gang: the ranks share this machine's cores."""
+        torch.set_num_threads(max(1, threads // self.world))
+        return torch.get_num_threads() * self.world
+
+
+class _GangRank(_Rank):
+    """What every rank of a training gang does alike: join the process group, take its share
+    of the micro-batches, add up the ranks' statistics, and hold its shards of the model and
+    AdamW with a DCP hand-over state (stages/sharded_state.py) that any gang size reads."""
+
+    cfg: TrainConfig
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    handover: HandOver
+
+    @property
+    def version(self) -> int:
+        return self.handover.version
+
+    def _shard_with_state(self, state_dir: str, make_opt: Callable[[Any], Any]) -> None:
+        """Shard ``self.model`` (FSDP2), make its optimiser with ``make_opt(params)`` and load
+        the state directory's state at whatever size (or by one process) it was written."""
         state = ShardedStateDir(state_dir, self.state_group)
-        version, plain_optim = self._load_plain(state)
+        version, plain_optim = self._load_plain(state, make_opt)
         shard(self.model, self.cfg, self.device)
-        self.opt = torch.optim.AdamW(
-            self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
-        )
+        self.opt = make_opt(self.model.parameters())
         if plain_optim is not None:  # one process's AdamW state, now sharded like the model
             set_optimizer_state_dict(
                 self.model, self.opt, plain_optim, options=StateDictOptions(full_state_dict=True)
@@ -83,22 +106,21 @@ class ShardedTrainerActor(TrainerActor):
         elif state.exists():
             version = state.load(self.model, self.opt)
         self.handover = ShardedHandOver(state_dir, self.model, self.opt, state, version)
-        self._stream = None
 
-    def _load_plain(self, state: ShardedStateDir) -> tuple[int, dict[str, Any] | None]:
-        """A state directory that one process wrote (train.slots was 1): every rank reads it
-        whole into the model before sharding; AdamW's state comes back keyed by parameter
-        name, to be sharded after the model. (0, None) when there is none."""
+    def _load_plain(
+        self, state: ShardedStateDir, make_opt: Callable[[Any], Any]
+    ) -> tuple[int, dict[str, Any] | None]:
+        """A state directory that one process wrote (slots was 1): every rank reads it whole
+        into the model before sharding; AdamW's state comes back keyed by parameter name, to
+        be sharded after the model. (0, None) when there is none."""
         if not state.written_by_one():
             return 0, None
-        plain = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr)
+        plain = make_opt(self.model.parameters())
         version = StateDir(state.path).load(self.model, plain)
         optim = get_optimizer_state_dict(
             self.model, plain, options=StateDictOptions(full_state_dict=True)
         )
         return version, optim
-
-    # ------------------------------------------------------------------ the step, sharded
 
     def _share(self, parts: list[list[int]]) -> list[tuple[list[int], bool]]:
         """Micro-batches rank, rank + N, ...; as many passes on every rank (the collectives
@@ -110,21 +132,37 @@ class ShardedTrainerActor(TrainerActor):
             out.append((parts[i], True) if i < len(parts) else (parts[0], False))
         return out
 
-    def _reduced(self, sums: _Sums) -> _Sums:
-        """The batch's loss statistics: each rank has the sums of its own micro-batches."""
-        t = torch.tensor([sums.loss, sums.kl, sums.clip_frac], dtype=torch.float64)
+    def _summed(self, values: list[float]) -> list[float]:
+        """The batch's statistics: each rank has the sums of its own micro-batches. On the
+        state group: no write behind runs during an update (the step lands it first)."""
+        t = torch.tensor(values, dtype=torch.float64)
         dist.all_reduce(t, group=self.state_group)
-        out = _Sums()
-        out.loss, out.kl, out.clip_frac = (float(v) for v in t)
-        out.grad_norm = sums.grad_norm  # clip_grad_norm_ already took the whole gradient's
-        return out
+        return [float(v) for v in t]
 
-    def set_threads(self, threads: int) -> int:
-        """``threads`` for the whole gang: the ranks share this machine's cores."""
-        torch.set_num_threads(max(1, threads // self.world))
-        return torch.get_num_threads() * self.world
+    def save_checkpoint(self, path: str) -> str:
+        self.handover.wait()
+        ShardedStateDir(path, self.state_group, durable=True).save(
+            self.model, self.opt, self.version
+        )
+        return path
 
-    # ------------------------------------------------------------------ weights out
+
+class ShardedTrainerActor(_GangRank, TrainerActor):
+    """One rank of the sharded policy trainer; the same methods as :class:`TrainerActor`."""
+
+    def __init__(
+        self, model_dir: str, train: dict[str, Any], state_dir: str, dtype: str = "float32"
+    ) -> None:
+        self.cfg = msgspec.convert(train, TrainConfig)
+        self._join()
+        self.engine = HFEngine.load(model_dir, dtype=DTYPES[dtype], device=self.device)
+        self.model = self.engine.model.train()
+        self.pad_id = self.engine.tokenizer.pad_id
+        cfg = self.cfg
+        self._shard_with_state(
+            state_dir, lambda ps: torch.optim.AdamW(ps, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        )
+        self._stream = None
 
     def weights(self, file_dir: str | None = None, file_above_bytes: int = 0) -> dict[str, Any]:
         """Whole weights on rank 0 (gathered one parameter at a time; the other ranks keep
@@ -143,26 +181,63 @@ class ShardedTrainerActor(TrainerActor):
         self.handover.write_behind()
         return out
 
-    def save_checkpoint(self, path: str) -> str:
+
+class ShardedCriticActor(_GangRank, CriticActor):
+    """One rank of PPO's critic as a gang (``train.critic_slots``); the same methods as
+    :class:`CriticActor`. The update splits the micro-batches as the trainer's does; values
+    are collective: every rank runs every forward (its parameters are all-gathered block by
+    block) and rank 0 replies with them."""
+
+    def __init__(
+        self, model_dir: str, train: dict[str, Any], state_dir: str, dtype: str = "float32"
+    ) -> None:
+        self.cfg = msgspec.convert(train, TrainConfig)
+        torch.manual_seed(0)
+        self._join()
+        self.model = ValueModel.from_pretrained(model_dir, dtype=DTYPES[dtype]).to(self.device)
+        self.pad_id = load_tokenizer(model_dir).pad_id
+        lr = self.cfg.critic_lr
+        self._shard_with_state(state_dir, lambda ps: torch.optim.AdamW(ps, lr=lr))
+
+    def values(self, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
+        out = super().values(*args, **kwargs)
+        return out if self.rank == 0 else []
+
+    def weights(self) -> dict[str, Any]:
         self.handover.wait()
-        ShardedStateDir(path, self.state_group, durable=True).save(
-            self.model, self.opt, self.version
-        )
-        return path
+        state = gather_full(self.model, keep=self.rank == 0)
+        return {"version": self.version, "state_dict": state}
+
+
+class ShardedReferenceActor(_Rank, ReferenceActor):
+    """One rank of the reference as a gang (``train.reference_slots``): parameters sharded
+    (FSDP2, no optimiser); every rank runs the same forward passes (collective) and rank 0
+    replies with the log-probs."""
+
+    def __init__(self, model_dir: str, dtype: str = "float32") -> None:
+        self._join()
+        self.engine = HFEngine.load(model_dir, dtype=DTYPES[dtype], device=self.device)
+        self.engine.model.requires_grad_(False)
+        shard(self.engine.model, TrainConfig(), self.device)
+
+    def logprobs(self, *args: Any, **kwargs: Any) -> list[Any]:
+        out = super().logprobs(*args, **kwargs)
+        return out if self.rank == 0 else []
 
 
 def shard(model: Any, cfg: TrainConfig, device: torch.device) -> None:
     """FSDP2 on each transformer block (the model's own ``_no_split_modules``), then the root
     (embeddings, final norm, head: tied weights stay in one group). Gradients are summed
     across ranks, not averaged: the trainer scales them by the whole batch's units itself."""
-    if cfg.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.activation_checkpointing:  # the transformer (a critic's is its backbone)
+        hf = next(m for m in model.modules() if hasattr(m, "gradient_checkpointing_enable"))
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     mp = MixedPrecisionPolicy()
     if cfg.mixed_precision and device.type == "cuda" and torch.cuda.is_bf16_supported():
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     elif cfg.mixed_precision:
         log.warning("train.mixed_precision: %s has no bf16 compute here; float32", device)
-    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    blocks = {b for m in model.modules() for b in getattr(m, "_no_split_modules", None) or ()}
     for sub in model.modules():
         if type(sub).__name__ in blocks:
             fully_shard(sub, mp_policy=mp)
@@ -179,12 +254,13 @@ def gather_full(model: torch.nn.Module, keep: bool) -> dict[str, torch.Tensor]:
     tied weights are gathered once and share one tensor, as in the unsharded state dict."""
     out: dict[str, torch.Tensor] = {}
     seen: dict[int, torch.Tensor] = {}
-    for name, value in model.state_dict().items():
-        local = value.to_local() if isinstance(value, DTensor) else value
-        key = local.data_ptr()
+    # by the parameter itself (tied weights are one), not by its local shard's address: a
+    # rank's shard may be empty (a dim-0 of 1, a value head's), and empty shards share none
+    for name, value in model.state_dict(keep_vars=True).items():
+        key = id(value)
         if key not in seen:
             full = value.full_tensor() if isinstance(value, DTensor) else value
-            seen[key] = full.detach().cpu() if keep else full[:0]
+            seen[key] = full.detach().cpu() if keep else full.detach()[:0]
         if keep:
             out[name] = seen[key]
     return out

@@ -81,6 +81,16 @@ class _HandsOver:
     def _update(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         raise NotImplementedError
 
+    def _share(self, parts: list[list[int]]) -> list[tuple[list[int], bool]]:
+        """The micro-batches this process runs, each with whether it counts: all of them here;
+        a rank of a gang takes its share (stages/sharded.py)."""
+        return [(idx, True) for idx in parts]
+
+    def _summed(self, values: list[float]) -> list[float]:
+        """Statistics of the whole batch from this process's micro-batches: its own here; a
+        gang adds up its ranks' (stages/sharded.py)."""
+        return values
+
     @property
     def version(self) -> int:
         return self.handover.version
@@ -258,11 +268,6 @@ class TrainerActor(_HandsOver):
             self._backward(batch, idx, sums, 1.0 / total, live)
         self._clip_and_step(sums)
 
-    def _share(self, parts: list[list[int]]) -> list[tuple[list[int], bool]]:
-        """The micro-batches this process runs, each with whether it counts: all of them here;
-        a rank of a sharded trainer takes its share (stages/sharded.py)."""
-        return [(idx, True) for idx in parts]
-
     def _backward(
         self, batch: _PolicyBatch, idx: list[int], sums: _Sums, scale: float, live: bool = True
     ) -> None:
@@ -300,9 +305,11 @@ class TrainerActor(_HandsOver):
         self.opt.step()
 
     def _reduced(self, sums: _Sums) -> _Sums:
-        """The statistics of the whole batch: this process's own here; a sharded trainer adds
-        up its ranks' (stages/sharded.py)."""
-        return sums
+        """The statistics of the whole batch (a gang adds up its ranks': ``_summed``)."""
+        out = _Sums()
+        out.loss, out.kl, out.clip_frac = self._summed([sums.loss, sums.kl, sums.clip_frac])
+        out.grad_norm = sums.grad_norm  # clip_grad_norm_ took the whole gradient's already
+        return out
 
     # ------------------------------------------------------------- the streamed step
     # The same update as :meth:`step`, its first epoch's forward and backward run on chunks of
@@ -470,7 +477,6 @@ class CriticActor(_HandsOver):
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.critic_lr)
         self.handover = HandOver(state_dir, self.model, self.opt)
 
-    @torch.no_grad()
     def values(
         self,
         prompt_ids: list[list[int]],
@@ -480,8 +486,15 @@ class CriticActor(_HandsOver):
         group_size: int = 0,
     ) -> list[torch.Tensor]:
         """Values under the critic at the run's version (a cold one replays what it lacks).
-        ``group_size``: one forward pass per group, as ``ReferenceActor.logprobs``."""
+        ``group_size``: one forward pass per group, as ``ReferenceActor.logprobs``. The
+        replay runs with gradients (it trains), the values without."""
         self._catch_up(expected_version, replay)
+        return self._values(prompt_ids, response_ids, group_size)
+
+    @torch.no_grad()
+    def _values(
+        self, prompt_ids: list[list[int]], response_ids: list[list[int]], group_size: int
+    ) -> list[torch.Tensor]:
         out = []
         for lo, hi in blocks(len(prompt_ids), group_size):
             batch = pack_sequences(prompt_ids[lo:hi], response_ids[lo:hi], self.pad_id, self.device)
@@ -510,19 +523,38 @@ class CriticActor(_HandsOver):
         old_values: list[torch.Tensor],
         returns: list[torch.Tensor],
     ) -> dict[str, float]:
+        """The token-mean value loss of the batch, accumulated over micro-batches (each's
+        token-mean times its share of the batch's tokens: exactly the batch's loss), so a
+        gang's ranks can split them (``_share``)."""
         width = max(1, max(len(r) for r in response_ids))
-        batch = pack_sequences(prompt_ids, response_ids, self.pad_id, self.device)
-        mask = batch.response_mask
+        old = pad_rows(old_values, width, self.device)
+        ret = pad_rows(returns, width, self.device)
+        lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
+        parts = micro_batches(lengths, self.cfg.grad_accum, self.cfg.micro_batch_tokens)
+        total = max(units(response_ids, "token-mean"), 1.0)
         self.opt.zero_grad(set_to_none=True)
-        v = self.model(batch)
-        loss, clip = alg.value_loss(
-            v,
-            pad_rows(old_values, width, self.device),
-            pad_rows(returns, width, self.device),
-            mask,
-            self.cfg.value_clip,
-        )
-        loss.backward()
+        sums = [0.0, 0.0]  # value loss, clip fraction (weighted as the gradient is)
+        for idx, live in self._share(parts):
+            batch = pack_sequences(
+                [prompt_ids[i] for i in idx], [response_ids[i] for i in idx], self.pad_id,
+                self.device,
+            )  # fmt: skip
+            w = batch.response_mask.shape[1]
+            v = self.model(batch)
+            loss, clip = alg.value_loss(
+                v, old[idx, :w], ret[idx, :w], batch.response_mask, self.cfg.value_clip
+            )
+            weight = units([response_ids[i] for i in idx], "token-mean") / total if live else 0.0
+            (loss * weight).backward()
+            sums[0] += float(loss.detach()) * weight
+            sums[1] += float(clip) * weight
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         self.opt.step()
-        return {"value_loss": float(loss.detach()), "value_clip_frac": float(clip)}
+        loss_sum, clip_sum = self._summed(sums)
+        return {"value_loss": loss_sum, "value_clip_frac": clip_sum}
+
+    def weights(self) -> dict[str, Any]:
+        """The critic's whole weights with their version (to compare or export them)."""
+        self.handover.wait()
+        state = {k: v.detach() for k, v in self.model.state_dict().items()}
+        return {"version": self.version, "state_dict": state}
