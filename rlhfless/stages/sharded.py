@@ -1,4 +1,5 @@
-"""The policy trainer as a gang of functions: FSDP2 (``fully_shard``) over ``train.slots`` ranks.
+"""The policy trainer as a gang of functions: FSDP2 (``fully_shard``) over ``train.slots`` ranks;
+PPO's critic (``train.critic_slots``) and the reference (``train.reference_slots``) likewise.
 
     controller ──step(batch)──▶ rank 0..N-1 (a gang: rlhfless.runtime.gang)
                                  each: its share of the micro-batches, forward + backward,
