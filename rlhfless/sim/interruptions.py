@@ -13,7 +13,8 @@ What a unit is decides what an interruption costs each system (:mod:`.systems`, 
 * serverful (one SPMD job on every GPU): a stage on the whole cluster. Losing any node restarts
   the stage on every node, rollout included. This is generous to serverful: a verl job that
   loses a node fails and restarts from its last checkpoint, not from the stage.
-* ``rlhfless``: a rollout function is its own unit on its own node; the others decode on. The
+* ``rlhfless``: a rollout function is its own unit; a reclaim takes the functions on that node
+  (:class:`NodeClock`: one reclaim process per node) and the others decode on. The
   forward passes and the training run as gangs on the whole cluster, and restart as the
   serverful stage does (the runtime replays a gang's step after ``GangMemberDied``). Two
   simplifications: a rollout function re-runs all its work (the runtime keeps the groups that
@@ -24,10 +25,11 @@ What a unit is decides what an interruption costs each system (:mod:`.systems`, 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import msgspec
 
-from rlhfless.scaling import SimResult
+from rlhfless.scaling import SimFunction, SimResult
 from rlhfless.sim.errors import BadSetting
 
 
@@ -91,28 +93,54 @@ class Interrupter:
         return Attempts(extra, lost, count)
 
 
-def interrupted_functions(r: SimResult, interrupter: Interrupter, gpus: int) -> SimResult:
-    """A rollout with each function a unit on its own node: an interrupted function's work
-    starts over after its replacement's start, so it finishes (and releases its GPUs) later;
-    its lost attempts are busy at the start of its life. The others are untouched."""
+class NodeClock:
+    """One node's reclaim times from a rollout's start, drawn as needed: every function on the
+    node sees the same reclaims (a reclaim takes the whole instance)."""
+
+    def __init__(self, interrupter: Interrupter) -> None:
+        assert interrupter.spec is not None
+        self.rng, self.mean = interrupter.rng, interrupter.spec.mtbi_hours * 3600.0
+        self.times = [self.rng.expovariate(1.0 / self.mean)]
+
+    def first_in(self, start: float, end: float) -> float | None:
+        while self.times[-1] < end:
+            self.times.append(self.times[-1] + self.rng.expovariate(1.0 / self.mean))
+        return next((t for t in self.times if start <= t < end), None)
+
+
+def interrupted_functions(
+    r: SimResult, interrupter: Interrupter, gpus: int, nodes: Sequence[int]
+) -> SimResult:
+    """A rollout whose functions (``gpus`` GPUs each, on ``nodes``) lose their node to its
+    reclaims: an interrupted function's work starts over after its replacement's start, so it
+    finishes (and releases its GPUs) later; its lost attempts are busy at the start of its
+    life. A reclaim hits every function its node runs at that moment, and no other."""
     if interrupter.spec is None:
         return r
+    clocks: dict[int, NodeClock] = {}
+    hit: set[tuple[int, float]] = set()
     functions = []
-    for sf in r.functions:
-        a = interrupter.attempts(sf.busy_seconds, 1, gpus)
-        if not a.interruptions:
-            functions.append(sf)
-            continue
-        x = a.extra_seconds
-        functions.append(
-            msgspec.structs.replace(
-                sf,
-                busy=[(sf.ready_at, sf.ready_at + a.lost_seconds)]
-                + [(s + x, e + x) for s, e in sf.busy],
-                finished_at=sf.finished_at + x,
-                released_at=sf.released_at + x,
-                cut_at=None if sf.cut_at is None else sf.cut_at + x,
-            )
-        )
+    for sf, node in zip(r.functions, nodes, strict=True):
+        clock = clocks.setdefault(node, NodeClock(interrupter))
+        a, lost = sf.ready_at, 0.0
+        run = sf.finished_at - sf.ready_at
+        while (x := clock.first_in(a, a + run)) is not None:
+            hit.add((node, x))
+            lost += x - a
+            a = x + interrupter.replace_seconds
+        x = a - sf.ready_at  # how much later its work starts
+        interrupter.lost_gpu_seconds += lost * gpus
+        functions.append(sf if x == 0 else _later(sf, x, lost))
+    interrupter.interruptions += len(hit)
     makespan = max([r.makespan, *(f.finished_at for f in functions)])
     return msgspec.structs.replace(r, functions=functions, makespan=makespan)
+
+
+def _later(sf: SimFunction, x: float, lost: float) -> SimFunction:
+    return msgspec.structs.replace(
+        sf,
+        busy=[(sf.ready_at, sf.ready_at + lost)] + [(s + x, e + x) for s, e in sf.busy],
+        finished_at=sf.finished_at + x,
+        released_at=sf.released_at + x,
+        cut_at=None if sf.cut_at is None else sf.cut_at + x,
+    )

@@ -136,8 +136,9 @@ class Rlhfless(System):
             predicted=predicted, cut=cut, threshold=tau,  # type: ignore[arg-type]
             transfer=perf.transfer_params(), prewarm=i > 0,
         )  # fmt: skip
-        r = interrupted_functions(r, self.interrupter, tp)  # each its own unit, on its own node
-        for (node, slot), sf in zip(c.place(len(groups), tp), r.functions, strict=True):
+        places = c.place(len(groups), tp)
+        r = interrupted_functions(r, self.interrupter, tp, [node for node, _ in places])
+        for (node, slot), sf in zip(places, r.functions, strict=True):
             engine.at(
                 t + sf.ready_at,
                 self._use("rollout", node, slot, tp, t, sf),
