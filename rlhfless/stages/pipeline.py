@@ -204,9 +204,9 @@ class Pipeline:
             "train": cfg.train.slots,  # a sharded trainer's gang counts every rank
         }
         if cfg.train.uses_reference:
-            functions["reference"] = 1
+            functions["reference"] = cfg.train.reference_slots  # a gang counts every rank
         if cfg.train.uses_critic:
-            functions["critic"] = 2
+            functions["critic"] = 2 * cfg.train.critic_slots  # values, then the update
         rewards = out.rewards
         return IterationMetrics(
             iteration=step,
