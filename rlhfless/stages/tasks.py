@@ -164,13 +164,16 @@ def last_number(text: str) -> str | None:
 def format_answer_score(tagged: str | None, response: str, verify: Callable[[str], float]) -> float:
     """Partial credit for the format and the answer; ``tagged`` is the ``<answer>`` content.
 
-    With tags: ``TAG_CREDIT + (1 - TAG_CREDIT) * verify(tagged)``. Without: the response's last
-    number, at ``UNTAGGED_CREDIT * verify(number)``; nothing without a number. ``verify`` is
-    the task's own scorer in [0, 1]. SmolLM2-135M-Instruct writes the tags in ~1 of 32 samples
-    and the right last number in ~1 of 4 on one-digit sums (measured): the untagged half keeps a
-    GRPO group's rewards apart from the first iteration.
+    With tags around an answer: ``TAG_CREDIT + (1 - TAG_CREDIT) * verify(tagged)``. Without
+    (or with empty tags): the response's last number, at ``UNTAGGED_CREDIT * verify(number)``;
+    nothing without a number. ``verify`` is the task's own scorer in [0, 1].
+    SmolLM2-135M-Instruct writes the tags in ~1 of 32 samples and the right last number in ~1 of
+    4 on one-digit sums (measured): the untagged half keeps a GRPO group's rewards apart from the
+    first iteration. Empty tags are no answer: when they earned TAG_CREDIT, GRPO taught the model
+    to append "<answer></answer>" to every response (lr 2e-5, 15 iterations), which paid a wrong
+    sum 0.25 and cut a right one from 0.5 to 0.25.
     """
-    if tagged is not None:
+    if tagged is not None and tagged.strip():
         return TAG_CREDIT + (1.0 - TAG_CREDIT) * verify(tagged)
     number = last_number(response)
     return UNTAGGED_CREDIT * verify(number) if number is not None else 0.0

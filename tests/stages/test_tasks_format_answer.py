@@ -63,7 +63,19 @@ def test_pure_score_function() -> None:
 
     assert format_answer_score("7", "<answer>7</answer>", exact) == 1.0
     assert format_answer_score(None, "seven is 7", exact) == UNTAGGED_CREDIT
-    assert format_answer_score("", "<answer></answer>", exact) == TAG_CREDIT
+    # empty tags are no answer: they earn nothing, and the last number still counts
+    assert format_answer_score("", "<answer></answer>", exact) == 0.0
+    assert format_answer_score("", "5 + 2 = 7 <answer></answer>", exact) == UNTAGGED_CREDIT
+    assert format_answer_score(" ", "5 + 2 = 6 <answer> </answer>", exact) == 0.0
+
+
+def test_empty_tags_earn_no_format_credit() -> None:
+    # What GRPO found at lr 2e-5: the right sum followed by empty tags (extract_answer gives "").
+    task = _task()
+    p = task.get(1)  # "4 - 1 =" -> "3"
+    hacked = f"4 - 1 = {p.answer} is the final answer inside <answer></answer> inside <answer"
+    assert task.score(p, hacked) == UNTAGGED_CREDIT
+    assert task.score(p, "4 - 1 = 5 is the final answer inside <answer></answer>") == 0.0
 
 
 def test_answer_reward_scores_only_the_tags() -> None:
