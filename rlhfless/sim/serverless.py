@@ -37,7 +37,7 @@ from rlhfless.sim.interruptions import Interrupter, interrupted_functions
 from rlhfless.sim.perf import PerfModel
 from rlhfless.sim.plan import POLICY, RolloutPlanner
 from rlhfless.sim.stream import Freed, group_finish_times, stream
-from rlhfless.sim.systems import IterationResult, System, completed
+from rlhfless.sim.systems import System, iteration_result
 from rlhfless.sim.workload import Batch, Workload, lengths_of
 
 
@@ -149,16 +149,17 @@ class Rlhfless(System):
         stages["rollout"] = roll
         if self.streamed:
             end = self.stream_after(engine, t, i, batch, groups, r, stages)
-            self.results.append(
-                IterationResult(
-                    index=i, start=t, end=end, stages=stages, samples=batch.samples,
-                    decode_tokens=sum(r.tokens_per_sequence), samples_trained=completed(r, batch),
-                    rollout_functions=len(groups), moves=r.moves, cuts=r.cuts,
-                )
-            )  # fmt: skip
-            done(end)
-            return
-        t2 = t + roll
+        else:
+            end = self.staged_after(engine, t + roll, i, batch, stages)
+        self.results.append(iteration_result(i, t, end, stages, batch, r, len(groups)))
+        done(end)
+
+    def staged_after(
+        self, engine: Engine, t2: float, i: int, batch: Batch, stages: dict[str, float]
+    ) -> float:
+        """Reward, then the forward passes, then training, each after the one before (from
+        ``t2``, the rollout's end); returns the end."""
+        perf = self.perf
         stages["reward"] = reward = self.reward_seconds(batch)
         t3 = t2 + reward
         # The forward passes and the training are gangs (self.gang): a lost node restarts
@@ -178,15 +179,7 @@ class Rlhfless(System):
             lambda now: self.node_functions(engine, "trainer", now, train + offload, state),
             f"train{i}",
         )
-        end = t4 + train
-        self.results.append(
-            IterationResult(
-                index=i, start=t, end=end, stages=stages, samples=batch.samples,
-                decode_tokens=sum(r.tokens_per_sequence), samples_trained=completed(r, batch),
-                rollout_functions=len(groups), moves=r.moves, cuts=r.cuts,
-            )
-        )  # fmt: skip
-        done(end)
+        return t4 + train
 
     def stream_after(
         self, engine: Engine, t: float, i: int, batch: Batch, groups: list, r: SimResult,

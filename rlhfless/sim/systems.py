@@ -57,6 +57,17 @@ class IterationResult(msgspec.Struct, kw_only=True):
         return self.end - self.start
 
 
+def iteration_result(
+    i: int, start: float, end: float, stages: dict[str, float], batch: Batch, r: SimResult,
+    rollout_functions: int,
+) -> IterationResult:  # fmt: skip
+    return IterationResult(
+        index=i, start=start, end=end, stages=stages, samples=batch.samples,
+        decode_tokens=sum(r.tokens_per_sequence), samples_trained=completed(r, batch),
+        rollout_functions=rollout_functions, moves=r.moves, cuts=r.cuts,
+    )  # fmt: skip
+
+
 def completed(r: SimResult, batch: Batch) -> int:
     """Samples whose every token was decoded (across however many functions they visited)."""
     true = [x for ls in batch.lengths for x in ls]
@@ -245,13 +256,7 @@ class ServerfulColocated(System):
         stages["train"] = train + train_lost
         self.all_busy(t4 + train_lost, t4 + train_lost + train)
         end = t4 + train_lost + train
-        self.results.append(
-            IterationResult(
-                index=i, start=t, end=end, stages=stages, samples=batch.samples,
-                decode_tokens=sum(r.tokens_per_sequence), samples_trained=completed(r, batch),
-                rollout_functions=len(a.groups), moves=r.moves, cuts=r.cuts,
-            )
-        )  # fmt: skip
+        self.results.append(iteration_result(i, t, end, stages, batch, r, len(a.groups)))
         engine.at(t1, lambda _t: None, f"rollout{i}")
         engine.at(t3, lambda _t: None, f"forward{i}")
         engine.at(t4, lambda _t: None, f"train{i}")
