@@ -12,6 +12,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,6 +110,29 @@ def remove_hosts(hosts: list[Host]) -> None:
         _remove_weight_caches(h)
         _ip("netns", "del", h.ns, check=False)  # takes its end of the pair, and so the pair
         _ip("link", "del", h.veth, check=False)
+
+
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+
+
+@contextmanager
+def routed_hosts(tmp: Path, keys: str, slots: list[int]) -> Iterator[list[Host]]:
+    """One host per entry of ``slots`` (an agent with that many slots each), routed to each
+    other through the root namespace (a gang's ranks talk host to host, not only to the
+    controller); forwarding and the hosts are put back as they were afterwards."""
+    hs = make_hosts(len(slots), tmp)
+    forward = IP_FORWARD.read_text().strip()
+    try:
+        IP_FORWARD.write_text("1")
+        for h in hs:
+            subnet = h.ip.rsplit(".", 2)[0] + ".0.0/16"
+            _ip("-n", h.ns, "route", "add", subnet, "via", h.root_ip)
+        for i, (h, n) in enumerate(zip(hs, slots, strict=True)):
+            h.start_agent(keys, f"host{i}", slots=n)
+        yield hs
+    finally:
+        remove_hosts(hs)
+        IP_FORWARD.write_text(forward)
 
 
 def _remove_weight_caches(h: Host) -> None:

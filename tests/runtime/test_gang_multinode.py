@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,7 +27,6 @@ pytestmark = [
     pytest.mark.skipif(_WHY is not None, reason=f"no network namespaces here: {_WHY}"),
 ]
 ALL_REDUCE = "tests.runtime.gang_actors:AllReduce"
-_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 
 
 @pytest.fixture
@@ -39,21 +37,8 @@ def keys(tmp_path: Path) -> str:
 @pytest.fixture
 def hosts(tmp_path: Path, keys: str) -> Iterator[list[netns.Host]]:
     """host0 with 2 slots, host1 with 1, routed to each other through the root namespace."""
-    hs = netns.make_hosts(2, tmp_path)
-    forward = _FORWARD.read_text().strip()
-    try:
-        _FORWARD.write_text("1")
-        for h in hs:
-            subnet = h.ip.rsplit(".", 2)[0] + ".0.0/16"
-            subprocess.run(
-                ["ip", "-n", h.ns, "route", "add", subnet, "via", h.root_ip], check=True, timeout=10
-            )
-        for i, h in enumerate(hs):
-            h.start_agent(keys, f"host{i}", slots=2 - i)
+    with netns.routed_hosts(tmp_path, keys, slots=[2, 1]) as hs:
         yield hs
-    finally:
-        netns.remove_hosts(hs)
-        _FORWARD.write_text(forward)
 
 
 @pytest.fixture

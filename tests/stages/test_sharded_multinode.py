@@ -5,7 +5,6 @@ both hosts see (here: one file system, as shared storage would be across machine
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +23,6 @@ pytestmark = [
     pytest.mark.timeout(240),
     pytest.mark.skipif(_WHY is not None, reason=f"no network namespaces here: {_WHY}"),
 ]
-_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 STEPS = 2
 
 
@@ -32,21 +30,8 @@ STEPS = 2
 def hosts(tmp_path: Path) -> Iterator[tuple[list[netns.Host], str]]:
     """host0 and host1 with one slot each, routed to each other through the root namespace."""
     keys = str(keys_init(tmp_path / "keys"))
-    hs = netns.make_hosts(2, tmp_path)
-    forward = _FORWARD.read_text().strip()
-    try:
-        _FORWARD.write_text("1")
-        for h in hs:
-            subnet = h.ip.rsplit(".", 2)[0] + ".0.0/16"
-            subprocess.run(
-                ["ip", "-n", h.ns, "route", "add", subnet, "via", h.root_ip], check=True, timeout=10
-            )
-        for i, h in enumerate(hs):
-            h.start_agent(keys, f"host{i}", slots=1)
+    with netns.routed_hosts(tmp_path, keys, slots=[1, 1]) as hs:
         yield hs, keys
-    finally:
-        netns.remove_hosts(hs)
-        _FORWARD.write_text(forward)
 
 
 async def test_two_ranks_on_two_hosts_train_to_the_single_process_weights(
