@@ -227,12 +227,7 @@ def choose_k(
     for m in methods:
         for k in candidates:
             a = assign(works, k, m, params, slack, headroom)
-            assignments[(a.method, k)] = a
-            p = pricing.evaluate(a, params)
-            if margin is not None:
-                plain[(a.method, k)] = scenario_points(a, works, margin, params, pricing)
-                p = expected_point(p, a, works, margin, params, pricing, plain[(a.method, k)])
-            curve.append(p)
+            curve.append(_priced(a, k, works, params, pricing, margin, assignments, plain))
     baseline, check, fastest = None, None, None
     if worst_case is not None:
         baseline = _round_robin_point(
@@ -307,12 +302,28 @@ def _round_robin_point(
         if p.method == "round_robin" and p.k == k and p.cut == "none":
             return p
     a = assign(works, k, "round_robin", params)
+    p = _priced(a, k, works, params, pricing, margin, assignments, plain)
+    curve.append(p)
+    return p
+
+
+def _priced(
+    a: Assignment,
+    k: int,
+    works: Sequence[GroupWork],
+    params: ThroughputParams,
+    pricing: Pricing,
+    margin: Margin | None,
+    assignments: dict[tuple[str, int], Assignment],
+    plain: dict[tuple[str, int], list[CurvePoint]],
+) -> CurvePoint:
+    """A candidate's point on the curve: its (T, C), expected over the margin's scenarios when
+    there is a margin; the assignment and its per-scenario points are kept under (method, k)."""
     assignments[(a.method, k)] = a
     p = pricing.evaluate(a, params)
     if margin is not None:
         plain[(a.method, k)] = scenario_points(a, works, margin, params, pricing)
         p = expected_point(p, a, works, margin, params, pricing, plain[(a.method, k)])
-    curve.append(p)
     return p
 
 
