@@ -41,10 +41,6 @@ from rlhfless.sim.systems import System, iteration_result
 from rlhfless.sim.workload import Batch, Workload, lengths_of
 
 
-def _nothing(start: float, end: float) -> None:
-    """A gang stage's lost attempts are inside its busy seconds already (see iterate)."""
-
-
 def hold_seconds(model: CostModel, boot: float) -> float:
     """Idle gap worth paying for instead of releasing and restarting a GPU: a restart bills its
     boot (when cold starts are billed) and at least the minimum charge."""
@@ -165,13 +161,13 @@ class Rlhfless(System):
         # The forward passes and the training are gangs (self.gang): a lost node restarts
         # the stage (the replacement's wait is counted in the stage's held, busy seconds).
         fwd = self.forward_seconds(batch, self.gang)
-        stages["forward"] = fwd = fwd + self.gang_unit(fwd, t3, _nothing, self.gang)
+        stages["forward"] = fwd = fwd + self.gang_unit(fwd, t3, self.gang)
         engine.at(
             t3, lambda now: self.node_functions(engine, "forward", now, fwd, None), f"forward{i}"
         )
         t4 = t3 + fwd
         train = self.train_seconds(batch, self.gang)
-        stages["train"] = train = train + self.gang_unit(train, t4, _nothing, self.gang)
+        stages["train"] = train = train + self.gang_unit(train, t4, self.gang)
         state = perf.trainer_state_bytes()
         offload = state / self.gang / perf.gpu.intra_node_bytes_per_s
         engine.at(
@@ -216,7 +212,7 @@ class Rlhfless(System):
         # The work after the last group runs on the gang: a lost node restarts it.
         # Its lost attempts are recorded after the attempt that completed (totals, not order).
         after = res.end - r.makespan
-        lost = self.gang_unit(after, t + res.end, _nothing, self.gang)
+        lost = self.gang_unit(after, t + res.end, self.gang)
         if lost > 0:
             engine.at(
                 t + res.end, lambda now: self.node_functions(engine, "trainer", now, lost, None),

@@ -115,15 +115,17 @@ class System(ABC):
         self.end = t
 
     def gang_unit(
-        self, seconds: float, start: float, busy: Callable[[float, float], None], gpus: int = 0
-    ) -> float:
+        self, seconds: float, start: float, gpus: int = 0,
+        busy: Callable[[float, float], None] | None = None,
+    ) -> float:  # fmt: skip
         """A unit on ``gpus`` GPUs (default every GPU) of whole nodes (:mod:`.interruptions`)
-        from ``start``: its lost attempts are marked busy with ``busy``; returns the extra
+        from ``start``: its lost attempts are marked busy with ``busy`` (None: the caller's
+        stage counts them in its own busy seconds); returns the extra
         seconds before the attempt that completes."""
         c = self.cluster
         gpus = gpus or c.gpus
         a = self.interrupter.attempts(seconds, -(-gpus // c.gpus_per_node), gpus)
-        if a.lost_seconds > 0:
+        if busy is not None and a.lost_seconds > 0:
             busy(start, start + a.lost_seconds)
         return a.extra_seconds
 
@@ -233,7 +235,7 @@ class ServerfulColocated(System):
             threshold=FUSED_CUT_THRESHOLD, transfer=perf.transfer_params(), hold_to_end=True,
         )  # fmt: skip
         # One SPMD job: losing any node restarts the stage on every engine.
-        lost = self.gang_unit(r.makespan, t1, self.all_busy)
+        lost = self.gang_unit(r.makespan, t1, busy=self.all_busy)
         roll = lost + r.makespan + perf.gpu.stage_overhead_seconds
         stages["rollout"] = roll
         t1 += lost
@@ -247,12 +249,12 @@ class ServerfulColocated(System):
         if self.fused:
             fwd = self.fuse_forward(r, t1, fwd)
         t3 = t2 + reward
-        fwd_lost = self.gang_unit(fwd, t3, self.all_busy)
+        fwd_lost = self.gang_unit(fwd, t3, busy=self.all_busy)
         stages["forward"] = fwd + fwd_lost
         self.all_busy(t3 + fwd_lost, t3 + fwd_lost + fwd)
         train = self.train_seconds(batch, G)
         t4 = t3 + fwd_lost + fwd
-        train_lost = self.gang_unit(train, t4, self.all_busy)
+        train_lost = self.gang_unit(train, t4, busy=self.all_busy)
         stages["train"] = train + train_lost
         self.all_busy(t4 + train_lost, t4 + train_lost + train)
         end = t4 + train_lost + train
