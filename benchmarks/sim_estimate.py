@@ -1,11 +1,14 @@
 """`rlhfless estimate` before a run, then the run, then predicted / measured.
 
-    python benchmarks/sim_estimate.py [--runs /tmp/simest] [--reuse] [--only tiny,ppo,smollm2]
+    python benchmarks/sim_estimate.py [--runs /tmp/simest] [--reuse] [--only tiny,ppo,smollm2,tiny75m]
 
 Each job: the estimate from its config alone (no earlier run), then `rlhfless train` (niced)
 into RUNS/NAME, then the ratio of the estimate's central value to what the run measured: steady
 iteration seconds (median of iterations after the first), the job's wall seconds, and the
 serverless dollars of the run's own billing events under each cost model. Target: within 25%.
+"with run's lengths" is the same estimate told the response lengths the run produced: the stage
+model alone, without the length model's error (a random-init model does not follow the task's
+lengths; the estimate cannot know how it will).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from rlhfless.sim.estimate import estimate, read_run
+from rlhfless.sim.estimate import Earlier, estimate, read_run
 from rlhfless.stages.estimate import load_job
 
 COSTS = ["aws", "modal", "onprem"]
@@ -25,6 +28,17 @@ JOBS = {
     "tiny": (None, ["train.iterations=12"]),
     "ppo": (None, ["train.algo=ppo", "train.kl_coef=0.05", "train.iterations=12"]),
     "smollm2": ("configs/smollm2-gsm.toml", ["train.iterations=3"]),
+    # a model between the two the CPU profile was fitted on (rlhfless.sim.calibration)
+    "tiny75m": (
+        None,
+        [
+            "model.tiny_size=75m",
+            "train.batch_prompts=4",
+            "train.group_size=4",
+            "train.epochs=1",
+            "train.iterations=6",
+        ],
+    ),
 }
 
 
@@ -56,7 +70,14 @@ def main() -> None:
         if not (args.reuse and (run_dir / "metrics.jsonl").exists()):
             run_job(name, config, sets, run_dir)
         got = read_run(run_dir)
-        rows = [("s / iteration", est.iteration_seconds.mid, statistics.median(got.seconds[1:])),
+        steady = statistics.median(got.seconds[1:])
+        # the stage model alone: the same estimate told the lengths the run then produced
+        job = load_job(Path(config) if config else None, sets)
+        steady_lengths = got.lengths[job.batch_prompts :]  # the iterations the ratio compares
+        lengths_only = Earlier(lengths=steady_lengths, stage_seconds=[], seconds=[])
+        told = estimate(job, [], lengths_only)
+        rows = [("s / iteration", est.iteration_seconds.mid, steady),
+                ("  with run's lengths", told.iteration_seconds.mid, steady),
                 ("job seconds", est.job_seconds.mid, got.wall_seconds)]  # fmt: skip
         for p in est.priced:
             if p.serverless_usd is not None:

@@ -34,14 +34,19 @@ from rlhfless.runtime.messages import BillingEvent
 from rlhfless.sim.errors import BadSetting
 from rlhfless.sim.hardware import get_gpu
 from rlhfless.sim.perf import startup_for
-from rlhfless.sim.residuals import predict_iteration
+from rlhfless.sim.profiles import ModelProfile
+from rlhfless.sim.residuals import cpu_model, predict_iteration
 
-MODEL_UNCERTAINTY = 0.30  # held-out whole-iteration residuals of the CPU runs reach ~25-30%
+MODEL_UNCERTAINTY = 0.30  # held out: whole iterations -18..+16%, estimate then run 0.99-1.23
 ITERATION_GAP_SECONDS = 0.0  # added per iteration when there is no history (none measured)
 # A run's wall time outside its iterations (runtime start, model build, summary): summary.json
 # seconds - the sum of metrics.jsonl seconds, measured 0.98 s (tiny GRPO, the calibration run;
 # PPO 0.97 s, SmolLM2 6.6 s with its model load). With history the run's own figure is used.
 RUN_OVERHEAD_SECONDS = 0.98
+# The stages each function is busy in: the scorers (reward, reference) in "score"; PPO's critic
+# scores values there and trains beside the policy.
+ROLE_STAGES = {"rollout": ("rollout",), "train": ("train",), "critic": ("score", "train")}
+STAGE_ORDER = ["rollout", "score", "train"]  # an iteration's stages, one after the other
 
 
 class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,6 +70,8 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     prompt_tokens: int = 4
     seed: int = 0
     keep_alive: float = 30.0  # an idle function exits after this long (runtime.keep_alive_s)
+    # The model's shape where ``model`` does not name it (the tiny sizes other than "tiny")
+    model_profile: ModelProfile | None = None
 
     @property
     def functions(self) -> int:
@@ -179,7 +186,8 @@ def stage_medians(job: JobSpec, earlier: Earlier | None) -> tuple[dict[str, floa
         med = {k: statistics.median(r.get(k, 0.0) for r in rows) for k in sorted(keys)}
         return med, list(earlier.seconds[1:])
     its = _sampled_iterations(job, earlier, 8)
-    predicted = [predict_iteration(_settings(job), it) for it in its]
+    model = job.model_profile or cpu_model(job.model)
+    predicted = [predict_iteration(_settings(job), it, model) for it in its]
     med = {k: statistics.median(p[k] for p in predicted) for k in predicted[0]}
     return med, [sum(p.values()) + ITERATION_GAP_SECONDS for p in predicted]
 
@@ -194,9 +202,6 @@ def estimate(job: JobSpec, costs: list[str], earlier: Earlier | None = None) -> 
         raise BadSetting(
             "device", job.device, "cpu-tiny here (GPU jobs: estimate_gpu.estimate_gpu)"
         )
-    if job.model not in ("tiny", "smollm2"):
-        raise BadSetting("model", job.model, "tiny or smollm2 for a CPU estimate (the models "
-                         "its stage model is calibrated on); other models: --gpu")  # fmt: skip
     stages, sums = stage_medians(job, earlier)
     mid = statistics.median(sums)
     if earlier and len(earlier.seconds) > 1:
@@ -225,25 +230,39 @@ def estimate(job: JobSpec, costs: list[str], earlier: Earlier | None = None) -> 
 
 
 def _events(job: JobSpec, stages: dict[str, float], first: float, seconds: float) -> list:
-    """Billing events as the runtime makes them: every function started at 0, ready after the
-    first iteration's start-up, busy for its stage each iteration, exited at the job's end."""
+    """Billing events as the runtime makes them: the rollout functions started at 0 and ready
+    after the first iteration's start-up; every other function started when its stage first
+    runs (the runtime requests a function when a stage needs one); each leased for its stage
+    of every iteration and kept warm between them, exited at the job's end."""
     steady = sum(stages.values()) or 1.0
     roles = ["rollout"] * job.rollout_functions + ["reward", "train"]
     roles += ["reference"] * job.reference + ["critic"] * (job.algo == "ppo")
     ready = max(0.0, first - steady)
     per_it = (seconds - ready) / max(job.iterations, 1)
+    scale = per_it / steady
     out = []
     for i, role in enumerate(roles):
-        busy_s = stages.get(role, stages.get("score", 0.0)) * per_it / steady
-        busy = [(ready + k * per_it, ready + k * per_it + busy_s) for k in range(job.iterations)]
+        used = ROLE_STAGES.get(role, ("score",))
+        offset = scale * sum(stages.get(s, 0.0) for s in STAGE_ORDER[: STAGE_ORDER.index(used[0])])
+        busy_s = scale * sum(stages.get(s, 0.0) for s in used)
+        at = [ready + k * per_it + offset for k in range(job.iterations)]
+        busy = [(t, t + busy_s) for t in at]
         for n, life in enumerate(_lives([b for b in busy if b[1] > b[0]], job.keep_alive)):
-            start = 0.0 if n == 0 else life[0][0] - ready  # a restart pays the start again
+            ready_at = life[0][0] if life else ready
+            if n == 0 and role == "rollout":  # the job's start-up
+                start = 0.0
+            elif n == 0:  # requested as its stage first runs (the start-up is behind it)
+                start = ready_at
+            else:  # a restart pays the start again
+                start = ready_at - ready
             last = not life or life[-1] == busy[-1]  # the last life lasts to the job's end
             end = seconds if last else life[-1][1] + job.keep_alive
+            leases = [(start if j == 0 else b0, b1) for j, (b0, b1) in enumerate(life)]
             out.append(BillingEvent(
                 function_id=f"est-{i}-{n}", actor=role, stage=role, node="n0", slot=i % job.slots,
-                device_kind=job.device_kind, requested_at=start, ready_at=start + ready,
-                busy=life, leases=[(start, end)], released_at=end, exited_at=end, exit_code=0,
+                device_kind=job.device_kind, requested_at=start, ready_at=ready_at,
+                busy=life, leases=leases or [(start, end)],
+                released_at=leases[-1][1] if leases else end, exited_at=end, exit_code=0,
             ))  # fmt: skip
     return out
 

@@ -27,6 +27,9 @@ def _band(x: float) -> Range:
 
 
 def estimate_gpu(job: JobSpec, costs: list[str], earlier: Earlier | None = None) -> Estimate:
+    if job.model_profile is not None:
+        raise BadSetting("model", job.model_profile.name, "a named model or a model directory "
+                         "for --gpu (the tiny sizes exist only on the CPU)")  # fmt: skip
     trace = str(Path(earlier.run_dir) / "lengths.jsonl") if earlier and earlier.run_dir else ""
     w = Workload(
         algo=job.algo, batch_prompts=job.batch_prompts,  # type: ignore[arg-type]

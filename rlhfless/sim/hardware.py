@@ -15,9 +15,9 @@ measured operator times where Vidur profiled that GPU or a sibling (:mod:`.vidur
 * ``step_overhead_seconds``: per-decode-step fixed cost (scheduler, sampling, launches, which a
   weights-only roofline misses): 4 ms, an assumption in line with vLLM's per-step CPU overhead.
 
-``cpu-tiny`` is different: this repository's tiny model on this project's 2-core CPU machine, with
-every number calibrated from a recorded run (``tests/sim/data/tiny_profile.json``, see
-:mod:`.calibration`). It is priced as device kind ``cpu``.
+``cpu-tiny`` is different: one core of this project's 2-core CPU machine, its rates measured and
+its fixed costs fitted on recorded runs of the tiny model and SmolLM2-135M
+(``tests/sim/data/measured_*.json``, see :mod:`.calibration`). It is priced as device kind ``cpu``.
 """
 
 from __future__ import annotations

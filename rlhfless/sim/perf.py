@@ -148,8 +148,10 @@ class PerfModel:
 
     def forward_seconds(self, tokens: float, seq_len: float, gpus: int, samples: int = 0) -> float:
         flops = tokens * (2 * self.model.params + self.attention_flops_per_token(seq_len / 2))
-        fixed = self.micro_batches(samples, gpus) * self.model.layers * self.gpu.layer_pass_seconds
-        return flops / (max(gpus, 1) * self.gpu.flops) + fixed
+        g, layers = self.gpu, self.model.layers
+        fixed = self.micro_batches(samples, gpus) * layers * g.layer_pass_seconds
+        per_token = tokens * layers * g.layer_token_seconds / 3  # a forward: a third of training
+        return flops / (max(gpus, 1) * g.flops) + per_token + fixed
 
     def train_seconds(
         self, tokens: float, seq_len: float, gpus: int, steps: int = 1, samples: int = 0
@@ -157,7 +159,8 @@ class PerfModel:
         """One training pass over ``tokens`` (``samples`` sequences: the micro-batches' fixed
         per-layer cost) with ``steps`` optimiser steps: compute overlapped with FSDP traffic."""
         compute = self.train_compute_seconds(tokens, seq_len, gpus, samples)
-        return max(compute, self.train_traffic_seconds(gpus, steps))
+        optimiser = steps * self.model.params * self.gpu.step_param_seconds  # CPU only
+        return max(compute, self.train_traffic_seconds(gpus, steps)) + optimiser
 
     def train_compute_seconds(
         self, tokens: float, seq_len: float, gpus: int, samples: int = 0
@@ -167,7 +170,9 @@ class PerfModel:
         g = self.gpu
         flops = 3 * tokens * (2 * self.model.params + self.attention_flops_per_token(seq_len / 2))
         fixed = self.micro_batches(samples, gpus) * self.model.layers * g.layer_train_seconds
-        return flops / (max(gpus, 1) * g.peak_flops * g.train_efficiency) + fixed
+        # CPU only (0 on GPUs): one process's dispatch, which its threads do not share out
+        per_token = tokens * self.model.layers * g.layer_token_seconds
+        return flops / (max(gpus, 1) * g.peak_flops * g.train_efficiency) + per_token + fixed
 
     def train_traffic_seconds(self, gpus: int, steps: int) -> float:
         """FSDP's traffic for ``steps`` optimiser steps: 3 x weight bytes per GPU per step

@@ -26,6 +26,13 @@ class GpuProfile(msgspec.Struct, frozen=True, kw_only=True):
     # verl's published quickstart step (rlhfless.sim.published): they dominate small models.
     layer_pass_seconds: float = 0.0  # eager forward (reference, values; an eager decode step)
     layer_train_seconds: float = 0.0  # forward + backward + optimiser share
+    # A CPU's fixed cost per token and layer of training (small matmuls, dispatch): fitted on
+    # this machine's runs (rlhfless.sim.calibration); 0 on a GPU, where the per-micro-batch
+    # costs above take its place.
+    layer_token_seconds: float = 0.0
+    # A CPU trainer's cost per parameter and optimiser step (AdamW, gradient clipping, writing
+    # the new weights), fitted likewise; 0 on a GPU (its optimiser hides behind FSDP's traffic).
+    step_param_seconds: float = 0.0
     source: str = ""
 
     @property

@@ -27,7 +27,8 @@ def span(r: Range, fmt: Callable[[float], str] = lambda x: f"{x:.3g}") -> str:
 
 def estimate_table(est: Estimate, job: JobSpec, measured: Earlier | None = None) -> Table:
     """Predicted ranges; with ``measured``, what the run measured and predicted mid / measured."""
-    t = Table(title=f"estimate: {job.algo} {job.model}, {job.iterations} iterations of "
+    model = job.model_profile.name if job.model_profile else job.model
+    t = Table(title=f"estimate: {job.algo} {model}, {job.iterations} iterations of "
               f"{job.batch_prompts} x {job.group_size} ({est.basis})")  # fmt: skip
     cols = ["quantity", "predicted"] + (["measured", "mid / measured"] if measured else [])
     for c in cols:

@@ -6,8 +6,8 @@ Two kinds of measurement:
 * a run of ``rlhfless train`` on this machine, recorded with :func:`record_run` into a small
   JSON file (``tests/sim/data/measured_*.json``: its settings, and per iteration the measured
   stage seconds, prompt tokens and response lengths) — predicted with the CPU profile of
-  :mod:`.calibration` (fitted on the tiny GRPO run of ``tiny_profile.json``; the PPO and
-  SmolLM2 runs are held out).
+  :mod:`.calibration` (fitted on the recordings of :data:`~.calibration.CALIBRATION_RUNS`;
+  the others are held out).
 
 A stage of a run is predicted from that iteration's own lengths (the stage model, not the length
 model, is what is checked), medians over iterations after the first (which starts processes).
@@ -22,8 +22,10 @@ from pathlib import Path
 import msgspec
 
 from rlhfless.scaling import GroupWork, assign_round_robin, simulate_rollout
+from rlhfless.sim.calibration import CALIBRATION_RUNS, Recorded
 from rlhfless.sim.errors import BadSetting
 from rlhfless.sim.hardware import GpuProfile, ModelProfile, get_gpu, get_model_profile
+from rlhfless.sim.model_config import is_config_path, model_from_config
 from rlhfless.sim.perf import PerfModel
 from rlhfless.sim.published import PublishedStep, fit
 from rlhfless.sim.systems import REWARD_SECONDS_PER_SAMPLE
@@ -95,7 +97,9 @@ def step_rows(step: PublishedStep, name: str = "verl quickstart") -> list[Row]:
 
 def record_run(run_dir: str | Path, settings: dict) -> dict:
     """A run directory's measured stages and lengths, with the settings it ran with
-    (``algo``, ``model``, ``epochs``, ``functions``, ``batch_prompts``)."""
+    (``algo``, ``model``: a name or a model directory, ``epochs``, ``functions``,
+    ``batch_prompts``) and, where the run holds its model's ``config.json`` (the tiny sizes) or
+    ``model`` is a model directory, the model's shape."""
     run = Path(run_dir)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     lines = [json.loads(x) for x in (run / "lengths.jsonl").read_text().splitlines() if x.strip()]
@@ -112,21 +116,45 @@ def record_run(run_dir: str | Path, settings: dict) -> dict:
         "batch_prompts": b, "rollout_functions": settings["functions"],
         "train_epochs": settings["epochs"], "slots": 2,
     }  # fmt: skip
-    return {"settings": settings, "config": config, "iterations": iterations}
+    out = {"settings": settings, "config": config, "iterations": iterations}
+    src = str(run / "model") if (run / "model" / "config.json").exists() else settings["model"]
+    if is_config_path(src):  # a tiny size (its run holds the model) or a model directory
+        out["model"] = msgspec.to_builtins(cpu_model(src, label=Path(src).name))
+    return out
 
 
-def _run_perf(settings: dict, it: dict) -> PerfModel:
+def cpu_model(name: str, *, label: str = "") -> ModelProfile:
+    """A model as this machine's CPU runs it (float32, one process): a calibrated one by name,
+    or any model by its config.json (or the folder holding it)."""
+    if name.strip().lower() in ("tiny", "smollm2"):
+        return get_model_profile(name)
+    if not is_config_path(name):
+        raise BadSetting("model", name, "tiny, smollm2 or a model's config.json on the CPU "
+                         "(the GPU presets: --gpu)")  # fmt: skip
+    m = model_from_config(name, name=label)
+    return msgspec.structs.replace(m, tp=1, dtype_bytes=4)
+
+
+def recorded_model(profile: dict) -> ModelProfile:
+    """The model of a recording: its stored shape, else its calibrated name."""
+    if "model" in profile:
+        return msgspec.convert(profile["model"], ModelProfile)
+    return get_model_profile(profile["settings"]["model"])
+
+
+def _run_perf(model: ModelProfile, it: dict) -> PerfModel:
     samples = sum(len(ls) for ls in it["lengths"])
     prompt = sum(p * len(ls) for p, ls in zip(it["prompt_tokens"], it["lengths"], strict=True))
     response = sum(sum(ls) for ls in it["lengths"])
-    model: ModelProfile = get_model_profile(settings["model"])
     gpu = get_gpu("cpu-tiny")
-    return PerfModel(gpu, model, prompt / samples, response / samples, micro_batch=samples)
+    # the HF engine decodes eagerly: every layer's dispatch in each step (layer_pass_seconds)
+    return PerfModel(gpu, model, prompt / samples, response / samples, eager=True,
+                     micro_batch=samples)  # fmt: skip
 
 
-def predict_iteration(settings: dict, it: dict) -> dict[str, float]:
+def predict_iteration(settings: dict, it: dict, model: ModelProfile) -> dict[str, float]:
     """Seconds of each measured stage of one iteration of a run on this machine's CPU."""
-    perf = _run_perf(settings, it)
+    perf = _run_perf(model, it)
     g = perf.gpu
     lengths, prompts = it["lengths"], it["prompt_tokens"]
     samples = sum(len(ls) for ls in lengths)
@@ -134,25 +162,36 @@ def predict_iteration(settings: dict, it: dict) -> dict[str, float]:
     seq = seq_tokens / samples
     params = perf.throughput_params()
     params = msgspec.structs.replace(params, cold_start_seconds=0.0, weight_load_seconds=0.0)
+    # a group's prompt is prefilled once and shared by its samples (the engines' shared prefix)
     works = [
-        GroupWork(group_id=i, prefill_tokens=float(p * len(ls)), lengths=tuple(map(float, ls)))
+        GroupWork(group_id=i, prefill_tokens=float(p), lengths=tuple(map(float, ls)))
         for i, (p, ls) in enumerate(zip(prompts, lengths, strict=True))
     ]
     k = settings["functions"]
     a = assign_round_robin(works, k, params)
-    prefill = [float(p * len(ls)) for p, ls in zip(prompts, lengths, strict=True)]
-    r = simulate_rollout(lengths, prefill, a.groups, params, warm=k)
+    r = simulate_rollout(lengths, [float(p) for p in prompts], a.groups, params, warm=k)
     fwd = perf.forward_seconds(seq_tokens, seq, 1, samples) + g.stage_overhead_seconds
     epochs = settings["epochs"]
-    train = perf.train_seconds(seq_tokens * epochs, seq, g.gpus_per_node, epochs)
-    models = 2 if settings["algo"] == "ppo" else 1
-    out = {
+    reward = samples * REWARD_SECONDS_PER_SAMPLE + g.stage_overhead_seconds
+    # The stages as the pipeline times them: reward, reference and critic values score side by
+    # side ("score"); PPO's critic update runs beside the policy's ("train"), each in its own
+    # process on half the slots; GRPO's trainer has them all.
+    ppo = settings["algo"] == "ppo"
+    slots = g.gpus_per_node // 2 if ppo else g.gpus_per_node
+    train = perf.train_seconds(seq_tokens * epochs, seq, slots, epochs)
+    return {
         "rollout": r.makespan + g.stage_overhead_seconds,
-        "reward": samples * REWARD_SECONDS_PER_SAMPLE + g.stage_overhead_seconds,
-        "train": models * train + g.train_overhead_seconds,
+        "score": max(reward, fwd) if ppo else reward,
+        "train": train + g.train_overhead_seconds,
     }
-    if settings["algo"] == "ppo":
-        out["reference"] = out["critic"] = fwd
+
+
+def calibration_recordings(data_dir: str | Path) -> list[Recorded]:
+    """The recordings :data:`~.calibration.CALIBRATION_RUNS` names, read from ``data_dir``."""
+    out = []
+    for name, iterations in CALIBRATION_RUNS:
+        data = json.loads((Path(data_dir) / f"measured_{name}.json").read_text())
+        out.append(Recorded(data, recorded_model(data), iterations))
     return out
 
 
@@ -160,7 +199,8 @@ def run_rows(name: str, profile: dict, how: str) -> list[Row]:
     settings, its = profile["settings"], profile["iterations"][1:]
     if not its:
         raise BadSetting("run", name, "at least 2 iterations (the first starts processes)")
-    predicted = [predict_iteration(settings, it) for it in its]
+    model = recorded_model(profile)
+    predicted = [predict_iteration(settings, it, model) for it in its]
     rows = []
     for stage in predicted[0]:
         measured = statistics.median(it["stage_seconds"][stage] for it in its)

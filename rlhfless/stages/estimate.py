@@ -8,16 +8,25 @@ from pathlib import Path
 
 from rlhfless.sim.errors import BadSetting
 from rlhfless.sim.estimate import JobSpec
+from rlhfless.sim.model_config import count_params
+from rlhfless.sim.profiles import ModelProfile
 from rlhfless.stages.config import Config, ConfigError, load_config
 
 REPEAT_PROMPT_TOKENS = 4  # the repeat task's prompts: measured 4-5 tokens (lengths.jsonl)
 OTHER_PROMPT_TOKENS = 120  # gsm_symbolic with SmolLM2's chat template: measured 110-144
 
 
+def tiny_size_profile(size: str) -> ModelProfile:
+    """The shape of an embedded tiny model size, float32 as ``rlhfless train`` builds it."""
+    from rlhfless.adapters.tiny import TinyTokenizer, tiny_config
+
+    params, shape = count_params(tiny_config(TinyTokenizer(), size).to_dict(), f"tiny {size}")
+    return ModelProfile(name=f"tiny-{size}", params=params, tp=1, dtype_bytes=4,
+                        source=f"rlhfless/adapters/tiny.py SIZES[{size!r}]", **shape)  # fmt: skip
+
+
 def job_from_config(cfg: Config) -> JobSpec:
-    if cfg.model.kind == "tiny" and cfg.model.tiny_size != "tiny":
-        raise BadSetting("model", cfg.model.tiny_size, "tiny_size tiny, smollm2 or a model dir: "
-                         "the models the CPU stage model is calibrated for")  # fmt: skip
+    sized = cfg.model.kind == "tiny" and cfg.model.tiny_size != "tiny"
     repeat = cfg.task.name == "repeat"
     # a model directory is described by its config.json (GPU estimates: --gpu)
     model = cfg.model.path if cfg.model.kind == "dir" else cfg.model.kind
@@ -31,6 +40,7 @@ def job_from_config(cfg: Config) -> JobSpec:
         length_sigma=cfg.task.sigma if repeat else 0.0,
         prompt_tokens=REPEAT_PROMPT_TOKENS if repeat else OTHER_PROMPT_TOKENS, seed=cfg.run.seed,
         keep_alive=cfg.runtime.keep_alive_s,
+        model_profile=tiny_size_profile(cfg.model.tiny_size) if sized else None,
     )  # fmt: skip
 
 

@@ -33,11 +33,20 @@ def test_default_config_gives_a_range_and_a_bill_per_cost_model() -> None:
 
 def test_the_bill_is_the_ledgers_on_runtime_shaped_events() -> None:
     job = JobSpec(algo="ppo", reference=True, iterations=3)
-    events = _events(job, {"rollout": 1.0, "reward": 0.1, "train": 2.0}, 5.0, 20.0)
+    # steady iteration 4 s (rollout 1, score 1, train 2); the first 5 s: 1 s of start-up
+    events = _events(job, {"rollout": 1.0, "score": 1.0, "train": 2.0}, 5.0, 13.0)
     assert len(events) == job.functions == 6  # 2 rollouts, reward, trainer, reference, critic
-    assert all(e.requested_at == 0 and e.exited_at == 20.0 for e in events)
-    train = next(e for e in events if e.stage == "train")
-    assert len(train.busy) == 3
+    assert all(e.exited_at == 13.0 for e in events)
+    by = {e.stage: e for e in events}
+    # rollouts start with the job and are ready after the start-up; every other function is
+    # requested when its stage first runs, and leased only for its stage of each iteration
+    assert (by["rollout"].requested_at, by["rollout"].ready_at) == (0.0, 1.0)
+    assert by["reward"].requested_at == by["reference"].requested_at == 2.0
+    assert by["train"].requested_at == 3.0
+    assert by["train"].busy == [(3.0, 5.0), (7.0, 9.0), (11.0, 13.0)]
+    assert by["train"].leases == by["train"].busy
+    assert by["critic"].busy == [(2.0, 5.0), (6.0, 9.0), (10.0, 13.0)]  # values, then update
+    assert by["rollout"].leases[0] == (0.0, 2.0)  # the first lease holds the start-up
     # idle longer than the keep-alive between iterations: the function exits and restarts
     short = msgspec.structs.replace(job, keep_alive=1.0)
     lives = [e for e in _events(short, {"rollout": 1.0, "train": 10.0}, 1.0, 40.0)
@@ -82,13 +91,22 @@ def test_command_prints_the_estimate_and_one_line_errors(tmp_path: Path) -> None
     assert "s / iteration" in ok.output and "$ onprem serverless" in ok.output
     bad = runner.invoke(app, ["estimate", "--history", str(tmp_path / "nothing")])
     assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "metrics.jsonl" in bad.output
-    bad = runner.invoke(app, ["estimate", "--set", "model.tiny_size=75m"])
-    assert bad.exit_code == 2 and "calibrated" in bad.output
+    bad = runner.invoke(app, ["estimate", "--set", "model.tiny_size=75m", "--gpu", "h100"])
+    assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "tiny sizes" in bad.output
 
 
-def test_a_model_the_cpu_stage_model_was_not_calibrated_for_is_refused() -> None:
-    with pytest.raises(BadSetting, match="calibrated"):
-        load_job(None, ["model.tiny_size=75m"])
+def test_any_model_shape_is_estimated_on_the_cpu() -> None:
+    """A tiny size is described by its shape (counted from its config), and a larger model
+    predicts slower steps than a smaller one on the same job."""
+    sets = ["train.batch_prompts=4", "train.group_size=4", "train.epochs=1"]
+    big = load_job(None, ["model.tiny_size=75m", *sets])
+    assert big.model_profile is not None
+    assert (big.model_profile.layers, big.model_profile.hidden) == (12, 768)
+    assert big.model_profile.params == pytest.approx(75.5e6, rel=0.01)
+    small = load_job(None, sets)
+    assert small.model_profile is None
+    e_big, e_small = estimate(big, ["onprem"]), estimate(small, ["onprem"])
+    assert e_big.iteration_seconds.mid > 3 * e_small.iteration_seconds.mid
 
 
 def test_gpu_estimate_simulates_serverless_and_serverful(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from rlhfless.sim.calibration import CALIBRATION_FILE, CPU_TINY, calibrate, load_profile
+from rlhfless.sim.calibration import CALIBRATION_RUNS, CPU_TINY, calibrate, load_profile
 from rlhfless.sim.cli import parse_sweep, simulate
 from rlhfless.sim.engine import Engine
 from rlhfless.sim.errors import BadSetting, BadSweep, BadTrace, UnknownName
@@ -23,7 +23,7 @@ from rlhfless.sim.perf import (
     startup_for,
 )
 from rlhfless.sim.published import VERL_QUICKSTART
-from rlhfless.sim.residuals import fit_step, step_rows
+from rlhfless.sim.residuals import calibration_recordings, fit_step, run_rows, step_rows
 from rlhfless.sim.run import SimConfig
 from rlhfless.sim.run import simulate as run_sim
 from rlhfless.sim.workload import Batch, Workload, read_trace
@@ -141,14 +141,25 @@ def test_deterministic() -> None:
 
 
 def test_cpu_tiny_constants_are_the_recorded_fit() -> None:
-    fit = calibrate(load_profile(DATA / CALIBRATION_FILE))
+    fit = calibrate(calibration_recordings(DATA))
+    assert fit.keys() == CPU_TINY.keys()
     for k, v in CPU_TINY.items():
         assert fit[k] == pytest.approx(v, rel=0.01)
 
 
+@pytest.mark.parametrize("name", ["tiny-ppo", "tinymid-grpo"])
+def test_held_out_runs_whole_iteration_within_25_percent(name: str) -> None:
+    """Runs the CPU profile was not fitted on: PPO (reference, critic, two trainers) and a
+    6-layer, hidden-384 model (9.5M parameters) of a shape none of the fitted runs has."""
+    assert name not in {n for n, _ in CALIBRATION_RUNS}
+    rows = run_rows(name, load_profile(DATA / f"measured_{name}.json"), "predicted")
+    measured, predicted = sum(r.measured for r in rows), sum(r.predicted for r in rows)
+    assert abs(predicted - measured) / measured < 0.25, rows
+
+
 def test_validation_simulated_tiny_run_within_25_percent() -> None:
     """Held-out even iterations 2-10 of the recorded run (calibration used the odd ones)."""
-    prof = load_profile(DATA / CALIBRATION_FILE)
+    prof = load_profile(DATA / "measured_tiny-grpo.json")
     held = [prof["iterations"][i] for i in range(2, 11, 2)]
     batches = [
         Batch(prompt_ids=[str(i) for i in range(16)], prompt_tokens=r["prompt_tokens"],
