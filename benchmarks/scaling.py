@@ -116,8 +116,9 @@ Idle function-seconds = held - cold start - busy (weight load, prefill, decoding
 
 Two ``aws`` bills, because AWS charges a 60 s minimum per instance *start*:
 
-* ``aws/start`` — every non-fixed function is a fresh instance started for this rollout and
-  terminated at its release, so each pays at least 60 s (the pessimistic case for a serverless
+* ``aws/start`` — every non-fixed function is new for this rollout and terminated at its
+  release, placed the cheapest way ``aws`` rents it (``cost_models.price_planned``: on L40S its
+  own g6e.xlarge), so each pays at least 60 s of it (the pessimistic case for a serverless
   system: nothing reuses its instances);
 * ``aws/pool`` — instances come from a warm pool that outlives the rollout (kept across stages
   and iterations, as a serverless platform reuses warm workers), so the minimum is paid once per

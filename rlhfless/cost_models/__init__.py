@@ -23,7 +23,7 @@ from rlhfless.cost_models.errors import (
     UnknownModel,
 )
 from rlhfless.cost_models.events import latest_time, read_billing_events, write_billing_events
-from rlhfless.cost_models.instances import UNUSED_STAGE, price_packed
+from rlhfless.cost_models.instances import UNUSED_STAGE, price_packed, price_planned
 from rlhfless.cost_models.ledger import (
     Breakdown,
     Ledger,
@@ -82,6 +82,7 @@ __all__ = [
     "plot_costs",
     "price_events",
     "price_packed",
+    "price_planned",
     "read_billing_events",
     "resolve_models",
     "results_json",

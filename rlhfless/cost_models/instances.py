@@ -238,3 +238,24 @@ def price_packed(
         by_instance.setdefault(first // chosen.devices, []).append(p)
     runs, _ = instance_runs(model, chosen, by_instance, "planned")
     return sum(r.usd for r in runs)
+
+
+def price_planned(
+    model: TableCostModel,
+    device_kind: str,
+    lives: Sequence[Lifetime],
+    slots_per_function: int = 1,
+) -> float:
+    """Dollars for new functions ``lives`` placed the cheapest way the model rents them: packed
+    first-fit onto instances of each shape that holds a function (:func:`price_packed`), the
+    cheapest shape's total. With a 1-slot shape that is one instance (and one minimum) per
+    function; with a shape of 8 it is one minimum per 8 functions, and the unused slots paid
+    for. The placement choice a planner prices for a plan of new functions."""
+    kind = model.rate_kind(device_kind)
+    shapes = [s for s in model.shapes[kind] if s.devices >= slots_per_function]
+    if not shapes:
+        raise NoInstanceFits(
+            f"cost model {model.name!r} has no {kind} instance holding a "
+            f"{slots_per_function}-slot function; add a larger shape in a price file"
+        )
+    return min(price_packed(model, device_kind, lives, slots_per_function, s) for s in shapes)

@@ -7,11 +7,11 @@ use them without importing the scaler that calls it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import msgspec
 
-from rlhfless.cost_models import CostModel, Lifetime
+from rlhfless.cost_models import CostModel, Lifetime, TableCostModel, price_planned
 from rlhfless.scaling.assign import Assignment
 from rlhfless.scaling.errors import BadScalingSetting
 from rlhfless.scaling.throughput import ThroughputParams
@@ -128,6 +128,38 @@ def life_usd(
     return cost_model.price(device_kind, life, slots_per_function).usd
 
 
+def new_lives_usd(
+    cost_model: CostModel, device_kind: str, lives: Sequence[Lifetime], slots_per_function: int = 1
+) -> float:
+    """Dollars of new functions as the model rents them: each its own life where it rents
+    slots; placed the cheapest way onto whole instances where it rents instances (one minimum
+    per instance start, unused slots paid: ``cost_models.price_planned``)."""
+    if not lives:
+        return 0.0
+    if isinstance(cost_model, TableCostModel) and cost_model.rented == "instance":
+        return price_planned(cost_model, device_kind, lives, slots_per_function)
+    return sum(cost_model.price(device_kind, life, slots_per_function).usd for life in lives)
+
+
+def plan_usd(
+    cost_model: CostModel,
+    device_kind: str,
+    lives: Sequence[tuple[float, float, float]],
+    reused: Collection[int] = (),
+    slots_per_function: int = 1,
+) -> float:
+    """A plan's dollars: ``lives`` are (cold start, busy, idle) seconds per function from the
+    rollout's start; those in ``reused`` extend a warm life by the second (:func:`life_usd`),
+    the others are new (:func:`new_lives_usd`)."""
+    warm = sum(
+        life_usd(cost_model, device_kind, c, b, i, slots_per_function, warm=True)
+        for f, (c, b, i) in enumerate(lives)
+        if f in reused
+    )
+    new = [Lifetime.planned(c, b, i) for f, (c, b, i) in enumerate(lives) if f not in reused]
+    return warm + new_lives_usd(cost_model, device_kind, new, slots_per_function)
+
+
 def warm_functions(
     loads: Sequence[float], warm: int = 0, rank: Sequence[float] | None = None
 ) -> set[int]:
@@ -174,16 +206,10 @@ def evaluate(
     ends = [c + b for c, b in lives]
     t = max(ends, default=0.0)
     t_warm = max((b for _, b in lives), default=0.0)
-    usd = sum(
-        life_usd(cost_model, device_kind, c, b, 0.0, slots_per_function, f in reused)
-        for f, (c, b) in enumerate(lives)
-    )
-    held = sum(
-        life_usd(
-            cost_model, device_kind, c, b, max(0.0, t - c - b), slots_per_function, f in reused
-        )
-        for f, (c, b) in enumerate(lives)
-    )
+    usd = plan_usd(cost_model, device_kind, [(c, b, 0.0) for c, b in lives], reused,
+                   slots_per_function)  # fmt: skip
+    held = plan_usd(cost_model, device_kind, [(c, b, max(0.0, t - c - b)) for c, b in lives],
+                    reused, slots_per_function)  # fmt: skip
     return CurvePoint(
         k=assignment.k,
         functions=assignment.functions,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import msgspec
 
 from rlhfless.cost_models import CostModel, Lifetime
-from rlhfless.scaling.curve import life_usd
+from rlhfless.scaling.curve import life_usd, new_lives_usd
 
 
 class SimFunction(msgspec.Struct, kw_only=True):
@@ -85,14 +85,16 @@ class SimResult(msgspec.Struct, kw_only=True):
         continuous: bool = False,
         slots_per_function: int = 1,
     ) -> float:
-        """Dollars under ``model``'s rules per function (a warm one by the second, as
-        :func:`~rlhfless.scaling.curve.life_usd` prices it); ``continuous``: rate x held seconds
+        """Dollars under ``model``'s rules (a warm function by the second, as
+        :func:`~rlhfless.scaling.curve.life_usd` prices it; new ones as the model rents them,
+        :func:`~rlhfless.scaling.curve.new_lives_usd`); ``continuous``: rate x held seconds
         (a serverful slot rented for the whole job, where a per-start minimum does not recur)."""
         if continuous:
             return model.rate(device_kind) * self.function_seconds * slots_per_function
-        return sum(
+        warm = sum(
             life_usd(model, device_kind, 0.0, f.held_seconds, 0.0, slots_per_function, warm=True)
-            if f.warm
-            else model.price(device_kind, f.lifetime(), slots_per_function).usd
             for f in self.functions
+            if f.warm
         )
+        new = [f.lifetime() for f in self.functions if not f.warm]
+        return warm + new_lives_usd(model, device_kind, new, slots_per_function)

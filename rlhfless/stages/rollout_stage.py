@@ -28,7 +28,7 @@ import msgspec
 
 from rlhfless.adapters.decode import fold, row_seed
 from rlhfless.scaling import Scaler, TransferParams, kv_bytes_per_token
-from rlhfless.scaling.curve import life_usd
+from rlhfless.scaling.curve import plan_usd
 from rlhfless.stages.cut_controller import CutController, CutDecision, Moves
 from rlhfless.stages.protocol import ROLLOUT, CutRow, GenerateReply, reply
 from rlhfless.stages.rollout_batch import GroupStream, RolloutBatch
@@ -377,7 +377,8 @@ class RolloutStage:
         Warm-pool idle time between iterations is not in this figure (the run's ledger has it).
         """
         model, kind = self.scaler.model, self.scaler.device_kind
-        return sum(life_usd(model, kind, 0.0, seconds, warm=warm) for seconds, warm in leases)
+        warm = {i for i, (_, w) in enumerate(leases) if w}
+        return plan_usd(model, kind, [(0.0, seconds, 0.0) for seconds, _ in leases], warm)
 
 
 def model_kv_bytes_per_token(model_dir: str | Path, dtype: str) -> float:

@@ -21,6 +21,7 @@ from rlhfless.cost_models import (
     get_model,
     model_from_dict,
     price_packed,
+    price_planned,
 )
 from rlhfless.runtime.messages import BillingEvent
 
@@ -213,3 +214,36 @@ def test_no_row_is_older_than_twelve_months_and_an_old_row_is_named() -> None:
         line.startswith("price row aws/h100 (p5.48xlarge) was read 2026-11-09") for line in later
     )
     assert T0  # the helpers' epoch is shared with these events
+
+
+def two_shape_model():
+    """A 1-slot box at $2/h and a 4-slot box at $6/h ($1.50 per slot): packing pays off only
+    when enough functions share the big box."""
+    rows = [
+        {"device_kind": "h100", "instance": f"{n} x H100", "devices": n, "price": usd,
+         "unit": "usd_per_hour", "source": "test table", "date": datetime.date(2026, 1, 1)}
+        for n, usd in ((4, 6.0), (1, 2.0))
+    ]  # fmt: skip
+    return model_from_dict({
+        "model": {"name": "two-shapes", "billing": "rental", "rented": "instance",
+                  "granularity_seconds": 1.0, "minimum_seconds": 60.0},
+        "prices": rows,
+    })  # fmt: skip
+
+
+def test_price_planned_places_new_functions_the_cheapest_way() -> None:
+    model = two_shape_model()
+    hour = [Lifetime.planned(0.0, 3600.0)]
+    # one function: its own small box ($2) beats a big one ($6)
+    assert price_planned(model, "h100", hour) == pytest.approx(2.0)
+    # three: three small boxes ($6) tie one big box ($6); four: one big box ($6) beats $8
+    assert price_planned(model, "h100", hour * 3) == pytest.approx(6.0)
+    assert price_planned(model, "h100", hour * 4) == pytest.approx(6.0)
+    # short lives pay the minimum per instance start: four 10 s functions packed pay one 60 s
+    # minimum of the big box ($0.10) instead of four of the small one ($0.133)
+    short = [Lifetime.planned(0.0, 10.0)] * 4
+    assert price_planned(model, "h100", short) == pytest.approx(60 * 6.0 / 3600)
+    # a 2-slot function does not fit the small box: packed two per big box
+    assert price_planned(model, "h100", hour * 2, slots_per_function=2) == pytest.approx(6.0)
+    with pytest.raises(NoInstanceFits, match="5-slot"):
+        price_planned(model, "h100", hour, slots_per_function=5)

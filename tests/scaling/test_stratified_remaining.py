@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from rlhfless.cost_models import Lifetime, get_model
+from rlhfless.cost_models import Lifetime, get_model, price_planned
 from rlhfless.scaling import (
     BadScalingInput,
     BadScalingSetting,
@@ -172,7 +172,10 @@ def test_warm_pool_setting_prices_the_plan_without_the_minimum() -> None:
         s.observe(works_ids, [[30 + i] * 4 for i in range(16)])
     a = plain.plan(works_ids, tokens, group_size=4)
     b = pooled.plan(works_ids, tokens, group_size=4)
-    assert a.predicted_usd >= 60 * get_model("aws").rate("l40s") * a.functions - 1e-12
+    # new functions on whole instances: at least each one's 60 s minimum, placed the cheapest
+    # way (one g6e.xlarge each, or packed onto a g6e.48xlarge)
+    minimum = price_planned(get_model("aws"), "l40s", [Lifetime.planned(0.0, 1.0)] * a.functions)
+    assert a.predicted_usd >= minimum - 1e-12
     assert b.predicted_usd < a.predicted_usd
     assert pooled.remaining(0, 100) >= 1.0
     assert ScalingConfig().assign == "stratified"
