@@ -7,11 +7,11 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperArgument
 
-from rlhfless.cost_models.cli import cost, prices
+from rlhfless.cost_models.cli import make_cost, prices
 from rlhfless.runtime.cli import agent, keys_init, launch
 from rlhfless.sim.cli import make_estimate, simulate
 from rlhfless.stages.cli import config_reference, train
-from rlhfless.stages.estimate import load_job
+from rlhfless.stages.estimate import estimate_beside, load_job
 from rlhfless.stages.timeline import timeline_command
 
 HELP_OPTIONS = ["-h", "--help"]
@@ -30,9 +30,11 @@ app.command(
 app.command(
     "estimate", help="Predict a job's time and dollars per cost model, before (or beside) a run."
 )(make_estimate(load_job))
-app.command("cost", help="Price a run's billing events (JSONL) under one or several cost models.")(
-    cost
-)
+app.command(
+    "cost",
+    help="Price a run's billing events under one or several cost models; for a run directory, "
+    "also the estimate beside what was measured.",
+)(make_cost(estimate_beside))
 app.command("prices", help="List every price table and row with its source and age.")(prices)
 app.command("config")(config_reference)
 app.command("timeline")(timeline_command)

@@ -2,10 +2,11 @@
 
 Registering it in the top-level CLI (``rlhfless/cli.py``)::
 
-    from rlhfless.cost_models.cli import cost
-    app.command("cost")(cost)
+    from rlhfless.cost_models.cli import make_cost
+    app.command("cost")(make_cost(beside))
 
-``cost`` is a plain typer command function; it calls :func:`cost_command`, which does the work,
+``make_cost`` makes a plain typer command function (``beside(run_dir)`` prints more for a run
+directory: the top-level CLI passes the estimate beside the measured run); it calls :func:`cost_command`, which does the work,
 returns an exit status (0 ok, 1 bad input, with the reason on stderr) and is what tests and other
 tools call. Standalone, without the top-level CLI::
 
@@ -13,8 +14,8 @@ tools call. Standalone, without the top-level CLI::
 
 Usage::
 
-    rlhfless cost EVENTS.jsonl [--model NAME ...] [--prices FILE.toml ...] [--json]
-                               [--plot FILE.png] [--now SECONDS|end]
+    rlhfless cost EVENTS.jsonl|RUN_DIR [--model NAME ...] [--prices FILE.toml ...] [--json]
+                                       [--plot FILE.png] [--now SECONDS|end]
 
 No ``--model``: every built-in model plus those the ``--prices`` files define that price every
 device kind in the file (the others are named on stderr). A ``--prices`` file whose ``[model]
@@ -28,6 +29,7 @@ all-zero table would read as a free run.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -191,37 +193,61 @@ def _parse_now(value: str | None) -> float | Literal["end"] | None:
         raise typer.BadParameter(f"expected Unix seconds or 'end', got {value!r}") from None
 
 
-def cost(
-    events: Annotated[Path, typer.Argument(help="Billing-event JSONL file written by a run.")],
-    model: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help="Cost model(s) to compare (repeat or comma-separate); default: all.",
-        ),
-    ] = None,
-    prices: Annotated[
-        list[Path] | None,
-        typer.Option("--prices", help="Your own price file (TOML); defines or overrides a model."),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
-    plot: Annotated[
-        Path | None,
-        typer.Option("--plot", help="Write a bar chart (PNG) of busy/idle/cold-start dollars."),
-    ] = None,
-    now: Annotated[
-        str | None,
-        typer.Option(
-            "--now",
-            help="Price live functions up to this Unix time ('end': the file's latest time).",
-        ),
-    ] = None,
-) -> None:
-    """Price a run's billing events under one or several cost models, side by side."""
-    code = cost_command(events, model or [], prices, as_json, plot, _parse_now(now))
-    if code:
-        raise typer.Exit(code)
+RUN_BILLING = "billing.jsonl"  # the name a run directory holds its billing events under
+
+
+def make_cost(beside: Callable[[Path], int] | None = None) -> Callable[..., None]:
+    """``rlhfless cost``; ``beside(run_dir)``, where given, prints more about a run directory
+    after its bill (the CLI wires the estimate beside the measured run) and returns a status."""
+
+    def cost(
+        events: Annotated[
+            Path,
+            typer.Argument(help="A run directory, or a billing-event JSONL file a run wrote."),
+        ],
+        model: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--model",
+                "-m",
+                help="Cost model(s) to compare (repeat or comma-separate); default: all.",
+            ),
+        ] = None,
+        prices: Annotated[
+            list[Path] | None,
+            typer.Option(
+                "--prices", help="Your own price file (TOML); defines or overrides a model."
+            ),
+        ] = None,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print JSON instead of tables.")
+        ] = False,
+        plot: Annotated[
+            Path | None,
+            typer.Option("--plot", help="Write a bar chart (PNG) of busy/idle/cold-start dollars."),
+        ] = None,
+        now: Annotated[
+            str | None,
+            typer.Option(
+                "--now",
+                help="Price live functions up to this Unix time ('end': the file's latest time).",
+            ),
+        ] = None,
+    ) -> None:
+        """Price a run's billing events under one or several cost models, side by side; for a
+        run directory, also what was estimated beside what was measured."""
+        run_dir = events if events.is_dir() else None
+        path = events / RUN_BILLING if run_dir is not None else events
+        code = cost_command(path, model or [], prices, as_json, plot, _parse_now(now))
+        if not code and run_dir is not None and beside is not None and not as_json:
+            code = beside(run_dir)
+        if code:
+            raise typer.Exit(code)
+
+    return cost
+
+
+cost = make_cost()
 
 
 app = typer.Typer(add_completion=False, help="Price a run's billing events (rlhfless cost).")

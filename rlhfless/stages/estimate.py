@@ -4,13 +4,15 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
-from rlhfless.sim.errors import BadSetting
+from rlhfless.sim.errors import BadSetting, SimError
 from rlhfless.sim.estimate import JobSpec
 from rlhfless.sim.model_config import count_params
 from rlhfless.sim.profiles import ModelProfile
-from rlhfless.stages.config import Config, ConfigError, load_config
+from rlhfless.stages.config import Config, ConfigError, config_from_dict, load_config
 
 REPEAT_PROMPT_TOKENS = 4  # the repeat task's prompts: measured 4-5 tokens (lengths.jsonl)
 OTHER_PROMPT_TOKENS = 120  # gsm_symbolic with SmolLM2's chat template: measured 110-144
@@ -50,3 +52,34 @@ def load_job(path: Path | None, overrides: list[str]) -> JobSpec:
         return job_from_config(load_config(path, overrides))
     except ConfigError as exc:
         raise BadSetting("config", str(path or "default"), str(exc)) from None
+
+
+def run_job(run_dir: Path) -> JobSpec:
+    """The job a run directory ran: the config its latest checkpoint holds."""
+    ckpt = run_dir / "checkpoints"
+    try:
+        latest = ckpt / (ckpt / "latest").read_text().strip()
+        meta = json.loads((latest / "meta.json").read_text())
+        return job_from_config(config_from_dict(meta["config"]))
+    except (OSError, ValueError, KeyError, ConfigError) as exc:
+        raise BadSetting("run", str(run_dir), f"a run directory with a checkpoint holding its "
+                         f"config ({exc})") from None  # fmt: skip
+
+
+def estimate_beside(run_dir: Path) -> int:
+    """Print what ``rlhfless estimate`` predicts for the job a run ran beside what it measured
+    (``rlhfless cost RUN_DIR``). Returns an exit status; a run it cannot read is named."""
+    from rich.console import Console
+
+    from rlhfless.sim.estimate import estimate, read_run
+    from rlhfless.sim.report import estimate_table
+
+    try:
+        job = run_job(run_dir)
+        measured = read_run(run_dir)
+        est = estimate(job, ["aws", "modal", "onprem"])
+    except SimError as exc:
+        Console(stderr=True).print(f"error: {exc}", markup=False, soft_wrap=True)
+        return 1
+    Console(width=None if sys.stdout.isatty() else 160).print(estimate_table(est, job, measured))
+    return 0

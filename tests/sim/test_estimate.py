@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -121,3 +123,26 @@ def test_gpu_estimate_simulates_serverless_and_serverful(tmp_path: Path) -> None
     assert p.serverless_usd.low < p.serverless_usd.mid < p.serverless_usd.high
     with pytest.raises(BadSetting, match="--gpu"):
         estimate(msgspec.structs.replace(job, device="cpu-tiny", model="7b"), ["onprem"])
+
+
+def test_cost_of_a_run_directory_shows_the_estimate_beside_the_measured(tmp_path: Path) -> None:
+    """`rlhfless cost RUN_DIR`: the run's bill, then what the estimate of the job it ran (its
+    checkpoint's config) predicts beside what it measured; a folder that is no run: one line."""
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "rlhfless.cli", "train", "--set", "train.iterations=3",
+         "--set", "train.batch_prompts=4", "--run-dir", str(run)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = CliRunner().invoke(app, ["cost", str(run), "-m", "aws,onprem"])
+    assert out.exit_code == 0, out.output
+    assert "Cost by stage" in out.output  # the bill of billing.jsonl
+    assert "3 iterations of 4 x 8" in out.output and "mid / measured" in out.output
+    (tmp_path / "empty").mkdir()
+    bad = CliRunner().invoke(app, ["cost", str(tmp_path / "empty")])
+    assert bad.exit_code == 1 and "billing.jsonl" in bad.output
+    (tmp_path / "bills").mkdir()
+    (tmp_path / "bills" / "billing.jsonl").write_bytes((run / "billing.jsonl").read_bytes())
+    bad = CliRunner().invoke(app, ["cost", str(tmp_path / "bills"), "-m", "aws"])
+    assert bad.exit_code == 1 and "checkpoint holding its config" in bad.output
