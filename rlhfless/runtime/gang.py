@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import anyio
 
@@ -20,7 +20,7 @@ from rlhfless.runtime.handle import _DEFAULT, Handle
 from rlhfless.runtime.state import FunctionState
 
 if TYPE_CHECKING:
-    from rlhfless.runtime.runtime import Runtime
+    from rlhfless.runtime.config import RuntimeConfig
 
 log = logging.getLogger("rlhfless.runtime")
 T = TypeVar("T")
@@ -29,10 +29,23 @@ T = TypeVar("T")
 PEER_DEATH_GRACE_S = 1.0  # how long a rank's error waits for a peer's death to be reported
 
 
+class GangHost(Protocol):
+    """What a gang needs of the runtime that started it (the runtime is one; naming only this
+    keeps the gang below the runtime, with no import back up)."""
+
+    config: RuntimeConfig
+    _gangs: dict[str, GangState]
+
+    def _background(self, coro: Any) -> None: ...
+    async def _retire(self, fn: FunctionState) -> None: ...
+    def _kill(self, fn: FunctionState) -> None: ...
+    async def _release_gang(self, state: GangState, live: list[FunctionState]) -> None: ...
+
+
 class GangState:
     """Controller-side state of one gang: its members in rank order and how it ended."""
 
-    def __init__(self, rt: Runtime, gang_id: str, key: str, size: int, address: str) -> None:
+    def __init__(self, rt: GangHost, gang_id: str, key: str, size: int, address: str) -> None:
         self.rt = rt
         self.gang_id = gang_id
         self.key = key  # warm reuse only for the same actor, arguments, threads, env and size

@@ -10,25 +10,26 @@ import ipaddress
 import itertools
 import logging
 import time
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import anyio
 
 from rlhfless.runtime.config import RuntimeConfig
 from rlhfless.runtime.devices import NodeDevices
 from rlhfless.runtime.errors import GangStartError, SpawnError
-from rlhfless.runtime.gang import Gang, GangState
-from rlhfless.runtime.handle import Handle
+from rlhfless.runtime.gang import Gang, GangHost, GangState
+from rlhfless.runtime.handle import FunctionCaller, Handle
 from rlhfless.runtime.nodes import Cluster
 from rlhfless.runtime.placement import NodeView, place_gang
 from rlhfless.runtime.rendezvous import GANG_ENV, Member, free_port, member_env, remote_port
 from rlhfless.runtime.state import FunctionState, actor_path
 
-if TYPE_CHECKING:
-    from rlhfless.runtime.runtime import Runtime
-
 log = logging.getLogger("rlhfless.runtime")
 T = TypeVar("T")
+
+
+class _Host(FunctionCaller, GangHost, Protocol):
+    """The runtime as its gangs and their handles see it."""
 
 
 class Gangs:
@@ -209,8 +210,8 @@ class Gangs:
         return host, free_port(host)
 
     @property
-    def _rt(self) -> Runtime:
-        return cast("Runtime", self)  # this mixin is only ever part of a Runtime
+    def _rt(self) -> _Host:
+        return cast("_Host", self)  # this mixin is only ever part of a Runtime, which is one
 
     async def _refresh_warm_gang(self, state: GangState, deadline: float) -> None:
         """As :meth:`spawn` does for a warm function: a remote member's node gets the current

@@ -4,17 +4,33 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from rlhfless.runtime.errors import RuntimeClosed
 
 if TYPE_CHECKING:
-    from rlhfless.runtime.runtime import Runtime
     from rlhfless.runtime.state import FunctionState
 
 T = TypeVar("T")
 
 _DEFAULT: Any = object()
+
+
+class FunctionCaller(Protocol):
+    """What a handle needs of the runtime that made it (the runtime is one; naming only this
+    keeps the handle below the runtime, with no import back up)."""
+
+    async def _call(
+        self,
+        fn: FunctionState,
+        lease: int,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: Any,
+    ) -> Any: ...
+
+    async def _release(self, fn: FunctionState, lease: int) -> None: ...
 
 
 class Handle(Generic[T]):
@@ -25,7 +41,7 @@ class Handle(Generic[T]):
     later call raises :class:`~rlhfless.runtime.errors.FunctionDied`.
     """
 
-    def __init__(self, runtime: Runtime, fn: FunctionState, lease: int) -> None:
+    def __init__(self, runtime: FunctionCaller, fn: FunctionState, lease: int) -> None:
         self._rt = runtime
         self._fn = fn
         self._lease = lease

@@ -17,14 +17,14 @@ import logging
 import socket
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import zmq
 import zmq.asyncio
 
 from rlhfless.runtime.auth import Guard, Keys
 from rlhfless.runtime.devices import NodeDevices
-from rlhfless.runtime.errors import BadMessage, NodeLost, SpawnError
+from rlhfless.runtime.errors import BadMessage, FunctionDied, NodeLost, SpawnError
 from rlhfless.runtime.messages import (
     Codec,
     Exited,
@@ -36,7 +36,7 @@ from rlhfless.runtime.messages import (
 from rlhfless.runtime.publish import WeightSender
 
 if TYPE_CHECKING:
-    from rlhfless.runtime.runtime import Runtime
+    from rlhfless.runtime.config import RuntimeConfig
     from rlhfless.runtime.state import FunctionState
 
 log = logging.getLogger("rlhfless.nodes")
@@ -83,8 +83,33 @@ class RemoteNode:
         self.joined = asyncio.Event()
 
 
+class ClusterHost(Protocol):
+    """What the cluster needs of the runtime that owns it (the runtime is one; naming only this
+    keeps the cluster below the runtime, with no import back up): its settings, node name and
+    ROUTER socket, the published weights, its functions and what to do when one exits."""
+
+    config: RuntimeConfig
+    node: str
+    _ctx: zmq.asyncio.Context
+    _sock: zmq.asyncio.Socket
+    _weights: tuple[int, dict[str, Any], int] | None
+    _weights_dir: str
+    _fns: dict[str, FunctionState]
+
+    def _on_exited(
+        self,
+        fid: str,
+        pid: int,
+        code: int | None,
+        tail: list[str],
+        death: FunctionDied | None = None,
+    ) -> None: ...
+    def _background(self, coro: Any) -> None: ...
+    async def _notify_room(self) -> None: ...
+
+
 class Cluster:
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: ClusterHost) -> None:
         cfg = rt.config
         self.rt = rt
         self.keys = Keys(cfg.keys_dir or "")

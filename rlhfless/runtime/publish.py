@@ -15,25 +15,38 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from rlhfless.runtime.delta import WeightTraffic, diff, wire_bytes
 from rlhfless.runtime.errors import SpawnError
 from rlhfless.runtime.messages import Codec, Weights, WeightsDelta, WeightsRefused
 from rlhfless.runtime.weights import crcs, load, versions
 
-if TYPE_CHECKING:
-    from rlhfless.runtime.nodes import RemoteNode
-
 log = logging.getLogger("rlhfless.nodes")
 # A delta this close to the full size saves too little wire time to pay for the node's rebuild
 # (a copy of each changed tensor and a crc pass on top of the write a full version costs too).
 DELTA_PAYS_BELOW = 0.8
-Send = Callable[["RemoteNode", list[Any], float], Awaitable[None]]
 
 
-class WeightSender:
-    def __init__(self, send: Send, codec: Codec, cache_dir: str, deltas: bool) -> None:
+class Receiver(Protocol):
+    """A node weights are sent to, as the sender reads it (``nodes.RemoteNode`` is one)."""
+
+    name: str
+    state: str  # joining | up | lost
+    versions: set[int]  # weight versions the node says it holds
+
+
+N = TypeVar("N", bound=Receiver)
+
+
+class WeightSender(Generic[N]):
+    def __init__(
+        self,
+        send: Callable[[N, list[Any], float], Awaitable[None]],
+        codec: Codec,
+        cache_dir: str,
+        deltas: bool,
+    ) -> None:
         self._send = send
         self._codec = codec
         self.cache_dir = cache_dir  # this machine's cache: the bases deltas are made against
@@ -50,7 +63,7 @@ class WeightSender:
         self._refusals[(node, msg.version)] = msg.reason
 
     async def send(
-        self, node: RemoteNode, version: int, tensors: dict[str, Any], nbytes: int, deadline: float
+        self, node: N, version: int, tensors: dict[str, Any], nbytes: int, deadline: float
     ) -> int:
         """Send ``version`` (``nbytes`` whole) to ``node``; returns the bytes sent."""
         t0 = time.perf_counter()
@@ -76,7 +89,7 @@ class WeightSender:
         return sent
 
     async def _delta_for(
-        self, node: RemoteNode, version: int, nbytes: int
+        self, node: N, version: int, nbytes: int
     ) -> tuple[WeightsDelta, int] | None:
         """The delta for ``node`` (and its wire bytes) when it has a base and the delta pays."""
         if not self.deltas:
@@ -106,7 +119,7 @@ class WeightSender:
         return delta, wire_bytes(delta)
 
     async def _delta_taken(
-        self, node: RemoteNode, delta: WeightsDelta, deadline: float, traffic: WeightTraffic
+        self, node: N, delta: WeightsDelta, deadline: float, traffic: WeightTraffic
     ) -> bool:
         """Send the delta and wait for the node's answer: applied (True) or refused (False).
 
