@@ -37,12 +37,15 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from rlhfless.scaling.errors import BadScalingInput
 from rlhfless.scaling.migrate import (
     FunctionLoad,
     FunctionProgress,
+    MigrationPlan,
+    Move,
     SequenceProgress,
     check_threshold,
     cut_due,
@@ -83,6 +86,13 @@ class _Fn:
         self.waiting = False  # idle, waiting for migrated sequences to arrive
         self.busy_start: float | None = None
 
+    def unfinished(self) -> list[int]:
+        """Its sequences still to finish: running, queued, then on their way here."""
+        return [s for _, s in self.active] + list(self.queue) + [s for _, s in self.arrivals]
+
+    def unfinished_count(self) -> int:
+        return len(self.active) + len(self.queue) + len(self.arrivals)
+
 
 def simulate_rollout(
     lengths: Sequence[Sequence[float]],  # drawn lengths may be fractional: rounded up per sample
@@ -117,6 +127,27 @@ def simulate_rollout(
     guard's horizon is at least what is left of it (:mod:`~rlhfless.scaling.migrate`).
     ``cut = "auto"`` is a planning setting,
     not a cut: run the plan's (``ScalingConfig.cut_in_force``)."""
+    tau, limit = _check_settings(remaining, cut, threshold, max_new_tokens, planned_end)
+    transfer = transfer or TransferParams(prefill_tokens_per_s=params.prefill_tokens_per_s)
+    pred = predicted if predicted is not None else lengths
+    seqs = _flatten(lengths, prefill_tokens, groups, pred)
+    support = [length_support(p, shape) for p in pred] if remaining == "conditional" else []
+    policy = _CutSettings(cut, tau, transfer, guard, planned_end, remaining, support, tail, limit)
+    rollout = _Rollout(params, seqs, policy)
+    rollout.start(groups, prefill_tokens, warm, prewarm)
+    rollout.run()
+    return rollout.result(hold_to_end)
+
+
+def _check_settings(
+    remaining: str,
+    cut: str,
+    threshold: float,
+    max_new_tokens: float | None,
+    planned_end: float | None,
+) -> tuple[float, float | None]:
+    """``(τ, the generation limit)`` from simulate_rollout's settings, checked in its order.
+    Without a cut τ is 1 and the threshold is not read (not even checked)."""
     if remaining not in ("conditional", "naive"):
         raise BadScalingInput(
             "simulate_rollout", f"remaining must be conditional/naive, got {remaining!r}"
@@ -129,12 +160,32 @@ def simulate_rollout(
     limit = check_max_new_tokens(max_new_tokens)
     if planned_end is not None and not math.isfinite(planned_end):
         raise BadScalingInput("simulate_rollout", f"planned_end must be finite, got {planned_end}")
-    transfer = transfer or TransferParams(prefill_tokens_per_s=params.prefill_tokens_per_s)
+    return tau, limit
+
+
+@dataclass(frozen=True, slots=True)
+class _Sequences:
+    """The rollout's samples as one row of sequences (ids in group order, then sample order)."""
+
+    length: list[int]  # decode steps it needs: its drawn length rounded up
+    predicted: list[float]  # orders admission (longest first) and feeds the cut planner
+    prompt: list[int]  # its group's prompt tokens
+    group: list[int]
+    of_group: list[list[int]]  # each group's sequence ids
+
+
+def _flatten(
+    lengths: Sequence[Sequence[float]],
+    prefill_tokens: Sequence[float],
+    groups: Sequence[Sequence[int]],
+    pred: Sequence[Sequence[float]],
+) -> _Sequences:
+    """The groups' samples as :class:`_Sequences`, every input checked (the errors name
+    simulate_rollout, in the order it has always raised them)."""
     if len(prefill_tokens) != len(lengths):
         raise BadScalingInput("simulate_rollout", "prefill_tokens and lengths differ in length")
     if sorted(g for f in groups for g in f) != list(range(len(lengths))):
         raise BadScalingInput("simulate_rollout", "groups must hold every group index exactly once")
-    pred = predicted if predicted is not None else lengths
     seq_len: list[int] = []
     seq_pred: list[float] = []
     seq_prompt: list[int] = []
@@ -164,28 +215,101 @@ def simulate_rollout(
             seq_prompt.append(int(prefill_tokens[g]))
             seq_group.append(g)
         seq_of_group.append(ids)
-    support = [length_support(p, shape) for p in pred] if remaining == "conditional" else []
-    # expected_remaining by group, then tokens produced
-    remaining_of: list[dict[int, float]] = [{} for _ in support]
-    n = len(seq_len)
-    produced = [0] * n  # decode tokens of completed steps, over all functions
-    finished_at = [0.0] * n  # when each sequence finished
-    start_step = [0] * n  # its function's step count when it was admitted there
-    fns: list[_Fn] = []
-    out: list[SimFunction] = []
-    clock: list[tuple[float, int, int]] = []  # (time, function, version)
+    return _Sequences(seq_len, seq_pred, seq_prompt, seq_group, seq_of_group)
 
-    def schedule(f: int, t: float) -> None:
-        fns[f].version += 1
-        heapq.heappush(clock, (t, f, fns[f].version))
+
+@dataclass(frozen=True, slots=True)
+class _CutSettings:
+    """When to ask for a cut plan and what to tell the planner (simulate_rollout's settings,
+    checked)."""
+
+    cut: CutPolicy
+    tau: float  # 1.0 without a cut
+    transfer: TransferParams
+    guard: bool
+    planned_end: float | None
+    remaining: RemainingEstimate
+    support: list[list[float]]  # each group's length support (conditional remaining only)
+    tail: float
+    limit: float | None  # the generation limit
+
+
+class _Rollout:
+    """One simulated rollout: its functions, the event clock and every sequence's progress.
+    :meth:`start` requests the functions, :meth:`run` plays the clock out, :meth:`result` sums
+    up. Sequence arrays are indexed by sequence id (:class:`_Sequences`); function arrays
+    (``fns``, ``out``) by function index."""
+
+    def __init__(self, params: ThroughputParams, seqs: _Sequences, policy: _CutSettings) -> None:
+        self.params = params
+        self.seqs = seqs
+        self.policy = policy
+        # expected_remaining by group, then tokens produced
+        self.remaining_of: list[dict[int, float]] = [{} for _ in policy.support]
+        n = len(seqs.length)
+        self.produced = [0] * n  # decode tokens of completed steps, over all functions
+        self.finished_at = [0.0] * n  # when each sequence finished
+        self.start_step = [0] * n  # its function's step count when it was admitted there
+        self.fns: list[_Fn] = []
+        self.out: list[SimFunction] = []
+        self.clock: list[tuple[float, int, int]] = []  # (time, function, version)
+        self.moves = 0
+        self.cuts = 0
+        self.global_fired = False
+        # Whether the last per-function check found no candidate and nothing since could have
+        # made one but the finishes at the function now checking. A function's test (unfinished
+        # work, finished >= τ · assigned) turns true only when its finished count grows, at its
+        # own checked finishes or at a zero-length admission, or when a migration moves work
+        # (which follows a true check); so after a false check only the checking function needs
+        # testing.
+        self.clear = False
+
+    def start(
+        self,
+        groups: Sequence[Sequence[int]],
+        prefill_tokens: Sequence[float],
+        warm: int,
+        prewarm: bool,
+    ) -> None:
+        """Request function f for ``groups[f]``: its first clock entry is when its prompts are
+        prefilled (after its cold start, unless warm or pre-warmed, and the weight load)."""
+        params, of_group, predicted = self.params, self.seqs.of_group, self.seqs.predicted
+        for f, members in enumerate(groups):
+            fn = _Fn(f"f{f}", params.max_batch)
+            cold = 0.0 if f < warm else params.cold_start_seconds
+            ready = 0.0 if prewarm else cold
+            self.out.append(
+                SimFunction(
+                    function_id=fn.fid,
+                    cold_start_seconds=cold,
+                    requested_at=ready - cold,
+                    ready_at=ready,
+                    warm=f < warm,
+                )
+            )
+            ids = sorted((s for g in members for s in of_group[g]), key=lambda s: -predicted[s])
+            fn.queue.extend(ids)
+            fn.assigned = len(ids)
+            fn.busy_start = ready
+            self.fns.append(fn)
+            start = ready + params.weight_load_seconds
+            self.schedule(
+                f, start + params.prefill_seconds(sum(prefill_tokens[g] for g in members))
+            )
+
+    def schedule(self, f: int, t: float) -> None:
+        """Function f's next event is at t (its earlier clock entry, if any, goes stale)."""
+        fn = self.fns[f]
+        fn.version += 1
+        heapq.heappush(self.clock, (t, f, fn.version))
 
     # Steps that finish nothing and admit nothing change only a function's step count, so only
     # the next step that does (a sequence's last, or the first at or after an arrival) goes on
     # the clock. Step times are still summed one step at a time, as a clock entry per step
     # would be, so every time (and so every decision) is the same to the last bit.
-    def schedule_steps(f: int) -> None:
-        fn = fns[f]
-        st = params.step_time(fn.in_step)
+    def schedule_steps(self, f: int) -> None:
+        fn = self.fns[f]
+        st = self.params.step_time(fn.in_step)
         last = fn.active[0][0]  # the earliest last step of a running sequence
         arrive = fn.arrivals[0][0] if fn.arrivals else math.inf
         t, s = fn.t_base, fn.step
@@ -195,86 +319,133 @@ def simulate_rollout(
             if s >= last or arrive <= t + 1e-12:
                 break
         fn.due_step = s
-        schedule(f, t)
+        self.schedule(f, t)
 
-    def catch_up(g: int, t: float, f: int) -> None:
+    def catch_up(self, g: int, t: float, f: int) -> None:
         """Count function g's steps that the clock would have run before (t, f)."""
-        fn = fns[g]
-        st = params.step_time(fn.in_step)
+        fn = self.fns[g]
+        st = self.params.step_time(fn.in_step)
         while fn.step + 1 < fn.due_step:
             nt = fn.t_base + st
             if not (nt < t or (nt == t and g < f)):
                 break
             fn.t_base = nt
             fn.step += 1
-            out[g].tokens += fn.in_step
+            self.out[g].tokens += fn.in_step
 
-    for f, members in enumerate(groups):
-        fn = _Fn(f"f{f}", params.max_batch)
-        cold = 0.0 if f < warm else params.cold_start_seconds
-        ready = 0.0 if prewarm else cold
-        out.append(
-            SimFunction(
-                function_id=fn.fid,
-                cold_start_seconds=cold,
-                requested_at=ready - cold,
-                ready_at=ready,
-                warm=f < warm,
-            )
-        )
-        seqs = sorted((s for g in members for s in seq_of_group[g]), key=lambda s: -seq_pred[s])
-        fn.queue.extend(seqs)
-        fn.assigned = len(seqs)
-        fn.busy_start = ready
-        fns.append(fn)
-        start = ready + params.weight_load_seconds
-        schedule(f, start + params.prefill_seconds(sum(prefill_tokens[g] for g in members)))
-    moves = cuts = 0
-    global_fired = False
+    def run(self) -> None:
+        """Play the clock out. A live entry is a function's event: its prefill done, its steps
+        due (schedule_steps), or its awaited arrivals due."""
+        clock, fns = self.clock, self.fns
+        while clock:
+            t, f, version = heapq.heappop(clock)
+            fn = fns[f]
+            if fn.done or version != fn.version:
+                continue  # stale: rescheduled since, or the function is finished
+            if fn.in_step and self.end_steps(t, f, fn):
+                continue  # the cut check its finishes asked for cut it
+            self.admit(t, f, fn)
+            self.resume(t, f, fn)
 
-    def close_busy(f: int, t: float) -> None:
-        fn = fns[f]
+    def end_steps(self, t: float, f: int, fn: _Fn) -> bool:
+        """Complete fn's steps in flight, finish the sequences they end and, if any did, check
+        for a cut (and carry it out). Whether fn itself was cut."""
+        out = self.out[f]
+        # The steps skipped before this one (see schedule_steps), then this one.
+        out.tokens += fn.in_step * (fn.due_step - fn.step)
+        fn.step = fn.due_step
+        fn.in_step = 0
+        done_any = False
+        while fn.active and fn.active[0][0] == fn.step:
+            _, s = heapq.heappop(fn.active)
+            fn.active_set.discard(s)
+            self.produced[s] = self.seqs.length[s]
+            self.finished_at[s] = t
+            fn.finished += 1
+            out.finished += 1
+            done_any = True
+        if done_any and self.policy.cut != "none" and self.has_candidate(f):
+            self.migrate(t, f)
+            return fn.done
+        return False
+
+    def admit(self, t: float, f: int, fn: _Fn) -> None:
+        """Queue fn's arrivals due by t, then start queued sequences while a slot is free."""
+        while fn.arrivals and fn.arrivals[0][0] <= t + 1e-12:
+            fn.queue.append(heapq.heappop(fn.arrivals)[1])
+        produced, length = self.produced, self.seqs.length
+        while fn.queue and len(fn.active) < fn.max_batch:
+            s = fn.queue.popleft()
+            if produced[s] >= length[s]:  # zero length: finished without a step
+                self.finished_at[s] = t
+                self.clear = False  # unchecked: the next cut check looks at every function
+                fn.finished += 1
+                self.out[f].finished += 1
+                continue
+            self.start_step[s] = fn.step
+            fn.active_set.add(s)
+            heapq.heappush(fn.active, (fn.step + length[s] - produced[s], s))
+
+    def resume(self, t: float, f: int, fn: _Fn) -> None:
+        """After admission at t: decode what runs, else wait (idle) for arrivals, else finish."""
+        fn.waiting = False
+        if fn.active:
+            if fn.busy_start is None:
+                fn.busy_start = t
+            fn.in_step = len(fn.active)
+            fn.t_base = t
+            self.schedule_steps(f)
+        elif fn.arrivals:
+            self.close_busy(f, t)
+            fn.waiting = True
+            self.schedule(f, fn.arrivals[0][0])
+        else:
+            self.finish_fn(f, t)
+
+    def close_busy(self, f: int, t: float) -> None:
+        fn = self.fns[f]
         if fn.busy_start is not None:
             if t > fn.busy_start:
-                out[f].busy.append((fn.busy_start, t))
+                self.out[f].busy.append((fn.busy_start, t))
             fn.busy_start = None
 
-    def finish_fn(f: int, t: float) -> None:
-        close_busy(f, t)
-        fns[f].done = True
-        fns[f].version += 1
-        out[f].finished_at = t
-        out[f].released_at = t
+    def finish_fn(self, f: int, t: float) -> None:
+        self.close_busy(f, t)
+        fn = self.fns[f]
+        fn.done = True
+        fn.version += 1
+        self.out[f].finished_at = t
+        self.out[f].released_at = t
 
-    def rems_of(fn: _Fn, seqs: Sequence[int]) -> tuple[list[int], list[float]]:
+    def rems_of(self, fn: _Fn, seqs: Sequence[int]) -> tuple[list[int], list[float]]:
         """Tokens produced and predicted remaining of each of ``seqs`` (on fn)."""
         step, running = fn.step, fn.active_set
+        produced, start_step = self.produced, self.start_step
         made = [produced[s] + (step - start_step[s] if s in running else 0) for s in seqs]
-        if remaining != "conditional":
-            top = math.inf if limit is None else limit
+        policy, predicted = self.policy, self.seqs.predicted
+        if policy.remaining != "conditional":
+            top = math.inf if policy.limit is None else policy.limit
             return made, [
-                max(min(seq_pred[s], top) - m, 1.0) for s, m in zip(seqs, made, strict=True)
+                max(min(predicted[s], top) - m, 1.0) for s, m in zip(seqs, made, strict=True)
             ]
         rems = []
         for s, m in zip(seqs, made, strict=True):
             # A pure function of (group, produced) within one rollout (support, tail and the
             # limit are fixed), asked again for a group's samples and at each cut check: memoised.
-            g = seq_group[s]
-            rem = remaining_of[g].get(m)
+            g = self.seqs.group[s]
+            rem = self.remaining_of[g].get(m)
             if rem is None:
-                rem = remaining_of[g][m] = expected_remaining(support[g], m, tail, limit)
+                rem = self.remaining_of[g][m] = expected_remaining(
+                    policy.support[g], m, policy.tail, policy.limit
+                )
             rems.append(rem)
         return made, rems
 
-    def unfinished_of(fn: _Fn) -> list[int]:
-        return [s for _, s in fn.active] + list(fn.queue) + [s for _, s in fn.arrivals]
-
-    def function_progress(f: int, fn: _Fn, seqs: Sequence[int]) -> FunctionProgress:
-        made, rems = rems_of(fn, seqs)
+    def function_progress(self, f: int, fn: _Fn, seqs: Sequence[int]) -> FunctionProgress:
+        made, rems = self.rems_of(fn, seqs)
+        prompt = self.seqs.prompt
         unfinished = tuple(
-            SequenceProgress(
-                seq_id=s, prompt_tokens=seq_prompt[s], produced=m, predicted_remaining=rem
-            )
+            SequenceProgress(seq_id=s, prompt_tokens=prompt[s], produced=m, predicted_remaining=rem)
             for s, m, rem in zip(seqs, made, rems, strict=True)
         )
         return FunctionProgress(
@@ -285,25 +456,27 @@ def simulate_rollout(
             max_batch=fn.max_batch,
         )
 
-    def progress() -> list[FunctionProgress]:
+    def progress(self) -> list[FunctionProgress]:
         return [
-            function_progress(f, fn, unfinished_of(fn)) for f, fn in enumerate(fns) if not fn.done
+            self.function_progress(f, fn, fn.unfinished())
+            for f, fn in enumerate(self.fns)
+            if not fn.done
         ]
 
-    def loads() -> tuple[list[FunctionProgress], list[FunctionLoad]]:
+    def loads(self) -> tuple[list[FunctionProgress], list[FunctionLoad]]:
         """The candidates' progress and every working function's load: what a per-function
         plan needs (plan_cut_with_loads), without a struct per sequence of the others."""
         candidates, rows = [], []
-        for f, fn in enumerate(fns):
-            seqs = [] if fn.done else unfinished_of(fn)
+        for f, fn in enumerate(self.fns):
+            seqs = [] if fn.done else fn.unfinished()
             if not seqs:
                 continue
-            if finished_ratio(fn.finished, fn.assigned) >= tau:
-                c = function_progress(f, fn, seqs)
+            if finished_ratio(fn.finished, fn.assigned) >= self.policy.tau:
+                c = self.function_progress(f, fn, seqs)
                 candidates.append(c)
                 rows.append(FunctionLoad.of(c))
                 continue
-            rems = rems_of(fn, seqs)[1]
+            rems = self.rems_of(fn, seqs)[1]
             rows.append(
                 FunctionLoad(
                     function_id=str(f),
@@ -315,21 +488,16 @@ def simulate_rollout(
             )
         return candidates, rows
 
-    # Whether the last per-function check found no candidate and nothing since could have made
-    # one but the finishes at the function now checking. A function's test (unfinished work,
-    # finished >= τ · assigned) turns true only when its finished count grows, at its own
-    # checked finishes or at a zero-length admission, or when a migration moves work (which
-    # follows a true check); so after a false check only the checking function needs testing.
-    clear = False
-
-    def has_candidate(now: int) -> bool:
-        nonlocal clear
-        if cut == "global" and global_fired:
+    def has_candidate(self, now: int) -> bool:
+        """Whether a cut plan is worth asking for now (cut_due), function ``now`` having just
+        finished sequences; only ``now`` is tested while ``clear`` holds (see __init__)."""
+        cut, tau = self.policy.cut, self.policy.tau
+        if cut == "global" and self.global_fired:
             return False
-        if clear and cut == "per_function":
-            fn = fns[now]
-            clear = not cut_due(cut, tau, [(fn.finished, fn.assigned, fn_unfinished(fn))])
-            return not clear
+        if self.clear and cut == "per_function":
+            fn = self.fns[now]
+            self.clear = not cut_due(cut, tau, [(fn.finished, fn.assigned, fn.unfinished_count())])
+            return not self.clear
         # Every function (a global cut counts the finished ones too); one that is done has no
         # unfinished sequence, so it is never a per-function candidate.
         # (Asked at every event that finishes a sequence: built inline, it is cheap.)
@@ -339,121 +507,92 @@ def simulate_rollout(
                 fn.assigned,
                 0 if fn.done else len(fn.active) + len(fn.queue) + len(fn.arrivals),
             )
-            for fn in fns
+            for fn in self.fns
         ]
-        clear = not cut_due(cut, tau, counts)
-        return not clear
+        self.clear = not cut_due(cut, tau, counts)
+        return not self.clear
 
-    def fn_unfinished(fn: _Fn) -> int:
-        return len(fn.active) + len(fn.queue) + len(fn.arrivals)
-
-    def migrate(t: float, now: int) -> None:
-        nonlocal moves, cuts, global_fired
-        for g, fn in enumerate(fns):
+    def migrate(self, t: float, now: int) -> None:
+        """Ask the planner at t (function ``now`` just finished sequences) and carry its plan
+        out: stop the cut functions, send the moved sequences, release what is cut."""
+        for g, fn in enumerate(self.fns):
             if g != now and fn.in_step and not fn.done:
-                catch_up(g, t, now)
-        if cut == "per_function":
-            candidates, rows = loads()
-            plan = plan_cut_with_loads(
-                candidates, rows, tau, transfer, params if guard else None,
-                None if planned_end is None else planned_end - t,
-            )  # fmt: skip
-        else:
-            plan = plan_global_cut(progress(), tau, transfer)
-            global_fired = True
+                self.catch_up(g, t, now)
+        plan = self.plan(t)
         if plan.empty:
             return
         cut_ids = [int(c) for c in plan.cut]
         leave = {c: t for c in cut_ids}
-        for c in cut_ids:  # stop generation; the step in flight is abandoned
-            stopped = fns[c]
+        self.stop(cut_ids)
+        woken = self.send(plan.moves, t, leave)
+        for c in cut_ids:
+            self.cuts += 1
+            self.finish_fn(c, t)
+            self.out[c].cut_at = t
+            self.out[c].released_at = leave[c]
+        self.wake(woken, now)
+
+    def plan(self, t: float) -> MigrationPlan:
+        """The cut plan at t (looked up in this module's namespace at each call: tests wrap the
+        planners there)."""
+        p = self.policy
+        if p.cut == "per_function":
+            candidates, rows = self.loads()
+            return plan_cut_with_loads(
+                candidates, rows, p.tau, p.transfer, self.params if p.guard else None,
+                None if p.planned_end is None else p.planned_end - t,
+            )  # fmt: skip
+        plan = plan_global_cut(self.progress(), p.tau, p.transfer)
+        self.global_fired = True
+        return plan
+
+    def stop(self, cut_ids: Sequence[int]) -> None:
+        """Stop generation on the cut functions; the step in flight is abandoned (its tokens
+        are not counted)."""
+        for c in cut_ids:
+            stopped = self.fns[c]
             for _, s in stopped.active:
-                produced[s] += stopped.step - start_step[s]
+                self.produced[s] += stopped.step - self.start_step[s]
             stopped.active.clear()
             stopped.active_set.clear()
             stopped.queue.clear()
             stopped.arrivals.clear()
-        woken = set()
-        for m in plan.moves:
+
+    def send(self, moves: Sequence[Move], t: float, leave: dict[int, float]) -> set[int]:
+        """Put each moved sequence on its way (arriving after its transfer time); a shipping
+        source stays until its KV has left (``leave``). The destinations."""
+        woken: set[int] = set()
+        for m in moves:
             s, src, dst = int(m.seq_id), int(m.source), int(m.dest)
-            fns[dst].assigned += 1
-            heapq.heappush(fns[dst].arrivals, (t + m.seconds, s))
+            self.fns[dst].assigned += 1
+            heapq.heappush(self.fns[dst].arrivals, (t + m.seconds, s))
             if m.method == "ship_kv":  # the source stays until its KV has left
                 leave[src] = max(leave[src], t + m.seconds)
             woken.add(dst)
-            moves += 1
-        for c in cut_ids:
-            cuts += 1
-            finish_fn(c, t)
-            out[c].cut_at = t
-            out[c].released_at = leave[c]
+            self.moves += 1
+        return woken
+
+    def wake(self, woken: set[int], now: int) -> None:
+        """Reschedule the destinations for their arrivals."""
         for dst in woken:
-            d = fns[dst]
+            d = self.fns[dst]
             if d.waiting:  # idle until its arrivals: wake at the earliest
-                schedule(dst, d.arrivals[0][0])
+                self.schedule(dst, d.arrivals[0][0])
             elif d.in_step and not d.done and dst != now:
                 # Decoding: its next clock entry moves to the step its arrivals are due.
-                schedule_steps(dst)
+                self.schedule_steps(dst)
 
-    while clock:
-        t, f, version = heapq.heappop(clock)
-        fn = fns[f]
-        if fn.done or version != fn.version:
-            continue
-        if fn.in_step:
-            # The steps skipped before this one (see schedule_steps), then this one.
-            out[f].tokens += fn.in_step * (fn.due_step - fn.step)
-            fn.step = fn.due_step
-            fn.in_step = 0
-            done_any = False
-            while fn.active and fn.active[0][0] == fn.step:
-                _, s = heapq.heappop(fn.active)
-                fn.active_set.discard(s)
-                produced[s] = seq_len[s]
-                finished_at[s] = t
-                fn.finished += 1
-                out[f].finished += 1
-                done_any = True
-            if done_any and cut != "none" and has_candidate(f):
-                migrate(t, f)
-                # migrate() may finish fn; mypy keeps fn.done narrowed to False across the call.
-                if fn.done:
-                    continue  # type: ignore[unreachable]
-        while fn.arrivals and fn.arrivals[0][0] <= t + 1e-12:
-            fn.queue.append(heapq.heappop(fn.arrivals)[1])
-        while fn.queue and len(fn.active) < fn.max_batch:
-            s = fn.queue.popleft()
-            if produced[s] >= seq_len[s]:  # zero length: finished without a step
-                finished_at[s] = t
-                clear = False  # unchecked: the next cut check looks at every function
-                fn.finished += 1
-                out[f].finished += 1
-                continue
-            start_step[s] = fn.step
-            fn.active_set.add(s)
-            heapq.heappush(fn.active, (fn.step + seq_len[s] - produced[s], s))
-        fn.waiting = False
-        if fn.active:
-            if fn.busy_start is None:
-                fn.busy_start = t
-            fn.in_step = len(fn.active)
-            fn.t_base = t
-            schedule_steps(f)
-        elif fn.arrivals:
-            close_busy(f, t)
-            fn.waiting = True
-            schedule(f, fn.arrivals[0][0])
-        else:
-            finish_fn(f, t)
-    makespan = max((max(s.released_at, s.finished_at) for s in out), default=0.0)
-    if hold_to_end:
-        for result in out:
-            result.released_at = makespan
-    return SimResult(
-        makespan=makespan,
-        functions=out,
-        moves=moves,
-        cuts=cuts,
-        tokens_per_sequence=list(produced),
-        finish_times=finished_at,
-    )
+    def result(self, hold_to_end: bool) -> SimResult:
+        out = self.out
+        makespan = max((max(s.released_at, s.finished_at) for s in out), default=0.0)
+        if hold_to_end:  # a serverful baseline: every slot held for the whole stage
+            for result in out:
+                result.released_at = makespan
+        return SimResult(
+            makespan=makespan,
+            functions=out,
+            moves=self.moves,
+            cuts=self.cuts,
+            tokens_per_sequence=list(self.produced),
+            finish_times=self.finished_at,
+        )
