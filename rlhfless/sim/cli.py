@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import msgspec
 import typer
@@ -22,7 +23,7 @@ from rlhfless.sim.estimate import JobSpec
 from rlhfless.sim.hardware import get_gpu
 from rlhfless.sim.interruptions import Interruptions
 from rlhfless.sim.perf import startup_for
-from rlhfless.sim.run import SimConfig, resolve_systems
+from rlhfless.sim.run import SimConfig, SimReport, resolve_systems
 from rlhfless.sim.run import simulate as run_simulation
 from rlhfless.sim.workload import Workload
 
@@ -97,29 +98,22 @@ def simulate_command(
         base = dict(nodes=nodes, gpu=gpu, model=model, batch=batch)
         costs = tuple(c.strip() for c in cost.split(",") if c.strip())
         names = resolve_systems(systems)
-        reports = []
-        with Progress(console=console, transient=True, disable=len(values) < 2) as bar:
-            task = bar.add_task("simulating", total=len(values))
-            for v in values:
-                p = dict(base, **({key: v} if key else {}))
-                w = Workload(
-                    algo=algo, dataset=dataset, batch_prompts=p["batch"],  # type: ignore[arg-type]
-                    group_size=group or (1 if algo == "ppo" else 8), iterations=iterations,
-                    seed=seed, trace=str(trace or ""), prompt_len=prompt_len,
-                    response_len=response_len, max_response=max_response, micro_batch=micro_batch,
-                )  # fmt: skip
-                cfg = SimConfig(
-                    nodes=p["nodes"], gpu=p["gpu"], model=p["model"], workload=w,  # type: ignore[arg-type]
-                    systems=names, costs=costs, gpus_per_node=gpus_per_node, eager=eager,
-                    train_gpus=train_gpus,
-                    interruptions=Interruptions(mtbi_hours=spot_mtbi_hours, seed=seed)
-                    if spot_mtbi_hours else None,
-                    startup=msgspec.structs.replace(
-                        startup_for(get_gpu(str(p["gpu"]))), keep_alive_seconds=keep_alive
-                    ),
-                )  # fmt: skip
-                reports.append(run_simulation(cfg))
-                bar.advance(task)
+        workload = dict(
+            algo=algo, dataset=dataset, group_size=group or (1 if algo == "ppo" else 8),
+            iterations=iterations, seed=seed, trace=str(trace or ""), prompt_len=prompt_len,
+            response_len=response_len, max_response=max_response, micro_batch=micro_batch,
+        )  # fmt: skip
+        cluster = dict(
+            systems=names, costs=costs, gpus_per_node=gpus_per_node, eager=eager,
+            train_gpus=train_gpus,
+            interruptions=Interruptions(mtbi_hours=spot_mtbi_hours, seed=seed)
+            if spot_mtbi_hours else None,
+        )  # fmt: skip
+        configs = [
+            _point_config(dict(base, **({key: v} if key else {})), workload, cluster, keep_alive)
+            for v in values
+        ]
+        reports = _run_points(configs, [f"{key}={v}" for v in values] if key else [], console)
     except (SimError, CostModelError) as exc:
         fail(str(exc), 2)
     from rlhfless.sim.report import plot as draw
@@ -139,6 +133,38 @@ def simulate_command(
         except OSError as exc:
             fail(f"cannot write --plot {plot}: {exc.strerror or exc}", 1)
         console.print(f"wrote {plot}", markup=False, highlight=False)
+
+
+def _point_config(
+    point: dict[str, Any], workload: dict[str, Any], cluster: dict[str, Any], keep_alive: float
+) -> SimConfig:
+    """One configuration of a run or a sweep: ``point`` holds nodes, gpu, model and batch."""
+    return SimConfig(
+        nodes=point["nodes"], gpu=point["gpu"], model=point["model"],
+        workload=Workload(batch_prompts=point["batch"], **workload),
+        startup=msgspec.structs.replace(
+            startup_for(get_gpu(str(point["gpu"]))), keep_alive_seconds=keep_alive
+        ),
+        **cluster,
+    )  # fmt: skip
+
+
+def _run_points(configs: list[SimConfig], labels: list[str], console: Console) -> list[SimReport]:
+    """Simulate each configuration; a sweep shows its progress: a bar on a terminal, elsewhere
+    a line per point on stderr (a large cluster's point can take minutes)."""
+    if not labels:
+        return [run_simulation(c) for c in configs]
+    reports = []
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("simulating", total=len(configs))
+        for i, (cfg, label) in enumerate(zip(configs, labels, strict=True)):
+            t0 = time.perf_counter()
+            reports.append(run_simulation(cfg))
+            bar.advance(task)
+            if not console.is_terminal:
+                took = time.perf_counter() - t0
+                typer.echo(f"simulated {label} ({i + 1}/{len(configs)}) in {took:.1f} s", err=True)
+    return reports
 
 
 def fail(message: str, code: int) -> NoReturn:

@@ -237,6 +237,8 @@ def test_cli_table_json_and_errors(tmp_path: Path) -> None:
                               "--iterations", "2", "--json", str(out), "--sweep", "nodes=1,2"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "gsm8k-like" in res.output and b'"rlhfless"' in out.read_bytes()
+    # not a terminal: the sweep's progress is a plain line per point
+    assert "simulated nodes=1 (1/2) in" in res.output and "simulated nodes=2 (2/2) in" in res.output
     bad = runner.invoke(app, ["simulate", "--gpu", "h1000"])
     assert bad.exit_code == 2 and "unknown gpu" in bad.output
     bad = runner.invoke(app, ["simulate", "--sweep", "nodes=4,x"])
