@@ -217,128 +217,203 @@ def decode(
 
     Sampling: row r's key is made from ``(seed, r)``, or is ``rng[r]`` (a cut row's, continued
     here after the ``drawn_before[r]`` tokens it drew elsewhere)."""
-    model, dev = engine.model, engine.device
-    index = torch.tensor(src, dtype=torch.long, device=dev)
-    cache = pre.cache_for(index, model.config)
-    logits, mask = pre.logits[index], pre.mask[index]
-    ckw = cache_kwarg(model)
-    eos = torch.tensor(sorted(engine.tokenizer.eos_ids), device=dev)
-    n_own = len(src)
-    out = Decoded(
-        tokens=[[] for _ in src], logprobs=[[] for _ in src], reasons=["length"] * n_own,
-        start=[0] * n_own,
-    )  # fmt: skip
-    # Per row (indexed by row, not batch position): its sampling key, and tokens drawn so far.
-    given = rng if rng is not None else [None] * n_own
-    keys = torch.tensor(
-        [fold(k if k is not None else row_seed(seed, r)) for r, k in enumerate(given)],
-        dtype=torch.long, device=dev,
-    )  # fmt: skip
-    drawn = torch.tensor(
-        list(drawn_before) if drawn_before is not None else [0] * n_own,
-        dtype=torch.long, device=dev,
-    )  # fmt: skip
-    active = torch.arange(n_own, device=dev)  # row of each batch position
-    next_pos = mask.sum(-1)  # positions count real tokens only (left padding)
-    finished = 0
-
-    def admit(joiners: list[Joiner]) -> PrefixKV:
-        """Rows for ``joiners``: their decode state (next-token logits, cache, mask)."""
-        seqs = [[*j.prompt, *j.partial.token_ids] for j in joiners]
-        state = resume_prefix(engine, seqs, [j.kv for j in joiners])
-        out.joined_prefill_tokens += state.tokens
-        out.joined_prefill_seconds += state.seconds
-        nonlocal keys, drawn
-        for j in joiners:
-            out.add(j, "length")
-            if j.kv is not None:
-                out.kv_tokens += kv_tokens(j.kv)
-        new = [
-            fold(j.rng if j.rng is not None else row_seed(seed, 1_000_000 + j.key)) for j in joiners
-        ]
-        keys = torch.cat([keys, torch.tensor(new, dtype=torch.long, device=dev)])
-        drawn = torch.cat(
-            [drawn, torch.tensor([len(j.partial.token_ids) for j in joiners], device=dev)]
-        )
-        return state
-
-    def rows_for(joiners: list[Joiner]) -> torch.Tensor:
-        first = len(out.tokens) - len(joiners)
-        return torch.arange(first, len(out.tokens), device=dev)
-
+    loop = _DecodeLoop(engine, pre, src, seed, inbox, rng, drawn_before)
     while True:
-        scores = torch.log_softmax(logits.float() / temp, dim=-1)
-        tok = scores.argmax(-1) if greedy else _sample(scores, keys[active], drawn[active])
-        drawn[active] += 1
+        tok, ended, rows = loop.sample(temp, greedy, max_new_tokens)
+        loop.report(rows, ended)
+        if bool(ended.all()):
+            if loop.take_final_joiners():
+                continue
+            break
+        if loop.cut_wanted(stop):
+            loop.cut(ended, ship_kv, greedy)
+            break
+        tok = loop.drop_ended(tok, ended)
+        loop.forward(tok)
+        loop.take_joiners()
+    return loop.result()
+
+
+class _DecodeLoop:
+    """One ``decode`` call's state between steps: the batch (cache, mask, next-token logits,
+    the row and next position of each batch position) and every row's output so far."""
+
+    def __init__(
+        self,
+        engine: PrefillEngine,
+        pre: PrefixKV,
+        src: list[int],
+        seed: int,
+        inbox: Inbox | None,
+        rng: Sequence[int | None] | None,
+        drawn_before: Sequence[int] | None,
+    ) -> None:
+        self.engine, self.seed, self.inbox = engine, seed, inbox
+        model, dev = engine.model, engine.device
+        self.model, self.dev = model, dev
+        index = torch.tensor(src, dtype=torch.long, device=dev)
+        self.cache: Any = pre.cache_for(index, model.config)
+        self.logits, self.mask = pre.logits[index], pre.mask[index]
+        self.ckw = cache_kwarg(model)
+        self.eos = torch.tensor(sorted(engine.tokenizer.eos_ids), device=dev)
+        self.n_own = n_own = len(src)
+        self.out = Decoded(
+            tokens=[[] for _ in src], logprobs=[[] for _ in src], reasons=["length"] * n_own,
+            start=[0] * n_own,
+        )  # fmt: skip
+        # Per row (indexed by row, not batch position): its sampling key, and tokens drawn so far.
+        given = rng if rng is not None else [None] * n_own
+        self.keys = torch.tensor(
+            [fold(k if k is not None else row_seed(seed, r)) for r, k in enumerate(given)],
+            dtype=torch.long, device=dev,
+        )  # fmt: skip
+        self.drawn = torch.tensor(
+            list(drawn_before) if drawn_before is not None else [0] * n_own,
+            dtype=torch.long, device=dev,
+        )  # fmt: skip
+        self.active = torch.arange(n_own, device=dev)  # row of each batch position
+        self.next_pos = self.mask.sum(-1)  # positions count real tokens only (left padding)
+        self.finished = 0
+
+    def sample(
+        self, temp: float, greedy: bool, max_new_tokens: int
+    ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Choose and record every batch row's next token; the tokens, which batch rows ended
+        (EOS or length) and the row of each batch position."""
+        out, active = self.out, self.active
+        scores = torch.log_softmax(self.logits.float() / temp, dim=-1)
+        tok = (
+            scores.argmax(-1) if greedy else _sample(scores, self.keys[active], self.drawn[active])
+        )
+        self.drawn[active] += 1
         lp = scores.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
-        done = torch.isin(tok, eos)
+        done = torch.isin(tok, self.eos)
         rows = active.tolist()
         for r, t, l_, d in zip(rows, tok.tolist(), lp.tolist(), done.tolist(), strict=True):
             out.tokens[r].append(t)
             out.logprobs[r].append(l_)
             if d:
                 out.reasons[r] = "eos"
-        full = torch.tensor([len(out.tokens[r]) >= max_new_tokens for r in rows], device=dev)
-        ended = done | full
-        finished += int(ended.sum())
+        full = torch.tensor([len(out.tokens[r]) >= max_new_tokens for r in rows], device=self.dev)
+        return tok, done | full, rows
+
+    def report(self, rows: list[int], ended: torch.Tensor) -> None:
+        """Count the rows that ended; hand them and the progress after this step to the inbox."""
+        out, inbox = self.out, self.inbox
+        self.finished += int(ended.sum())
         if inbox is not None and bool(ended.any()):
-            inbox.put_finished([_finished_row(out, r, n_own) for r in active[ended].tolist()])
+            inbox.put_finished(
+                [_finished_row(out, r, self.n_own) for r in self.active[ended].tolist()]
+            )
         if inbox is not None:
             live = [
                 (r, len(out.tokens[r])) for r, e in zip(rows, ended.tolist(), strict=True) if not e
             ]
-            inbox.progress = _progress(out, live, finished, n_own)
-        if bool(ended.all()):
-            joiners = inbox.take(final=True) if inbox is not None else []
-            if not joiners:
-                break
-            state = admit(joiners)
-            cache, mask = cache_of(state.keys, state.values, model.config), state.mask
-            logits, active, next_pos = state.logits, rows_for(joiners), state.mask.sum(-1)
-            continue
-        want_cut = inbox is not None and inbox.cut_requested
+            inbox.progress = _progress(out, live, self.finished, self.n_own)
+
+    def take_final_joiners(self) -> bool:
+        """Every row ended: start a batch of the joiners that arrived, or close the inbox (in
+        one step with taking them) and stop; whether there is a batch to go on with."""
+        joiners = self.inbox.take(final=True) if self.inbox is not None else []
+        if not joiners:
+            return False
+        state = self.admit(joiners)
+        self.cache, self.mask = cache_of(state.keys, state.values, self.model.config), state.mask
+        self.logits, self.active, self.next_pos = (
+            state.logits, self.rows_for(joiners), state.mask.sum(-1)
+        )  # fmt: skip
+        return True
+
+    def cut_wanted(self, stop: Callable[[int, int], bool] | None) -> bool:
+        """Whether the controller (through the inbox) or ``stop`` asks for a cut now."""
+        want_cut = self.inbox is not None and self.inbox.cut_requested
         if not want_cut and stop is not None:
-            want_cut = stop(finished, len(out.tokens))
-        if want_cut:
-            for r in active[~ended].tolist():
-                out.reasons[r] = "cut"
-            if ship_kv:
-                out.shipped = export_rows(cache, mask, active, ~ended)
-            if not greedy:
-                out.rng = {r: int(keys[r]) for r in active[~ended].tolist()}
-            for j in inbox.close() if inbox is not None else []:  # not started: cut as is
-                r = out.add(j, "cut")
-                if j.kv is not None:
-                    out.shipped[r] = j.kv
-                if j.rng is not None:
-                    out.rng[r] = j.rng
-            break
+            want_cut = stop(self.finished, len(self.out.tokens))
+        return want_cut
+
+    def cut(self, ended: torch.Tensor, ship_kv: bool, greedy: bool) -> None:
+        """End the unfinished rows as cut, with their KV and sampling keys, and the joiners not
+        started yet as they came."""
+        out, active = self.out, self.active
+        for r in active[~ended].tolist():
+            out.reasons[r] = "cut"
+        if ship_kv:
+            out.shipped = export_rows(self.cache, self.mask, active, ~ended)
+        if not greedy:
+            out.rng = {r: int(self.keys[r]) for r in active[~ended].tolist()}
+        for j in self.inbox.close() if self.inbox is not None else []:  # not started: cut as is
+            r = out.add(j, "cut")
+            if j.kv is not None:
+                out.shipped[r] = j.kv
+            if j.rng is not None:
+                out.rng[r] = j.rng
+
+    def drop_ended(self, tok: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
+        """The batch without its ended rows; the tokens of the rows left."""
         if bool(ended.any()):
             # Drop finished rows from the batch (and their KV): long-tailed lengths leave most
             # rows finished long before the last one, and feeding them pads is wasted work.
             keep = (~ended).nonzero().squeeze(-1)
-            cache.reorder_cache(keep)
-            active, tok, mask, next_pos = active[keep], tok[keep], mask[keep], next_pos[keep]
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
-        logits = model(
+            self.cache.reorder_cache(keep)
+            self.active, tok = self.active[keep], tok[keep]
+            self.mask, self.next_pos = self.mask[keep], self.next_pos[keep]
+        return tok
+
+    def forward(self, tok: torch.Tensor) -> None:
+        """Feed ``tok`` (one token per batch row): the next-token logits, the cache grown."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=-1)
+        self.logits = self.model(
             input_ids=tok.unsqueeze(-1),
-            attention_mask=mask,
-            position_ids=next_pos.unsqueeze(-1),
+            attention_mask=self.mask,
+            position_ids=self.next_pos.unsqueeze(-1),
             use_cache=True,
-            **{ckw: cache},
+            **{self.ckw: self.cache},
         ).logits[:, -1, :]
-        next_pos = next_pos + 1
-        joiners = inbox.take() if inbox is not None else []
+        self.next_pos = self.next_pos + 1
+
+    def take_joiners(self) -> None:
+        """Append the joiners that arrived to the running batch, left-padded to one width."""
+        joiners = self.inbox.take() if self.inbox is not None else []
         if joiners:
-            state = admit(joiners)
-            cache, mask = merge(cache, mask, state, model.config)
-            logits = torch.cat([logits, state.logits])
-            active = torch.cat([active, rows_for(joiners)])
-            next_pos = torch.cat([next_pos, state.mask.sum(-1)])
-    out.decode_tokens = sum(len(t) - s for t, s in zip(out.tokens, out.start, strict=True))
-    # Steps run here: a joiner's tokens from before it came do not count.
-    out.steps = max((len(t) - s for t, s in zip(out.tokens, out.start, strict=True)), default=0)
-    return out
+            state = self.admit(joiners)
+            self.cache, self.mask = merge(self.cache, self.mask, state, self.model.config)
+            self.logits = torch.cat([self.logits, state.logits])
+            self.active = torch.cat([self.active, self.rows_for(joiners)])
+            self.next_pos = torch.cat([self.next_pos, state.mask.sum(-1)])
+
+    def admit(self, joiners: list[Joiner]) -> PrefixKV:
+        """Rows for ``joiners``: their decode state (next-token logits, cache, mask)."""
+        out, dev = self.out, self.dev
+        seqs = [[*j.prompt, *j.partial.token_ids] for j in joiners]
+        state = resume_prefix(self.engine, seqs, [j.kv for j in joiners])
+        out.joined_prefill_tokens += state.tokens
+        out.joined_prefill_seconds += state.seconds
+        for j in joiners:
+            out.add(j, "length")
+            if j.kv is not None:
+                out.kv_tokens += kv_tokens(j.kv)
+        new = [
+            fold(j.rng if j.rng is not None else row_seed(self.seed, 1_000_000 + j.key))
+            for j in joiners
+        ]
+        self.keys = torch.cat([self.keys, torch.tensor(new, dtype=torch.long, device=dev)])
+        self.drawn = torch.cat(
+            [self.drawn, torch.tensor([len(j.partial.token_ids) for j in joiners], device=dev)]
+        )
+        return state
+
+    def rows_for(self, joiners: list[Joiner]) -> torch.Tensor:
+        """The rows of ``joiners``, just admitted: the last ones."""
+        first = len(self.out.tokens) - len(joiners)
+        return torch.arange(first, len(self.out.tokens), device=self.dev)
+
+    def result(self) -> Decoded:
+        """The output, with the tokens decoded here and the steps run."""
+        out = self.out
+        out.decode_tokens = sum(len(t) - s for t, s in zip(out.tokens, out.start, strict=True))
+        # Steps run here: a joiner's tokens from before it came do not count.
+        out.steps = max((len(t) - s for t, s in zip(out.tokens, out.start, strict=True)), default=0)
+        return out
 
 
 def _progress(out: Decoded, live: list[tuple[int, int]], finished: int, n_own: int) -> Progress:
