@@ -202,13 +202,17 @@ class _Dest:
 
     def load(self, extra: float = 0.0, delay: float = 0.0) -> float:
         """Predicted seconds (tokens without params) until it finishes, with one more sequence."""
-        rem = max(self.remaining, extra)
+        # Every plan asks this of each destination for each sequence: max(a, b) is spelled
+        # out as the builtin decides it (b only if b > a), without its call.
+        rem = extra if extra > self.remaining else self.remaining
         if self.params is None:
-            return max(rem, delay + extra)
+            arrival = delay + extra
+            return arrival if arrival > rem else rem
         p = self.params
         n = self.n + (1 if extra > 0 else 0)
         own = p.step_seconds * rem + p.step_seconds_per_seq * (self.total + extra)
-        return max(own, delay + extra * p.step_time(n))
+        arrival = delay + extra * p.step_time(n)
+        return arrival if arrival > own else own
 
 
 def _check_functions(functions: Sequence[FunctionProgress]) -> None:
@@ -218,6 +222,22 @@ def _check_functions(functions: Sequence[FunctionProgress]) -> None:
     seqs = [s.seq_id for f in functions for s in f.unfinished]
     if len(set(seqs)) != len(seqs):
         raise BadScalingInput("migration plan", "a seq_id appears on more than one function")
+
+
+def _most_headroom(
+    dests: Sequence[_Dest], need: float, delay: float, within: float
+) -> _Dest | None:
+    """Of ``dests``, the one whose predicted finish with a sequence of ``need`` tokens arriving
+    after ``delay`` seconds is earliest and at most ``within`` (ties: most free slots, then
+    function id); None if none fits. Each destination's load is computed once."""
+    best, best_key = None, None
+    for d in dests:
+        load = d.load(need, delay)
+        if load <= within:
+            key = (load, -d.free, d.fid)
+            if best_key is None or key < best_key:
+                best, best_key = d, key
+    return best
 
 
 def _place(
@@ -237,15 +257,16 @@ def _place(
     if sum(max(d.free, 0) for d in dests) < len(seqs):
         return None
     moves = []
+    within = None if horizon is None else horizon * (1 + 1e-9)
     for s in sorted(seqs, key=lambda s: (-s.predicted_remaining, str(s.seq_id))):
         method, seconds = transfer.choose(s.state_tokens)
         need = s.predicted_remaining
         open_ = [d for d in dests if d.free > 0]
-        if horizon is not None:
-            fits = [d for d in open_ if d.load(need, seconds) <= horizon * (1 + 1e-9)]
-            if not fits:
+        if within is not None:
+            best = _most_headroom(open_, need, seconds, within)
+            if best is None:
                 return None
-            d = min(fits, key=lambda d: (d.load(need, seconds), -d.free, d.fid))
+            d = best
         else:
             long_enough = [d for d in open_ if d.remaining >= need]
             if long_enough:
@@ -335,13 +356,7 @@ def plan_cut_with_loads(
         (f for f in candidates if f.unfinished and f.ratio >= tau),
         key=lambda f: (len(f.unfinished), f.predicted_remaining, f.function_id),
     )
-    dests = {f.function_id: _Dest(f, params) for f in loads if f.unfinished}
-    horizon = max((d.load() for d in dests.values()), default=0.0) if params else None
-    if planned is not None:
-        if not math.isfinite(planned):
-            raise BadScalingInput("migration plan", f"planned must be finite, got {planned}")
-        if horizon is not None:
-            horizon = max(horizon, planned)
+    dests, horizon = _dests_and_horizon(loads, params, planned)
     receivers: set[str] = set()
     cut: set[str] = set()
     for c in candidates:
@@ -373,6 +388,56 @@ def plan_cut_with_loads(
             f"{len(moves)} sequences moved"
         )
     return plan
+
+
+def _dests_and_horizon(
+    loads: Sequence[FunctionLoad], params: ThroughputParams | None, planned: float | None
+) -> tuple[dict[str, _Dest], float | None]:
+    """The working functions as destinations, by id, and the guard's horizon (None without
+    ``params``): what :func:`plan_cut_with_loads` places into."""
+    dests = {f.function_id: _Dest(f, params) for f in loads if f.unfinished}
+    horizon = max((d.load() for d in dests.values()), default=0.0) if params else None
+    if planned is not None:
+        if not math.isfinite(planned):
+            raise BadScalingInput("migration plan", f"planned must be finite, got {planned}")
+        if horizon is not None:
+            horizon = max(horizon, planned)
+    return dests, horizon
+
+
+def cut_ruled_out(
+    firsts: Sequence[tuple[str, int, SequenceProgress]],
+    loads: Sequence[FunctionLoad],
+    transfer: TransferParams | None = None,
+    params: ThroughputParams | None = None,
+    planned: float | None = None,
+) -> bool:
+    """Whether :func:`plan_cut_with_loads` is sure to plan no cut, told of each candidate only
+    ``(function_id, unfinished sequences, the first of them it would place)``: the longest
+    predicted remaining, then the smallest ``str(seq_id)``. ``loads``, ``transfer``, ``params``
+    and ``planned`` as it takes them. For a caller that asks at every finish and is mostly told
+    no: it need not build every candidate sequence's progress to hear it.
+
+    Exact, not a heuristic: until a candidate is cut the planner's destinations stay as
+    ``loads`` made them and nothing receives, so it plans a cut only if some candidate passes
+    :func:`_place` against all the other working functions, and _place's first step is this
+    test (the free slots, then the first sequence within the horizon). Raises what the planner
+    raises for a bad ``planned``. Without ``params`` (no horizon) a first sequence always fits
+    where slots do: not ruled out."""
+    transfer = transfer or TransferParams()
+    dests, horizon = _dests_and_horizon(loads, params, planned)
+    if horizon is None:
+        return False
+    within = horizon * (1 + 1e-9)  # as _place compares
+    for fid, unfinished, first in firsts:
+        pool = [d for other, d in dests.items() if other != fid]
+        if not pool or sum(max(d.free, 0) for d in pool) < unfinished:
+            continue  # kept: nowhere to go, or too few free slots
+        _, seconds = transfer.choose(first.state_tokens)
+        open_ = [d for d in pool if d.free > 0]
+        if _most_headroom(open_, first.predicted_remaining, seconds, within) is not None:
+            return False
+    return True
 
 
 def plan_global_cut(

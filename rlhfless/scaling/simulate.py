@@ -33,12 +33,15 @@ end). Every sequence decodes exactly its true length across however many functio
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+import msgspec
 
 from rlhfless.scaling.errors import BadScalingInput
 from rlhfless.scaling.migrate import (
@@ -49,6 +52,7 @@ from rlhfless.scaling.migrate import (
     SequenceProgress,
     check_threshold,
     cut_due,
+    cut_ruled_out,
     finished_ratio,
     plan_cut_with_loads,
     plan_global_cut,
@@ -86,10 +90,6 @@ class _Fn:
         self.waiting = False  # idle, waiting for migrated sequences to arrive
         self.busy_start: float | None = None
 
-    def unfinished(self) -> list[int]:
-        """Its sequences still to finish: running, queued, then on their way here."""
-        return [s for _, s in self.active] + list(self.queue) + [s for _, s in self.arrivals]
-
     def unfinished_count(self) -> int:
         return len(self.active) + len(self.queue) + len(self.arrivals)
 
@@ -126,7 +126,98 @@ def simulate_rollout(
     plan expected the rollout to end without a cut (seconds on this simulation's clock); the
     guard's horizon is at least what is left of it (:mod:`~rlhfless.scaling.migrate`).
     ``cut = "auto"`` is a planning setting,
-    not a cut: run the plan's (``ScalingConfig.cut_in_force``)."""
+    not a cut: run the plan's (``ScalingConfig.cut_in_force``).
+
+    A rollout asked for again with the same inputs gets a copy of the first answer (see
+    _result_key): the planner simulates its candidates again at each k grid and iteration."""
+    inputs = (
+        lengths, prefill_tokens, groups, params, predicted, warm, cut, threshold, transfer,
+        hold_to_end, prewarm, guard, remaining, shape, tail, max_new_tokens, planned_end,
+    )  # fmt: skip
+    key = _result_key(inputs)
+    if key is not None and key in _RESULTS:
+        return _copied(_RESULTS[key])
+    result = _simulate(*inputs)
+    if key is not None:
+        if len(_RESULTS) >= _RESULTS_MAX:
+            del _RESULTS[next(iter(_RESULTS))]  # the oldest
+        _RESULTS[key] = _copied(result)
+    return result
+
+
+# Rollouts simulated so far, by _result_key of their inputs (the oldest dropped past the cap).
+_RESULTS: dict[tuple[object, ...], SimResult] = {}
+_RESULTS_MAX = 512
+# What a rollout calls through this module's namespace, and so what a caller (a test, a golden
+# recorder) may replace: part of the key, so a result planned by other functions is never
+# handed out (held by the key, so an id is never reused).
+_HOOKS = ("plan_cut_with_loads", "plan_global_cut", "cut_ruled_out", "cut_due",
+          "expected_remaining", "length_support", "check_threshold", "check_max_new_tokens",
+          "finished_ratio")  # fmt: skip
+_PLAIN = (int, float, bool, str, type(None))
+
+
+def _result_key(inputs: tuple[object, ...]) -> tuple[object, ...] | None:
+    """A key equal only for inputs that simulate the same (None: not safe to key, not kept).
+
+    The inputs' repr, hashed: a float's repr gives back its exact bits (-0.0, inf and int vs
+    float included), so equal reprs are equal inputs. Only for what repr spells out in full:
+    lists and tuples of plain numbers, plain scalars and the settings structs (a numpy array's
+    repr elides)."""
+    if not all(_spelled_out(x) for x in inputs):
+        return None
+    text = repr(inputs).encode()
+    hooks = tuple(globals()[name] for name in _HOOKS)
+    return (hashlib.sha256(text).digest(), len(text), hooks)
+
+
+def _spelled_out(x: object) -> bool:
+    """Whether repr(x) spells x out exactly: a plain scalar, a settings struct of plain
+    fields, or a list or tuple of plain numbers or of such rows (exact types: no subclass)."""
+    if type(x) in _PLAIN:
+        return True
+    if isinstance(x, ThroughputParams | TransferParams):
+        exact = type(x) in (ThroughputParams, TransferParams)
+        return exact and all(type(getattr(x, f)) in _PLAIN for f in x.__struct_fields__)
+    if not (isinstance(x, list | tuple) and type(x) in (list, tuple)):
+        return False
+    rows = [r for r in x if type(r) in (list, tuple)]
+    if rows and len(rows) != len(x):
+        return False
+    cells = {type(v) for r in rows for v in r} if rows else {type(v) for v in x}
+    return cells <= {int, float, bool}
+
+
+def _copied(r: SimResult) -> SimResult:
+    """A copy through which nobody can change the kept result: new lists and functions (their
+    items are immutable)."""
+    return msgspec.structs.replace(
+        r,
+        functions=[msgspec.structs.replace(f, busy=list(f.busy)) for f in r.functions],
+        tokens_per_sequence=list(r.tokens_per_sequence),
+        finish_times=list(r.finish_times),
+    )
+
+
+def _simulate(
+    lengths: Sequence[Sequence[float]],
+    prefill_tokens: Sequence[float],
+    groups: Sequence[Sequence[int]],
+    params: ThroughputParams,
+    predicted: Sequence[Sequence[float]] | None,
+    warm: int,
+    cut: CutPolicy,
+    threshold: float,
+    transfer: TransferParams | None,
+    hold_to_end: bool,
+    prewarm: bool,
+    guard: bool,
+    remaining: RemainingEstimate,
+    shape: Sequence[float],
+    tail: float,
+    max_new_tokens: float | None,
+    planned_end: float | None,
+) -> SimResult:
     tau, limit = _check_settings(remaining, cut, threshold, max_new_tokens, planned_end)
     transfer = transfer or TransferParams(prefill_tokens_per_s=params.prefill_tokens_per_s)
     pred = predicted if predicted is not None else lengths
@@ -186,6 +277,62 @@ def _flatten(
         raise BadScalingInput("simulate_rollout", "prefill_tokens and lengths differ in length")
     if sorted(g for f in groups for g in f) != list(range(len(lengths))):
         raise BadScalingInput("simulate_rollout", "groups must hold every group index exactly once")
+    if _all_valid(lengths, prefill_tokens, pred):
+        return _flatten_valid(lengths, prefill_tokens, pred)
+    return _flatten_checked(lengths, prefill_tokens, pred)
+
+
+def _all_valid(
+    lengths: Sequence[Sequence[float]],
+    prefill_tokens: Sequence[float],
+    pred: Sequence[Sequence[float]],
+) -> bool:
+    """Whether every input _flatten_checked checks is good (and every length finite), in a
+    few tight passes; anything else, even an input these passes choke on, goes to it."""
+    try:
+        return (
+            len(pred) == len(lengths)
+            and all(len(p) == len(ls) for p, ls in zip(pred, lengths, strict=True))
+            and all(math.isfinite(x) and x >= 0 for x in prefill_tokens)
+            and all(math.isfinite(x) and x >= 0 for ls in lengths for x in ls)
+            and all(math.isfinite(x) and x >= 0 for ps in pred for x in ps)
+        )
+    except Exception:  # not numbers: _flatten_checked raises as it always has
+        return False
+
+
+def _flatten_valid(
+    lengths: Sequence[Sequence[float]],
+    prefill_tokens: Sequence[float],
+    pred: Sequence[Sequence[float]],
+) -> _Sequences:
+    """_flatten_checked's rows, built without its checks (_all_valid has passed)."""
+    sizes = [len(ls) for ls in lengths]
+    return _Sequences(
+        length=[math.ceil(x) for ls in lengths for x in ls],
+        predicted=[float(p) for ps in pred for p in ps],
+        prompt=[
+            int(prompt) for prompt, n in zip(prefill_tokens, sizes, strict=True) for _ in range(n)
+        ],
+        group=[g for g, n in enumerate(sizes) for _ in range(n)],
+        of_group=_ids_of_groups(sizes),
+    )
+
+
+def _ids_of_groups(sizes: Sequence[int]) -> list[list[int]]:
+    out, start = [], 0
+    for n in sizes:
+        out.append(list(range(start, start + n)))
+        start += n
+    return out
+
+
+def _flatten_checked(
+    lengths: Sequence[Sequence[float]],
+    prefill_tokens: Sequence[float],
+    pred: Sequence[Sequence[float]],
+) -> _Sequences:
+    """The rows, each input checked as it is read: the first bad one raises."""
     seq_len: list[int] = []
     seq_pred: list[float] = []
     seq_prompt: list[int] = []
@@ -234,6 +381,41 @@ class _CutSettings:
     limit: float | None  # the generation limit
 
 
+# expected_remaining(support, produced, tail, limit) by (support, tail, limit), then produced.
+# A planner simulates the same groups' predictions on many scenarios and cut settings, and
+# every rollout asks each group's remaining at much the same token counts: the table outlives
+# the rollout. A hit returns the value an identical call computed (equal float keys: the
+# support's points only enter as ``x > produced`` and ``x - produced`` with produced >= 0, where
+# 0.0 and -0.0 agree; a NaN never equals, so it only misses). tail's type is in the key: an int
+# tail gives an int ``tail * produced``.
+_REMAINING_TABLES: dict[tuple[object, ...], dict[int, float]] = {}
+_REMAINING_TABLES_MAX = 4096  # supports kept; past it the tables start over
+
+
+def _remaining_table(support: list[float], tail: float, limit: float | None) -> dict[int, float]:
+    key = (tuple(support), type(tail), tail, limit)
+    table = _REMAINING_TABLES.get(key)
+    if table is None:
+        if len(_REMAINING_TABLES) >= _REMAINING_TABLES_MAX:
+            _REMAINING_TABLES.clear()
+        table = _REMAINING_TABLES[key] = {}
+    return table
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    """A working function at a cut check: its unfinished sequences, the tokens each has produced
+    and its predicted remaining, its load row, and whether it is a cut candidate."""
+
+    f: int
+    fn: _Fn
+    seqs: list[int]
+    made: list[int]
+    rems: list[float]
+    load: FunctionLoad
+    candidate: bool
+
+
 class _Rollout:
     """One simulated rollout: its functions, the event clock and every sequence's progress.
     :meth:`start` requests the functions, :meth:`run` plays the clock out, :meth:`result` sums
@@ -244,8 +426,12 @@ class _Rollout:
         self.params = params
         self.seqs = seqs
         self.policy = policy
-        # expected_remaining by group, then tokens produced
-        self.remaining_of: list[dict[int, float]] = [{} for _ in policy.support]
+        # expected_remaining by group, then tokens produced (shared with earlier rollouts)
+        tables = [
+            _remaining_table(support, policy.tail, policy.limit) for support in policy.support
+        ]
+        # each sequence's table (its group's; conditional remaining only)
+        self.table_of = [tables[g] for g in seqs.group] if tables else []
         n = len(seqs.length)
         self.produced = [0] * n  # decode tokens of completed steps, over all functions
         self.finished_at = [0.0] * n  # when each sequence finished
@@ -417,32 +603,50 @@ class _Rollout:
         self.out[f].finished_at = t
         self.out[f].released_at = t
 
-    def rems_of(self, fn: _Fn, seqs: Sequence[int]) -> tuple[list[int], list[float]]:
-        """Tokens produced and predicted remaining of each of ``seqs`` (on fn)."""
-        step, running = fn.step, fn.active_set
-        produced, start_step = self.produced, self.start_step
-        made = [produced[s] + (step - start_step[s] if s in running else 0) for s in seqs]
-        policy, predicted = self.policy, self.seqs.predicted
-        if policy.remaining != "conditional":
-            top = math.inf if policy.limit is None else policy.limit
-            return made, [
-                max(min(predicted[s], top) - m, 1.0) for s, m in zip(seqs, made, strict=True)
-            ]
-        rems = []
-        for s, m in zip(seqs, made, strict=True):
-            # A pure function of (group, produced) within one rollout (support, tail and the
-            # limit are fixed), asked again for a group's samples and at each cut check: memoised.
-            g = self.seqs.group[s]
-            rem = self.remaining_of[g].get(m)
-            if rem is None:
-                rem = self.remaining_of[g][m] = expected_remaining(
-                    policy.support[g], m, policy.tail, policy.limit
-                )
-            rems.append(rem)
-        return made, rems
+    def made_of(self, fn: _Fn) -> tuple[list[int], list[int]]:
+        """fn's unfinished sequences (running, queued, then on their way here: the order the
+        planner is told them in, which its sums follow) and the tokens each has produced."""
+        produced, start_step, step = self.produced, self.start_step, fn.step
+        running = [s for _, s in fn.active]
+        waiting = list(fn.queue) + [s for _, s in fn.arrivals]
+        made = [produced[s] + (step - start_step[s]) for s in running]
+        made += [produced[s] for s in waiting]
+        return running + waiting, made
 
-    def function_progress(self, f: int, fn: _Fn, seqs: Sequence[int]) -> FunctionProgress:
-        made, rems = self.rems_of(fn, seqs)
+    def remaining(self, seqs: Sequence[int], made: Sequence[int]) -> list[float]:
+        """The predicted remaining tokens of each of ``seqs``, having produced ``made``."""
+        policy = self.policy
+        if policy.remaining != "conditional":
+            predicted = self.seqs.predicted
+            top = math.inf if policy.limit is None else policy.limit
+            return [max(min(predicted[s], top) - m, 1.0) for s, m in zip(seqs, made, strict=True)]
+        # A pure function of (support, produced) given tail and the limit, asked again for a
+        # group's samples, at each cut check and by every rollout of the same groups: memoised
+        # (_remaining_table); the misses are filled in after one pass of look-ups.
+        table_of = self.table_of
+        rems = [table_of[s].get(m) for s, m in zip(seqs, made, strict=True)]
+        if None in rems:
+            for i, (s, m) in enumerate(zip(seqs, made, strict=True)):
+                if rems[i] is None:
+                    rems[i] = self.expected_remaining(s, m)
+        return rems  # type: ignore[return-value]  # every None filled in
+
+    def expected_remaining(self, s: int, m: int) -> float:
+        """Sequence s's expected_remaining having produced m, memoised in its group's table."""
+        table = self.table_of[s]
+        rem = table.get(m)
+        if rem is None:
+            policy, g = self.policy, self.seqs.group[s]
+            rem = table[m] = expected_remaining(policy.support[g], m, policy.tail, policy.limit)
+        return rem
+
+    def function_progress(self, f: int, fn: _Fn) -> FunctionProgress:
+        seqs, made = self.made_of(fn)
+        return self.progress_of(f, fn, seqs, made, self.remaining(seqs, made))
+
+    def progress_of(
+        self, f: int, fn: _Fn, seqs: list[int], made: list[int], rems: list[float]
+    ) -> FunctionProgress:
         prompt = self.seqs.prompt
         unfinished = tuple(
             SequenceProgress(seq_id=s, prompt_tokens=prompt[s], produced=m, predicted_remaining=rem)
@@ -457,36 +661,36 @@ class _Rollout:
         )
 
     def progress(self) -> list[FunctionProgress]:
-        return [
-            self.function_progress(f, fn, fn.unfinished())
-            for f, fn in enumerate(self.fns)
-            if not fn.done
-        ]
+        return [self.function_progress(f, fn) for f, fn in enumerate(self.fns) if not fn.done]
 
-    def loads(self) -> tuple[list[FunctionProgress], list[FunctionLoad]]:
-        """The candidates' progress and every working function's load: what a per-function
-        plan needs (plan_cut_with_loads), without a struct per sequence of the others."""
-        candidates, rows = [], []
+    def working(self) -> list[_Work]:
+        """Every function with sequences to finish, with their progress (see _Work)."""
+        out = []
         for f, fn in enumerate(self.fns):
-            seqs = [] if fn.done else fn.unfinished()
-            if not seqs:
+            if fn.done or not fn.unfinished_count():
                 continue
-            if finished_ratio(fn.finished, fn.assigned) >= self.policy.tau:
-                c = self.function_progress(f, fn, seqs)
-                candidates.append(c)
-                rows.append(FunctionLoad.of(c))
-                continue
-            rems = self.rems_of(fn, seqs)[1]
-            rows.append(
-                FunctionLoad(
-                    function_id=str(f),
-                    unfinished=len(seqs),
-                    remaining=max(rems),
-                    total=sum(rems),
-                    max_batch=fn.max_batch,
-                )
+            seqs, made = self.made_of(fn)
+            rems = self.remaining(seqs, made)
+            load = FunctionLoad(
+                function_id=str(f),
+                unfinished=len(seqs),
+                remaining=max(rems),  # = FunctionLoad.of(its progress): the same max and sum
+                total=sum(rems),
+                max_batch=fn.max_batch,
             )
-        return candidates, rows
+            candidate = finished_ratio(fn.finished, fn.assigned) >= self.policy.tau
+            out.append(_Work(f, fn, seqs, made, rems, load, candidate))
+        return out
+
+    def first_to_place(self, w: _Work) -> SequenceProgress:
+        """The sequence of w's that the planner would place first (migrate._place's order:
+        longest predicted remaining, then the smallest id as a string)."""
+        top = w.load.remaining
+        i = min((i for i, rem in enumerate(w.rems) if rem == top), key=lambda i: str(w.seqs[i]))
+        s = w.seqs[i]
+        return SequenceProgress(
+            seq_id=s, prompt_tokens=self.seqs.prompt[s], produced=w.made[i], predicted_remaining=top
+        )
 
     def has_candidate(self, now: int) -> bool:
         """Whether a cut plan is worth asking for now (cut_due), function ``now`` having just
@@ -537,11 +741,24 @@ class _Rollout:
         planners there)."""
         p = self.policy
         if p.cut == "per_function":
-            candidates, rows = self.loads()
-            return plan_cut_with_loads(
-                candidates, rows, p.tau, p.transfer, self.params if p.guard else None,
-                None if p.planned_end is None else p.planned_end - t,
-            )  # fmt: skip
+            work = self.working()
+            rows = [w.load for w in work]
+            params = self.params if p.guard else None
+            planned = None if p.planned_end is None else p.planned_end - t
+            candidates = [w for w in work if w.candidate]
+            # Most checks plan nothing: rule that out first from one sequence per candidate
+            # (exact: migrate.cut_ruled_out), unless a candidate's remaining lengths are not all
+            # finite (its progress would raise as before: left to the full path).
+            if all(math.isfinite(w.load.total) for w in candidates) and cut_ruled_out(
+                [(str(w.f), len(w.seqs), self.first_to_place(w)) for w in candidates],
+                rows,
+                p.transfer,
+                params,
+                planned,
+            ):
+                return MigrationPlan(policy="per_function")
+            progress = [self.progress_of(w.f, w.fn, w.seqs, w.made, w.rems) for w in candidates]
+            return plan_cut_with_loads(progress, rows, p.tau, p.transfer, params, planned)
         plan = plan_global_cut(self.progress(), p.tau, p.transfer)
         self.global_fired = True
         return plan

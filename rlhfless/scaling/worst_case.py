@@ -106,7 +106,9 @@ def _makespans(
         slowest = 0.0
         for members, seqs in zip(assignment.groups, order, strict=True):
             prefill = params.prefill_seconds(sum(works[g].prefill_tokens for g in members))
-            decode = decode_seconds([min(cap, lengths[g][i] * scale) for g, i in seqs], params)
+            # min(cap, x) as the builtin decides it (x only if x < cap), without its call
+            scaled = [x if (x := lengths[g][i] * scale) < cap else cap for g, i in seqs]
+            decode = decode_seconds(scaled, params)
             slowest = max(slowest, prefill + decode)
         out.append(params.weight_load_seconds + slowest)
     return out

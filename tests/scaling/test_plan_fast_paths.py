@@ -30,7 +30,12 @@ from rlhfless.scaling import (
 )
 from rlhfless.scaling import simulate as sim
 from rlhfless.scaling.expected import expected_cut_point, expected_point, scenario_points
-from rlhfless.scaling.migrate import FunctionLoad, plan_cut_and_migrate, plan_cut_with_loads
+from rlhfless.scaling.migrate import (
+    FunctionLoad,
+    cut_ruled_out,
+    plan_cut_and_migrate,
+    plan_cut_with_loads,
+)
 from rlhfless.scaling.predictor import expected_remaining, length_support
 from rlhfless.scaling.scaler import Pricing, evaluate
 from tests.scaling.test_margin import _heavy_epochs, _predictor, _works
@@ -132,7 +137,19 @@ def test_the_simulators_remaining_memo_and_load_summaries_are_fresh(monkeypatch)
         seen["plans"] += 1
         return plan
 
+    def checked_ruled_out(firsts, loads, transfer, params, planned):  # type: ignore[no-untyped-def]
+        # The checks ruled out before the planner is asked: their first sequences are fresh too.
+        for _, _, s in firsts:
+            g = group_of[int(s.seq_id)]
+            support = length_support(predicted[g], shape)
+            assert s.predicted_remaining == expected_remaining(support, s.n_produced, tail, limit)
+            seen["seqs"] += 1
+        out = cut_ruled_out(firsts, loads, transfer, params, planned)
+        seen["plans"] += out
+        return out
+
     monkeypatch.setattr(sim, "plan_cut_with_loads", checked)
+    monkeypatch.setattr(sim, "cut_ruled_out", checked_ruled_out)
     groups = [list(range(f, 24, 6)) for f in range(6)]
     p = ThroughputParams(max_batch=32)
     r = simulate_rollout(lengths, [200] * 24, groups, p, predicted=predicted,
