@@ -79,7 +79,10 @@ def stream(
             continue
         done_at = t + pending / cap
         step_end = min(done_at, nxt)
-        pending -= cap * (step_end - t)
+        # A step that ends with the work ends with none left: subtracting would leave a rounding
+        # residue, and one too small to move a large clock (pending / cap under t's last bit)
+        # would never be worked off.
+        pending = 0.0 if done_at <= nxt else pending - cap * (step_end - t)
         for k, r in ready.items():
             if r <= t + 1e-12:
                 _extend(busy[k], t, step_end)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from rlhfless.cost_models import get_model
@@ -125,3 +127,15 @@ def test_the_simulated_plan_is_the_real_scalers() -> None:
         assert POLICY.cut_in_force((ours.cut, ours.cut_threshold)) == (real.cut, real.cut_threshold)
         planner.observe(b.prompt_ids, b.lengths)
         scaler.observe(b.prompt_ids, b.lengths)
+
+
+@pytest.mark.timeout(60)
+def test_the_pool_ends_when_leftover_work_is_below_the_clocks_resolution() -> None:
+    """Work split over many GPUs late in a long iteration: pending / GPUs can fall under the
+    clock's last bit, where the pool once spun forever (a 32-node 70B simulation never ended)."""
+    rng = random.Random(0)
+    for _ in range(300):
+        work, at = rng.uniform(0.01, 50.0), rng.uniform(10.0, 5000.0)
+        r = stream([Freed(at=at, gpus=256, work=work, key=0)], at, 0.0, 0.0)
+        assert r.end == pytest.approx(at + work / 256, abs=1e-9)
+        assert sum(e - s for s, e in r.busy[0]) == pytest.approx(work / 256, abs=1e-9)
