@@ -277,62 +277,6 @@ def _flatten(
         raise BadScalingInput("simulate_rollout", "prefill_tokens and lengths differ in length")
     if sorted(g for f in groups for g in f) != list(range(len(lengths))):
         raise BadScalingInput("simulate_rollout", "groups must hold every group index exactly once")
-    if _all_valid(lengths, prefill_tokens, pred):
-        return _flatten_valid(lengths, prefill_tokens, pred)
-    return _flatten_checked(lengths, prefill_tokens, pred)
-
-
-def _all_valid(
-    lengths: Sequence[Sequence[float]],
-    prefill_tokens: Sequence[float],
-    pred: Sequence[Sequence[float]],
-) -> bool:
-    """Whether every input _flatten_checked checks is good (and every length finite), in a
-    few tight passes; anything else, even an input these passes choke on, goes to it."""
-    try:
-        return (
-            len(pred) == len(lengths)
-            and all(len(p) == len(ls) for p, ls in zip(pred, lengths, strict=True))
-            and all(math.isfinite(x) and x >= 0 for x in prefill_tokens)
-            and all(math.isfinite(x) and x >= 0 for ls in lengths for x in ls)
-            and all(math.isfinite(x) and x >= 0 for ps in pred for x in ps)
-        )
-    except Exception:  # not numbers: _flatten_checked raises as it always has
-        return False
-
-
-def _flatten_valid(
-    lengths: Sequence[Sequence[float]],
-    prefill_tokens: Sequence[float],
-    pred: Sequence[Sequence[float]],
-) -> _Sequences:
-    """_flatten_checked's rows, built without its checks (_all_valid has passed)."""
-    sizes = [len(ls) for ls in lengths]
-    return _Sequences(
-        length=[math.ceil(x) for ls in lengths for x in ls],
-        predicted=[float(p) for ps in pred for p in ps],
-        prompt=[
-            int(prompt) for prompt, n in zip(prefill_tokens, sizes, strict=True) for _ in range(n)
-        ],
-        group=[g for g, n in enumerate(sizes) for _ in range(n)],
-        of_group=_ids_of_groups(sizes),
-    )
-
-
-def _ids_of_groups(sizes: Sequence[int]) -> list[list[int]]:
-    out, start = [], 0
-    for n in sizes:
-        out.append(list(range(start, start + n)))
-        start += n
-    return out
-
-
-def _flatten_checked(
-    lengths: Sequence[Sequence[float]],
-    prefill_tokens: Sequence[float],
-    pred: Sequence[Sequence[float]],
-) -> _Sequences:
-    """The rows, each input checked as it is read: the first bad one raises."""
     seq_len: list[int] = []
     seq_pred: list[float] = []
     seq_prompt: list[int] = []
