@@ -106,19 +106,6 @@ def _one_batch(steps: Sequence[int], params: ThroughputParams) -> Iterator[tuple
         i = j
 
 
-def _one_batch_end(steps: Sequence[int], params: ThroughputParams) -> float:
-    """The last finish of :func:`_one_batch` (0 when ``steps`` is empty), by the same
-    arithmetic in the same order, without a generator: the margin's scenarios decode
-    thousands of these."""
-    t, step, n, i = 0.0, 0, len(steps), 0
-    while i < n:
-        target = steps[i]
-        t += (target - step) * params.step_time(n - i)  # n - i still running
-        step = target
-        i = bisect.bisect_right(steps, target, i)
-    return t
-
-
 def decode_timeline(
     lengths: Sequence[float], params: ThroughputParams, max_batch: int | None = None
 ) -> list[float]:
@@ -175,7 +162,8 @@ def decode_seconds(
     seconds = _DECODED.get(key) if key is not None else None
     if seconds is None:
         if len(live) <= cap:  # one batch: the last finish, without the per-sequence timeline
-            seconds = _one_batch_end(sorted(live), params)
+            last = deque(_one_batch(sorted(live), params), maxlen=1)
+            seconds = last[0][2] if last else 0.0
         else:
             seconds = _queued_end(live, params, cap)
         if key is not None:
