@@ -166,6 +166,7 @@ from rlhfless.scaling import (
     choose_k,
     simulate_rollout,
 )
+from rlhfless.scaling.margin import seen_priors
 from rlhfless.scaling.online import SiblingPredictor, lockstep_reports
 from rlhfless.scaling.policy import batch_work_ratio
 from rlhfless.scaling.predictor import spearman
@@ -432,9 +433,10 @@ def run_policies(
             prewarm=True,
             shape=predictor.shape_ratios(),
             max_new_tokens=limit,
-            # As the stage tells its guard: moves may end by the plan's uncut makespan (on this
-            # clock: without the cold starts that prewarm hides).
-            planned_end=dec.uncut.ideal_seconds,
+            # As the stage's cut controller estimates: online, from finished siblings (and the
+            # guard's horizon the latest finish those estimates predict).
+            remaining="siblings",
+            priors=seen_priors(ww, seen),
         )
         assert r.tokens_per_sequence == [x for g in rollout for x in g], "a sequence was lost"
         extra = {

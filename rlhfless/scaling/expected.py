@@ -115,9 +115,9 @@ def expected_cut_point(
     the cut setting ``(cut, threshold)``.
 
     The rollout is simulated on the first ``scenarios`` (default: all) of the margin's scenarios
-    (:func:`~rlhfless.scaling.simulate.simulate_rollout`, admitted and cut on the *predicted*
-    lengths, as the planner will see them; the guard's horizon at least ``point``'s expected
-    makespan, as the stage's will be), so a straggler's move, its transfer, the receiver's
+    (:func:`~rlhfless.scaling.simulate.simulate_rollout`, admitted on the *predicted* lengths
+    and cut on the online estimates the stage's cut controller makes as samples finish:
+    ``remaining = "siblings"``, seen prompts starting from their prediction), so a straggler's move, its transfer, the receiver's
     longer steps and the early release are all in it. What the cut changes, paired scenario by
     scenario against the same assignment without a cut, is added to ``point``'s expectation:
     with fewer scenarios than the margin has, the difference is still measured on equal draws.
@@ -140,7 +140,8 @@ def expected_cut_point(
         r = simulate_rollout(
             lengths, prefill, groups, params, predicted=predicted, warm=pricing.warm,
             cut=cut, threshold=threshold, transfer=transfer, shape=margin.shape,  # type: ignore[arg-type]
-            max_new_tokens=margin.max_new_tokens, planned_end=point.planned_seconds,
+            max_new_tokens=margin.max_new_tokens,
+            remaining="siblings", priors=margin.priors or None,
         )  # fmt: skip
         d_seconds += r.makespan - base.seconds
         d_usd += (

@@ -220,6 +220,9 @@ class Margin(msgspec.Struct, kw_only=True):
     # simulating its rollout on every scenario (see expected.expected_cut_point); empty: no cut.
     cuts: tuple[tuple[str, float], ...] = ()
     shape: list[float] = []  # the dataset's sample/median ratios: the cut planner's remaining
+    # Each group's plan-time median where its prompt was seen, 0 where it is new: where the
+    # simulated cut controller's online estimate starts (simulate_rollout's ``priors``).
+    priors: list[float] = []
     max_new_tokens: float | None = None  # the generation limit, which bounds that remaining
 
     def __post_init__(self) -> None:
@@ -258,8 +261,18 @@ def build_margin(
         source=top if n else "off",
         cuts=tuple((str(c), float(t)) for c, t in cuts) if scenarios else (),
         shape=predictor.shape_ratios() if scenarios and cuts else [],
+        priors=seen_priors(works, seen) if scenarios and cuts else [],
         max_new_tokens=max_new_tokens,
     )
+
+
+def seen_priors(works: Sequence[GroupWork], seen: Sequence[bool]) -> list[float]:
+    """Each group's predicted median where its prompt was seen, 0 where it is new: the online
+    estimator's starting point (a new prompt's estimate waits for its first finished sample)."""
+    return [
+        float(median(w.lengths)) if s and w.lengths else 0.0
+        for w, s in zip(works, seen, strict=True)
+    ]
 
 
 def admission_order(

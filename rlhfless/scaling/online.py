@@ -24,6 +24,7 @@ Pure: no clock, no I/O. The rollout stage feeds it progress (:class:`SampleRepor
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from statistics import NormalDist, median
@@ -78,6 +79,8 @@ class _Group:
         self.prior = prior
         self.finished: dict[int, int] = {}
         self.running: dict[int, int] = {}
+        self.median: float | None = None  # SiblingPredictor.median, kept until a sample finishes
+        self.median_known = False
 
     def report(self, r: SampleReport) -> None:
         if r.sample in self.finished:
@@ -85,6 +88,7 @@ class _Group:
         if r.finished:
             self.running.pop(r.sample, None)
             self.finished[r.sample] = r.produced
+            self.median_known = False
         else:
             self.running[r.sample] = max(r.produced, self.running.get(r.sample, 0))
 
@@ -112,6 +116,7 @@ class SiblingPredictor:
         self.prior_weight = float(prior_weight)
         self.default = float(default)
         self.max_new_tokens = check_max_new_tokens(max_new_tokens)
+        self._order_ratios: dict[tuple[int, int], float] = {}
         priors = priors or {}
         self._groups: dict[str, _Group] = {}
         for pid, size in group_sizes.items():
@@ -159,15 +164,18 @@ class SiblingPredictor:
         """The group's estimated median length; None before any evidence (no prior and no
         finished sibling: a prompt never seen is predicted once its first sample finishes)."""
         g = self._groups[str(prompt_id)]
+        if g.median_known:
+            return g.median
         logs, weight = 0.0, 0.0
         if g.prior is not None and g.prior > 0:
             logs, weight = self.prior_weight * math.log(g.prior), self.prior_weight
         done = sorted(g.finished.values())
         for i, length in enumerate(done, 1):
-            ratio = quantile(self.shape, i / (g.size + 1))
-            logs += math.log(max(length, 1) / ratio)
+            logs += math.log(max(length, 1) / self._order_ratio(i, g.size))
             weight += 1.0
-        return math.exp(logs / weight) if weight > 0 else None
+        g.median = math.exp(logs / weight) if weight > 0 else None
+        g.median_known = True
+        return g.median
 
     def lower_median(self, prompt_id: str) -> float:
         """The least median the running samples allow: the shortest of them, at ``p`` tokens,
@@ -177,8 +185,16 @@ class SiblingPredictor:
         g = self._groups[str(prompt_id)]
         if not g.running:
             return 0.0
-        ratio = quantile(self.shape, (len(g.finished) + 1) / (g.size + 1))
-        return min(g.running.values()) / ratio
+        return min(g.running.values()) / self._order_ratio(len(g.finished) + 1, g.size)
+
+    def _order_ratio(self, i: int, size: int) -> float:
+        """The shape's ratio for the i-th shortest of ``size`` samples: its ``i / (size + 1)``
+        quantile (memoised: asked for every group at every poll)."""
+        key = (i, size)
+        ratio = self._order_ratios.get(key)
+        if ratio is None:
+            ratio = self._order_ratios[key] = quantile(self.shape, i / (size + 1))
+        return ratio
 
     def source(self, prompt_id: str) -> str:
         """What a group's estimate rests on: "siblings", "prior" or "default"."""
@@ -187,12 +203,35 @@ class SiblingPredictor:
             return "siblings"
         return "prior" if g.prior is not None else "default"
 
+    def centre(self, prompt_id: str) -> float:
+        """The group's median as estimated now: its evidence (else the default), at least what
+        its running samples allow."""
+        mid = self.median(prompt_id)
+        return max(mid if mid is not None else self.default, self.lower_median(prompt_id))
+
+    def remaining_at(self, centre: float, produced: float) -> float:
+        """Expected tokens to go for a running sample at ``produced`` of a group centred on
+        ``centre`` (:meth:`centre`): :func:`median_remaining` of ``centre`` times the shape,
+        read off the sorted points directly (the same number; asked for every running sample
+        at every poll, and by the planner's simulations at every finish)."""
+        if not (math.isfinite(produced) and produced >= 0):
+            raise BadScalingInput("median_remaining", f"produced must be >= 0, got {produced}")
+        limit = self.max_new_tokens
+        support = [centre * r for r in self.shape]  # ascending: the shape is sorted...
+        if not centre > 0:  # ...unless the centre is not positive
+            return median_remaining(support, produced, limit)
+        above = support[bisect.bisect_right(support, produced) :]
+        if not above:
+            return expected_remaining([], produced, max_new_tokens=limit)
+        if limit is not None:
+            above = [x if x < limit else limit for x in above]  # min(x, limit), still ascending
+        n = len(above)
+        mid = above[n // 2] if n % 2 else (above[n // 2 - 1] + above[n // 2]) / 2
+        return max(1.0, float(mid) - produced)
+
     def remaining_of(self, prompt_id: str, produced: float) -> float:
         """Expected tokens to go for a running sample of ``prompt_id`` at ``produced``."""
-        mid = self.median(prompt_id)
-        centre = max(mid if mid is not None else self.default, self.lower_median(prompt_id))
-        support = [centre * r for r in self.shape]
-        return median_remaining(support, produced, self.max_new_tokens)
+        return self.remaining_at(self.centre(prompt_id), produced)
 
     def produced(self, key: SampleKey) -> int:
         """Tokens so far of a sample (0 before its first report)."""

@@ -17,7 +17,6 @@ Both report predicted makespan and dollars, so the iteration summary can show pr
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
@@ -60,9 +59,6 @@ class RolloutPlan(msgspec.Struct, kw_only=True):
     cut_threshold: float
     prefix: PrefixPlan | None = None
     decision: ScalingDecision | None = None  # the k curve (rlhfless policy)
-    # The makespan the plan expected without a cut (its expected T, else predicted), incl. cold
-    # starts: a cut's moves may end by then (migrate's horizon). None: the fixed policy.
-    uncut_seconds: float | None = None
 
 
 log = logging.getLogger("rlhfless.scaling")
@@ -154,10 +150,6 @@ class Scaler:
         # executed, and so re-planned by migration(), with the same costs.
         self._plan_transfer: TransferParams | None = None
         self._cut = ("none", 1.0)  # the last plan's cut setting, for migration()
-        self._uncut_seconds: float | None = None  # the last plan's uncut_seconds, likewise
-        # Measured / predicted makespan of recent rollouts (EWMA; None before the first): what
-        # converts the stage's wall clock into the plan's seconds (migration()).
-        self.makespan_ratio: float | None = None
         # Actual / predicted work of recent batches (batch_work_ratio): the worst-case guard's
         # calibrated scales (worst_case.calibrated_scales).
         self.batch_ratios: list[float] = []
@@ -214,7 +206,7 @@ class Scaler:
             prefix = plan_prefixes(prompt_tokens, group_size, cfg.prefix_min_len)  # type: ignore[arg-type]
         lengths = [self.predictor.predict(pid) for pid in prompt_ids]
         if cfg.policy == "fixed" or not works:
-            self._cut, self._uncut_seconds = ("none", 1.0), None
+            self._cut = ("none", 1.0)
             a = assign_round_robin(works, cfg.fixed_k(self.slots), params)
             point = evaluate(a, params, self.model, self.device_kind, 0.0, warm)
             return RolloutPlan(
@@ -246,7 +238,6 @@ class Scaler:
             worst_case=self.worst_case(),
         )
         self._cut = cfg.cut_in_force((decision.cut, decision.cut_threshold))
-        self._uncut_seconds = decision.uncut.planned_seconds
         return RolloutPlan(
             policy=cfg.policy,
             functions=decision.functions,
@@ -258,7 +249,6 @@ class Scaler:
             cut_threshold=self._cut[1],
             prefix=prefix,
             decision=decision,
-            uncut_seconds=self._uncut_seconds,
         )
 
     def worst_case(self) -> WorstCase | None:
@@ -295,19 +285,15 @@ class Scaler:
         """The cut this rollout runs, (setting, τ): the last plan's under ``cut = "auto"``."""
         return self.config.cut_in_force(self._cut)
 
-    def migration(
-        self, progress: Sequence[FunctionProgress], elapsed: float | None = None
-    ) -> MigrationPlan:
+    def migration(self, progress: Sequence[FunctionProgress]) -> MigrationPlan:
         """Which functions to cut now and where their unfinished sequences go (maybe nothing).
 
-        ``elapsed``: wall-clock seconds since the rollout was requested. With it, and once a
-        rollout has been measured (:meth:`observe_makespan`), the no-extension guard lets a move
-        end as late as the last plan expected the rollout to run without a cut
-        (``RolloutPlan.uncut_seconds``), as the planner's own simulations of the cut assumed;
-        otherwise only as late as the latest predicted finish. The guard counts in the plan's
-        seconds, so ``elapsed`` is converted with :attr:`makespan_ratio`: a throughput model
-        that predicts rollouts twice as long as they run (this CPU, tiny model) would otherwise
-        leave half the plan's makespan as free room for moves.
+        ``progress`` carries each unfinished sequence's remaining length as the stage estimates
+        it online (:class:`~rlhfless.scaling.online.SiblingPredictor`), so the no-extension
+        guard's horizon is the latest finish those estimates predict: a move must end by the
+        time the rollout would end anyway, as the estimates see it now. (The plan's uncut
+        makespan, which the horizon once reached, is a plan-time guess: on a batch shorter
+        than predicted it let moves end long after everything else.)
         """
         cfg = self.config
         cut, tau = self.cut_in_force()
@@ -316,23 +302,8 @@ class Scaler:
         if cut == "global":
             return plan_global_cut(progress, tau, self.transfer_costs(self._plan_transfer))
         params = self.throughput.params() if cfg.cut_guard or cfg.cut == "auto" else None
-        planned = None
-        if elapsed is not None and self._uncut_seconds is not None and self.makespan_ratio:
-            planned = self._uncut_seconds - elapsed / self.makespan_ratio
         transfer = self.transfer_costs(self._plan_transfer)
-        return plan_cut_and_migrate(progress, tau, transfer, params, planned)
-
-    def observe_makespan(
-        self, predicted_seconds: float, seconds: float, alpha: float = 0.5
-    ) -> None:
-        """Record a rollout's planned (``RolloutPlan.predicted_seconds``) and measured makespan:
-        :attr:`makespan_ratio` follows measured / predicted (EWMA, weight ``alpha``)."""
-        for name, v in (("predicted_seconds", predicted_seconds), ("seconds", seconds)):
-            if not (math.isfinite(v) and v > 0):
-                raise BadScalingInput("Scaler.observe_makespan", f"{name} must be > 0, got {v}")
-        r = seconds / predicted_seconds
-        old = self.makespan_ratio
-        self.makespan_ratio = r if old is None else alpha * r + (1 - alpha) * old
+        return plan_cut_and_migrate(progress, tau, transfer, params)
 
     # ------------------------------------------------------------------ after a rollout
 

@@ -353,7 +353,7 @@ class GuardCheck:
 
     def ratio(self, p: CurvePoint) -> float | None:
         """``p``'s worst-case makespan over the baseline's; None where it cannot be judged (a
-        cut before the margin draws each group's error as a whole: see below)."""
+        cut with no drawn scenarios to simulate it on)."""
         key = id(p)
         if key not in self._ratios:
             self._ratios[key] = self._ratio(p)
@@ -366,20 +366,10 @@ class GuardCheck:
         args = (a, self.base, self.works, self.margin, self.params, self.guard)
         if p.cut == "none":
             return worst_ratio(*args)
-        if self.margin is None or self.margin.source != "seen":
-            # A cut's effect hangs on a straggler longer than its group was predicted, which
-            # only measured errors of seen prompts show. Scenarios drawn around the predicted
-            # medians carry no group-level error: on a heavy tail predicted 2x too long they
-            # showed a cut at +2.5% where it ran +5.2%. Split-half scores carry it, but a half
-            # holds G/2 samples, so they understate how often a fresh group of G draws a new
-            # straggler (5% of samples 10x: 19% of halves, 34% of groups): on the same tail
-            # they showed the cut at +3.4 to +4.6% where it ran +4.0 to +5.8% (seeds 0-4).
-            # No cut until measured.
+        if self.margin is None or not self.margin.scenarios:
+            # No drawn lengths: nothing to simulate the cut on.
             return None
-        uncut = next(
-            q for q in self.curve if (q.method, q.k) == (p.method, p.k) and q.cut == "none"
-        )
-        return worst_cut_ratio(*args, (p.cut, p.cut_threshold), self.transfer, uncut.ideal_seconds)
+        return worst_cut_ratio(*args, (p.cut, p.cut_threshold), self.transfer)
 
     def passes(self, p: CurvePoint) -> bool:
         """Whether ``p`` keeps the guard's bound on the worst case."""

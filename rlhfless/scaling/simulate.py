@@ -57,6 +57,7 @@ from rlhfless.scaling.migrate import (
     plan_cut_with_loads,
     plan_global_cut,
 )
+from rlhfless.scaling.online import SampleReport, SiblingPredictor
 from rlhfless.scaling.predictor import (
     check_max_new_tokens,
     expected_remaining,
@@ -68,7 +69,7 @@ from rlhfless.scaling.throughput import ThroughputParams
 from rlhfless.scaling.transfer import TransferParams
 
 CutPolicy = Literal["none", "per_function", "global"]
-RemainingEstimate = Literal["conditional", "naive"]
+RemainingEstimate = Literal["conditional", "naive", "siblings"]
 
 
 class _Fn:
@@ -113,6 +114,7 @@ def simulate_rollout(
     tail: float = 1.0,
     max_new_tokens: float | None = None,
     planned_end: float | None = None,
+    priors: Sequence[float | None] | None = None,
 ) -> SimResult:
     """Simulate decoding ``lengths[g]`` (true lengths of group g's samples) on functions holding
     ``groups[f]`` (group indices). ``predicted[g]`` (same shape as lengths; default: the true
@@ -133,6 +135,7 @@ def simulate_rollout(
     inputs = (
         lengths, prefill_tokens, groups, params, predicted, warm, cut, threshold, transfer,
         hold_to_end, prewarm, guard, remaining, shape, tail, max_new_tokens, planned_end,
+        None if priors is None else [-1.0 if x is None else x for x in priors],
     )  # fmt: skip
     key = _result_key(inputs)
     if key is not None and key in _RESULTS:
@@ -217,6 +220,7 @@ def _simulate(
     tail: float,
     max_new_tokens: float | None,
     planned_end: float | None,
+    priors: Sequence[float] | None,
 ) -> SimResult:
     tau, limit = _check_settings(remaining, cut, threshold, max_new_tokens, planned_end)
     transfer = transfer or TransferParams(prefill_tokens_per_s=params.prefill_tokens_per_s)
@@ -225,6 +229,8 @@ def _simulate(
     support = [length_support(p, shape) for p in pred] if remaining == "conditional" else []
     policy = _CutSettings(cut, tau, transfer, guard, planned_end, remaining, support, tail, limit)
     rollout = _Rollout(params, seqs, policy)
+    if remaining == "siblings":
+        rollout.siblings = _siblings(seqs, pred, priors, shape, limit)
     rollout.start(groups, prefill_tokens, warm, prewarm)
     rollout.run()
     return rollout.result(hold_to_end)
@@ -239,9 +245,10 @@ def _check_settings(
 ) -> tuple[float, float | None]:
     """``(τ, the generation limit)`` from simulate_rollout's settings, checked in its order.
     Without a cut τ is 1 and the threshold is not read (not even checked)."""
-    if remaining not in ("conditional", "naive"):
+    if remaining not in ("conditional", "naive", "siblings"):
         raise BadScalingInput(
-            "simulate_rollout", f"remaining must be conditional/naive, got {remaining!r}"
+            "simulate_rollout",
+            f"remaining must be conditional/naive/siblings, got {remaining!r}",
         )
     if cut not in ("none", "per_function", "global"):
         raise BadScalingInput(
@@ -252,6 +259,32 @@ def _check_settings(
     if planned_end is not None and not math.isfinite(planned_end):
         raise BadScalingInput("simulate_rollout", f"planned_end must be finite, got {planned_end}")
     return tau, limit
+
+
+def _siblings(
+    seqs: _Sequences,
+    pred: Sequence[Sequence[float]],
+    priors: Sequence[float] | None,
+    shape: Sequence[float],
+    limit: float | None,
+) -> SiblingPredictor:
+    """The online estimator the rollout stage's cut controller uses, for these groups: a group
+    with a prior (``priors[g] > 0``: its prompt was seen; without ``priors``, every group's
+    predicted median) starts from it, any other from the predictions' median until its first
+    sample finishes."""
+    flat = sorted(x for p in pred for x in p)
+    typical = flat[len(flat) // 2] if flat else 1.0
+    if priors is None:
+        priors = [sorted(p)[len(p) // 2] if p else 0.0 for p in pred]
+    elif len(priors) != len(pred):
+        raise BadScalingInput("simulate_rollout", f"{len(pred)} groups, {len(priors)} priors")
+    return SiblingPredictor(
+        {str(g): len(ids) for g, ids in enumerate(seqs.of_group)},
+        {str(g): float(x) for g, x in enumerate(priors) if x > 0},
+        [r for r in shape if r > 0],
+        default=max(typical, 1.0),
+        max_new_tokens=limit,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +426,15 @@ class _Rollout:
         # (which follows a true check); so after a false check only the checking function needs
         # testing.
         self.clear = False
+        # remaining = "siblings": the rollout's online estimator, fed every finish as it happens
+        self.siblings: SiblingPredictor | None = None
+        self.index = [0] * n  # each sequence's index within its group
+        for ids in seqs.of_group:
+            for i, s in enumerate(ids):
+                self.index[s] = i
+
+    def report(self, s: int, produced: int, finished: bool) -> SampleReport:
+        return SampleReport(str(self.seqs.group[s]), self.index[s], produced, finished)
 
     def start(
         self,
@@ -491,6 +533,8 @@ class _Rollout:
             fn.active_set.discard(s)
             self.produced[s] = self.seqs.length[s]
             self.finished_at[s] = t
+            if self.siblings is not None:
+                self.siblings.observe([self.report(s, self.produced[s], True)])
             fn.finished += 1
             out.finished += 1
             done_any = True
@@ -508,6 +552,8 @@ class _Rollout:
             s = fn.queue.popleft()
             if produced[s] >= length[s]:  # zero length: finished without a step
                 self.finished_at[s] = t
+                if self.siblings is not None:
+                    self.siblings.observe([self.report(s, length[s], True)])
                 self.clear = False  # unchecked: the next cut check looks at every function
                 fn.finished += 1
                 self.out[f].finished += 1
@@ -560,6 +606,8 @@ class _Rollout:
     def remaining(self, seqs: Sequence[int], made: Sequence[int]) -> list[float]:
         """The predicted remaining tokens of each of ``seqs``, having produced ``made``."""
         policy = self.policy
+        if self.siblings is not None:
+            return self.sibling_remaining(seqs, made)
         if policy.remaining != "conditional":
             predicted = self.seqs.predicted
             top = math.inf if policy.limit is None else policy.limit
@@ -574,6 +622,28 @@ class _Rollout:
                 if rems[i] is None:
                     rems[i] = self.expected_remaining(s, m)
         return rems  # type: ignore[return-value]  # every None filled in
+
+    def sibling_remaining(self, seqs: Sequence[int], made: Sequence[int]) -> list[float]:
+        """What the online estimator expects of each of ``seqs``, told their progress first."""
+        siblings = self.siblings
+        assert siblings is not None
+        siblings.observe(self.report(s, m, False) for s, m in zip(seqs, made, strict=True))
+        group = self.seqs.group
+        # Each group's centre once, and each (group, produced) once: a check asks for every
+        # unfinished sequence, and a group's samples run side by side.
+        centres: dict[int, float] = {}
+        found: dict[tuple[int, int], float] = {}
+        out = []
+        for s, m in zip(seqs, made, strict=True):
+            g = group[s]
+            rem = found.get((g, m))
+            if rem is None:
+                c = centres.get(g)
+                if c is None:
+                    c = centres[g] = siblings.centre(str(g))
+                rem = found[(g, m)] = siblings.remaining_at(c, m)
+            out.append(rem)
+        return out
 
     def expected_remaining(self, s: int, m: int) -> float:
         """Sequence s's expected_remaining having produced m, memoised in its group's table."""

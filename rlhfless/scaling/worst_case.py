@@ -164,13 +164,12 @@ def worst_cut_ratio(
     guard: WorstCase,
     cut: tuple[str, float],
     transfer: TransferParams,
-    planned_end: float,
 ) -> float:
     """:func:`worst_ratio` for the candidate run with ``cut`` (policy, τ): its rollout simulated
-    on each scaled scenario, the cut planned on the unscaled predictions and a horizon of
-    ``planned_end`` (the plan's uncut makespan), as the stage will plan it. A batch that runs
-    shorter than predicted leaves that horizon far off, so a cut can then extend the rollout:
-    only a simulation of the cut on the scaled lengths shows it."""
+    on each scaled scenario, admitted on the unscaled predictions and cut on the online
+    estimates the stage makes as samples finish (``remaining = "siblings"``), so a batch that
+    runs shorter or longer than predicted moves its stragglers by what its finished samples
+    show: only a simulation of the cut on the scaled lengths shows what that does."""
     scenarios = _scenarios(works, margin)[:CUT_SCENARIOS]
     cap = guard.max_new_tokens or math.inf
     predicted = [list(w.lengths) for w in works]
@@ -184,7 +183,8 @@ def worst_cut_ratio(
             r = simulate_rollout(
                 scaled, prefill, candidate.groups, params, predicted=predicted, prewarm=True,
                 cut=cut[0], threshold=cut[1], transfer=transfer, shape=shape,  # type: ignore[arg-type]
-                max_new_tokens=guard.max_new_tokens, planned_end=planned_end,
+                max_new_tokens=guard.max_new_tokens,
+                remaining="siblings", priors=(margin.priors if margin is not None else []) or None,
             )  # fmt: skip
             ratios.append(r.makespan / b if b > 0 else 1.0)
         worst = max(worst, conformal_upper(ratios, guard.quantile))

@@ -19,6 +19,7 @@ Whatever ``Scaler.plan`` passes to ``choose_k`` this must pass too:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from rlhfless.cost_models import CostModel
 from rlhfless.scaling import (
@@ -30,6 +31,7 @@ from rlhfless.scaling import (
     TransferParams,
     choose_k,
 )
+from rlhfless.scaling.margin import seen_priors
 
 # The rollout policy as a user gets it with `scaling.policy = "rlhfless"` (assignment, margin,
 # fallback, cut, within-fraction: every other setting at its default).
@@ -72,6 +74,18 @@ class RolloutPlanner:
     def predict(self, prompt_ids: Sequence[str], group_sizes: Sequence[int]) -> list[list[float]]:
         p = self.scaler.predictor
         return [p.predict_group(pid, g) for pid, g in zip(prompt_ids, group_sizes, strict=True)]
+
+    def online(self, prompt_ids: Sequence[str], works: Sequence[GroupWork]) -> dict[str, Any]:
+        """How the stage's cut controller estimates what a straggler has left, as
+        ``simulate_rollout`` settings: online, from finished siblings, a seen prompt starting
+        from its prediction (``remaining = "siblings"``)."""
+        p = self.scaler.predictor
+        return {
+            "remaining": "siblings",
+            "priors": seen_priors(works, [p.seen(pid) for pid in prompt_ids]),
+            "shape": p.shape_ratios(),
+            "max_new_tokens": self.scaler.max_new_tokens,
+        }
 
     def observe(self, prompt_ids: Sequence[str], lengths: Sequence[Sequence[int]]) -> None:
         self.scaler.observe(prompt_ids, lengths)

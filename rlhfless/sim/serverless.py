@@ -131,6 +131,7 @@ class Rlhfless(System):
             batch.lengths, [float(x) for x in batch.prompt_tokens], groups, params,
             predicted=predicted, cut=cut, threshold=tau,  # type: ignore[arg-type]
             transfer=perf.transfer_params(), prewarm=i > 0,
+            **self.planner.online(batch.prompt_ids, works),
         )  # fmt: skip
         places = c.place(len(groups), tp)
         r = interrupted_functions(r, self.interrupter, tp, [node for node, _ in places])

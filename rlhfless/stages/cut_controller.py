@@ -96,7 +96,7 @@ class CutController:
 
     async def watch(self, prompt_keys: list[Any], started: float) -> None:
         """Poll, plan and cut until cancelled. ``started``: when the rollout was requested
-        (``time.perf_counter``), the start of the clock the plan's makespan is on."""
+        (``time.perf_counter``), the start of the clock the decisions are logged on."""
         kind, tau = self.scaler.cut_in_force()
         self.prompt_keys = [str(k) for k in prompt_keys]
         self.siblings = SiblingPredictor.from_predictor(
@@ -131,7 +131,7 @@ class CutController:
         max_batch = self.scaler.throughput.params().max_batch
         now = [self._progress(i, r, max_batch) for i, r in ready.items()]
         elapsed = time.perf_counter() - started
-        plan = self.scaler.migration(now, elapsed=elapsed)
+        plan = self.scaler.migration(now)
         if plan.cut:
             self._log(elapsed, [int(f) for f in plan.cut], len(plan.moves), now)
         for fid in plan.cut:

@@ -311,8 +311,6 @@ class RolloutStage:
             cold_starts=self.p.rt.stats.cold_start_s[cold0:],
             weight_loads=self.weight_loads,
         )
-        if plan.predicted_seconds > 0 and seconds > 0:  # the cut guard's clock (Scaler.migration)
-            self.scaler.observe_makespan(plan.predicted_seconds, seconds)
 
     def _outcome(
         self, plan: RolloutPlan, call: _Call, cuts: CutController, seconds: float

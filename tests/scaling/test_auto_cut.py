@@ -103,7 +103,7 @@ def test_auto_cut_pays_on_the_heavy_tail_within_the_bound() -> None:
             simulate_rollout(
                 truth, tokens, dec.assignment.groups, PARAMS, predicted=predicted,
                 cut=dec.cut, threshold=dec.cut_threshold, prewarm=True,  # type: ignore[arg-type]
-                shape=pred.shape_ratios(),
+                shape=pred.shape_ratios(), remaining="siblings",  # as the stage estimates
             )
             for dec in (d, d0)
         )  # fmt: skip

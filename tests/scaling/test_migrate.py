@@ -182,43 +182,21 @@ def test_the_plans_uncut_makespan_is_a_horizon_the_guard_may_use() -> None:
             plan_cut_and_migrate([longest, b], 0.7, params=params, planned=bad)
 
 
-def test_the_scaler_guards_with_its_last_plans_uncut_makespan_once_told_the_time() -> None:
-    """Scaler.migration(elapsed=): the horizon reaches the last plan's ``uncut_seconds``, on the
-    plan's clock: wall-clock seconds are converted with the measured / predicted makespan."""
+def test_the_scalers_horizon_is_the_latest_finish_the_estimates_predict() -> None:
+    """Scaler.migration: a move must end by the latest finish the (online) estimates predict,
+    however long the plan expected the rollout to run."""
     from rlhfless.scaling import Scaler, ScalingConfig
 
     cfg = ScalingConfig(policy="rlhfless", cut="per_function", cut_threshold=0.7)
     scaler = Scaler(cfg, slots=4, throughput=ThroughputParams(cold_start_seconds=0.0))
     ids = list(range(8))
     scaler.observe(ids, [[40, 60, 80, 100]] * 8)
-    plan = scaler.plan(ids, [50] * 8, 4)
-    assert plan.decision is not None and plan.uncut_seconds is not None
-    assert plan.uncut_seconds == plan.decision.uncut.planned_seconds
-    assert plan.decision.uncut.cut == "none" and plan.decision.uncut.k == plan.decision.k
-    step = scaler.throughput.params().step_time(1)
-    # A straggler predicted 20 steps past the other function: the guard keeps it...
-    progress = [
-        fn("a", 8, 7, [(0, 10, 120.0)]),
-        fn("b", 8, 7, [(1, 10, 100.0)]),
-    ]
-    assert scaler.migration(progress).empty
-    early = plan.uncut_seconds - 200 * step
-    assert early > 0, (plan.uncut_seconds, step)
-    # ...and, before any rollout was measured, does not trust the plan's clock either.
-    assert scaler.makespan_ratio is None
-    assert scaler.migration(progress, elapsed=early).empty
-    # Rollouts ran as planned: the plan's makespan is room the moves may use...
-    scaler.observe_makespan(10.0, 10.0)
-    assert scaler.makespan_ratio == 1.0
-    assert scaler.migration(progress, elapsed=early).cut == ["b"]
-    assert scaler.migration(progress, elapsed=plan.uncut_seconds).empty  # the plan's time is up
-    # ...but where they ran in half the predicted time, a wall second is two of the plan's:
-    # half the plan's makespan in wall time is all of it.
-    scaler.observe_makespan(10.0, 5.0)
-    assert scaler.makespan_ratio == pytest.approx(0.75)  # EWMA, weight 0.5
-    scaler.observe_makespan(10.0, 5.0, alpha=1.0)
-    assert scaler.makespan_ratio == 0.5
-    assert scaler.migration(progress, elapsed=plan.uncut_seconds / 2).empty
-    assert scaler.migration(progress, elapsed=early / 2).cut == ["b"]
-    with pytest.raises(BadScalingInput, match="seconds must be > 0"):
-        scaler.observe_makespan(0.0, 1.0)
+    scaler.plan(ids, [50] * 8, 4)
+    # a runs 120 more steps; c (not a candidate: 5 of 8 done) 100 more, with room for b's.
+    a = fn("a", 8, 5, [(s, 10, 120.0) for s in (10, 11, 12)])
+    c = fn("c", 8, 5, [(s, 10, 100.0) for s in (20, 21, 22)])
+    # b's straggler would end after a: moving it extends the rollout, so b is kept...
+    assert scaler.migration([a, fn("b", 8, 7, [(1, 10, 130.0)]), c]).empty
+    # ...while one that ends before a does moves to c, and b is released.
+    plan = scaler.migration([a, fn("b", 8, 7, [(1, 10, 40.0)]), c])
+    assert plan.cut == ["b"] and [m.dest for m in plan.moves] == ["c"]
