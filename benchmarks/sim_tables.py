@@ -13,11 +13,13 @@ import argparse
 
 from rlhfless.sim import SimConfig, Workload, simulate
 from rlhfless.sim.report import usd
+from rlhfless.sim.run import SystemReport
 
 COSTS = ("aws", "onprem")
 
 
-def rows(model: str, iterations: int, minibatches: int) -> list[str]:
+def rows(model: str, iterations: int, minibatches: int) -> tuple[list[str], str]:
+    """The table's rows for one model, and its row of the against-each-peer table."""
     w = Workload(algo="grpo", dataset="gsm8k-like", batch_prompts=256, group_size=8,
                  iterations=iterations, minibatches=minibatches)  # fmt: skip
     r = simulate(SimConfig(nodes=20, gpu="h100", model=model, workload=w, costs=COSTS))
@@ -33,7 +35,19 @@ def rows(model: str, iterations: int, minibatches: int) -> list[str]:
                 "n/a" if d is None else f"{usd(d)} ({1 - d / ref:+.1%})" if ref else usd(d)
             )
         out.append("| " + " | ".join(cells) + " |")
-    return out
+    return out, peer_row(model, minibatches, r.systems)
+
+
+def peer_row(model: str, minibatches: int, systems: dict[str, SystemReport]) -> str:
+    """Each rlhfless system's speedup and ``onprem`` saving against each serverful peer."""
+    cells = [str(minibatches), model.upper()]
+    for ours in ("rlhfless", "rlhfless-staged"):
+        for peer in ("serverful-colocated", "serverful-fused"):
+            a, b = systems[ours], systems[peer]
+            d, ref = a.usd["onprem"], b.usd["onprem"]
+            saved = f"{1 - d / ref:.1%}" if d is not None and ref else "n/a"
+            cells.append(f"{b.mean_iteration_seconds / a.mean_iteration_seconds:.2f}x ({saved})")
+    return "| " + " | ".join(cells) + " |"
 
 
 if __name__ == "__main__":
@@ -45,5 +59,13 @@ if __name__ == "__main__":
         "| model | system | s/iter | speedup | GPU-h busy/idle/cold | aws $ (saved) | onprem $ (saved) |"
     )
     print("|---|---|---|---|---|---|---|")
+    peers = []
     for model, its in (("7b", 4), ("70b", 3)):
-        print("\n".join(rows(model, its, args.minibatches)))
+        table, peer = rows(model, its, args.minibatches)
+        print("\n".join(table))
+        peers.append(peer)
+    print()
+    print("| steps/iter | model | rlhfless (streamed) vs colocated | vs fused "
+          "| rlhfless-staged vs colocated | vs fused |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    print("\n".join(peers))
