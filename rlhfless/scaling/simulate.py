@@ -17,8 +17,12 @@ decides with *predicted* ones. Model (all times in seconds from the rollout's st
   Predicted remaining (``remaining = "conditional"``, the default) is
   :func:`~rlhfless.scaling.predictor.expected_remaining`: ``E[L - produced | L > produced]`` over
   the sequence's group profile plus its median times the dataset's ``shape`` ratios, ``tail`` x
-  produced once it has overrun them all; ``"naive"``: predicted - produced, at least 1. Either
-  way never past ``max_new_tokens`` (the generation limit), when given. A cut function stops at
+  produced once it has overrun them all; ``"naive"``: predicted - produced, at least 1;
+  ``"siblings"``: online, as the rollout stage's cut controller estimates, from the group's
+  samples finished so far and its running ones
+  (:class:`~rlhfless.scaling.online.SiblingPredictor`, fed every finish as it happens; a group
+  with a prior, ``priors[g] > 0``, starts from it, one without waits for its first finish).
+  Every way never past ``max_new_tokens`` (the generation limit), when given. A cut function stops at
   once; each moved sequence keeps its produced tokens and joins its destination's queue after the
   transfer time of its move (ship KV or re-prefill; re-prefill is charged to the sequence's
   arrival, not to the destination's other sequences: a simplification). A cut function is
@@ -127,6 +131,8 @@ def simulate_rollout(
     bounds it (:func:`~rlhfless.scaling.predictor.expected_remaining`). ``planned_end``: when the
     plan expected the rollout to end without a cut (seconds on this simulation's clock); the
     guard's horizon is at least what is left of it (:mod:`~rlhfless.scaling.migrate`).
+    ``priors`` (``remaining = "siblings"`` only): each group's plan-time median where its prompt
+    was seen, 0 or None where it is new; default: every group's predicted median.
     ``cut = "auto"`` is a planning setting,
     not a cut: run the plan's (``ScalingConfig.cut_in_force``).
 
@@ -135,7 +141,7 @@ def simulate_rollout(
     inputs = (
         lengths, prefill_tokens, groups, params, predicted, warm, cut, threshold, transfer,
         hold_to_end, prewarm, guard, remaining, shape, tail, max_new_tokens, planned_end,
-        None if priors is None else [-1.0 if x is None else x for x in priors],
+        None if priors is None else [0.0 if x is None else x for x in priors],
     )  # fmt: skip
     key = _result_key(inputs)
     if key is not None and key in _RESULTS:
@@ -278,6 +284,8 @@ def _siblings(
         priors = [sorted(p)[len(p) // 2] if p else 0.0 for p in pred]
     elif len(priors) != len(pred):
         raise BadScalingInput("simulate_rollout", f"{len(pred)} groups, {len(priors)} priors")
+    elif not all(math.isfinite(x) and x >= 0 for x in priors):
+        raise BadScalingInput("simulate_rollout", f"priors must be finite and >= 0: {priors}")
     return SiblingPredictor(
         {str(g): len(ids) for g, ids in enumerate(seqs.of_group)},
         {str(g): float(x) for g, x in enumerate(priors) if x > 0},

@@ -69,6 +69,11 @@ def test_priors_must_match_the_groups() -> None:
             groups, [10] * 4, [[0, 1], [2, 3]], PARAMS, cut="per_function",
             remaining="siblings", priors=[1.0, 1.0, 1.0],
         )  # fmt: skip
+    with pytest.raises(BadScalingInput, match="priors must be finite"):
+        simulate_rollout(
+            groups, [10] * 4, [[0, 1], [2, 3]], PARAMS, cut="per_function",
+            remaining="siblings", priors=[1.0, float("nan"), 1.0, 1.0],
+        )  # fmt: skip
     with pytest.raises(BadScalingInput, match="conditional/naive/siblings"):
         simulate_rollout(groups, [10] * 4, [[0, 1], [2, 3]], PARAMS, remaining="oracle")  # type: ignore[arg-type]
 
