@@ -444,6 +444,13 @@ class _Rollout:
     def report(self, s: int, produced: int, finished: bool) -> SampleReport:
         return SampleReport(str(self.seqs.group[s]), self.index[s], produced, finished)
 
+    def finished(self, s: int, t: float) -> None:
+        """Sequence s finished at t (its whole length produced): dated, and told to the online
+        estimator, if any."""
+        self.finished_at[s] = t
+        if self.siblings is not None:
+            self.siblings.observe([self.report(s, self.seqs.length[s], True)])
+
     def start(
         self,
         groups: Sequence[Sequence[int]],
@@ -540,9 +547,7 @@ class _Rollout:
             _, s = heapq.heappop(fn.active)
             fn.active_set.discard(s)
             self.produced[s] = self.seqs.length[s]
-            self.finished_at[s] = t
-            if self.siblings is not None:
-                self.siblings.observe([self.report(s, self.produced[s], True)])
+            self.finished(s, t)
             fn.finished += 1
             out.finished += 1
             done_any = True
@@ -559,9 +564,7 @@ class _Rollout:
         while fn.queue and len(fn.active) < fn.max_batch:
             s = fn.queue.popleft()
             if produced[s] >= length[s]:  # zero length: finished without a step
-                self.finished_at[s] = t
-                if self.siblings is not None:
-                    self.siblings.observe([self.report(s, length[s], True)])
+                self.finished(s, t)
                 self.clear = False  # unchecked: the next cut check looks at every function
                 fn.finished += 1
                 self.out[f].finished += 1
