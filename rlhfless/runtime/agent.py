@@ -48,7 +48,7 @@ from rlhfless.runtime.messages import (
     WeightsDelta,
     WeightsRefused,
 )
-from rlhfless.runtime.procutil import kill
+from rlhfless.runtime.procutil import exit_now, kill
 from rlhfless.runtime.weights import WEIGHTS_ENV, versions
 from rlhfless.runtime.zygote import ZYGOTE_IDENTITY
 
@@ -129,8 +129,12 @@ class Agent:
         if proc is None:
             return
         self.zygote = None
-        with contextlib.suppress(zmq.ZMQError):
-            self.back.send_multipart([ZYGOTE_IDENTITY, *self.codec.encode(Release(why))])
+        if self.zygote_ready:
+            with contextlib.suppress(zmq.ZMQError):
+                self.back.send_multipart([ZYGOTE_IDENTITY, *self.codec.encode(Release(why))])
+        else:  # still importing its preloads: a Release would be dropped, unheard
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
         try:
             proc.wait(timeout=5.0)
         except subprocess.TimeoutExpired:
@@ -237,6 +241,7 @@ class Agent:
         if isinstance(msg, Heartbeat):
             if not self.zygote_ready:
                 self.zygote_ready = True
+                log.info("agent %s: zygote ready (pid %d)", self.node, msg.pid)
                 for spec in self.queued:
                     self.back.send_multipart([ZYGOTE_IDENTITY, *self.codec.encode(spec)])
                 self.queued.clear()
@@ -354,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    sys.exit(agent.serve())
+    exit_now(agent.serve())  # serve released what it made (its zygote, sockets, cache)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import zmq
 
 from rlhfless.runtime.errors import BadMessage
 from rlhfless.runtime.messages import Codec, Exited, Heartbeat, Release, Spawn
-from rlhfless.runtime.procutil import die_with_parent, ignore_terminal_interrupt
+from rlhfless.runtime.procutil import die_with_parent, exit_now, ignore_terminal_interrupt
 
 ZYGOTE_IDENTITY = b"zygote"
 POLL_MS = 50  # how often exits are reaped and the parent checked when no message arrives
@@ -203,7 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     ignore_terminal_interrupt()  # before the slow preloads: Ctrl-C is the controller's to handle
     args = parser.parse_args(argv)
     die_with_parent(signal.SIGTERM, args.parent_pid)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the finally: children go too
+    # While it imports there are no children: a stop (the runtime closed before it was ready)
+    # exits at once.
+    signal.signal(signal.SIGTERM, lambda *_: exit_now(0))
     for entry in filter(None, args.preload.split(",")):
         name = entry.removeprefix("?")
         try:
@@ -217,7 +219,12 @@ def main(argv: list[str] | None = None) -> None:
             import transformers
 
             _ = transformers.PreTrainedModel, transformers.AutoModelForCausalLM
-    sys.exit(Zygote(args.endpoint, args.tail_lines, args.heartbeat).serve())
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run serve's finally: children go too
+    try:
+        code = Zygote(args.endpoint, args.tail_lines, args.heartbeat).serve()
+    except SystemExit as exc:  # SIGTERM: serve's finally has stopped the children
+        code = exc.code if isinstance(exc.code, int) else 0
+    exit_now(code)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,15 @@ class ZygoteHost:
         proc = self._zygote
         if proc is None:
             return
-        await self._send_quiet(ZYGOTE_IDENTITY.decode(), Release("shutdown"))
+        ready = self._zygote_ready
+        if ready is not None and ready.done() and not ready.cancelled() and not ready.exception():
+            await self._send_quiet(ZYGOTE_IDENTITY.decode(), Release("shutdown"))
+        else:  # still importing its preloads: a Release would be dropped, unheard
+            if ready is not None and not ready.done():
+                ready.set_exception(SpawnError("the runtime closed before its zygote was ready"))
+                ready.exception()  # marked as seen: a spawn still waiting gets it, or nobody
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()  # its SIGTERM handler stops its children and exits
         try:
             await asyncio.wait_for(proc.wait(), self.config.shutdown_timeout_s)
         except TimeoutError:
