@@ -29,7 +29,7 @@ from tests.runtime.test_ray_provider import local_ray_cluster, pids_mentioning, 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")  # both tests' jobs take their agents down: one cluster serves
 def ray_cluster() -> Iterator[str]:
     with local_ray_cluster(nodes=2, cpus=2) as address:
         yield address
