@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+import threading
 from typing import Annotated, Any
 
 import typer
@@ -9,6 +12,7 @@ from typer.core import TyperArgument
 
 from rlhfless.cost_models.cli import make_cost, prices
 from rlhfless.runtime.cli import agent, keys_init, launch
+from rlhfless.runtime.procutil import exit_now
 from rlhfless.sim.cli import make_estimate, simulate
 from rlhfless.stages.cli import config_reference, train
 from rlhfless.stages.estimate import estimate_beside, load_job
@@ -139,7 +143,26 @@ def command() -> Any:
 
 
 def main() -> None:
-    command()(prog_name="rlhfless")
+    try:
+        command()(prog_name="rlhfless")
+    except SystemExit as done:
+        if _nothing_left_running(done.code):
+            logging.shutdown()
+            exit_now(done.code or 0)  # type: ignore[arg-type]  # an int or None here
+        raise
+
+
+def _nothing_left_running(code: object) -> bool:
+    """Whether the command is over and nothing it started still runs, so the interpreter's
+    teardown (about a second once torch is loaded: `rlhfless train` returned 1.2 s after its
+    summary) can be skipped. Not with a thread that is not a daemon still running (a writer:
+    a normal exit would wait for it), nor with Ray loaded (its driver disconnects at exit)."""
+    if not (code is None or isinstance(code, int)) or "torch" not in sys.modules:
+        return False
+    if "ray" in sys.modules:
+        return False
+    main_thread = threading.main_thread()
+    return not any(t is not main_thread and not t.daemon for t in threading.enumerate())
 
 
 if __name__ == "__main__":
