@@ -33,6 +33,7 @@ def test_train_exits_as_soon_as_its_summary_is_out(tmp_path: Path) -> None:
 
 # Run in an interpreter of its own: this one may hold Ray or other tests' threads.
 _CHECK = """
+import threading
 import torch  # what makes the teardown slow: the fast exit is for it
 from rlhfless.cli import _nothing_left_running as idle
 assert idle(0) and idle(None)
