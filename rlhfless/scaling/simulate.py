@@ -43,6 +43,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import median
 from typing import Literal
 
 import msgspec
@@ -278,10 +279,12 @@ def _siblings(
     with a prior (``priors[g] > 0``: its prompt was seen; without ``priors``, every group's
     predicted median) starts from it, any other from the predictions' median until its first
     sample finishes."""
-    flat = sorted(x for p in pred for x in p)
-    typical = flat[len(flat) // 2] if flat else 1.0
+    # Medians as statistics.median takes them (an even count: the middle two's mean), as the
+    # stage's estimator (SiblingPredictor.from_predictor) and margin.seen_priors take them.
+    flat = [x for p in pred for x in p]
+    typical = float(median(flat)) if flat else 1.0
     if priors is None:
-        priors = [sorted(p)[len(p) // 2] if p else 0.0 for p in pred]
+        priors = [float(median(p)) if p else 0.0 for p in pred]
     elif len(priors) != len(pred):
         raise BadScalingInput("simulate_rollout", f"{len(pred)} groups, {len(priors)} priors")
     elif not all(math.isfinite(x) and x >= 0 for x in priors):
