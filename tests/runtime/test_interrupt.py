@@ -71,7 +71,13 @@ def _controller_script(path: Path, zygote: bool) -> Path:
     return script
 
 
-@pytest.mark.parametrize("zygote", [True, False], ids=["zygote", "fresh-interpreter"])
+@pytest.mark.parametrize(
+    "zygote",
+    # Fresh interpreters (runtime.zygote = false) run in the slow tier: the same signal path,
+    # 9 s more of the default run's 15-minute budget.
+    [True, pytest.param(False, marks=pytest.mark.slow)],
+    ids=["zygote", "fresh-interpreter"],
+)
 def test_group_sigint_leaves_no_child_tracebacks(tmp_path: Path, zygote: bool) -> None:
     script = _controller_script(tmp_path, zygote)
     # Its own session and process group, so that a signal to the group reaches exactly what a

@@ -196,6 +196,9 @@ async def test_scaling_metrics_in_every_iteration(tmp_path: Path) -> None:
     assert s["cut_decisions"] and set(s["cut_decisions"][0]) == {"at", "cut", "moved", "estimates"}
 
 
+# Slow tier: test_cut_and_migrate_by_reprefill_when_kv_cannot_ship moves by re-prefill in the
+# default run; this one checks the same through a whole pipeline iteration.
+@pytest.mark.slow
 async def test_an_iteration_with_reprefill_forced_completes(tmp_path: Path) -> None:
     model_dir = build_tiny_model(tmp_path / "model", seed=0)
     cfg = load_config(None, [*BASE, f"run.run_dir={tmp_path}", *CUT, *REPREFILL])

@@ -43,6 +43,8 @@ def cluster(tmp_path: Path) -> Iterator[tuple[list[netns.Host], str]]:
         netns.remove_hosts(hosts)
 
 
+# Slow tier: training across agents runs in the default run in the launch and fault tests below.
+@pytest.mark.slow
 async def test_three_iterations_across_three_hosts(tmp_path: Path, cluster) -> None:
     hosts, keys = cluster
     agents = ", ".join(f'"{h.address}"' for h in hosts)

@@ -35,6 +35,9 @@ def ray_cluster() -> Iterator[str]:
         yield address
 
 
+# Slow tier: the launch test below trains on both Ray nodes in the default run and checks that
+# nothing is left behind.
+@pytest.mark.slow
 async def test_two_iterations_across_two_ray_nodes(tmp_path: Path, ray_cluster: str) -> None:
     keys = str(keys_init(tmp_path / "keys"))
     cfg = load_config(None, [
