@@ -120,7 +120,9 @@ async def test_weights_through_a_node_local_file_match_inline_weights(tmp_path: 
         assert a.reward_mean == b.reward_mean and a.response_len_mean == b.response_len_mean
 
 
-@pytest.mark.parametrize("stream", [False, True])
+# Streamed, in the slow tier: the default run replays a streamed trainer killed as it steps in
+# tests/stages/test_streamed.py (finish_step).
+@pytest.mark.parametrize("stream", [False, pytest.param(True, marks=pytest.mark.slow)])
 async def test_trainer_dead_before_its_state_landed_loses_no_step(
     tmp_path: Path, stream: bool
 ) -> None:

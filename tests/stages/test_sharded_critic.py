@@ -122,6 +122,9 @@ async def test_two_rank_critic_trains_to_the_single_process_critic(
         assert 0.45 <= x / whole <= 0.55
 
 
+# Slow tier: the default run resumes the sharded trainer at another gang size through the same
+# gang pieces (tests/stages/test_sharded_resume.py).
+@pytest.mark.slow
 async def test_critic_state_resumes_at_another_gang_size_and_replays(
     rt: Runtime, tmp_path: Path
 ) -> None:
