@@ -37,7 +37,6 @@ end). Every sequence decodes exactly its true length across however many functio
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import math
 from collections import deque
@@ -45,8 +44,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import median
 from typing import Literal
-
-import msgspec
 
 from rlhfless.scaling.errors import BadScalingInput
 from rlhfless.scaling.migrate import (
@@ -68,6 +65,7 @@ from rlhfless.scaling.predictor import (
     expected_remaining,
     length_support,
 )
+from rlhfless.scaling.sim_memo import SimMemo, result_key
 from rlhfless.scaling.sim_result import SimFunction as SimFunction
 from rlhfless.scaling.sim_result import SimResult as SimResult
 from rlhfless.scaling.throughput import ThroughputParams
@@ -138,75 +136,28 @@ def simulate_rollout(
     not a cut: run the plan's (``ScalingConfig.cut_in_force``).
 
     A rollout asked for again with the same inputs gets a copy of the first answer (see
-    _result_key): the planner simulates its candidates again at each k grid and iteration."""
+    :mod:`~rlhfless.scaling.sim_memo`): the planner simulates its candidates again at each k
+    grid and iteration."""
     inputs = (
         lengths, prefill_tokens, groups, params, predicted, warm, cut, threshold, transfer,
         hold_to_end, prewarm, guard, remaining, shape, tail, max_new_tokens, planned_end,
         None if priors is None else [0.0 if x is None else x for x in priors],
     )  # fmt: skip
-    key = _result_key(inputs)
-    if key is not None and key in _RESULTS:
-        return _copied(_RESULTS[key])
+    key = result_key(inputs, [globals()[name] for name in _HOOKS])
+    kept = _MEMO.get(key)
+    if kept is not None:
+        return kept
     result = _simulate(*inputs)
-    if key is not None:
-        if len(_RESULTS) >= _RESULTS_MAX:
-            del _RESULTS[next(iter(_RESULTS))]  # the oldest
-        _RESULTS[key] = _copied(result)
+    _MEMO.put(key, result)
     return result
 
 
-# Rollouts simulated so far, by _result_key of their inputs (the oldest dropped past the cap).
-_RESULTS: dict[tuple[object, ...], SimResult] = {}
-_RESULTS_MAX = 512
+_MEMO = SimMemo()
 # What a rollout calls through this module's namespace, and so what a caller (a test, a golden
-# recorder) may replace: part of the key, so a result planned by other functions is never
-# handed out (held by the key, so an id is never reused).
+# recorder) may replace: part of the memo's key.
 _HOOKS = ("plan_cut_with_loads", "plan_global_cut", "cut_ruled_out", "cut_due",
           "expected_remaining", "length_support", "check_threshold", "check_max_new_tokens",
           "finished_ratio")  # fmt: skip
-_PLAIN = (int, float, bool, str, type(None))
-
-
-def _result_key(inputs: tuple[object, ...]) -> tuple[object, ...] | None:
-    """A key equal only for inputs that simulate the same (None: not safe to key, not kept).
-
-    The inputs' repr, hashed: a float's repr gives back its exact bits (-0.0, inf and int vs
-    float included), so equal reprs are equal inputs. Only for what repr spells out in full:
-    lists and tuples of plain numbers, plain scalars and the settings structs (a numpy array's
-    repr elides)."""
-    if not all(_spelled_out(x) for x in inputs):
-        return None
-    text = repr(inputs).encode()
-    hooks = tuple(globals()[name] for name in _HOOKS)
-    return (hashlib.sha256(text).digest(), len(text), hooks)
-
-
-def _spelled_out(x: object) -> bool:
-    """Whether repr(x) spells x out exactly: a plain scalar, a settings struct of plain
-    fields, or a list or tuple of plain numbers or of such rows (exact types: no subclass)."""
-    if type(x) in _PLAIN:
-        return True
-    if isinstance(x, ThroughputParams | TransferParams):
-        exact = type(x) in (ThroughputParams, TransferParams)
-        return exact and all(type(getattr(x, f)) in _PLAIN for f in x.__struct_fields__)
-    if not (isinstance(x, list | tuple) and type(x) in (list, tuple)):
-        return False
-    rows = [r for r in x if type(r) in (list, tuple)]
-    if rows and len(rows) != len(x):
-        return False
-    cells = {type(v) for r in rows for v in r} if rows else {type(v) for v in x}
-    return cells <= {int, float, bool}
-
-
-def _copied(r: SimResult) -> SimResult:
-    """A copy through which nobody can change the kept result: new lists and functions (their
-    items are immutable)."""
-    return msgspec.structs.replace(
-        r,
-        functions=[msgspec.structs.replace(f, busy=list(f.busy)) for f in r.functions],
-        tokens_per_sequence=list(r.tokens_per_sequence),
-        finish_times=list(r.finish_times),
-    )
 
 
 def _simulate(
