@@ -22,7 +22,8 @@ decides with *predicted* ones. Model (all times in seconds from the rollout's st
   samples finished so far and its running ones
   (:class:`~rlhfless.scaling.online.SiblingPredictor`, fed every finish as it happens; a group
   with a prior, ``priors[g] > 0``, starts from it, one without waits for its first finish).
-  Every way never past ``max_new_tokens`` (the generation limit), when given. A cut function stops at
+  Every way never past ``max_new_tokens`` (the generation limit), when given
+  (:mod:`~rlhfless.scaling.sim_remaining`). A cut function stops at
   once; each moved sequence keeps its produced tokens and joins its destination's queue after the
   transfer time of its move (ship KV or re-prefill; re-prefill is charged to the sequence's
   arrival, not to the destination's other sequences: a simplification). A cut function is
@@ -42,7 +43,6 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from statistics import median
 from typing import Literal
 
 from rlhfless.scaling.errors import BadScalingInput
@@ -59,13 +59,9 @@ from rlhfless.scaling.migrate import (
     plan_cut_with_loads,
     plan_global_cut,
 )
-from rlhfless.scaling.online import SampleReport, SiblingPredictor
-from rlhfless.scaling.predictor import (
-    check_max_new_tokens,
-    expected_remaining,
-    length_support,
-)
+from rlhfless.scaling.predictor import check_max_new_tokens, length_support
 from rlhfless.scaling.sim_memo import SimMemo, result_key
+from rlhfless.scaling.sim_remaining import Remaining, sibling_predictor
 from rlhfless.scaling.sim_result import SimFunction as SimFunction
 from rlhfless.scaling.sim_result import SimResult as SimResult
 from rlhfless.scaling.throughput import ThroughputParams
@@ -156,7 +152,7 @@ _MEMO = SimMemo()
 # What a rollout calls through this module's namespace, and so what a caller (a test, a golden
 # recorder) may replace: part of the memo's key.
 _HOOKS = ("plan_cut_with_loads", "plan_global_cut", "cut_ruled_out", "cut_due",
-          "expected_remaining", "length_support", "check_threshold", "check_max_new_tokens",
+          "length_support", "check_threshold", "check_max_new_tokens",
           "finished_ratio")  # fmt: skip
 
 
@@ -184,11 +180,15 @@ def _simulate(
     transfer = transfer or TransferParams(prefill_tokens_per_s=params.prefill_tokens_per_s)
     pred = predicted if predicted is not None else lengths
     seqs = _flatten(lengths, prefill_tokens, groups, pred)
-    support = [length_support(p, shape) for p in pred] if remaining == "conditional" else []
-    policy = _CutSettings(cut, tau, transfer, guard, planned_end, remaining, support, tail, limit)
-    rollout = _Rollout(params, seqs, policy)
-    if remaining == "siblings":
-        rollout.siblings = _siblings(seqs, pred, priors, shape, limit)
+    conditional = remaining == "conditional"
+    estimate = Remaining(
+        conditional, seqs.predicted, seqs.group, seqs.of_group,
+        [length_support(p, shape) for p in pred] if conditional else [], tail, limit,
+        sibling_predictor(seqs.of_group, pred, priors, shape, limit)
+        if remaining == "siblings" else None,
+    )  # fmt: skip
+    policy = _CutSettings(cut, tau, transfer, guard, planned_end)
+    rollout = _Rollout(params, seqs, policy, estimate)
     rollout.start(groups, prefill_tokens, warm, prewarm)
     rollout.run()
     return rollout.result(hold_to_end)
@@ -217,36 +217,6 @@ def _check_settings(
     if planned_end is not None and not math.isfinite(planned_end):
         raise BadScalingInput("simulate_rollout", f"planned_end must be finite, got {planned_end}")
     return tau, limit
-
-
-def _siblings(
-    seqs: _Sequences,
-    pred: Sequence[Sequence[float]],
-    priors: Sequence[float] | None,
-    shape: Sequence[float],
-    limit: float | None,
-) -> SiblingPredictor:
-    """The online estimator the rollout stage's cut controller uses, for these groups: a group
-    with a prior (``priors[g] > 0``: its prompt was seen; without ``priors``, every group's
-    predicted median) starts from it, any other from the predictions' median until its first
-    sample finishes."""
-    # Medians as statistics.median takes them (an even count: the middle two's mean), as the
-    # stage's estimator (SiblingPredictor.from_predictor) and margin.seen_priors take them.
-    flat = [x for p in pred for x in p]
-    typical = float(median(flat)) if flat else 1.0
-    if priors is None:
-        priors = [float(median(p)) if p else 0.0 for p in pred]
-    elif len(priors) != len(pred):
-        raise BadScalingInput("simulate_rollout", f"{len(pred)} groups, {len(priors)} priors")
-    elif not all(math.isfinite(x) and x >= 0 for x in priors):
-        raise BadScalingInput("simulate_rollout", f"priors must be finite and >= 0: {priors}")
-    return SiblingPredictor(
-        {str(g): len(ids) for g, ids in enumerate(seqs.of_group)},
-        {str(g): float(x) for g, x in enumerate(priors) if x > 0},
-        [r for r in shape if r > 0],
-        default=max(typical, 1.0),
-        max_new_tokens=limit,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,31 +284,6 @@ class _CutSettings:
     transfer: TransferParams
     guard: bool
     planned_end: float | None
-    remaining: RemainingEstimate
-    support: list[list[float]]  # each group's length support (conditional remaining only)
-    tail: float
-    limit: float | None  # the generation limit
-
-
-# expected_remaining(support, produced, tail, limit) by (support, tail, limit), then produced.
-# A planner simulates the same groups' predictions on many scenarios and cut settings, and
-# every rollout asks each group's remaining at much the same token counts: the table outlives
-# the rollout. A hit returns the value an identical call computed (equal float keys: the
-# support's points only enter as ``x > produced`` and ``x - produced`` with produced >= 0, where
-# 0.0 and -0.0 agree; a NaN never equals, so it only misses). tail's type is in the key: an int
-# tail gives an int ``tail * produced``.
-_REMAINING_TABLES: dict[tuple[object, ...], dict[int, float]] = {}
-_REMAINING_TABLES_MAX = 4096  # supports kept; past it the tables start over
-
-
-def _remaining_table(support: list[float], tail: float, limit: float | None) -> dict[int, float]:
-    key = (tuple(support), type(tail), tail, limit)
-    table = _REMAINING_TABLES.get(key)
-    if table is None:
-        if len(_REMAINING_TABLES) >= _REMAINING_TABLES_MAX:
-            _REMAINING_TABLES.clear()
-        table = _REMAINING_TABLES[key] = {}
-    return table
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,16 +306,13 @@ class _Rollout:
     up. Sequence arrays are indexed by sequence id (:class:`_Sequences`); function arrays
     (``fns``, ``out``) by function index."""
 
-    def __init__(self, params: ThroughputParams, seqs: _Sequences, policy: _CutSettings) -> None:
+    def __init__(
+        self, params: ThroughputParams, seqs: _Sequences, policy: _CutSettings, estimate: Remaining
+    ) -> None:
         self.params = params
         self.seqs = seqs
         self.policy = policy
-        # expected_remaining by group, then tokens produced (shared with earlier rollouts)
-        tables = [
-            _remaining_table(support, policy.tail, policy.limit) for support in policy.support
-        ]
-        # each sequence's table (its group's; conditional remaining only)
-        self.table_of = [tables[g] for g in seqs.group] if tables else []
+        self.estimate = estimate  # each unfinished sequence's predicted remaining
         n = len(seqs.length)
         self.produced = [0] * n  # decode tokens of completed steps, over all functions
         self.finished_at = [0.0] * n  # when each sequence finished
@@ -388,22 +330,12 @@ class _Rollout:
         # (which follows a true check); so after a false check only the checking function needs
         # testing.
         self.clear = False
-        # remaining = "siblings": the rollout's online estimator, fed every finish as it happens
-        self.siblings: SiblingPredictor | None = None
-        self.index = [0] * n  # each sequence's index within its group
-        for ids in seqs.of_group:
-            for i, s in enumerate(ids):
-                self.index[s] = i
-
-    def report(self, s: int, produced: int, finished: bool) -> SampleReport:
-        return SampleReport(str(self.seqs.group[s]), self.index[s], produced, finished)
 
     def finished(self, s: int, t: float) -> None:
-        """Sequence s finished at t (its whole length produced): dated, and told to the online
-        estimator, if any."""
+        """Sequence s finished at t (its whole length produced): dated, and told to the
+        estimate (the online one learns from it)."""
         self.finished_at[s] = t
-        if self.siblings is not None:
-            self.siblings.observe([self.report(s, self.seqs.length[s], True)])
+        self.estimate.finished(s, self.seqs.length[s])
 
     def start(
         self,
@@ -568,60 +500,9 @@ class _Rollout:
         made += [produced[s] for s in waiting]
         return running + waiting, made
 
-    def remaining(self, seqs: Sequence[int], made: Sequence[int]) -> list[float]:
-        """The predicted remaining tokens of each of ``seqs``, having produced ``made``."""
-        policy = self.policy
-        if self.siblings is not None:
-            return self.sibling_remaining(seqs, made)
-        if policy.remaining != "conditional":
-            predicted = self.seqs.predicted
-            top = math.inf if policy.limit is None else policy.limit
-            return [max(min(predicted[s], top) - m, 1.0) for s, m in zip(seqs, made, strict=True)]
-        # A pure function of (support, produced) given tail and the limit, asked again for a
-        # group's samples, at each cut check and by every rollout of the same groups: memoised
-        # (_remaining_table); the misses are filled in after one pass of look-ups.
-        table_of = self.table_of
-        rems = [table_of[s].get(m) for s, m in zip(seqs, made, strict=True)]
-        if None in rems:
-            for i, (s, m) in enumerate(zip(seqs, made, strict=True)):
-                if rems[i] is None:
-                    rems[i] = self.expected_remaining(s, m)
-        return rems  # type: ignore[return-value]  # every None filled in
-
-    def sibling_remaining(self, seqs: Sequence[int], made: Sequence[int]) -> list[float]:
-        """What the online estimator expects of each of ``seqs``, told their progress first."""
-        siblings = self.siblings
-        assert siblings is not None
-        siblings.observe(self.report(s, m, False) for s, m in zip(seqs, made, strict=True))
-        group = self.seqs.group
-        # Each group's centre once, and each (group, produced) once: a check asks for every
-        # unfinished sequence, and a group's samples run side by side.
-        centres: dict[int, float] = {}
-        found: dict[tuple[int, int], float] = {}
-        out = []
-        for s, m in zip(seqs, made, strict=True):
-            g = group[s]
-            rem = found.get((g, m))
-            if rem is None:
-                c = centres.get(g)
-                if c is None:
-                    c = centres[g] = siblings.centre(str(g))
-                rem = found[(g, m)] = siblings.remaining_at(c, m)
-            out.append(rem)
-        return out
-
-    def expected_remaining(self, s: int, m: int) -> float:
-        """Sequence s's expected_remaining having produced m, memoised in its group's table."""
-        table = self.table_of[s]
-        rem = table.get(m)
-        if rem is None:
-            policy, g = self.policy, self.seqs.group[s]
-            rem = table[m] = expected_remaining(policy.support[g], m, policy.tail, policy.limit)
-        return rem
-
     def function_progress(self, f: int, fn: _Fn) -> FunctionProgress:
         seqs, made = self.made_of(fn)
-        return self.progress_of(f, fn, seqs, made, self.remaining(seqs, made))
+        return self.progress_of(f, fn, seqs, made, self.estimate.of(seqs, made))
 
     def progress_of(
         self, f: int, fn: _Fn, seqs: list[int], made: list[int], rems: list[float]
@@ -649,7 +530,7 @@ class _Rollout:
             if fn.done or not fn.unfinished_count():
                 continue
             seqs, made = self.made_of(fn)
-            rems = self.remaining(seqs, made)
+            rems = self.estimate.of(seqs, made)
             load = FunctionLoad(
                 function_id=str(f),
                 unfinished=len(seqs),
