@@ -16,7 +16,7 @@ ROLLOUT = "rlhfless.stages.rollout:RolloutActor"
 REWARD = "rlhfless.stages.reward:RewardActor"
 REFERENCE = "rlhfless.stages.reference:ReferenceActor"
 TRAINER = "rlhfless.stages.trainer:TrainerActor"
-CRITIC = "rlhfless.stages.trainer:CriticActor"
+CRITIC = "rlhfless.stages.critic:CriticActor"
 
 T = TypeVar("T")
 

@@ -50,10 +50,11 @@ from rlhfless.adapters.hf import HFEngine, ValueModel, load_tokenizer
 from rlhfless.runtime.rendezvous import member
 from rlhfless.stages.common import DTYPES, function_device
 from rlhfless.stages.config import TrainConfig
+from rlhfless.stages.critic import CriticActor
 from rlhfless.stages.handover import HandOver, StateDir
 from rlhfless.stages.reference import ReferenceActor
 from rlhfless.stages.sharded_state import ShardedHandOver, ShardedStateDir
-from rlhfless.stages.trainer import CriticActor, TrainerActor
+from rlhfless.stages.trainer import TrainerActor
 
 log = logging.getLogger("rlhfless.sharded")
 

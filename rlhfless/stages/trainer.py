@@ -1,4 +1,4 @@
-"""The training stage: GRPO / PPO policy updates, and the PPO critic.
+"""The training stage: GRPO / PPO policy updates (the PPO critic: ``stages/critic.py``).
 
 A trainer function may be released between iterations and come back cold, so its state (weights,
 optimiser, version) is handed over through a node-local state directory, written behind each step
@@ -9,7 +9,6 @@ function simply keeps it in memory.
 from __future__ import annotations
 
 import os
-import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -20,153 +19,18 @@ from safetensors.torch import save_model
 
 from rlhfless.adapters.hf import (
     HFEngine,
-    ValueModel,
-    load_tokenizer,
     pack_sequences,
     response_logprobs,
 )
 from rlhfless.stages import algorithms as alg
 from rlhfless.stages.common import DTYPES, function_device, pad_rows
 from rlhfless.stages.config import TrainConfig
-from rlhfless.stages.handover import HandOver, StateDir
-from rlhfless.stages.reference import blocks
+from rlhfless.stages.handover import HandOver
+from rlhfless.stages.micro_batch import group_micro_batches, micro_batches, units
+from rlhfless.stages.updater import Updater
 
 
-def micro_batches(lengths: list[int], parts: int, token_budget: int) -> list[list[int]]:
-    """Sample indices in micro-batches of similar length: sorted, then cut so that each has at
-    most ``token_budget`` padded tokens (0 = no limit), and at least ``parts`` micro-batches.
-
-    Padding to the longest sample of a batch wastes most of the compute when lengths are
-    long-tailed; sorting first keeps the long samples together.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    parts = max(1, min(parts, len(order)))
-    per_part = -(-len(order) // parts)
-    out: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        widest = max(lengths[i], *(lengths[j] for j in current)) if current else lengths[i]
-        too_wide = token_budget and current and widest * (len(current) + 1) > token_budget
-        if current and (len(current) >= per_part or too_wide):
-            out.append(current)
-            current = []
-        current.append(i)
-    if current:
-        out.append(current)
-    return out
-
-
-def group_micro_batches(lengths: list[int], group_size: int, token_budget: int) -> list[list[int]]:
-    """Micro-batches that never mix groups (rows i*G .. i*G+G-1): each group's rows cut by
-    ``token_budget`` as :func:`micro_batches` cuts a batch. A micro-batch's rows, and so its
-    forward pass, are then the same however the batch was split into chunks: the streamed and
-    the staged first epoch compute the very same per-micro-batch gradients."""
-    out: list[list[int]] = []
-    for lo in range(0, len(lengths), group_size):
-        part = micro_batches(lengths[lo : lo + group_size], 1, token_budget)
-        out += [[lo + i for i in idx] for idx in part]
-    return out
-
-
-class _HandsOver:
-    """What the trainer and the critic share: state handed over through ``self.handover``
-    (stages/handover.py), re-run from kept inputs by ``self._update`` when a cold function's
-    state lacks steps."""
-
-    role = ""
-    handover: HandOver
-    model: torch.nn.Module
-    opt: torch.optim.Optimizer
-
-    def _update(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        raise NotImplementedError
-
-    def _share(self, parts: list[list[int]]) -> list[tuple[list[int], bool]]:
-        """The micro-batches this process runs, each with whether it counts: all of them here;
-        a rank of a gang takes its share (stages/sharded.py)."""
-        return [(idx, True) for idx in parts]
-
-    def _summed(self, values: list[float]) -> list[float]:
-        """Statistics of the whole batch from this process's micro-batches: its own here; a
-        gang adds up its ranks' (stages/sharded.py)."""
-        return values
-
-    @property
-    def version(self) -> int:
-        return self.handover.version
-
-    def _catch_up(self, expected_version: int | None, replay: list[dict[str, Any]] | None) -> int:
-        return self.handover.catch_up(self.role, expected_version, replay, self._update)
-
-    def _step(
-        self, expected_version: int | None, replay: list[dict[str, Any]] | None, *args: Any
-    ) -> dict[str, Any]:
-        """One update at the run's version: land the last write, replay what a cold function's
-        state lacks, update, move the version on; the reply says what is durable."""
-        self.handover.flush()  # the last step's state, if nothing started its write
-        replayed = self._catch_up(expected_version, replay)
-        t0 = time.perf_counter()
-        stats: dict[str, Any] = self._update(*args)
-        self.handover.stepped()
-        stats["version"] = self.version
-        stats["durable_version"] = self.handover.durable
-        stats["replayed"] = replayed
-        stats["seconds"] = time.perf_counter() - t0  # the update alone
-        return stats
-
-    def sync(
-        self, expected_version: int | None = None, replay: list[dict[str, Any]] | None = None
-    ) -> int:
-        """Catch up to the run's version (a cold function replays what its state lacks) once,
-        before a streamed stage's calls, which then need not carry the replay each."""
-        return self._catch_up(expected_version, replay)
-
-    def set_threads(self, threads: int) -> int:
-        """Use ``threads`` CPU threads from now on: a streamed step shares the machine with the
-        rollout tail until it ends (on a GPU each function has its own device anyway)."""
-        torch.set_num_threads(max(1, threads))
-        return torch.get_num_threads()
-
-    def persist(
-        self, expected_version: int | None = None, replay: list[dict[str, Any]] | None = None
-    ) -> int:
-        """Make the hand-over state durable at the run's version (before a checkpoint copies
-        it): catch up from ``replay`` if this function came back cold, write, wait."""
-        self.handover.flush()
-        self._catch_up(expected_version, replay)
-        return self.handover.flush()
-
-    def save_checkpoint(self, path: str) -> str:
-        self.handover.wait()
-        StateDir(path, durable=True).save(self.model, self.opt, self.version)
-        return path
-
-    def rlhfless_on_release(self) -> None:
-        """Released (scaled to zero): land the write behind before the process exits."""
-        self.handover.flush()
-
-    def memory(self) -> dict[str, int]:
-        """Bytes this process holds of parameters, gradients and optimiser state (a sharded
-        trainer's rank: its shards)."""
-
-        def nbytes(t: torch.Tensor) -> int:
-            local = t.to_local() if hasattr(t, "to_local") else t
-            return local.numel() * local.element_size()
-
-        params = list(self.model.parameters())
-        moments = [
-            v for s in self.opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)
-        ]
-        return {
-            "param_bytes": sum(nbytes(p) for p in params),
-            "grad_bytes": sum(nbytes(p.grad) for p in params if p.grad is not None),
-            "optim_bytes": sum(nbytes(m) for m in moments),
-            # the process's peak resident memory (Linux: KiB), shared libraries included
-            "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        }
-
-
-class TrainerActor(_HandsOver):
+class TrainerActor(Updater):
     """Policy updates; publishes weights with a version number after every step."""
 
     role = "trainer"
@@ -379,13 +243,6 @@ class TrainerActor(_HandsOver):
         return self._stream
 
 
-def units(response_ids: list[list[int]], agg: str) -> float:
-    """What a loss of ``agg`` averages over: response tokens, or responses with tokens."""
-    if agg == "seq-mean-token-mean":
-        return float(sum(1 for r in response_ids if r))
-    return float(sum(len(r) for r in response_ids))
-
-
 class _PolicyBatch:
     """A policy step's inputs, padded once to the batch's longest response."""
 
@@ -459,102 +316,3 @@ class _Stream:
         self.units = 0.0
         self.sums = _Sums()
         self.chunks: list[_PolicyBatch] = []
-
-
-class CriticActor(_HandsOver):
-    """PPO's value function: values for the samples, and a clipped value-loss update."""
-
-    role = "critic"
-
-    def __init__(
-        self, model_dir: str, train: dict[str, Any], state_dir: str, dtype: str = "float32"
-    ) -> None:
-        self.cfg = msgspec.convert(train, TrainConfig)
-        torch.manual_seed(0)
-        self.device = function_device()
-        self.model = ValueModel.from_pretrained(model_dir, dtype=DTYPES[dtype]).to(self.device)
-        self.pad_id = load_tokenizer(model_dir).pad_id
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.critic_lr)
-        self.handover = HandOver(state_dir, self.model, self.opt)
-
-    def values(
-        self,
-        prompt_ids: list[list[int]],
-        response_ids: list[list[int]],
-        expected_version: int | None = None,
-        replay: list[dict[str, Any]] | None = None,
-        group_size: int = 0,
-    ) -> list[torch.Tensor]:
-        """Values under the critic at the run's version (a cold one replays what it lacks).
-        ``group_size``: one forward pass per group, as ``ReferenceActor.logprobs``. The
-        replay runs with gradients (it trains), the values without."""
-        self._catch_up(expected_version, replay)
-        return self._values(prompt_ids, response_ids, group_size)
-
-    @torch.no_grad()
-    def _values(
-        self, prompt_ids: list[list[int]], response_ids: list[list[int]], group_size: int
-    ) -> list[torch.Tensor]:
-        out = []
-        for lo, hi in blocks(len(prompt_ids), group_size):
-            batch = pack_sequences(prompt_ids[lo:hi], response_ids[lo:hi], self.pad_id, self.device)
-            v = self.model(batch)
-            out += [v[i, : len(r)] for i, r in enumerate(response_ids[lo:hi])]
-        return out
-
-    def step(
-        self,
-        prompt_ids: list[list[int]],
-        response_ids: list[list[int]],
-        old_values: list[torch.Tensor],
-        returns: list[torch.Tensor],
-        expected_version: int | None = None,
-        replay: list[dict[str, Any]] | None = None,
-    ) -> dict[str, float]:
-        """One clipped value-loss step; ``replay`` as in :meth:`TrainerActor.step`."""
-        stats = self._step(expected_version, replay, prompt_ids, response_ids, old_values, returns)
-        self.handover.write_behind()  # overlaps the next iteration; see stages/handover.py
-        return stats
-
-    def _update(
-        self,
-        prompt_ids: list[list[int]],
-        response_ids: list[list[int]],
-        old_values: list[torch.Tensor],
-        returns: list[torch.Tensor],
-    ) -> dict[str, float]:
-        """The token-mean value loss of the batch, accumulated over micro-batches (each's
-        token-mean times its share of the batch's tokens: exactly the batch's loss), so a
-        gang's ranks can split them (``_share``)."""
-        width = max(1, max(len(r) for r in response_ids))
-        old = pad_rows(old_values, width, self.device)
-        ret = pad_rows(returns, width, self.device)
-        lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
-        parts = micro_batches(lengths, self.cfg.grad_accum, self.cfg.micro_batch_tokens)
-        total = max(units(response_ids, "token-mean"), 1.0)
-        self.opt.zero_grad(set_to_none=True)
-        sums = [0.0, 0.0]  # value loss, clip fraction (weighted as the gradient is)
-        for idx, live in self._share(parts):
-            batch = pack_sequences(
-                [prompt_ids[i] for i in idx], [response_ids[i] for i in idx], self.pad_id,
-                self.device,
-            )  # fmt: skip
-            w = batch.response_mask.shape[1]
-            v = self.model(batch)
-            loss, clip = alg.value_loss(
-                v, old[idx, :w], ret[idx, :w], batch.response_mask, self.cfg.value_clip
-            )
-            weight = units([response_ids[i] for i in idx], "token-mean") / total if live else 0.0
-            (loss * weight).backward()
-            sums[0] += float(loss.detach()) * weight
-            sums[1] += float(clip) * weight
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
-        self.opt.step()
-        loss_sum, clip_sum = self._summed(sums)
-        return {"value_loss": loss_sum, "value_clip_frac": clip_sum}
-
-    def weights(self) -> dict[str, Any]:
-        """The critic's whole weights with their version (to compare or export them)."""
-        self.handover.wait()
-        state = {k: v.detach() for k, v in self.model.state_dict().items()}
-        return {"version": self.version, "state_dict": state}

@@ -12,7 +12,8 @@ from rlhfless.adapters.tiny import build_tiny_model
 from rlhfless.stages.common import COMPLETE, atomic_dir_write, recover_dir
 from rlhfless.stages.config import TrainConfig
 from rlhfless.stages.handover import HandOverError, check_version
-from rlhfless.stages.trainer import TrainerActor, micro_batches
+from rlhfless.stages.micro_batch import micro_batches
+from rlhfless.stages.trainer import TrainerActor
 
 
 def test_micro_batches_cover_every_sample_once_and_respect_the_budget() -> None:
