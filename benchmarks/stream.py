@@ -55,7 +55,7 @@ TAIL = 0.4  # the issue's workload: a rollout tail of at least 40% of the rollou
 WARM_START = WarmStart(size="small", median_len=8.0, sigma=1.4, max_len=191)
 WORKLOADS = {
     "tiny": [
-        "model.kind=dir",  # model.path: the warm-started model (added in ``config``)
+        "model.kind=dir",  # model.path: the warm-started model (``config`` adds it)
         "train.batch_prompts=4",
         "train.group_size=8",
         "rollout.max_new_tokens=192",
@@ -88,9 +88,8 @@ COMMON = [
 
 
 def config(args: argparse.Namespace, run_dir: Path, stream: bool, model: Path) -> Config:
-    sets = [*COMMON, *WORKLOADS[args.model], *args.set]
-    if args.model == "tiny":
-        sets.insert(len(COMMON) + 1, f"model.path={model}")
+    warm_started = [f"model.path={model}"] if args.model == "tiny" else []
+    sets = [*COMMON, *WORKLOADS[args.model], *warm_started, *args.set]  # --set has the last word
     return load_config(
         None, [*sets, f"run.run_dir={run_dir}", f"pipeline.stream={str(stream).lower()}"]
     )
