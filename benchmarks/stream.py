@@ -52,10 +52,10 @@ from rlhfless.stages.run import prepare_model  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "stream.json"
 TAIL = 0.4  # the issue's workload: a rollout tail of at least 40% of the rollout
-WARM_START = WarmStart(size="small", median_len=8.0, sigma=1.4, max_len=191)
 WORKLOADS = {
     "tiny": [
-        "model.kind=dir",  # model.path: the warm-started model (``config`` adds it)
+        "model.kind=dir",  # no model.path: the warm-started model (``prepare``)
+        "model.tiny_size=small",
         "train.batch_prompts=4",
         "train.group_size=8",
         "rollout.max_new_tokens=192",
@@ -87,18 +87,27 @@ COMMON = [
 ]
 
 
-def config(args: argparse.Namespace, run_dir: Path, stream: bool, model: Path) -> Config:
-    warm_started = [f"model.path={model}"] if args.model == "tiny" else []
-    sets = [*COMMON, *WORKLOADS[args.model], *warm_started, *args.set]  # --set has the last word
+def config(args: argparse.Namespace, run_dir: Path, stream: bool) -> Config:
+    sets = [*COMMON, *WORKLOADS[args.model], *args.set]  # --set has the last word
     return load_config(
         None, [*sets, f"run.run_dir={run_dir}", f"pipeline.stream={str(stream).lower()}"]
     )
 
 
 def prepare(args: argparse.Namespace, work: Path) -> Path:
-    if args.model == "tiny":
-        return model_dir(WARM_START)
-    return prepare_model(config(args, work / "model-run", True, work), work / "model-run")
+    """The model both jobs load: a model dir without a path is the tiny model warm-started on
+    the workload's own repeat task; anything else as the pipeline prepares it."""
+    cfg = config(args, work / "model-run", True)
+    if cfg.model.kind != "dir" or cfg.model.path:
+        return prepare_model(cfg, work / "model-run")
+    if cfg.task.name != "repeat":
+        raise SystemExit("the warm start fits the repeat task: set model.path for another task")
+    return model_dir(
+        WarmStart(
+            size=cfg.model.tiny_size, seed=cfg.model.seed, median_len=cfg.task.median_len,
+            sigma=cfg.task.sigma, max_len=cfg.rollout.max_new_tokens - 1,
+        )
+    )  # fmt: skip
 
 
 @contextlib.asynccontextmanager
@@ -110,7 +119,7 @@ async def two_jobs(
         jobs = {}
         for stream in (True, False):
             run_dir = work / ("streamed" if stream else "staged")
-            cfg = config(args, run_dir, stream, model)
+            cfg = config(args, run_dir, stream)
             rt = await stack.enter_async_context(Runtime(slots=cfg.runtime.slots, keep_alive_s=600))
             jobs[stream] = Pipeline(rt, cfg, model, run_dir)
         yield jobs
@@ -250,7 +259,8 @@ if __name__ == "__main__":
     result["args"] = vars(a)
     print(table(result))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    key = a.model + (" " + " ".join(a.set) if a.set else "")  # a variant: its own entry
+    # a variant, or another number of rounds or iterations: its own entry
+    key = " ".join([a.model, f"{a.rounds}x{a.iterations}", *a.set])
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     old[key] = result
     RESULTS.write_text(json.dumps(old, indent=2))

@@ -1,7 +1,7 @@
 """A supervised warm start for the built-in tiny model: RLHF begins from a fine-tuned policy.
 
     python benchmarks/warm_start.py                 # the stream benchmark's model, cached
-    python benchmarks/warm_start.py --steps 400 --out /tmp/sft-model
+    python benchmarks/warm_start.py --steps 800       # fitted longer; prints its directory
 
 A random-init tiny model ends a response at random (its EOS has probability ~1/23 per token),
 so its response lengths do not depend on the prompt, and every rollout function holds a sample
@@ -35,6 +35,9 @@ from rlhfless.adapters.tiny import TinyTokenizer, build_tiny_model  # noqa: E402
 from rlhfless.stages.tasks import Prompt, RepeatTask  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "rlhfless" / "warm-start"
+# Part of the cache key: bump it when what a fit makes changes (the fit below, the tiny model's
+# sizes or tokenizer, how the repeat task draws its prompts), so an old fit is not reused.
+FIT_VERSION = 1
 
 
 class WarmStart:
@@ -52,7 +55,11 @@ class WarmStart:
         )  # fmt: skip
 
     def key(self) -> str:
-        blob = json.dumps(self.settings, sort_keys=True).encode()
+        import transformers
+
+        key = {**self.settings, "fit": FIT_VERSION, "torch": torch.__version__,
+               "transformers": transformers.__version__}  # fmt: skip
+        blob = json.dumps(key, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def task(self) -> RepeatTask:

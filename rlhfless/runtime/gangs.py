@@ -161,9 +161,13 @@ class Gangs:
                 tg.start_soon(start, rank)
         if failures:
             rank, exc = failures[0]
+            # Members that wait for each other (a rendezvous) miss one deadline together, and
+            # the first to be told fails the start: the one that hung may be any of these.
+            waiting = ", ".join(str(r) for r, h in enumerate(handles) if h is None)
             raise GangStartError(
                 f"gang {state.gang_id} of {path} ({len(members)} members) did not start: "
-                f"rank {rank} on {slots[rank][0]} slot {slots[rank][1]} failed: {exc}\n"
+                f"rank {rank} on {slots[rank][0]} slot {slots[rank][1]} failed: {exc} "
+                f"(ranks not started by then: {waiting})\n"
                 "every member was stopped"
             ) from exc
         return [h for h in handles if h is not None]

@@ -22,7 +22,7 @@ from statistics import median
 
 from rlhfless.scaling.errors import BadScalingInput
 from rlhfless.scaling.online import SampleReport, SiblingPredictor
-from rlhfless.scaling.predictor import expected_remaining
+from rlhfless.scaling.predictor import expected_remaining as expected_remaining  # a hook
 
 # expected_remaining(support, produced, tail, limit) by (support, tail, limit), then produced.
 # A planner simulates the same groups' predictions on many scenarios and cut settings, and

@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from rlhfless.scaling import sim_remaining
 from rlhfless.scaling.errors import BadScalingInput
 from rlhfless.scaling.migrate import (
     FunctionLoad,
@@ -139,7 +140,7 @@ def simulate_rollout(
         hold_to_end, prewarm, guard, remaining, shape, tail, max_new_tokens, planned_end,
         None if priors is None else [0.0 if x is None else x for x in priors],
     )  # fmt: skip
-    key = result_key(inputs, [globals()[name] for name in _HOOKS])
+    key = result_key(inputs, [*(globals()[name] for name in _HOOKS), *_remaining_hooks()])
     kept = _MEMO.get(key)
     if kept is not None:
         return kept
@@ -154,6 +155,12 @@ _MEMO = SimMemo()
 _HOOKS = ("plan_cut_with_loads", "plan_global_cut", "cut_ruled_out", "cut_due",
           "length_support", "check_threshold", "check_max_new_tokens",
           "finished_ratio")  # fmt: skip
+
+
+def _remaining_hooks() -> list[object]:
+    """What the remaining-length estimate calls through its module's namespace (a caller may
+    replace it as it may the hooks above)."""
+    return [sim_remaining.expected_remaining]
 
 
 def _simulate(
