@@ -140,7 +140,9 @@ def simulate_rollout(
         hold_to_end, prewarm, guard, remaining, shape, tail, max_new_tokens, planned_end,
         None if priors is None else [0.0 if x is None else x for x in priors],
     )  # fmt: skip
-    key = result_key(inputs, [*(globals()[name] for name in _HOOKS), *_remaining_hooks()])
+    # sim_remaining's expected_remaining too: the estimate calls it through its own module
+    hooks = [*(globals()[name] for name in _HOOKS), sim_remaining.expected_remaining]
+    key = result_key(inputs, hooks)
     kept = _MEMO.get(key)
     if kept is not None:
         return kept
@@ -155,12 +157,6 @@ _MEMO = SimMemo()
 _HOOKS = ("plan_cut_with_loads", "plan_global_cut", "cut_ruled_out", "cut_due",
           "length_support", "check_threshold", "check_max_new_tokens",
           "finished_ratio")  # fmt: skip
-
-
-def _remaining_hooks() -> list[object]:
-    """What the remaining-length estimate calls through its module's namespace (a caller may
-    replace it as it may the hooks above)."""
-    return [sim_remaining.expected_remaining]
 
 
 def _simulate(

@@ -70,7 +70,8 @@ class CriticActor(Updater):
         expected_version: int | None = None,
         replay: list[dict[str, Any]] | None = None,
     ) -> dict[str, float]:
-        """One clipped value-loss step; ``replay`` as in :meth:`~rlhfless.stages.trainer.TrainerActor.step`."""
+        """One clipped value-loss step; ``replay`` as in the policy trainer's step
+        (:meth:`~rlhfless.stages.trainer.TrainerActor.step`)."""
         stats = self._step(expected_version, replay, prompt_ids, response_ids, old_values, returns)
         self.handover.write_behind()  # overlaps the next iteration; see stages/handover.py
         return stats
