@@ -34,9 +34,6 @@ from rlhfless.scaling.simulate import simulate_rollout
 from rlhfless.scaling.throughput import ThroughputParams, decode_seconds
 from rlhfless.scaling.transfer import TransferParams
 
-# Scenarios a cut is simulated on per scale (each one simulation of the whole rollout).
-CUT_SCENARIOS = 8
-
 # The most a plan's makespan may exceed round robin's on the worst case: the bound the policy
 # promises (issue 20: +5% on every run). The mean-based choice keeps a tighter margin
 # (DEFAULT_WITHIN, 3%) because one run can land above a mean; this check already is the worst
@@ -169,8 +166,13 @@ def worst_cut_ratio(
     on each scaled scenario, admitted on the unscaled predictions and cut on the online
     estimates the stage makes as samples finish (``remaining = "siblings"``), so a batch that
     runs shorter or longer than predicted moves its stragglers by what its finished samples
-    show: only a simulation of the cut on the scaled lengths shows what that does."""
-    scenarios = _scenarios(works, margin)[:CUT_SCENARIOS]
+    show: only a simulation of the cut on the scaled lengths shows what that does.
+
+    Every scenario, as :func:`worst_ratio` uses: the conformal rank ``ceil((n + 1) q)`` needs
+    ``n >= q / (1 - q)`` scenarios (9 for 0.9) to cover ``q`` at all: on a subset of 8 the
+    check would be the largest of 8, covering 8/9, and would judge a cut on other draws than the
+    same plan without it."""
+    scenarios = _scenarios(works, margin)
     cap = guard.max_new_tokens or math.inf
     predicted = [list(w.lengths) for w in works]
     prefill = [w.prefill_tokens for w in works]

@@ -15,17 +15,22 @@ from rlhfless.cost_models import get_model
 from rlhfless.scaling import (
     ScalingConfig,
     ThroughputParams,
+    TransferParams,
     assign_round_robin,
+    assign_stratified,
     choose_k,
     simulate_rollout,
 )
+from rlhfless.scaling.margin import Margin
 from rlhfless.scaling.policy import Scaler
 from rlhfless.scaling.worst_case import (
     DEFAULT_SCALES,
     MIN_BATCHES,
     WorstCase,
+    baseline_makespans,
     calibrated_scales,
     conformal_upper,
+    worst_cut_ratio,
 )
 from tests.scaling.helpers import works_from
 
@@ -157,3 +162,26 @@ def test_the_choice_is_never_worse_than_round_robin_in_both(
     rr = next(p for p in decision.curve if p.method == "round_robin" and p.k == slots)
     chosen = decision.chosen
     assert not (chosen.planned_usd > rr.planned_usd and chosen.planned_seconds > rr.planned_seconds)
+
+
+@pytest.mark.parametrize("bad", [3, 15])
+def test_a_cut_is_checked_on_every_scenario(bad: int) -> None:
+    """One plan judged with and without a cut on the same draws: one function is slowest
+    against two where the lengths are short (its prefill weighs most), and that draw sits past
+    the 8th, where a subset of the scenarios would miss it."""
+    works = works_from([[1000.0] * 4, [1000.0] * 4], prompt=20000)
+    scenarios = [[[1000.0] * 4, [1000.0] * 4] for _ in range(16)]
+    scenarios[bad] = [[10.0] * 4, [10.0] * 4]
+    margin = Margin(scenarios=scenarios)
+    guard = WorstCase(quantile=0.9, scales=(1.0,))  # rank ceil(17 * 0.9) = 16: the largest
+    one, two = assign_stratified(works, 1, PARAMS), assign_round_robin(works, 2, PARAMS)
+    base = baseline_makespans(two, works, margin, PARAMS, guard)
+    cut = worst_cut_ratio(
+        one, base, works, margin, PARAMS, guard, ("per_function", 0.9), TransferParams()
+    )
+    ratios = [
+        simulate_rollout(s, [20000, 20000], one.groups, PARAMS, prewarm=True).makespan / b
+        for s, b in zip(scenarios, base[1.0], strict=True)
+    ]
+    assert max(ratios) == ratios[bad] > 1.1 * sorted(ratios)[-2]  # the short draw is the worst
+    assert cut == pytest.approx(max(ratios), rel=0.02)
