@@ -87,6 +87,16 @@ def conformal_upper(values: Sequence[float], quantile: float) -> float:
     return s[min(rank, len(s)) - 1]
 
 
+def covering_scenarios(quantile: float, available: int) -> int:
+    """The fewest of ``available`` scenarios whose conformal upper ``quantile`` covers it: the
+    rank ``ceil((n + 1) q)`` must be at most ``n`` (the largest of ``n`` covers ``n / (n + 1)``,
+    so 8 cover 0.889 and 9 cover 0.9); all of them where fewer are available."""
+    n = 1
+    while n < available and math.ceil((n + 1) * quantile) > n:
+        n += 1
+    return min(n, available)
+
+
 def _makespans(
     assignment: Assignment,
     works: Sequence[GroupWork],
@@ -168,11 +178,10 @@ def worst_cut_ratio(
     runs shorter or longer than predicted moves its stragglers by what its finished samples
     show: only a simulation of the cut on the scaled lengths shows what that does.
 
-    Every scenario, as :func:`worst_ratio` uses: the conformal rank ``ceil((n + 1) q)`` needs
-    ``n >= q / (1 - q)`` scenarios (9 for 0.9) to cover ``q`` at all: on a subset of 8 the
-    check would be the largest of 8, covering 8/9, and would judge a cut on other draws than the
-    same plan without it."""
+    Each scenario a simulation of the whole rollout, so on the fewest that cover ``q``
+    (:func:`covering_scenarios`: 9 at 0.9), paired with the baseline's on the same draws."""
     scenarios = _scenarios(works, margin)
+    scenarios = scenarios[: covering_scenarios(guard.quantile, len(scenarios))]
     cap = guard.max_new_tokens or math.inf
     predicted = [list(w.lengths) for w in works]
     prefill = [w.prefill_tokens for w in works]

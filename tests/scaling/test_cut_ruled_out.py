@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from rlhfless.scaling import ThroughputParams, simulate_rollout
-from rlhfless.scaling import simulate as sim
+from rlhfless.scaling import sim_cut as sim
 from rlhfless.scaling.migrate import (
     FunctionLoad,
     FunctionProgress,

@@ -28,7 +28,7 @@ from rlhfless.scaling import (
     decode_timeline,
     simulate_rollout,
 )
-from rlhfless.scaling import simulate as sim
+from rlhfless.scaling import sim_cut as sim
 from rlhfless.scaling.expected import expected_cut_point, expected_point, scenario_points
 from rlhfless.scaling.migrate import (
     FunctionLoad,
