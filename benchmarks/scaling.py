@@ -214,6 +214,7 @@ DEFAULT = ScalingConfig(policy="rlhfless")  # the policy as a user gets it by de
 # k: the cheapest within this fraction of the fastest (expected) makespan (--within overrides).
 WITHIN = DEFAULT.within()
 SCENARIOS = DEFAULT.margin_scenarios  # error scenarios behind the margin (--scenarios overrides)
+MARGIN_SEED = 0  # the seed the margin's scenarios are drawn with, as the scaler's (--margin-seed)
 METRICS = ("makespan", "function_seconds", "idle_seconds", "usd_aws", "usd_pool", "usd_onprem")
 
 
@@ -397,7 +398,7 @@ def run_policies(
         if margin is not None and SCENARIOS:
             m = build_margin(
                 predictor, ww, seen, SCENARIOS, margin,  # type: ignore[arg-type]
-                cuts=auto if cut == "auto" else (), max_new_tokens=limit,
+                cuts=auto if cut == "auto" else (), max_new_tokens=limit, seed=MARGIN_SEED,
             )  # fmt: skip
         t_plan = time.perf_counter()
         dec = choose_k(
@@ -806,7 +807,7 @@ DEVICE = "l40s"
 
 
 def main(argv: list[str] | None = None) -> int:
-    global DEVICE, WITHIN, SCENARIOS
+    global DEVICE, WITHIN, SCENARIOS, MARGIN_SEED
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=128)
     ap.add_argument("--group", type=int, default=8)
@@ -838,9 +839,14 @@ def main(argv: list[str] | None = None) -> int:
         help="per real trace and seed, the cheapest later iteration an oracle (true lengths) "
         "reaches within the bound, and lower bounds on any plan's (a few minutes)",
     )
+    ap.add_argument(
+        "--margin-seed", type=int, default=0,
+        help="seed of the margin's scenario draw (the scaler's is 0; benchmarks/guard_draws.py)",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     DEVICE, WITHIN, SCENARIOS = args.device, args.within, args.scenarios
+    MARGIN_SEED = args.margin_seed
     console = Console(width=140)
     results: dict[str, Any] = {}
     for dist in () if args.traces_only else ("lognormal", "heavy"):
