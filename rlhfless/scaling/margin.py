@@ -78,7 +78,7 @@ def check_scenarios(n: int, name: str = "margin_scenarios") -> int:
             name,
             n,
             "an integer in 0..1024",
-            "0 plans on the point predictions (no margin); 19 is the default.",
+            "0 plans on the point predictions (no margin); 16 is the default.",
         )
     return n
 

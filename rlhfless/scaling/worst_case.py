@@ -178,11 +178,10 @@ def worst_cut_ratio(
     runs shorter or longer than predicted moves its stragglers by what its finished samples
     show: only a simulation of the cut on the scaled lengths shows what that does.
 
-    On every scenario, as the same plan without a cut is judged: on a subset of them, the
-    fewest that cover ``q`` (:func:`covering_scenarios`, 9 at 0.9), the quantile is the largest
-    of 9, which turns on the one worst draw (gsm trace, seed 2: the τ 0.9 cut passed on 19
-    draws, the 18th of 19, and failed on their first 9, the largest of 9)."""
+    Each scenario a simulation of the whole rollout, so on the fewest that cover ``q``
+    (:func:`covering_scenarios`: 9 at 0.9), paired with the baseline's on the same draws."""
     scenarios = _scenarios(works, margin)
+    scenarios = scenarios[: covering_scenarios(guard.quantile, len(scenarios))]
     cap = guard.max_new_tokens or math.inf
     predicted = [list(w.lengths) for w in works]
     prefill = [w.prefill_tokens for w in works]

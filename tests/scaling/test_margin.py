@@ -177,7 +177,7 @@ def test_scaler_plans_with_the_margin_by_default() -> None:
         s.observe(list(range(64)), epoch)
     plan = s.plan(list(range(64)), [200] * 64, group_size=4)
     assert plan.decision is not None
-    assert plan.decision.scenarios == ScalingConfig().margin_scenarios == 19
+    assert plan.decision.scenarios == ScalingConfig().margin_scenarios == 16
     assert plan.decision.margin == "seen" and plan.decision.criterion == "within"
     assert plan.decision.within_fraction == 0.03
     assert "E[T]" in plan.decision.render()

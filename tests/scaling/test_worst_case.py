@@ -170,15 +170,15 @@ def test_covering_scenarios_are_the_fewest_whose_rank_exists() -> None:
     assert covering_scenarios(0.9, 4) == 4  # all there are
 
 
-@pytest.mark.parametrize("bad", [3, 15])
-def test_a_cut_is_checked_on_every_scenario(bad: int) -> None:
-    """One plan judged with a cut on every draw, as without: one function is slowest against
-    two where the lengths are short (its prefill weighs most), and that draw may be the last."""
+@pytest.mark.parametrize("bad", [3, 8])
+def test_a_cut_is_checked_on_enough_scenarios_to_cover_its_quantile(bad: int) -> None:
+    """One function is slowest against two where the lengths are short (its prefill weighs
+    most); that draw is the 9th, which the check at 0.9 needs (the largest of 8 covers 8/9)."""
     works = works_from([[1000.0] * 4, [1000.0] * 4], prompt=20000)
     scenarios = [[[1000.0] * 4, [1000.0] * 4] for _ in range(16)]
     scenarios[bad] = [[10.0] * 4, [10.0] * 4]
     margin = Margin(scenarios=scenarios)
-    guard = WorstCase(quantile=0.9, scales=(1.0,))  # rank ceil(17 * 0.9) = 16: the largest
+    guard = WorstCase(quantile=0.9, scales=(1.0,))  # on the first 9: the largest of them
     one, two = assign_stratified(works, 1, PARAMS), assign_round_robin(works, 2, PARAMS)
     base = baseline_makespans(two, works, margin, PARAMS, guard)
     cut = worst_cut_ratio(
@@ -186,7 +186,7 @@ def test_a_cut_is_checked_on_every_scenario(bad: int) -> None:
     )
     ratios = [
         simulate_rollout(s, [20000, 20000], one.groups, PARAMS, prewarm=True).makespan / b
-        for s, b in zip(scenarios, base[1.0], strict=True)
+        for s, b in zip(scenarios[:9], base[1.0], strict=False)
     ]
     assert max(ratios) == ratios[bad] > 1.1 * sorted(ratios)[-2]  # the short draw is the worst
     assert cut == pytest.approx(max(ratios), rel=0.02)
