@@ -1,4 +1,4 @@
-"""How much the default plan on the recorded traces rests on its scenario draw (~2 min a draw).
+"""How much the default plan on the recorded traces rests on its scenario draw (~1 min a draw).
 
     python benchmarks/guard_draws.py                 # 4 draws x 5 seeds of every recorded trace
     python benchmarks/guard_draws.py --draws 8 --seeds 3
@@ -80,7 +80,9 @@ def table(summaries: dict[str, dict[str, Any]], draws: int, seeds: int) -> Table
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--draws", type=int, default=4, help="margin draw seeds 0..N-1")
-    ap.add_argument("--seeds", type=int, default=5, help="trace seeds (0: file order)")
+    ap.add_argument(
+        "--seeds", type=int, default=5, help="trace seeds per trace (seed 0 keeps the file order)"
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     if args.draws < 1 or args.seeds < 1:

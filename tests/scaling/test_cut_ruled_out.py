@@ -79,7 +79,9 @@ def test_rollouts_are_the_same_without_the_shortcut(monkeypatch) -> None:  # typ
         params = ThroughputParams(max_batch=rng.choice([4, 16, 256]), cold_start_seconds=0.0)
         cases.append((lengths, [rng.choice([100, 512]) for _ in range(n)], groups, params, kw))
     fast = [simulate_rollout(*c[:4], **c[4]) for c in cases]  # type: ignore[arg-type]
-    monkeypatch.setattr(sim, "cut_ruled_out", lambda *a: False)
+    asked = []  # the full path was taken (the patch took effect, not the memo's answer)
+    monkeypatch.setattr(sim, "cut_ruled_out", lambda *a: asked.append(1) or False)
     slow = [simulate_rollout(*c[:4], **c[4]) for c in cases]  # type: ignore[arg-type]
+    assert asked
     assert fast == slow
     assert sum(r.cuts for r in fast) > 0

@@ -212,6 +212,11 @@ def test_bad_margin_settings_are_rejected_naming_the_key(field: str, value: obje
         ScalingConfig(**{field: value})  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("n", [0, 9, 16])
+def test_margin_off_or_covering_the_guard_is_accepted(n: int) -> None:
+    assert ScalingConfig(margin_scenarios=n).margin_scenarios == n
+
+
 def test_bad_margin_inputs_are_rejected() -> None:
     with pytest.raises(BadScalingSetting, match="margin alternative"):
         Margin(alternatives=("fastest",))
