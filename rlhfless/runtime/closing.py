@@ -16,7 +16,6 @@ import zmq.asyncio
 
 from rlhfless.runtime.billing import BillingLog
 from rlhfless.runtime.config import RuntimeConfig
-from rlhfless.runtime.errors import FunctionDied
 from rlhfless.runtime.messages import Release
 from rlhfless.runtime.state import FunctionState
 
@@ -39,14 +38,7 @@ class Closing:
 
     if TYPE_CHECKING:  # the runtime's methods they call (declared only for checkers)
 
-        def _on_exited(
-            self,
-            fid: str,
-            pid: int,
-            code: int | None,
-            tail: list[str],
-            death: FunctionDied | None = None,
-        ) -> None: ...
+        def _on_exited(self, fid: str, pid: int, code: int | None, tail: list[str]) -> None: ...
         def _kill(self, fn: FunctionState) -> None: ...
         async def _send_quiet(self, identity: str, msg: Any) -> None: ...
 

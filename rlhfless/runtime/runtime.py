@@ -55,7 +55,7 @@ log = logging.getLogger("rlhfless.runtime")
 T = TypeVar("T")
 
 
-class Runtime(WarmPool, Locality, ZygoteHost, Gangs, Closing, Messaging):
+class Runtime(Messaging, WarmPool, Locality, ZygoteHost, Gangs, Closing):
     """Function processes on demand. ``async with Runtime() as rt: h = await rt.spawn(...)``."""
 
     def __init__(self, config: RuntimeConfig | None = None, **overrides: Any) -> None:

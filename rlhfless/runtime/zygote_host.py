@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlhfless.runtime import launch
 from rlhfless.runtime.config import RuntimeConfig
-from rlhfless.runtime.errors import FunctionDied, SpawnError
+from rlhfless.runtime.errors import SpawnError
 from rlhfless.runtime.messages import Release
 from rlhfless.runtime.procutil import kill
 from rlhfless.runtime.state import FunctionState
@@ -31,14 +31,7 @@ class ZygoteHost:
 
     if TYPE_CHECKING:  # the runtime's methods they call (declared only for checkers)
 
-        def _on_exited(
-            self,
-            fid: str,
-            pid: int,
-            code: int | None,
-            tail: list[str],
-            death: FunctionDied | None = None,
-        ) -> None: ...
+        def _on_exited(self, fid: str, pid: int, code: int | None, tail: list[str]) -> None: ...
         async def _send_quiet(self, identity: str, msg: Any) -> None: ...
 
     async def _start_zygote(self) -> None:
