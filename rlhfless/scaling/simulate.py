@@ -105,7 +105,7 @@ def simulate_rollout(
         hold_to_end, prewarm, guard, remaining, shape, tail, max_new_tokens, planned_end,
         None if priors is None else [0.0 if x is None else x for x in priors],
     )  # fmt: skip
-    hooks = [globals()["length_support"], *(getattr(m, name) for m, name in _HOOKS)]
+    hooks = [length_support, *(getattr(m, name) for m, name in _HOOKS)]
     key = result_key(inputs, hooks)
     kept = _MEMO.get(key)
     if kept is not None:
