@@ -149,7 +149,10 @@ async def test_trainer_dead_before_its_state_landed_loses_no_step(
                 ]
                 os.kill(trainer.pid, signal.SIGKILL)
                 await asyncio.wait_for(trainer.exited.wait(), 10)
-                shutil.rmtree(policy)
+                # The kill may land inside the write-behind's swap (policy renamed to
+                # policy.old, policy.tmp not yet in place): clear every name it uses.
+                for name in ("policy", "policy.tmp", "policy.old"):
+                    shutil.rmtree(policy.with_name(name), ignore_errors=True)
                 shutil.copytree(run / "policy_v1", policy)
             ms.append(await p.run_iteration(2))
             await p.persist_state()
