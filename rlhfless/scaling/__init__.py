@@ -23,6 +23,7 @@ from rlhfless.scaling.assign import (
 from rlhfless.scaling.config import ScalingConfig
 from rlhfless.scaling.errors import BadScalingInput, BadScalingSetting, ScalingError
 from rlhfless.scaling.expected import expected_point
+from rlhfless.scaling.gang import GangOption, cheapest_gang
 from rlhfless.scaling.margin import ErrorModel, Margin, build_margin
 from rlhfless.scaling.migrate import (
     FunctionProgress,
@@ -73,6 +74,7 @@ __all__ = [
     "CurvePoint",
     "ErrorModel",
     "FunctionProgress",
+    "GangOption",
     "GroupWork",
     "LengthPredictor",
     "Margin",
@@ -104,6 +106,7 @@ __all__ = [
     "assign_stratified",
     "build_margin",
     "calibrated_scales",
+    "cheapest_gang",
     "choose_k",
     "decode_seconds",
     "decode_timeline",

@@ -81,7 +81,11 @@ def simulate_command(
     eager: Annotated[bool, typer.Option(help="rollout engines without CUDA graphs")] = False,
     keep_alive: Annotated[float, typer.Option(min=0)] = 300.0,
     train_gpus: Annotated[
-        int, typer.Option(min=0, help="rlhfless's training gang: train.slots (0: every GPU)")
+        int,
+        typer.Option(
+            min=0,
+            help="rlhfless's training gang: train.slots (0: the cheapest within 3% of the fastest)",
+        ),
     ] = 0,
     spot_mtbi_hours: Annotated[
         float,

@@ -65,7 +65,7 @@ def table(report: SimReport, title: str = "") -> Table:
         f"{c.workload.batch_prompts} x {c.workload.group_size} samples"
     )
     spot = c.interruptions is not None
-    cols = ["system", "s/iter", "speedup", "GPU-h busy", "GPU-h idle", "GPU-h cold"]
+    cols = ["system", "s/iter", "speedup", "train GPUs", "GPU-h busy", "GPU-h idle", "GPU-h cold"]
     for col in cols + (["reclaims", "GPU-h lost"] if spot else []):
         t.add_column(col, justify="right")
     for m in costs:
@@ -77,6 +77,7 @@ def table(report: SimReport, title: str = "") -> Table:
             name,
             f"{s.mean_iteration_seconds:.2f}",
             f"{base.mean_iteration_seconds / s.mean_iteration_seconds:.2f}x" if base else "-",
+            gang_range(s.train_gpus),
             f"{s.busy_gpu_hours:.3f}",
             f"{s.idle_gpu_hours:.3f}",
             f"{s.cold_gpu_hours:.3f}",
@@ -89,6 +90,12 @@ def table(report: SimReport, title: str = "") -> Table:
             row.append(f"{1 - dollars / ref:+.1%}" if dollars is not None and ref else "-")
         t.add_row(*row)
     return t
+
+
+def gang_range(gpus: list[int]) -> str:
+    """The training gangs of a run's iterations: one number, or the least and the most."""
+    lo, hi = min(gpus, default=0), max(gpus, default=0)
+    return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
 def to_json(reports: list[SimReport]) -> bytes:

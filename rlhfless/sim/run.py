@@ -41,7 +41,7 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     eager: bool = False  # rollout engines without CUDA graphs (verl's quickstart ran so)
     interruptions: Interruptions | None = None  # spot: nodes reclaimed, their work re-run
     # rlhfless's training gang in GPUs (a real run's train.slots): whole nodes, or part of one;
-    # 0: every GPU (as the serverful systems train).
+    # 0: chosen per iteration, the cheapest within 3% of the fastest (Rlhfless.choose_gang).
     train_gpus: int = 0
 
 
@@ -72,6 +72,7 @@ class SystemReport(msgspec.Struct, kw_only=True):
     timeline: list[Span] = []  # one steady iteration
     interruptions: int = 0  # nodes reclaimed under SimConfig.interruptions
     lost_gpu_hours: float = 0.0  # of gpu_hours, the interrupted attempts' thrown-away work
+    train_gpus: list[int] = []  # per iteration: the GPUs it trained on (its gang)
 
 
 class SimReport(msgspec.Struct, kw_only=True):
@@ -100,7 +101,7 @@ def check_train_gpus(train_gpus: int, gpus: int, per_node: int, tp: int) -> None
     if not fits or train_gpus % tp:
         raise BadSetting(
             "train_gpus", train_gpus,
-            f"0 (every GPU), or a multiple of tp ({tp}) up to one node ({per_node}) or whole "
+            f"0 (chosen per iteration), or a multiple of tp ({tp}) up to one node ({per_node}) or whole "
             f"nodes up to the cluster ({gpus})",
         )  # fmt: skip
 
@@ -223,6 +224,7 @@ def _report(name: str, system: System, cluster: Cluster, models: dict) -> System
         timeline=_timeline(cluster, steady[len(steady) // 2]),
         interruptions=system.interrupter.interruptions,
         lost_gpu_hours=system.interrupter.lost_gpu_seconds / 3600,
+        train_gpus=system.gangs or [cluster.gpus] * len(res),
     )
 
 

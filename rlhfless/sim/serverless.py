@@ -12,9 +12,14 @@ Per iteration, with the same :mod:`rlhfless.scaling` code the real runtime uses:
   and that cut. Shared prefixes: each group's prompt is prefilled once. Functions are released
   at their own finish (or cut).
 * **Forward passes** (old log-probs, reference, critic values) and **training** run as one gang
-  of ``train_gpus`` GPUs (a real run's ``train.slots``; default every GPU, like the serverful
-  systems, so stage times match and only the holding differs): one function per node of it. Trainer functions load the Adam state (16 bytes per
-  parameter) and write it back to host memory after the update (billed, busy).
+  of ``train_gpus`` GPUs (a real run's ``train.slots``): one function per node of it. Trainer
+  functions load the Adam state (16 bytes per parameter) and write it back to host memory after
+  the update (billed, busy). ``train_gpus = 0`` (the default) chooses the gang each iteration
+  (:meth:`Rlhfless.choose_gang`): every size that holds the state (:mod:`.gang`) is run through
+  this iteration's model on the *predicted* rollout, and the cheapest within the scaler's 3% of
+  the fastest is taken (:func:`~rlhfless.scaling.cheapest_gang`). FSDP's traffic per device and
+  step does not shrink with the gang, so where it dominates (70B on H100s) a smaller gang is as
+  fast and holds fewer GPUs.
 * **Cold starts and keep-alive.** A function is pre-warmed (requested its start time before its
   stage begins, overlapping the previous stage: billed, not on the critical path) except the
   first rollout. It starts warm (weights from the node's host memory) when its role ran on that
@@ -27,16 +32,25 @@ Per iteration, with the same :mod:`rlhfless.scaling` code the real runtime uses:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from rlhfless.cost_models import CostModel
-from rlhfless.scaling import SimFunction, SimResult, simulate_rollout
+from rlhfless.scaling import (
+    GangOption,
+    SimFunction,
+    SimResult,
+    ThroughputParams,
+    cheapest_gang,
+    simulate_rollout,
+)
 from rlhfless.sim.cluster import Cluster
 from rlhfless.sim.engine import Engine
+from rlhfless.sim.gang import gang_sizes
 from rlhfless.sim.interruptions import Interrupter, interrupted_functions
 from rlhfless.sim.perf import PerfModel
 from rlhfless.sim.plan import POLICY, RolloutPlanner
-from rlhfless.sim.stream import Freed, group_finish_times, stream
+from rlhfless.sim.stream import Freed, StreamResult, group_finish_times, stream
 from rlhfless.sim.systems import System, iteration_result
 from rlhfless.sim.workload import Batch, Workload, lengths_of
 
@@ -60,7 +74,9 @@ class Rlhfless(System):
         interrupter: Interrupter | None = None, train_gpus: int = 0,
     ) -> None:  # fmt: skip
         super().__init__(perf, workload, cluster, interrupter)
-        # The training gang (train.slots of a real run): whole nodes, or part of one.
+        # The training gang (train.slots of a real run): whole nodes, or part of one; 0: chosen
+        # per iteration (choose_gang), self.gang then being this iteration's.
+        self.fixed_gang = train_gpus
         self.gang = train_gpus or cluster.gpus
         self.plan_model = plan_model
         limit = None if workload.trace else lengths_of(workload).max_response
@@ -68,7 +84,6 @@ class Rlhfless(System):
             cluster.gpus // perf.tp, cluster.device_kind, plan_model, perf.transfer_params(),
             limit, perf.tp,
         )  # fmt: skip
-        self.node_slots = min(cluster.gpus_per_node, self.gang)
 
     def warm(self, role: str, t: float) -> bool:
         return self.cluster.cached(0, role, t, self.perf.startup.keep_alive_seconds)
@@ -77,7 +92,8 @@ class Rlhfless(System):
         self, engine: Engine, role: str, start: float, busy: float, state_bytes: float | None
     ) -> None:
         """One function per node for a whole-cluster stage, pre-warmed to be ready at ``start``."""
-        c, slots = self.cluster, self.node_slots
+        c = self.cluster
+        slots = min(c.gpus_per_node, self.gang)
         boot = self.perf.start_seconds(self.warm(role, start), state_bytes, self.gang)
         for node, slot in c.place(self.gang // slots, slots):
             c.use(
@@ -141,6 +157,8 @@ class Rlhfless(System):
                 self._use("rollout", node, slot, tp, t, sf),
                 f"rollout:{node}:{slot}",
             )
+        self.gang = self.fixed_gang or self.choose_gang(i, batch, groups, predicted, params)
+        self.gangs.append(self.gang)
         self.planner.observe(batch.prompt_ids, batch.lengths)
         roll = r.makespan + perf.gpu.stage_overhead_seconds
         stages["rollout"] = roll
@@ -183,29 +201,13 @@ class Rlhfless(System):
         stages: dict[str, float],
     ) -> float:  # fmt: skip
         """Scoring and training on released GPUs while the tail decodes; returns the end."""
-        perf, c, tp = self.perf, self.cluster, self.perf.tp
-        G = c.gpus
-        streamable, barrier = self.stream_work(batch)
-        seq = [
-            p * len(ls) + sum(ls) for p, ls in zip(batch.prompt_tokens, batch.lengths, strict=True)
-        ]
-        total = sum(seq) or 1
-        t0, t1 = perf.decode_step()
-        freed = []
-        for f, (grp, sf) in enumerate(zip(groups, r.functions, strict=True)):
-            freed.append(Freed(sf.finished_at, tp, 0.0, f))  # its GPUs
-            dated = None if r.moves else group_finish_times(
-                [batch.lengths[g] for g in grp], sf.finished_at, t0, t1, perf.max_batch()
-            )  # fmt: skip
-            for g, at in zip(grp, dated or [sf.finished_at] * len(grp), strict=True):
-                freed.append(Freed(at, 0, streamable * seq[g] / total, f))  # its groups' work
-        places = c.place(G // tp, tp)
-        freed += [Freed(0.0, tp, 0.0, f) for f in range(len(groups), len(places))]
+        perf, c = self.perf, self.cluster
+        res = self.pool(self.gang, batch, groups, r)
+        places = c.place(c.gpus // perf.tp, perf.tp)
         state = perf.trainer_state_bytes()
         join = perf.start_seconds(self.warm("scorer", t), state, self.gang)
         # Pre-warmed as the staged stages are (the start overlaps the rollout function it
         # follows on the GPU: billed as a cold start, not on the critical path); see module doc.
-        res = stream(freed, r.makespan, barrier, join_seconds=0.0, max_gpus=self.gang)
         for f, spans in res.busy.items():
             node, slot = places[f]
             for s, e in spans:
@@ -222,7 +224,60 @@ class Rlhfless(System):
         stages["after rollout"] = after + lost  # the state's offload: off the path, as staged
         return t + res.end + lost + perf.gpu.stage_overhead_seconds
 
-    def stream_work(self, batch: Batch) -> tuple[float, float]:
+    def pool(self, gang: int, batch: Batch, groups: list, r: SimResult) -> StreamResult:
+        """The streamed scoring and training of ``batch`` on a gang of ``gang`` GPUs, after the
+        rollout ``r`` of ``groups`` (:func:`~rlhfless.sim.stream.stream`)."""
+        perf, c, tp = self.perf, self.cluster, self.perf.tp
+        streamable, barrier = self.stream_work(batch, gang)
+        seq = [
+            p * len(ls) + sum(ls) for p, ls in zip(batch.prompt_tokens, batch.lengths, strict=True)
+        ]
+        total = sum(seq) or 1
+        t0, t1 = perf.decode_step()
+        freed = []
+        for f, (grp, sf) in enumerate(zip(groups, r.functions, strict=True)):
+            freed.append(Freed(sf.finished_at, tp, 0.0, f))  # its GPUs
+            dated = None if r.moves else group_finish_times(
+                [batch.lengths[g] for g in grp], sf.finished_at, t0, t1, perf.max_batch()
+            )  # fmt: skip
+            for g, at in zip(grp, dated or [sf.finished_at] * len(grp), strict=True):
+                freed.append(Freed(at, 0, streamable * seq[g] / total, f))  # its groups' work
+        freed += [Freed(0.0, tp, 0.0, f) for f in range(len(groups), c.gpus // tp)]
+        return stream(freed, r.makespan, barrier, join_seconds=0.0, max_gpus=gang)
+
+    def choose_gang(
+        self, i: int, batch: Batch, groups: list, predicted: list[list[float]],
+        params: ThroughputParams,
+    ) -> int:  # fmt: skip
+        """This iteration's training gang: every size that holds the state, judged on the
+        *predicted* rollout (no true length is read), the cheapest within the scaler's bound of
+        the fastest (module doc)."""
+        perf, c = self.perf, self.cluster
+        guess = Batch(
+            prompt_ids=batch.prompt_ids, prompt_tokens=batch.prompt_tokens,
+            lengths=[[max(1, math.ceil(x)) for x in g] for g in predicted],
+        )  # fmt: skip
+        r = simulate_rollout(
+            guess.lengths, [float(x) for x in guess.prompt_tokens], groups, params,
+            prewarm=i > 0,
+        )  # fmt: skip
+        reference = perf.model.weight_bytes if self.workload.reference else 0.0
+        state = perf.trainer_state_bytes() + reference
+        sizes = gang_sizes(c.gpus, c.gpus_per_node, perf.tp, state, perf.gpu.memory_bytes)
+        rate = self.plan_model.rate(c.device_kind)
+        options = [self.gang_option(n, guess, groups, r, rate) for n in sizes or [c.gpus]]
+        return cheapest_gang(options, POLICY.within() or 0.0).devices
+
+    def gang_option(
+        self, gang: int, batch: Batch, groups: list, r: SimResult, rate: float
+    ) -> GangOption:
+        """A gang's end of the iteration (from the rollout's start) and the GPU-seconds its
+        pool is busy, priced at ``rate``."""
+        res = self.pool(gang, batch, groups, r)
+        busy = sum(e - s for spans in res.busy.values() for s, e in spans) * self.perf.tp
+        return GangOption(devices=gang, seconds=res.end, usd=rate * busy)
+
+    def stream_work(self, batch: Batch, gang: int) -> tuple[float, float]:
         """GPU-seconds on the whole cluster's GPUs that stream (start once a group is complete)
         and that wait for the last group, by the real trainer's rule (stages/streamed.py,
         ``TrainerActor.begin_step / accumulate / finish_step``).
@@ -234,7 +289,7 @@ class Rlhfless(System):
         across the batch); the rest of the training time as staged (later steps' compute, all
         steps' FSDP traffic beyond the compute moved earlier, the update's overhead) waits.
         PPO's update waits for whole-batch advantage whitening: all its training waits."""
-        G = self.gang
+        G = gang
         fwd = self.forward_seconds(batch, G) * G
         train = self.train_seconds(batch, G) * G
         if self.workload.algo != "grpo":
@@ -258,3 +313,10 @@ class RlhflessStaged(Rlhfless):
 
     name = "rlhfless-staged"
     streamed = False
+
+    def gang_option(
+        self, gang: int, batch: Batch, groups: list, r: SimResult, rate: float
+    ) -> GangOption:
+        """Staged, the gang holds all its GPUs for the forward passes and then the training."""
+        seconds = self.forward_seconds(batch, gang) + self.train_seconds(batch, gang)
+        return GangOption(devices=gang, seconds=seconds, usd=rate * gang * seconds)

@@ -85,6 +85,7 @@ class System(ABC):
         self.interrupter = interrupter or Interrupter(None, 0.0)
         self.results: list[IterationResult] = []
         self.end = 0.0
+        self.gangs: list[int] = []  # GPUs each iteration trained on (empty: every GPU)
 
     # ------------------------------------------------------------------ the job
 

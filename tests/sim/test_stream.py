@@ -87,7 +87,7 @@ def test_only_the_first_optimiser_steps_compute_streams(minibatches: int) -> Non
     # the real trainer steps once after the last group; a later step needs that step's weights
     system, batch = _system("grpo", minibatches)
     gpus = system.cluster.gpus
-    streamable, barrier = system.stream_work(batch)
+    streamable, barrier = system.stream_work(batch, gpus)
     staged = (system.forward_seconds(batch, gpus) + system.train_seconds(batch, gpus)) * gpus
     assert streamable + barrier == pytest.approx(staged)  # moved earlier, never dropped
     first = system.first_step_compute_seconds(batch, gpus) * gpus
@@ -99,7 +99,7 @@ def test_only_the_first_optimiser_steps_compute_streams(minibatches: int) -> Non
 def test_ppo_training_waits_for_the_last_group() -> None:
     system, batch = _system("ppo", 1)
     gpus = system.cluster.gpus
-    assert system.stream_work(batch) == pytest.approx(
+    assert system.stream_work(batch, gpus) == pytest.approx(
         (system.forward_seconds(batch, gpus) * gpus, system.train_seconds(batch, gpus) * gpus)
     )
 
