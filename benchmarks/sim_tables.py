@@ -2,6 +2,11 @@
 
     python benchmarks/sim_tables.py            # GRPO, gsm8k-like, 256 x 8, 7B (4 it.) and 70B (3 it.)
     python benchmarks/sim_tables.py --minibatches 1   # one optimiser step per iteration
+    python benchmarks/sim_tables.py --train-gpus 160  # rlhfless trains on every GPU
+
+rlhfless's training gang is chosen per iteration by default (``--train-gpus 0``: the cheapest
+within 3% of the fastest, ``Rlhfless.choose_gang``). The reports go to
+``benchmarks/results/sim_tables_<minibatches>mb_<gang>.json``.
 
 Same as `rlhfless simulate --nodes 20 --gpu h100 --model 7b --cost aws,onprem` (and
 `--model 70b --iterations 3`), with speedups and reductions against serverful-colocated.
@@ -10,24 +15,31 @@ Same as `rlhfless simulate --nodes 20 --gpu h100 --model 7b --cost aws,onprem` (
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rlhfless.sim import SimConfig, Workload, simulate
-from rlhfless.sim.report import usd
-from rlhfless.sim.run import SystemReport
+from rlhfless.sim.report import gang_range, to_json, usd
+from rlhfless.sim.run import SimReport, SystemReport
 
 COSTS = ("aws", "onprem")
 
 
-def rows(model: str, iterations: int, minibatches: int) -> tuple[list[str], str]:
+def rows(
+    model: str, iterations: int, minibatches: int, train_gpus: int, reports: list[SimReport]
+) -> tuple[list[str], str]:
     """The table's rows for one model, and its row of the against-each-peer table."""
     w = Workload(algo="grpo", dataset="gsm8k-like", batch_prompts=256, group_size=8,
                  iterations=iterations, minibatches=minibatches)  # fmt: skip
-    r = simulate(SimConfig(nodes=20, gpu="h100", model=model, workload=w, costs=COSTS))
+    r = simulate(
+        SimConfig(nodes=20, gpu="h100", model=model, workload=w, costs=COSTS, train_gpus=train_gpus)
+    )
+    reports.append(r)
     base = r.systems["serverful-colocated"]
     out = []
     for name, s in r.systems.items():
         cells = [model.upper(), name, f"{s.mean_iteration_seconds:.1f}",
                  f"{base.mean_iteration_seconds / s.mean_iteration_seconds:.2f}x",
+                 gang_range(s.train_gpus),
                  f"{s.busy_gpu_hours:.2f} / {s.idle_gpu_hours:.2f} / {s.cold_gpu_hours:.2f}"]  # fmt: skip
         for m in COSTS:
             d, ref = s.usd[m], base.usd[m]
@@ -54,14 +66,23 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minibatches", type=int, default=Workload().minibatches,
                     help="optimiser steps per iteration (verl's mini-batches; default 4)")  # fmt: skip
+    ap.add_argument("--train-gpus", type=int, default=0,
+                    help="rlhfless's training gang (0: chosen per iteration)")  # fmt: skip
+    ap.add_argument("--json", type=Path, default=None,
+                    help="default: benchmarks/results/sim_tables_<minibatches>mb_<train-gpus>.json")  # fmt: skip
     args = ap.parse_args()
-    print(
-        "| model | system | s/iter | speedup | GPU-h busy/idle/cold | aws $ (saved) | onprem $ (saved) |"
+    out = args.json or Path(
+        f"benchmarks/results/sim_tables_{args.minibatches}mb_{args.train_gpus or 'chosen'}.json"
     )
-    print("|---|---|---|---|---|---|---|")
-    peers = []
+    print(
+        "| model | system | s/iter | speedup | train GPUs | GPU-h busy/idle/cold "
+        "| aws $ (saved) | onprem $ (saved) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    peers: list[str] = []
+    reports: list[SimReport] = []
     for model, its in (("7b", 4), ("70b", 3)):
-        table, peer = rows(model, its, args.minibatches)
+        table, peer = rows(model, its, args.minibatches, args.train_gpus, reports)
         print("\n".join(table))
         peers.append(peer)
     print()
@@ -69,3 +90,6 @@ if __name__ == "__main__":
           "| rlhfless-staged vs colocated | vs fused |")  # fmt: skip
     print("|---|---|---|---|---|---|")
     print("\n".join(peers))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(to_json(reports))
+    print(f"\nwrote {out}")
