@@ -115,6 +115,15 @@ class Priced(msgspec.Struct, kw_only=True):
     serverful_usd: Range | None
 
 
+class GangAdvice(msgspec.Struct, kw_only=True):
+    """``--gpu``: the same job with the training gang the simulator chooses (the cheapest within
+    3% of the fastest, per iteration) instead of the config's ``train.slots``."""
+
+    train_gpus: list[int]  # per simulated iteration
+    iteration_seconds: float  # steady, central value (the same band applies)
+    usd: dict[str, float | None]  # the whole job, per cost model
+
+
 class Estimate(msgspec.Struct, kw_only=True):
     iteration_seconds: Range
     first_iteration_seconds: float
@@ -122,6 +131,7 @@ class Estimate(msgspec.Struct, kw_only=True):
     stage_seconds: dict[str, float]
     priced: list[Priced]
     basis: str  # what the numbers rest on
+    gang: GangAdvice | None = None  # --gpu only
 
 
 def read_run(run_dir: str | Path) -> Earlier:

@@ -4,7 +4,9 @@ The job's settings become a :class:`~rlhfless.sim.Workload` (an earlier run's ``
 the trace where given; else gsm8k-like lengths with the config's generation limit, and the repeat
 task's median where it has one), simulated on ``nodes`` x ``gpus_per_node`` GPUs. Serverless is
 the streamed ``rlhfless`` system training on a gang of ``train.slots`` GPUs, as the run would;
-serverful ``serverful-colocated`` (verl-like) trains on every GPU. Each is priced by
+serverful ``serverful-colocated`` (verl-like) trains on every GPU. Beside it, the same job with
+the gang the simulator would choose (:class:`~rlhfless.sim.estimate.GangAdvice`), so a user sees
+what another ``train.slots`` would save before the run. Each is priced by
 the cost model's own rules. The range is the central value x (1 -/+ :data:`GPU_UNCERTAINTY`):
 the largest stage residual of the calibration against verl's published GPU step (+17%),
 rounded up, on a GPU the step's own GPU is only assumed to be.
@@ -14,9 +16,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
+
 from rlhfless.sim.errors import BadSetting
-from rlhfless.sim.estimate import Earlier, Estimate, JobSpec, Priced, Range
-from rlhfless.sim.run import SimConfig, simulate
+from rlhfless.sim.estimate import Earlier, Estimate, GangAdvice, JobSpec, Priced, Range
+from rlhfless.sim.run import SimConfig, SystemReport, simulate
 from rlhfless.sim.workload import Workload
 
 GPU_UNCERTAINTY = 0.25
@@ -49,6 +53,7 @@ def estimate_gpu(job: JobSpec, costs: list[str], earlier: Earlier | None = None)
         if exc.name != "train_gpus":
             raise
         raise BadSetting("train.slots", job.train_slots, exc.expected) from None
+    chosen = simulate(msgspec.structs.replace(cfg, systems=("rlhfless",), train_gpus=0))
     less, full = r.systems["rlhfless"], r.systems["serverful-colocated"]
     first = less.iteration_seconds[0]
     it = less.mean_iteration_seconds
@@ -68,4 +73,13 @@ def estimate_gpu(job: JobSpec, costs: list[str], earlier: Earlier | None = None)
                           first + (job_s - first) * (1 + GPU_UNCERTAINTY)),
         stage_seconds=less.stages, priced=priced,
         basis=f"simulated on {r.gpus} x {job.device} (tp {r.tp}), streamed rlhfless vs verl-like",
+        gang=_advice(chosen.systems["rlhfless"], job.iterations),
+    )  # fmt: skip
+
+
+def _advice(s: SystemReport, iterations: int) -> GangAdvice:
+    scale = iterations / len(s.iteration_seconds)  # the simulated job -> the config's
+    return GangAdvice(
+        train_gpus=s.train_gpus, iteration_seconds=s.mean_iteration_seconds,
+        usd={m: None if d is None else d * scale for m, d in s.usd.items()},
     )  # fmt: skip

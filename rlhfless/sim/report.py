@@ -52,7 +52,22 @@ def estimate_table(est: Estimate, job: JobSpec, measured: Earlier | None = None)
         total, serverful = m.dollars(p.cost_model) if m else (None, None)
         row(f"$ {p.cost_model} serverless (job)", p.serverless_usd, total, usd)
         row(f"$ {p.cost_model} serverful (job)", p.serverful_usd, serverful, usd)
+    if est.gang is not None:
+        gang_rows(t, est, job, bool(measured))
     return t
+
+
+def gang_rows(t: Table, est: Estimate, job: JobSpec, measured: bool) -> None:
+    """The job on the gang the simulator chooses, central values beside the config's."""
+    g = est.gang
+    assert g is not None
+    pad = ["-", "-"] if measured else []
+    t.add_row(
+        f"train GPUs chosen (train.slots = {job.train_slots})", gang_range(g.train_gpus), *pad
+    )
+    t.add_row("s / iteration (steady), chosen gang", f"{g.iteration_seconds:.3g} s", *pad)
+    for m, d in g.usd.items():
+        t.add_row(f"$ {m} serverless (job), chosen gang", "n/a" if d is None else usd(d), *pad)
 
 
 def table(report: SimReport, title: str = "") -> Table:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from rlhfless.cli import app
@@ -16,6 +17,7 @@ from rlhfless.cost_models import Ledger, get_model
 from rlhfless.sim.errors import BadSetting
 from rlhfless.sim.estimate import RUN_OVERHEAD_SECONDS, JobSpec, _events, estimate, read_run
 from rlhfless.sim.estimate_gpu import estimate_gpu
+from rlhfless.sim.report import estimate_table
 from rlhfless.stages.estimate import load_job
 
 DATA = Path(__file__).parent / "data"
@@ -123,6 +125,22 @@ def test_gpu_estimate_simulates_serverless_and_serverful(tmp_path: Path) -> None
     assert p.serverless_usd.low < p.serverless_usd.mid < p.serverless_usd.high
     with pytest.raises(BadSetting, match="--gpu"):
         estimate(msgspec.structs.replace(job, device="cpu-tiny", model="7b"), ["onprem"])
+
+
+def test_gpu_estimate_shows_the_gang_the_simulator_would_choose() -> None:
+    # 70B on 4 nodes of H100 with train.slots = every GPU: its training is bound by FSDP
+    # traffic, so the simulator's own choice trains on fewer GPUs at about the same speed
+    job = JobSpec(model="70b", device="h100", device_kind="h100", nodes=4, gpus_per_node=8,
+                  iterations=3, batch_prompts=64, group_size=4, train_slots=32)  # fmt: skip
+    est = estimate_gpu(job, ["onprem"])
+    g, config = est.gang, est.priced[0].serverless_usd
+    assert g is not None and config is not None and max(g.train_gpus) < 32
+    chosen = g.usd["onprem"]
+    assert chosen is not None and chosen < 0.95 * config.mid
+    assert g.iteration_seconds <= 1.03 * est.iteration_seconds.mid
+    console = Console(record=True, width=200)
+    console.print(estimate_table(est, job))
+    assert "train GPUs chosen (train.slots = 32)" in console.export_text()
 
 
 def test_cost_of_a_run_directory_shows_the_estimate_beside_the_measured(tmp_path: Path) -> None:
