@@ -8,6 +8,9 @@ gradients: ``ADAM_STATE_BYTES_PER_PARAM``) and the reference model's bf16 weight
 one, in ``MEMORY_FRACTION`` of its devices' memory; activations are assumed to fit in the rest
 (micro-batches of a few sequences, as the workload's ``micro_batch``). The choice among them is
 :func:`rlhfless.scaling.cheapest_gang`: the cheapest within the scaler's 3% of the fastest.
+Where no size holds the state (70B with PPO on 32 A100s of 40 GB), the gang is every GPU, as
+the serverful systems train there too; the model does not price the CPU offload such a job
+would need.
 """
 
 from __future__ import annotations
