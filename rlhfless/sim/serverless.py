@@ -278,7 +278,7 @@ class Rlhfless(System):
         return GangOption(devices=gang, seconds=res.end, usd=rate * busy)
 
     def stream_work(self, batch: Batch, gang: int) -> tuple[float, float]:
-        """GPU-seconds on the whole cluster's GPUs that stream (start once a group is complete)
+        """GPU-seconds on a gang of ``gang`` GPUs that stream (start once a group is complete)
         and that wait for the last group, by the real trainer's rule (stages/streamed.py,
         ``TrainerActor.begin_step / accumulate / finish_step``).
 
