@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rlhfless.scaling import BadScalingInput, BadScalingSetting, GangOption, cheapest_gang
 
@@ -33,3 +35,21 @@ def test_bad_inputs_are_refused_with_their_name() -> None:
         GangOption(devices=0, seconds=1.0, usd=1.0)
     with pytest.raises(BadScalingInput, match="seconds must be a finite number"):
         GangOption(devices=8, seconds=float("nan"), usd=1.0)
+
+
+_option = st.builds(
+    GangOption,
+    devices=st.integers(1, 512),
+    seconds=st.floats(0.0, 1e4, allow_nan=False),
+    usd=st.floats(0.0, 1e4, allow_nan=False),
+)
+
+
+@given(st.lists(_option, min_size=1, max_size=12), st.floats(0.0, 1.0))
+def test_the_choice_is_within_the_bound_and_none_within_it_is_cheaper(
+    options: list[GangOption], within: float
+) -> None:
+    best = cheapest_gang(options, within)
+    bound = min(o.seconds for o in options) * (1.0 + within)
+    assert best in options and best.seconds <= bound
+    assert all(o.usd >= best.usd for o in options if o.seconds <= bound)
