@@ -257,10 +257,12 @@ class Rlhfless(System):
             prompt_ids=batch.prompt_ids, prompt_tokens=batch.prompt_tokens,
             lengths=[[max(1, math.ceil(x)) for x in g] for g in predicted],
         )  # fmt: skip
+        # Only the streamed pool reads the rollout (when each group is complete); staged
+        # options are the stages' own times.
         r = simulate_rollout(
             guess.lengths, [float(x) for x in guess.prompt_tokens], groups, params,
             prewarm=i > 0,
-        )  # fmt: skip
+        ) if self.streamed else None  # fmt: skip
         reference = perf.model.weight_bytes if self.workload.reference else 0.0
         state = perf.trainer_state_bytes() + reference
         sizes = gang_sizes(c.gpus, c.gpus_per_node, perf.tp, state, perf.gpu.memory_bytes)
@@ -269,10 +271,11 @@ class Rlhfless(System):
         return cheapest_gang(options, POLICY.within() or 0.0).devices
 
     def gang_option(
-        self, gang: int, batch: Batch, groups: list, r: SimResult, rate: float
+        self, gang: int, batch: Batch, groups: list, r: SimResult | None, rate: float
     ) -> GangOption:
-        """A gang's end of the iteration (from the rollout's start) and the GPU-seconds its
-        pool is busy, priced at ``rate``."""
+        """A gang's end of the iteration (from the start of the predicted rollout ``r``) and
+        the GPU-seconds its pool is busy, priced at ``rate``."""
+        assert r is not None  # choose_gang simulates it for the streamed system
         res = self.pool(gang, batch, groups, r)
         busy = sum(e - s for spans in res.busy.values() for s, e in spans) * self.perf.tp
         return GangOption(devices=gang, seconds=res.end, usd=rate * busy)
@@ -315,7 +318,7 @@ class RlhflessStaged(Rlhfless):
     streamed = False
 
     def gang_option(
-        self, gang: int, batch: Batch, groups: list, r: SimResult, rate: float
+        self, gang: int, batch: Batch, groups: list, r: SimResult | None, rate: float
     ) -> GangOption:
         """Staged, the gang holds all its GPUs for the forward passes and then the training."""
         seconds = self.forward_seconds(batch, gang) + self.train_seconds(batch, gang)
