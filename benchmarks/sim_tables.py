@@ -42,23 +42,32 @@ def rows(
                  gang_range(s.train_gpus),
                  f"{s.busy_gpu_hours:.2f} / {s.idle_gpu_hours:.2f} / {s.cold_gpu_hours:.2f}"]  # fmt: skip
         for m in COSTS:
-            d, ref = s.usd[m], base.usd[m]
-            cells.append(
-                "n/a" if d is None else f"{usd(d)} ({1 - d / ref:+.1%})" if ref else usd(d)
-            )
+            cells.append(dollars(s.usd[m], base.usd[m]))
+        cells.append(dollars(s.steady_usd["onprem"], base.steady_usd["onprem"]))
         out.append("| " + " | ".join(cells) + " |")
     return out, peer_row(model, minibatches, r.systems)
 
 
+def dollars(d: float | None, ref: float | None) -> str:
+    """Dollars and the reduction against the baseline's ``ref``."""
+    return "n/a" if d is None else f"{usd(d)} ({1 - d / ref:+.1%})" if ref else usd(d)
+
+
+def saving(d: float | None, ref: float | None) -> str:
+    return f"{1 - d / ref:.1%}" if d is not None and ref else "n/a"
+
+
 def peer_row(model: str, minibatches: int, systems: dict[str, SystemReport]) -> str:
-    """Each rlhfless system's speedup and ``onprem`` saving against each serverful peer."""
+    """Each rlhfless system's speedup and ``onprem`` saving against each serverful peer: per
+    steady iteration (the speedup's iterations), then over the whole job."""
     cells = [str(minibatches), model.upper()]
     for ours in ("rlhfless", "rlhfless-staged"):
         for peer in ("serverful-colocated", "serverful-fused"):
             a, b = systems[ours], systems[peer]
-            d, ref = a.usd["onprem"], b.usd["onprem"]
-            saved = f"{1 - d / ref:.1%}" if d is not None and ref else "n/a"
-            cells.append(f"{b.mean_iteration_seconds / a.mean_iteration_seconds:.2f}x ({saved})")
+            steady = saving(a.steady_usd["onprem"], b.steady_usd["onprem"])
+            job = saving(a.usd["onprem"], b.usd["onprem"])
+            speedup = b.mean_iteration_seconds / a.mean_iteration_seconds
+            cells.append(f"{speedup:.2f}x ({steady} / it; {job} job)")
     return "| " + " | ".join(cells) + " |"
 
 
@@ -76,9 +85,9 @@ if __name__ == "__main__":
     )
     print(
         "| model | system | s/iter | speedup | train GPUs | GPU-h busy/idle/cold "
-        "| aws $ (saved) | onprem $ (saved) |"
+        "| aws $ job (saved) | onprem $ job (saved) | onprem $ / steady iteration (saved) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     peers: list[str] = []
     reports: list[SimReport] = []
     for model, its in (("7b", 4), ("70b", 3)):

@@ -84,8 +84,10 @@ def table(report: SimReport, title: str = "") -> Table:
     for col in cols + (["reclaims", "GPU-h lost"] if spot else []):
         t.add_column(col, justify="right")
     for m in costs:
-        t.add_column(f"$ {m}", justify="right")
-        t.add_column(f"saved vs colo {m}", justify="right")
+        t.add_column(f"$ {m} job", justify="right")
+        t.add_column(f"saved vs colo {m} job", justify="right")
+        t.add_column(f"$ {m} / steady it", justify="right")
+        t.add_column(f"saved vs colo {m} / it", justify="right")
     base = report.systems.get("serverful-colocated")
     for name, s in report.systems.items():
         row = [
@@ -100,11 +102,16 @@ def table(report: SimReport, title: str = "") -> Table:
         if spot:
             row += [str(s.interruptions), f"{s.lost_gpu_hours:.3f}"]
         for m in costs:
-            dollars, ref = s.usd.get(m), base.usd.get(m) if base else None
-            row.append("n/a" if dollars is None else usd(dollars))
-            row.append(f"{1 - dollars / ref:+.1%}" if dollars is not None and ref else "-")
+            row += cost_cells(s.usd.get(m), base.usd.get(m) if base else None)
+            row += cost_cells(s.steady_usd.get(m), base.steady_usd.get(m) if base else None)
         t.add_row(*row)
     return t
+
+
+def cost_cells(dollars: float | None, ref: float | None) -> list[str]:
+    """Dollars and their reduction against ``ref`` (the baseline's)."""
+    saved = f"{1 - dollars / ref:+.1%}" if dollars is not None and ref else "-"
+    return ["n/a" if dollars is None else usd(dollars), saved]
 
 
 def gang_range(gpus: list[int]) -> str:

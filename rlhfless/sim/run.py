@@ -14,7 +14,8 @@ import statistics
 
 import msgspec
 
-from rlhfless.cost_models import Ledger, UnknownDeviceKind, get_model
+from rlhfless.cost_models import CostModel, Ledger, UnknownDeviceKind, accrued_usd, get_model
+from rlhfless.runtime.messages import BillingEvent
 from rlhfless.sim.cluster import Cluster
 from rlhfless.sim.engine import Engine
 from rlhfless.sim.errors import BadSetting, UnknownName
@@ -23,7 +24,7 @@ from rlhfless.sim.interruptions import Interrupter, Interruptions
 from rlhfless.sim.model_config import is_config_path, model_from_config, tp_for
 from rlhfless.sim.perf import PerfModel, StartupParams, startup_for
 from rlhfless.sim.serverless import Rlhfless, RlhflessStaged
-from rlhfless.sim.systems import ServerfulColocated, ServerfulFused, System
+from rlhfless.sim.systems import IterationResult, ServerfulColocated, ServerfulFused, System
 from rlhfless.sim.workload import Batch, Workload
 
 SYSTEMS = ("serverful-colocated", "serverful-fused", "rlhfless", "rlhfless-staged")
@@ -67,6 +68,10 @@ class SystemReport(msgspec.Struct, kw_only=True):
     rollout_functions: float  # mean per iteration
     moves: int
     usd: dict[str, float | None]  # per cost model; None where it does not price this GPU
+    # Per cost model, the bill of one steady iteration: what the run accrued from the first
+    # iteration's end to the last's, over the iterations between (steady_usd). The job's ``usd``
+    # also holds the start of the cluster, which a job of a few iterations weighs heavily.
+    steady_usd: dict[str, float | None] = {}
     samples: int
     samples_trained: int
     timeline: list[Span] = []  # one steady iteration
@@ -175,6 +180,7 @@ def simulate(cfg: SimConfig, batches: list[Batch] | None = None) -> SimReport:
             if report is None:
                 report = one
             report.usd.update(one.usd)
+            report.steady_usd.update(one.steady_usd)
         assert report is not None
         out[name] = report
     return SimReport(
@@ -185,13 +191,15 @@ def simulate(cfg: SimConfig, batches: list[Batch] | None = None) -> SimReport:
 def _report(name: str, system: System, cluster: Cluster, models: dict) -> SystemReport:
     events = cluster.events()
     usd: dict[str, float | None] = {}
+    steady: dict[str, float | None] = {}
     result = None
     for cost_name, model in models.items():
         try:
             result = Ledger(model, events).result()
             usd[cost_name] = result.total.usd
+            steady[cost_name] = steady_usd(model, events, system.results)
         except UnknownDeviceKind:
-            usd[cost_name] = None
+            usd[cost_name] = steady[cost_name] = None
     if result is None:  # nothing priced it: GPU-seconds still come from the events
         result = Ledger(get_model("onprem"), []).result()
     total = sum((e.exited_at or 0) - e.requested_at for e in events for _ in range(e.slots))
@@ -199,16 +207,16 @@ def _report(name: str, system: System, cluster: Cluster, models: dict) -> System
     cold = sum(((e.ready_at or e.requested_at) - e.requested_at) * e.slots for e in events)
     res = system.results
     secs = [r.seconds for r in res]
-    steady = res[1:] or res
+    later = res[1:] or res
     stages: dict[str, float] = {}
-    for r in steady:
+    for r in later:
         for k, v in r.stages.items():
-            stages[k] = stages.get(k, 0.0) + v / len(steady)
+            stages[k] = stages.get(k, 0.0) + v / len(later)
     return SystemReport(
         system=name,
         iterations=len(res),
         iteration_seconds=secs,
-        mean_iteration_seconds=statistics.fmean(r.seconds for r in steady),
+        mean_iteration_seconds=statistics.fmean(r.seconds for r in later),
         job_seconds=max(max((e.exited_at or 0) for e in events), system.end),
         stages=stages,
         gpu_hours=total / 3600,
@@ -219,13 +227,25 @@ def _report(name: str, system: System, cluster: Cluster, models: dict) -> System
         rollout_functions=statistics.fmean(r.rollout_functions for r in res),
         moves=sum(r.moves for r in res),
         usd=usd,
+        steady_usd=steady,
         samples=sum(r.samples for r in res),
         samples_trained=sum(r.samples_trained for r in res),
-        timeline=_timeline(cluster, steady[len(steady) // 2]),
+        timeline=_timeline(cluster, later[len(later) // 2]),
         interruptions=system.interrupter.interruptions,
         lost_gpu_hours=system.interrupter.lost_gpu_seconds / 3600,
         train_gpus=system.gangs or [cluster.gpus] * len(res),
     )
+
+
+def steady_usd(model: CostModel, events: list[BillingEvent], its: list[IterationResult]) -> float:
+    """The bill of one steady iteration: accrued from the first iteration's end to the last's,
+    over the iterations between (with one iteration, all it accrued). The same iterations as
+    ``mean_iteration_seconds``, so a saving and a speedup describe the same part of a run, and
+    a long job's cost is about the start's plus this per iteration."""
+    if len(its) < 2:
+        return accrued_usd(model, events, its[-1].end) if its else 0.0
+    spent = accrued_usd(model, events, its[-1].end) - accrued_usd(model, events, its[0].end)
+    return spent / (len(its) - 1)
 
 
 def _timeline(cluster: Cluster, it: object) -> list[Span]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+import msgspec
 import pytest
 import typer
 from typer.testing import CliRunner
 
+from rlhfless.cost_models import get_model
 from rlhfless.sim.calibration import CALIBRATION_RUNS, CPU_TINY, calibrate, load_profile
 from rlhfless.sim.cli import parse_sweep, simulate
 from rlhfless.sim.engine import Engine
@@ -133,6 +135,26 @@ def test_no_lost_work_and_systems_sanity() -> None:
     assert rl.busy_gpu_hours <= colo.busy_gpu_hours * 1.05
     assert rl.usd["onprem"] <= colo.usd["onprem"]
     assert r.systems["serverful-fused"].mean_iteration_seconds <= colo.mean_iteration_seconds + 1e-9
+
+
+def test_a_steady_iteration_is_billed_without_the_start() -> None:
+    r = run_sim(small())
+    onprem = get_model("onprem")
+    colo, rl = r.systems["serverful-colocated"], r.systems["rlhfless"]
+    # Serverful holds every GPU all along: a steady iteration bills them for its seconds.
+    per_it = r.gpus * onprem.rate("h100") * statistics.fmean(colo.iteration_seconds[1:])
+    assert colo.steady_usd["onprem"] == pytest.approx(per_it, rel=1e-6)
+    for s in (colo, rl):
+        # The job also holds the start (serverful: the cluster's; rlhfless: cold starts).
+        assert 0 < s.steady_usd["onprem"] < s.usd["onprem"] / s.iterations
+        # aws bills 60 s at each start: this 48 s job is all minimum, so nothing accrues later.
+        assert s.job_seconds < 60
+        assert s.steady_usd["aws"] == pytest.approx(0.0, abs=1e-9)
+    one = run_sim(msgspec.structs.replace(small(), workload=Workload(batch_prompts=32,
+                  group_size=4, iterations=1, seed=1)))  # fmt: skip
+    # One iteration: all it accrued (the job's bill, but for what the run spent after it).
+    for s in one.systems.values():
+        assert 0 < s.steady_usd["onprem"] <= s.usd["onprem"] + 1e-9
 
 
 def test_deterministic() -> None:
