@@ -84,10 +84,8 @@ def table(report: SimReport, title: str = "") -> Table:
     for col in cols + (["reclaims", "GPU-h lost"] if spot else []):
         t.add_column(col, justify="right")
     for m in costs:
-        t.add_column(f"$ {m} job", justify="right")
-        t.add_column(f"saved vs colo {m} job", justify="right")
-        t.add_column(f"$ {m} / steady it", justify="right")
-        t.add_column(f"saved vs colo {m} / it", justify="right")
+        t.add_column(f"$ {m} job (saved vs colo)", justify="right")
+        t.add_column(f"$ {m} / steady iteration", justify="right")
     base = report.systems.get("serverful-colocated")
     for name, s in report.systems.items():
         row = [
@@ -102,16 +100,17 @@ def table(report: SimReport, title: str = "") -> Table:
         if spot:
             row += [str(s.interruptions), f"{s.lost_gpu_hours:.3f}"]
         for m in costs:
-            row += cost_cells(s.usd.get(m), base.usd.get(m) if base else None)
-            row += cost_cells(s.steady_usd.get(m), base.steady_usd.get(m) if base else None)
+            row.append(cost_cell(s.usd.get(m), base.usd.get(m) if base else None))
+            row.append(cost_cell(s.steady_usd.get(m), base.steady_usd.get(m) if base else None))
         t.add_row(*row)
     return t
 
 
-def cost_cells(dollars: float | None, ref: float | None) -> list[str]:
-    """Dollars and their reduction against ``ref`` (the baseline's)."""
-    saved = f"{1 - dollars / ref:+.1%}" if dollars is not None and ref else "-"
-    return ["n/a" if dollars is None else usd(dollars), saved]
+def cost_cell(dollars: float | None, ref: float | None) -> str:
+    """Dollars and, where the baseline's ``ref`` is not zero, the reduction against it."""
+    if dollars is None:
+        return "n/a"
+    return f"{usd(dollars)} ({1 - dollars / ref:+.1%})" if ref else usd(dollars)
 
 
 def gang_range(gpus: list[int]) -> str:
