@@ -3,10 +3,11 @@
     python benchmarks/sim_tables.py            # GRPO, gsm8k-like, 256 x 8, 7B (4 it.) and 70B (3 it.)
     python benchmarks/sim_tables.py --minibatches 1   # one optimiser step per iteration
     python benchmarks/sim_tables.py --train-gpus 160  # rlhfless trains on every GPU
+    python benchmarks/sim_tables.py --iterations 6    # longer jobs (the start weighs less)
 
 rlhfless's training gang is chosen per iteration by default (``--train-gpus 0``: the cheapest
 within 3% of the fastest, ``Rlhfless.choose_gang``). The reports go to
-``benchmarks/results/sim_tables_<minibatches>mb_<gang>.json``.
+``benchmarks/results/sim_tables_<minibatches>mb_<gang>[_<iterations>it].json``.
 
 Same as `rlhfless simulate --nodes 20 --gpu h100 --model 7b --cost aws,onprem` (and
 `--model 70b --iterations 3`), with speedups and reductions against serverful-colocated.
@@ -18,7 +19,7 @@ import argparse
 from pathlib import Path
 
 from rlhfless.sim import SimConfig, Workload, simulate
-from rlhfless.sim.report import gang_range, to_json, usd
+from rlhfless.sim.report import cost_cell, gang_range, to_json
 from rlhfless.sim.run import SimReport, SystemReport
 
 COSTS = ("aws", "onprem")
@@ -42,18 +43,14 @@ def rows(
                  gang_range(s.train_gpus),
                  f"{s.busy_gpu_hours:.2f} / {s.idle_gpu_hours:.2f} / {s.cold_gpu_hours:.2f}"]  # fmt: skip
         for m in COSTS:
-            cells.append(dollars(s.usd[m], base.usd[m]))
-        cells.append(dollars(s.steady_usd["onprem"], base.steady_usd["onprem"]))
+            cells.append(cost_cell(s.usd[m], base.usd[m]))
+        cells.append(cost_cell(s.steady_usd["onprem"], base.steady_usd["onprem"]))
         out.append("| " + " | ".join(cells) + " |")
     return out, peer_row(model, minibatches, r.systems)
 
 
-def dollars(d: float | None, ref: float | None) -> str:
-    """Dollars and the reduction against the baseline's ``ref``."""
-    return "n/a" if d is None else f"{usd(d)} ({1 - d / ref:+.1%})" if ref else usd(d)
-
-
 def saving(d: float | None, ref: float | None) -> str:
+    """The reduction of ``d`` against the baseline's ``ref``."""
     return f"{1 - d / ref:.1%}" if d is not None and ref else "n/a"
 
 
@@ -77,11 +74,14 @@ if __name__ == "__main__":
                     help="optimiser steps per iteration (verl's mini-batches; default 4)")  # fmt: skip
     ap.add_argument("--train-gpus", type=int, default=0,
                     help="rlhfless's training gang (0: chosen per iteration)")  # fmt: skip
+    ap.add_argument("--iterations", type=int, default=0,
+                    help="iterations of both jobs (0: 4 at 7B, 3 at 70B)")  # fmt: skip
     ap.add_argument("--json", type=Path, default=None,
                     help="default: benchmarks/results/sim_tables_<minibatches>mb_<train-gpus>.json")  # fmt: skip
     args = ap.parse_args()
+    its = f"_{args.iterations}it" if args.iterations else ""
     out = args.json or Path(
-        f"benchmarks/results/sim_tables_{args.minibatches}mb_{args.train_gpus or 'chosen'}.json"
+        f"benchmarks/results/sim_tables_{args.minibatches}mb_{args.train_gpus or 'chosen'}{its}.json"
     )
     print(
         "| model | system | s/iter | speedup | train GPUs | GPU-h busy/idle/cold "
@@ -90,7 +90,7 @@ if __name__ == "__main__":
     print("|---|---|---|---|---|---|---|---|---|")
     peers: list[str] = []
     reports: list[SimReport] = []
-    for model, its in (("7b", 4), ("70b", 3)):
+    for model, its in (("7b", args.iterations or 4), ("70b", args.iterations or 3)):
         table, peer = rows(model, its, args.minibatches, args.train_gpus, reports)
         print("\n".join(table))
         peers.append(peer)

@@ -9,6 +9,7 @@ that turns a run's billing events into dollars.
 Depends on nothing in ``rlhfless.runtime`` but the pure ``runtime.messages`` (BillingEvent).
 """
 
+from rlhfless.cost_models.accrued import Accrual, accrued_usd, events_as_of
 from rlhfless.cost_models.ages import STALE_AFTER_DAYS, stale_warnings
 from rlhfless.cost_models.devices import KNOWN_DEVICE_KINDS, is_gpu, normalise_device_kind
 from rlhfless.cost_models.errors import (
@@ -29,9 +30,7 @@ from rlhfless.cost_models.ledger import (
     Ledger,
     LedgerResult,
     Serverful,
-    accrued_usd,
     died_in_lease,
-    events_as_of,
     price_events,
 )
 from rlhfless.cost_models.lifetime import Lifetime, merge_intervals
@@ -49,6 +48,7 @@ __all__ = [
     "KNOWN_DEVICE_KINDS",
     "STALE_AFTER_DAYS",
     "UNUSED_STAGE",
+    "Accrual",
     "BadBillingEvent",
     "Bill",
     "BillingFileError",

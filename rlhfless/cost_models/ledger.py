@@ -394,30 +394,3 @@ def price_events(
 ) -> LedgerResult:
     """Shortcut: ``Ledger(model, events).result(now)``."""
     return Ledger(model, events).result(now)
-
-
-def events_as_of(events: Iterable[BillingEvent], at: float) -> list[BillingEvent]:
-    """The events as they stood at time ``at``: functions requested after it left out, and
-    those alive at it still alive (not ready yet, busy only until it). Priced with
-    ``result(now=at)``, they give the bill accrued by ``at``: what the run would have cost had
-    it stopped then, per-start minimums included. So the bill of a stretch of a run is the
-    difference of two such bills, under any model."""
-    out = []
-    for e in events:
-        if e.requested_at > at:
-            continue
-        if e.exited_at is not None and e.exited_at <= at:
-            out.append(e)
-            continue
-        ready = e.ready_at if e.ready_at is not None and e.ready_at <= at else None
-        busy = [(a, min(b, at)) for a, b in e.busy if a < at]
-        leases = [(a, min(b, at)) for a, b in e.leases if a < at]
-        released = e.released_at if e.released_at is not None and e.released_at <= at else None
-        alive = {"exited_at": None, "exit_code": None, "released_at": released}
-        out.append(msgspec.structs.replace(e, ready_at=ready, busy=busy, leases=leases, **alive))
-    return out
-
-
-def accrued_usd(model: CostModel, events: Iterable[BillingEvent], at: float) -> float:
-    """Dollars ``events`` had cost by time ``at`` (:func:`events_as_of`)."""
-    return Ledger(model, events_as_of(events, at)).result(now=at).total.usd

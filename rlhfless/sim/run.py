@@ -14,7 +14,7 @@ import statistics
 
 import msgspec
 
-from rlhfless.cost_models import CostModel, Ledger, UnknownDeviceKind, accrued_usd, get_model
+from rlhfless.cost_models import Accrual, CostModel, Ledger, UnknownDeviceKind, get_model
 from rlhfless.runtime.messages import BillingEvent
 from rlhfless.sim.cluster import Cluster
 from rlhfless.sim.engine import Engine
@@ -69,8 +69,8 @@ class SystemReport(msgspec.Struct, kw_only=True):
     moves: int
     usd: dict[str, float | None]  # per cost model; None where it does not price this GPU
     # Per cost model, the bill of one steady iteration: what the run accrued from the first
-    # iteration's end to the last's, over the iterations between (steady_usd). The job's ``usd``
-    # also holds the start of the cluster, which a job of a few iterations weighs heavily.
+    # iteration's end to the last's, over the iterations between (steady_bill; None with one
+    # iteration). The job's ``usd`` also holds the start, which weighs heavily in a short job.
     steady_usd: dict[str, float | None] = {}
     samples: int
     samples_trained: int
@@ -197,7 +197,7 @@ def _report(name: str, system: System, cluster: Cluster, models: dict) -> System
         try:
             result = Ledger(model, events).result()
             usd[cost_name] = result.total.usd
-            steady[cost_name] = steady_usd(model, events, system.results)
+            steady[cost_name] = steady_bill(model, events, system.results)
         except UnknownDeviceKind:
             usd[cost_name] = steady[cost_name] = None
     if result is None:  # nothing priced it: GPU-seconds still come from the events
@@ -237,14 +237,26 @@ def _report(name: str, system: System, cluster: Cluster, models: dict) -> System
     )
 
 
-def steady_usd(model: CostModel, events: list[BillingEvent], its: list[IterationResult]) -> float:
-    """The bill of one steady iteration: accrued from the first iteration's end to the last's,
-    over the iterations between (with one iteration, all it accrued). The same iterations as
-    ``mean_iteration_seconds``, so a saving and a speedup describe the same part of a run, and
-    a long job's cost is about the start's plus this per iteration."""
+def steady_bill(
+    model: CostModel, events: list[BillingEvent], its: list[IterationResult]
+) -> float | None:
+    """The bill of one steady iteration: accrued from the first iteration's end to the last's
+    (:class:`~rlhfless.cost_models.Accrual`: by the second while a function lives, the rest of
+    its bill at its exit), over the iterations between; None with one iteration (there is no
+    steady one). The iterations ``mean_iteration_seconds`` is taken over, so a saving and a
+    speedup describe the same part of a run, and a long job costs about its start plus this
+    per iteration. (rlhfless runs once per cost model, and the table's times are the first
+    model's run: another model's bill is of its own run, whose iterations differ by a little.)"""
     if len(its) < 2:
-        return accrued_usd(model, events, its[-1].end) if its else 0.0
-    last, first = accrued_usd(model, events, its[-1].end), accrued_usd(model, events, its[0].end)
+        return None
+    accrual = Accrual(model, events)
+    last, first = accrual.at(its[-1].end), accrual.at(its[0].end)
+    if last - first < -1e-9 * max(abs(last), 1.0):
+        raise BadSetting(
+            "cost model", model.name,
+            f"a bill that only grows (it accrued ${first:.6g} by {its[0].end:.6g} s "
+            f"but ${last:.6g} by {its[-1].end:.6g} s)",
+        )  # fmt: skip
     # Two equal bills summed in another order differ by float noise (1e-16), not by a cent.
     spent = last - first if last - first > 1e-12 * last else 0.0
     return spent / (len(its) - 1)

@@ -1,5 +1,6 @@
-"""The bill accrued by a time (cost_models.ledger.events_as_of / accrued_usd): what a run would
-have cost had it stopped then, so the bill of a stretch of a run is a difference of two."""
+"""The bill accrued by a time (cost_models/accrued.py): by the second while a function lives,
+the rest of its bill (rounding, a per-start minimum, an idle timeout) at its exit; the whole
+bill once every function has exited. A stretch of a run is billed as a difference of two."""
 
 from __future__ import annotations
 
@@ -8,61 +9,140 @@ import random
 
 import pytest
 
-from rlhfless.cost_models import accrued_usd, events_as_of, get_model, price_events
+from rlhfless.cost_models import (
+    Accrual,
+    FunctionStillAlive,
+    TableCostModel,
+    accrued_usd,
+    builtin_models,
+    events_as_of,
+    price_events,
+)
 from tests.cost_models.helpers import T0, event, table_model
 
+MODELS = list(builtin_models())  # every shipped price table
 
-def some_events(seed: int) -> list:
+
+def some_events(seed: int, kind: str = "h100", widest: int = 8) -> list:
+    """Functions of 1, 2 or ``widest`` slots on three nodes, some never ready, some of no
+    length, each within one ``widest``-slot instance."""
     rng = random.Random(seed)
+    sizes = sorted({1, min(2, widest), widest})
     out = []
-    for i in range(12):
+    for i in range(14):
         start = rng.uniform(0, 300)
-        ready = start + rng.uniform(0, 30)
-        end = ready + rng.uniform(0, 200)
-        busy = [(ready, ready + (end - ready) * rng.random())]
+        ready = None if i % 7 == 3 else start + rng.uniform(0, 30)
+        end = (ready or start) + (0.0 if i % 5 == 4 else rng.uniform(0, 200))
+        busy = [] if ready is None else [(ready, ready + (end - ready) * rng.random())]
+        slots = sizes[i % len(sizes)]
+        slot = (i * slots) % widest if widest > 1 else i
         out.append(event(f"f{i}", requested=start, ready=ready, exited=end, busy=busy,
-                         node=f"n{i % 3}", slot=i % 8))  # fmt: skip
+                         node=f"n{i % 3}", slot=slot, slots=slots, kind=kind))  # fmt: skip
     return out
 
 
-@pytest.mark.parametrize("name", ["aws", "onprem", "modal"])
-def test_after_every_exit_it_is_the_whole_bill(name: str) -> None:
-    model, events = get_model(name), some_events(0)
+def model_events(name: str, seed: int) -> tuple[TableCostModel, list]:
+    """A shipped model and events it can price: on an H100 where it has one, else its first
+    kind, no function wider than its widest instance of that kind."""
+    model = builtin_models()[name]
+    kind = "h100" if "h100" in model.rates() else sorted(model.rates())[0]
+    widest = max(r.devices for r in model.shapes[kind]) if model.rented == "instance" else 8
+    return model, some_events(seed, kind, widest)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_after_every_exit_it_is_the_whole_bill_and_before_nothing(name: str) -> None:
+    model, events = model_events(name, 0)
     whole = price_events(model, events).total.usd
     assert whole > 0
     assert accrued_usd(model, events, T0 + 10_000) == pytest.approx(whole)
     assert accrued_usd(model, events, T0 - 1) == 0.0
 
 
-@pytest.mark.parametrize("name", ["aws", "onprem", "gcp"])
-def test_it_never_falls_as_time_goes_on(name: str) -> None:
-    model, events = get_model(name), some_events(1)
-    bills = [accrued_usd(model, events, T0 + t) for t in range(0, 560, 7)]
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_it_never_falls_as_time_goes_on(name: str, seed: int) -> None:
+    model, events = model_events(name, seed)
+    accrual = Accrual(model, events)
+    edges = sorted({t for e in events for t in (e.requested_at, e.ready_at, e.exited_at) if t})
+    times = sorted({*edges, *(t + d for t in edges for d in (-0.5, 0.001, 0.5))})
+    bills = [accrual.at(t) for t in times]
     assert all(earlier <= later + 1e-12 for earlier, later in itertools.pairwise(bills))
     assert bills[-1] > bills[0]
 
 
-def test_a_live_function_is_billed_to_the_time_asked() -> None:
-    # $0.001 per second, billed by the second, cold start included.
+def test_l40s_shapes_of_one_and_eight_gpus() -> None:
+    # aws rents L40S as 1-GPU and 8-GPU instances: the cheaper shape is chosen per run.
+    model, events = builtin_models()["aws"], some_events(3, "l40s")
+    accrual = Accrual(model, events)
+    assert accrual.at(T0 + 10_000) == pytest.approx(price_events(model, events).total.usd)
+
+
+def test_a_live_function_is_billed_for_the_time_it_has_held() -> None:
+    # $0.001 per second, by the second, cold start billed, 60 s minimum per start.
     events = [event("f", requested=0, ready=10, exited=100, busy=[(10, 80)])]
-    model = table_model()
-    assert accrued_usd(model, events, T0 + 5) == pytest.approx(0.005)  # still starting
-    assert accrued_usd(model, events, T0 + 40) == pytest.approx(0.040)
-    assert accrued_usd(model, events, T0 + 100) == pytest.approx(0.100)
-    (cut,) = events_as_of(events, T0 + 40)
-    assert cut.exited_at is None and cut.busy == [(T0 + 10, T0 + 40)]
-    (starting,) = events_as_of(events, T0 + 5)
-    assert starting.ready_at is None and starting.busy == []
+    accrual = Accrual(table_model(minimum=60.0), events)
+    assert accrual.at(T0 + 5) == pytest.approx(0.005)  # starting: not the minimum ahead of time
+    assert accrual.at(T0 + 40) == pytest.approx(0.040)
+    assert accrual.at(T0 + 100) == pytest.approx(0.100)
 
 
-def test_a_start_costs_its_minimum_as_soon_as_it_is_asked_for() -> None:
+def test_the_rest_of_a_bill_falls_at_the_exit() -> None:
+    # b lives 20 s: by the second while it runs, its 60 s minimum when it exits.
     events = [
         event("a", requested=0, ready=1, exited=100),
         event("b", requested=50, ready=51, exited=70),
     ]
-    model = table_model(minimum=60.0)
-    assert accrued_usd(model, events, T0 + 10) == pytest.approx(0.060)
-    # b is requested at 50: its 60 s minimum counts from then, though it lives 20 s.
-    assert accrued_usd(model, events, T0 + 55) == pytest.approx(0.120)
-    assert accrued_usd(model, events, T0 + 100) == pytest.approx(0.160)
-    assert [e.function_id for e in events_as_of(events, T0 + 20)] == ["a"]
+    accrual = Accrual(table_model(minimum=60.0, granularity=10.0), events)
+    assert accrual.at(T0 + 60) == pytest.approx(0.060 + 0.010)
+    assert accrual.at(T0 + 69.9) == pytest.approx(0.0699 + 0.0199)
+    assert accrual.at(T0 + 70) == pytest.approx(0.070 + 0.060)
+    # a is billed in 10 s units: 100 s is 100, so the end adds nothing but its last second.
+    assert accrual.at(T0 + 100) == pytest.approx(0.100 + 0.060)
+
+
+def test_an_idle_timeout_falls_at_the_exit() -> None:
+    # RunPod bills a worker's idle timeout after its last work, even if it exits sooner.
+    events = [event("f", requested=0, ready=0, exited=30, busy=[(0, 30)])]
+    model = builtin_models()["runpod"]
+    accrual = Accrual(model, events)
+    assert (
+        accrual.at(T0 + 29)
+        < accrual.at(T0 + 30)
+        == pytest.approx(price_events(model, events).total.usd)
+    )
+
+
+def test_a_run_must_have_ended() -> None:
+    with pytest.raises(FunctionStillAlive, match="f"):
+        Accrual(table_model(), [event("f", requested=0, ready=1, exited=None)])
+
+
+def test_the_events_as_the_runtime_had_them() -> None:
+    e = event("f", requested=0, ready=10, exited=100, busy=[(10, 80)])
+    e = type(e)(**{**{f: getattr(e, f) for f in e.__struct_fields__},
+                   "leases": [(T0, T0 + 10), (T0 + 20, T0 + 50)], "released_at": T0 + 50,
+                   "warm_starts": 1, "exit_code": 0})  # fmt: skip
+    assert events_as_of([e], T0 - 1) == []
+    assert events_as_of([e], T0 + 100) == [e]
+    (at5,) = events_as_of([e], T0 + 5)
+    assert at5.ready_at is None and at5.busy == [] and at5.leases == []
+    assert at5.released_at is None and at5.warm_starts == 0 and at5.exited_at is None
+    (at15,) = events_as_of([e], T0 + 15)
+    assert at15.busy == [(T0 + 10, T0 + 15)] and at15.leases == [(T0, T0 + 10)]
+    assert at15.released_at == T0 + 10 and at15.warm_starts == 0
+    (at30,) = events_as_of([e], T0 + 30)  # the second lease is open: not listed yet
+    assert at30.leases == [(T0, T0 + 10)] and at30.released_at == T0 + 10
+    assert at30.warm_starts == 1 and at30.exit_code is None
+
+
+def test_an_instance_is_billed_by_the_second_while_it_runs() -> None:
+    # One p5 (8 x H100) under aws, 60 s minimum per start: 20 s in, 20 s are billed, not 60;
+    # a steady stretch of 60 s costs 60 s of the instance.
+    model = builtin_models()["aws"]
+    events = [event("f", requested=0, ready=0, exited=300, slots=8)]
+    accrual = Accrual(model, events)
+    per_second = 8 * model.rate("h100")
+    assert accrual.at(T0 + 20) == pytest.approx(20 * per_second)
+    assert accrual.at(T0 + 80) - accrual.at(T0 + 20) == pytest.approx(60 * per_second)
+    assert accrual.at(T0 + 300) == pytest.approx(price_events(model, events).total.usd)

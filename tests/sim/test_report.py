@@ -5,8 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+from rich.console import Console
 
-from rlhfless.sim.report import STATE_COLOURS, SYSTEM_COLOURS, plot, swept_key, usd
+from rlhfless.sim.report import (
+    STATE_COLOURS,
+    SYSTEM_COLOURS,
+    cost_cell,
+    plot,
+    swept_key,
+    table,
+    usd,
+)
 from rlhfless.sim.run import SimConfig
 from rlhfless.sim.run import simulate as run_sim
 from rlhfless.sim.workload import Workload
@@ -18,6 +27,21 @@ def test_amounts_keep_significant_digits() -> None:
     assert usd(12.345) == "$12.3"
     assert usd(1234.5) == "$1,234.50"
     assert usd(0) == "$0"
+
+
+def test_the_table_prices_the_job_and_a_steady_iteration() -> None:
+    assert cost_cell(0.5, 2.0) == "$0.5 (+75.0%)"
+    assert cost_cell(None, 2.0) == "n/a"
+    assert cost_cell(0.5, None) == cost_cell(0.5, 0.0) == "$0.5"
+    for iterations, steady in ((2, "$0.0"), (1, "n/a")):
+        w = Workload(batch_prompts=8, group_size=2, iterations=iterations)
+        r = run_sim(SimConfig(nodes=1, model="0.5b", workload=w, costs=("onprem",)))
+        console = Console(width=400, record=True)
+        console.print(table(r))
+        text = console.export_text()
+        assert "$ onprem job (saved vs colo)" in text and "$ onprem / steady iteration" in text
+        rows = [line for line in text.splitlines() if "rlhfless-staged" in line]
+        assert len(rows) == 1 and rows[0].split("│")[-2].strip().startswith(steady)
 
 
 def test_one_configuration_is_bars_a_sweep_is_lines(tmp_path: Path) -> None:
