@@ -11,7 +11,8 @@ iteration of each round (cold starts) is left out.
 
 Reported, per mode, medians over the measured iterations: the iteration time, the rollout's tail
 share (time from the first rollout function's end to the last's, over the rollout) and, streamed,
-the scoring and training seconds that overlapped the rollout. The speedup is the staged job's
+the scoring and training seconds that overlapped the rollout, and what ran after its end (the
+forward and backward of the groups not trained by then, the step and the weights). The speedup is the staged job's
 time over the streamed job's (sum over a round's measured iterations), median over rounds; beside
 it the median of the per-iteration ratios, and that median over the iterations whose staged tail
 is at least 40% of the rollout (the issue's workload). Prints a table and writes
@@ -155,6 +156,7 @@ def per_iteration(m: IterationMetrics) -> dict[str, Any]:
         "finished_at": m.scaling.get("finished_at"),
         "stage_seconds": m.stage_seconds,
         "overlapped_seconds": m.overlapped_seconds,
+        "after_rollout": m.after_rollout,
     }
 
 
@@ -168,6 +170,8 @@ def mode_summary(ms: list[IterationMetrics]) -> dict[str, Any]:
         "tail_seconds": med(tail_seconds(m) for m in ms),
         "overlapped_seconds": med(m.overlapped_seconds for m in ms),
         "stage_seconds": {k: med(m.stage_seconds[k] for m in ms) for k in ms[0].stage_seconds},
+        # streamed GRPO: medians of what ran after the rollout's end (IterationMetrics)
+        "after_rollout": {k: med(m.after_rollout[k] for m in ms) for k in ms[0].after_rollout},
         "per_iteration": [per_iteration(m) for m in ms],
     }
 
@@ -225,6 +229,14 @@ def table(out: dict[str, Any]) -> str:
         rows.append(
             f"{name:10} {s['seconds']:12.2f} {s['rollout_seconds']:10.2f} "
             f"{s['tail_share']:11.0%} {s['overlapped_seconds']:13.2f}"
+        )
+    after = out["streamed"]["after_rollout"]
+    if after:
+        rows.append(
+            f"streamed, after the rollout's end (medians): {after['seconds']:.3f} s, of which "
+            f"{after['forward_backward']:.3f} s the forward and backward of the groups not "
+            f"trained by then ({after['samples']:.0f} samples, {after['tokens']:.0f} tokens, "
+            f"longest {after['longest']:.0f}); the rest is the step, the weights and waits"
         )
     tailed = out["median_pair_tailed"]
     rows += [

@@ -43,6 +43,8 @@ class Outcome:
         self.times: dict[str, float] = {}
         self.busy: dict[str, float] = {}  # seconds each scoring/training function worked
         self.overlapped = 0.0  # of those, seconds that ran while the rollout still decoded
+        # Streamed GRPO: what ran after the rollout's end (StreamedIteration.after_rollout).
+        self.after_rollout: dict[str, float] = {}
 
 
 class Clock:

@@ -57,6 +57,10 @@ class IterationMetrics(msgspec.Struct, kw_only=True):
     stage_seconds: dict[str, float]
     busy_seconds: dict[str, float] = {}  # seconds each stage's functions worked (may overlap)
     overlapped_seconds: float = 0.0  # of busy_seconds, the part while the rollout still ran
+    # Streamed GRPO, the time after the rollout's end: "seconds" in all; "forward_backward" of
+    # the groups that were not trained by then ("tokens" in them, their "longest" response,
+    # "samples"); the rest is the optimiser step, the weights and waits. Empty when staged.
+    after_rollout: dict[str, float] = {}
     streamed: bool = False  # pipeline.stream
     started_at: float = 0.0  # Unix seconds (the billing events' clock): the timeline's window
     tokens: dict[str, int]  # prefill / decode / train tokens
@@ -221,6 +225,7 @@ class Pipeline:
             stage_seconds=out.times,
             busy_seconds=out.busy,
             overlapped_seconds=out.overlapped,
+            after_rollout=out.after_rollout,
             streamed=cfg.pipeline.stream,
             tokens={
                 "prefill": rollout.prefill_tokens,

@@ -81,6 +81,8 @@ class StreamedIteration:
         self.sink: GroupSink | None = None
         self._threads = 0  # the trainer's CPU threads as last set
         self.scored_at = math.inf  # when the last chunk was scored
+        # Each forward and backward call: (start, end, response lengths of its chunk).
+        self.trained: list[tuple[float, float, list[int]]] = []
 
     async def run(self) -> Outcome:
         p, t0 = self.p, time.perf_counter()
@@ -169,7 +171,9 @@ class StreamedIteration:
                     "advantages": grpo_rows(rewards, lengths, cfg.train),
                     "ref_logprobs": chunk.ref, "temperature": cfg.rollout.temperature,
                 }  # fmt: skip
+                t = time.perf_counter()
                 await trainer.call(lambda h, args=args: self._accumulate(h, args))
+                self.trained.append((t, time.perf_counter(), lengths))
                 self.sent.append(args)
         stats = await trainer.call(self._finish)
         self.train_stats = reply(stats, StepStats)
@@ -281,6 +285,22 @@ class StreamedIteration:
         for stage, held in self.held.items():
             out.busy[stage] = sum(b - a for a, b in held.calls)
             out.overlapped += sum(max(0.0, min(b, rollout_end) - a) for a, b in held.calls)
+        if self.trained:
+            out.after_rollout = self.after_rollout(rollout_end, end)
+
+    def after_rollout(self, rollout_end: float, end: float) -> dict[str, float]:
+        """What GRPO's streamed step did after the rollout's end: the forward and backward of
+        the groups not trained by then, and the rest (step, weights, waits). The measure of
+        what streaming left behind the tail (docs/streaming.md)."""
+        late = [(a, b, n) for a, b, n in self.trained if b > rollout_end]
+        lengths = [x for _, _, n in late for x in n]
+        return {
+            "seconds": end - rollout_end,
+            "forward_backward": sum(b - max(a, rollout_end) for a, b, _ in late),
+            "tokens": float(sum(lengths)),
+            "longest": float(max(lengths, default=0)),
+            "samples": float(len(lengths)),
+        }
 
 
 async def _next_groups(sink: GroupSink) -> list[Group]:

@@ -129,6 +129,14 @@ async def test_streamed_equals_staged(tmp_path: Path, algo: str, sampling: str, 
     assert all(m.streamed for m in streamed["metrics"])
     for m in streamed["metrics"]:  # the phases add up to the iteration
         assert sum(m.stage_seconds.values()) == pytest.approx(m.seconds, rel=0.05, abs=0.05)
+    for m in staged["metrics"]:
+        assert m.after_rollout == {}
+    if algo == "grpo":  # the last group is trained after the rollout ends, and it is counted
+        for m in streamed["metrics"]:
+            after = m.after_rollout
+            assert 0 < after["forward_backward"] <= after["seconds"] <= m.seconds
+            assert 1 <= after["samples"] <= m.samples and after["longest"] <= after["tokens"]
+            assert after["longest"] <= m.response_len_max
 
 
 @pytest.mark.parametrize("method", ["accumulate", "score", "finish_step"])
