@@ -171,9 +171,16 @@ def mode_summary(ms: list[IterationMetrics]) -> dict[str, Any]:
         "overlapped_seconds": med(m.overlapped_seconds for m in ms),
         "stage_seconds": {k: med(m.stage_seconds[k] for m in ms) for k in ms[0].stage_seconds},
         # streamed GRPO: medians of what ran after the rollout's end (IterationMetrics)
-        "after_rollout": {k: med(m.after_rollout[k] for m in ms) for k in ms[0].after_rollout},
+        "after_rollout": after_rollout([m.after_rollout for m in ms if m.after_rollout]),
         "per_iteration": [per_iteration(m) for m in ms],
     }
+
+
+def after_rollout(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Medians of each measure of what ran after the rollout's end, over the iterations that
+    have it (streamed GRPO; none staged)."""
+    keys = sorted({k for r in rows for k in r})
+    return {k: statistics.median(r[k] for r in rows if k in r) for k in keys}
 
 
 def speedups(rounds: list[list[tuple[IterationMetrics, IterationMetrics]]]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ that turns a run's billing events into dollars.
 Depends on nothing in ``rlhfless.runtime`` but the pure ``runtime.messages`` (BillingEvent).
 """
 
-from rlhfless.cost_models.accrued import Accrual, accrued_usd, events_as_of
+from rlhfless.cost_models.accrued import Accrual, accrued_usd
 from rlhfless.cost_models.ages import STALE_AFTER_DAYS, stale_warnings
 from rlhfless.cost_models.devices import KNOWN_DEVICE_KINDS, is_gpu, normalise_device_kind
 from rlhfless.cost_models.errors import (
@@ -75,7 +75,6 @@ __all__ = [
     "builtin_price_files",
     "comparison_table",
     "died_in_lease",
-    "events_as_of",
     "get_model",
     "is_gpu",
     "latest_time",

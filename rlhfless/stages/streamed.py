@@ -171,9 +171,7 @@ class StreamedIteration:
                     "advantages": grpo_rows(rewards, lengths, cfg.train),
                     "ref_logprobs": chunk.ref, "temperature": cfg.rollout.temperature,
                 }  # fmt: skip
-                t = time.perf_counter()
-                await trainer.call(lambda h, args=args: self._accumulate(h, args))
-                self.trained.append((t, time.perf_counter(), lengths))
+                await trainer.call(lambda h, args=args: self._train_chunk(h, args))
                 self.sent.append(args)
         stats = await trainer.call(self._finish)
         self.train_stats = reply(stats, StepStats)
@@ -219,6 +217,13 @@ class StreamedIteration:
     async def _accumulate(self, h: Any, args: dict[str, Any]) -> None:
         await self._share_machine(h)
         await h.accumulate(**args)
+
+    async def _train_chunk(self, h: Any, args: dict[str, Any]) -> None:
+        """A chunk's forward and backward, timed (a new trainer's start and replay are not)."""
+        await self._share_machine(h)
+        t = time.perf_counter()
+        await h.accumulate(**args)
+        self.trained.append((t, time.perf_counter(), [len(r) for r in args["response_ids"]]))
 
     async def _finish(self, h: Any) -> Any:
         await self._share_machine(h)
@@ -286,21 +291,25 @@ class StreamedIteration:
             out.busy[stage] = sum(b - a for a, b in held.calls)
             out.overlapped += sum(max(0.0, min(b, rollout_end) - a) for a, b in held.calls)
         if self.trained:
-            out.after_rollout = self.after_rollout(rollout_end, end)
+            out.after_rollout = after_rollout(self.trained, rollout_end, end)
 
-    def after_rollout(self, rollout_end: float, end: float) -> dict[str, float]:
-        """What GRPO's streamed step did after the rollout's end: the forward and backward of
-        the groups not trained by then, and the rest (step, weights, waits). The measure of
-        what streaming left behind the tail (docs/streaming.md)."""
-        late = [(a, b, n) for a, b, n in self.trained if b > rollout_end]
-        lengths = [x for _, _, n in late for x in n]
-        return {
-            "seconds": end - rollout_end,
-            "forward_backward": sum(b - max(a, rollout_end) for a, b, _ in late),
-            "tokens": float(sum(lengths)),
-            "longest": float(max(lengths, default=0)),
-            "samples": float(len(lengths)),
-        }
+
+def after_rollout(
+    trained: list[tuple[float, float, list[int]]], rollout_end: float, end: float
+) -> dict[str, float]:
+    """What GRPO's streamed step did after the rollout's end, from its ``trained`` chunks
+    ((start, end, response lengths) of each forward and backward): the forward and backward
+    of the groups not trained by then, and the rest (step, weights, waits). The measure of
+    what streaming left behind the tail (docs/streaming.md)."""
+    late = [(a, b, n) for a, b, n in trained if b > rollout_end]
+    lengths = [x for _, _, n in late for x in n]
+    return {
+        "seconds": end - rollout_end,
+        "forward_backward": sum(b - max(a, rollout_end) for a, b, _ in late),
+        "tokens": float(sum(lengths)),
+        "longest": float(max(lengths, default=0)),
+        "samples": float(len(lengths)),
+    }
 
 
 async def _next_groups(sink: GroupSink) -> list[Group]:

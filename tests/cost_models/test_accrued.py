@@ -1,6 +1,6 @@
-"""The bill accrued by a time (cost_models/accrued.py): by the second while a function lives,
-the rest of its bill (rounding, a per-start minimum, an idle timeout) at its exit; the whole
-bill once every function has exited. A stretch of a run is billed as a difference of two."""
+"""The bill accrued by a time (cost_models/accrued.py): each line of the whole run's bill (a
+function; an instance run's unheld time) spread evenly over its life; the whole bill once every
+line has ended. A stretch of a run is billed as a difference of two."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import random
 import pytest
 
 from rlhfless.cost_models import (
+    UNUSED_STAGE,
     Accrual,
     FunctionStillAlive,
+    Ledger,
     TableCostModel,
     accrued_usd,
     builtin_models,
-    events_as_of,
     price_events,
 )
 from tests.cost_models.helpers import T0, event, table_model
@@ -78,7 +79,7 @@ def test_l40s_shapes_of_one_and_eight_gpus() -> None:
     assert accrual.at(T0 + 10_000) == pytest.approx(price_events(model, events).total.usd)
 
 
-def test_a_live_function_is_billed_for_the_time_it_has_held() -> None:
+def test_a_function_is_billed_by_the_second_as_it_lives() -> None:
     # $0.001 per second, by the second, cold start billed, 60 s minimum per start.
     events = [event("f", requested=0, ready=10, exited=100, busy=[(10, 80)])]
     accrual = Accrual(table_model(minimum=60.0), events)
@@ -87,21 +88,20 @@ def test_a_live_function_is_billed_for_the_time_it_has_held() -> None:
     assert accrual.at(T0 + 100) == pytest.approx(0.100)
 
 
-def test_the_rest_of_a_bill_falls_at_the_exit() -> None:
-    # b lives 20 s: by the second while it runs, its 60 s minimum when it exits.
+def test_a_short_life_spreads_its_minimum_over_the_seconds_it_lived() -> None:
+    # b lives 20 s and pays 60: $0.003 a second while it runs, none before or after.
     events = [
         event("a", requested=0, ready=1, exited=100),
         event("b", requested=50, ready=51, exited=70),
     ]
     accrual = Accrual(table_model(minimum=60.0, granularity=10.0), events)
-    assert accrual.at(T0 + 60) == pytest.approx(0.060 + 0.010)
-    assert accrual.at(T0 + 69.9) == pytest.approx(0.0699 + 0.0199)
+    assert accrual.at(T0 + 50) == pytest.approx(0.050)
+    assert accrual.at(T0 + 60) == pytest.approx(0.060 + 0.030)
     assert accrual.at(T0 + 70) == pytest.approx(0.070 + 0.060)
-    # a is billed in 10 s units: 100 s is 100, so the end adds nothing but its last second.
     assert accrual.at(T0 + 100) == pytest.approx(0.100 + 0.060)
 
 
-def test_an_idle_timeout_falls_at_the_exit() -> None:
+def test_an_idle_timeout_is_part_of_the_life_it_follows() -> None:
     # RunPod bills a worker's idle timeout after its last work, even if it exits sooner.
     events = [event("f", requested=0, ready=0, exited=30, busy=[(0, 30)])]
     model = builtin_models()["runpod"]
@@ -118,24 +118,6 @@ def test_a_run_must_have_ended() -> None:
         Accrual(table_model(), [event("f", requested=0, ready=1, exited=None)])
 
 
-def test_the_events_as_the_runtime_had_them() -> None:
-    e = event("f", requested=0, ready=10, exited=100, busy=[(10, 80)])
-    e = type(e)(**{**{f: getattr(e, f) for f in e.__struct_fields__},
-                   "leases": [(T0, T0 + 10), (T0 + 20, T0 + 50)], "released_at": T0 + 50,
-                   "warm_starts": 1, "exit_code": 0})  # fmt: skip
-    assert events_as_of([e], T0 - 1) == []
-    assert events_as_of([e], T0 + 100) == [e]
-    (at5,) = events_as_of([e], T0 + 5)
-    assert at5.ready_at is None and at5.busy == [] and at5.leases == []
-    assert at5.released_at is None and at5.warm_starts == 0 and at5.exited_at is None
-    (at15,) = events_as_of([e], T0 + 15)
-    assert at15.busy == [(T0 + 10, T0 + 15)] and at15.leases == [(T0, T0 + 10)]
-    assert at15.released_at == T0 + 10 and at15.warm_starts == 0
-    (at30,) = events_as_of([e], T0 + 30)  # the second lease is open: not listed yet
-    assert at30.leases == [(T0, T0 + 10)] and at30.released_at == T0 + 10
-    assert at30.warm_starts == 1 and at30.exit_code is None
-
-
 def test_an_instance_is_billed_by_the_second_while_it_runs() -> None:
     # One p5 (8 x H100) under aws, 60 s minimum per start: 20 s in, 20 s are billed, not 60;
     # a steady stretch of 60 s costs 60 s of the instance.
@@ -146,3 +128,24 @@ def test_an_instance_is_billed_by_the_second_while_it_runs() -> None:
     assert accrual.at(T0 + 20) == pytest.approx(20 * per_second)
     assert accrual.at(T0 + 80) - accrual.at(T0 + 20) == pytest.approx(60 * per_second)
     assert accrual.at(T0 + 300) == pytest.approx(price_events(model, events).total.usd)
+
+
+def test_each_stretch_is_charged_for_the_shape_the_whole_bill_chose() -> None:
+    # aws rents L40S as 1-GPU and 8-GPU instances. One function holds slot 0 for 1000 s and
+    # short ones come and go on slots 1-7: the whole bill takes one 8-GPU instance, and each
+    # stretch of the run is charged for it (priced on the events so far, a stretch would be
+    # charged for the 1-GPU shape and the rest would fall at the end).
+    model = builtin_models()["aws"]
+    events = [event("long", requested=0, ready=0, exited=1000, kind="l40s")]
+    events += [
+        event(f"s{slot}-{k}", requested=25 * k, ready=25 * k, exited=25 * k + 1, slot=slot,
+              kind="l40s")
+        for slot in range(1, 8)
+        for k in range(40)
+    ]  # fmt: skip
+    wide = max(model.shapes["l40s"], key=lambda r: r.devices)
+    unheld = {e.actor for e, _ in Ledger(model, events).bills() if e.stage == UNUSED_STAGE}
+    assert unheld == {f"(instance {wide.instance})"}
+    per_second = wide.usd_per_instance_hour / 3600
+    accrual = Accrual(model, events)
+    assert accrual.at(T0 + 900) - accrual.at(T0 + 500) == pytest.approx(400 * per_second, rel=0.01)

@@ -33,15 +33,19 @@ def test_the_table_prices_the_job_and_a_steady_iteration() -> None:
     assert cost_cell(0.5, 2.0) == "$0.5 (+75.0%)"
     assert cost_cell(None, 2.0) == "n/a"
     assert cost_cell(0.5, None) == cost_cell(0.5, 0.0) == "$0.5"
-    for iterations, steady in ((2, "$0.0"), (1, "n/a")):
+    for iterations in (2, 1):
         w = Workload(batch_prompts=8, group_size=2, iterations=iterations)
         r = run_sim(SimConfig(nodes=1, model="0.5b", workload=w, costs=("onprem",)))
         console = Console(width=400, record=True)
         console.print(table(r))
         text = console.export_text()
         assert "$ onprem job (saved vs colo)" in text and "$ onprem / steady iteration" in text
+        base, ours = r.systems["serverful-colocated"], r.systems["rlhfless-staged"]
         rows = [line for line in text.splitlines() if "rlhfless-staged" in line]
-        assert len(rows) == 1 and rows[0].split("│")[-2].strip().startswith(steady)
+        job, steady = (cell.strip() for cell in rows[0].split("│")[-3:-1])
+        assert job == cost_cell(ours.usd["onprem"], base.usd["onprem"])
+        expected = cost_cell(ours.steady_usd["onprem"], base.steady_usd["onprem"])
+        assert steady == expected and (steady == "n/a") == (iterations == 1)
 
 
 def test_one_configuration_is_bars_a_sweep_is_lines(tmp_path: Path) -> None:

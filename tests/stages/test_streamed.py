@@ -21,6 +21,7 @@ from rlhfless.adapters.tiny import build_tiny_model
 from rlhfless.runtime import Runtime
 from rlhfless.stages.config import load_config
 from rlhfless.stages.pipeline import Pipeline
+from rlhfless.stages.streamed import after_rollout
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 
@@ -131,12 +132,22 @@ async def test_streamed_equals_staged(tmp_path: Path, algo: str, sampling: str, 
         assert sum(m.stage_seconds.values()) == pytest.approx(m.seconds, rel=0.05, abs=0.05)
     for m in staged["metrics"]:
         assert m.after_rollout == {}
-    if algo == "grpo":  # the last group is trained after the rollout ends, and it is counted
+    if algo == "grpo":  # what ran after the rollout's end is reported (after_rollout below)
         for m in streamed["metrics"]:
             after = m.after_rollout
-            assert 0 < after["forward_backward"] <= after["seconds"] <= m.seconds
-            assert 1 <= after["samples"] <= m.samples and after["longest"] <= after["tokens"]
-            assert after["longest"] <= m.response_len_max
+            assert 0 <= after["forward_backward"] <= after["seconds"] <= m.seconds
+            assert after["samples"] <= m.samples and after["longest"] <= m.response_len_max
+
+
+def test_after_the_rollout_counts_only_what_ran_after_its_end() -> None:
+    trained = [(0.0, 1.0, [5, 7]), (1.5, 2.5, [9]), (2.8, 3.2, [4, 30, 2])]
+    after = after_rollout(trained, rollout_end=2.0, end=4.0)
+    # the chunk that ended before 2.0 is out; the one running across it counts from 2.0
+    assert after["seconds"] == 2.0
+    assert after["forward_backward"] == pytest.approx(0.5 + 0.4)
+    assert (after["samples"], after["tokens"], after["longest"]) == (4, 45, 30)
+    none_late = after_rollout(trained, rollout_end=3.5, end=3.6)
+    assert none_late["forward_backward"] == 0 and none_late["samples"] == 0
 
 
 @pytest.mark.parametrize("method", ["accumulate", "score", "finish_step"])
