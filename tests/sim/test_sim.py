@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -11,6 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from rlhfless.cost_models import get_model
+from rlhfless.sim import run as sim_run
 from rlhfless.sim.calibration import CALIBRATION_RUNS, CPU_TINY, calibrate, load_profile
 from rlhfless.sim.cli import parse_sweep, simulate
 from rlhfless.sim.engine import Engine
@@ -147,11 +149,7 @@ def test_a_steady_iteration_is_billed_without_the_start() -> None:
         # instances end with the last iteration, so their last second, rounded up, falls in.
         per_second = r.gpus * get_model(m).rate("h100")
         steady = per_second * statistics.fmean(colo.iteration_seconds[1:])
-        rounding = (
-            get_model(m).rules.granularity_seconds
-            * per_second
-            / (r.systems["rlhfless"].iterations - 1)
-        )
+        rounding = get_model(m).rules.granularity_seconds * per_second / (colo.iterations - 1)
         assert steady - 1e-9 <= colo.steady_usd[m] <= steady + rounding + 1e-9
         for s in (colo, rl):
             # The job also holds the start (serverful: the cluster's; rlhfless: cold starts).
@@ -159,6 +157,30 @@ def test_a_steady_iteration_is_billed_without_the_start() -> None:
     one = run_sim(msgspec.structs.replace(small(), workload=Workload(batch_prompts=32,
                   group_size=4, iterations=1, seed=1)))  # fmt: skip
     assert all(s.steady_usd == {"aws": None, "onprem": None} for s in one.systems.values())
+
+
+def test_rlhfless_steady_onprem_bill_is_its_gpu_seconds_in_the_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # onprem bills every held second (cold start included) at one rate: the steady bill is
+    # the slot-seconds its functions held between the first iteration's end and the last's.
+    seen: dict = {}
+    report = sim_run._report
+
+    def keep(name: str, system: Any, cluster: Any, models: dict) -> Any:
+        seen["events"], seen["its"] = cluster.events(), system.results
+        return report(name, system, cluster, models)
+
+    monkeypatch.setattr(sim_run, "_report", keep)
+    w = Workload(batch_prompts=32, group_size=4, iterations=5, seed=1)
+    r = run_sim(msgspec.structs.replace(small(("rlhfless",)), workload=w, costs=("onprem",)))
+    t0, t1 = seen["its"][0].end, seen["its"][-1].end
+    held = sum(
+        e.slots * max(0.0, min(e.exited_at, t1) - max(e.requested_at, t0)) for e in seen["events"]
+    )
+    assert held > 0 and len({e.function_id for e in seen["events"]}) > r.gpus  # restarts too
+    expected = held * get_model("onprem").rate("h100") / (len(seen["its"]) - 1)
+    assert r.systems["rlhfless"].steady_usd["onprem"] == pytest.approx(expected, rel=1e-9)
 
 
 def test_deterministic() -> None:
