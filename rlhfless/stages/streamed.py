@@ -214,16 +214,17 @@ class StreamedIteration:
         if self.stepped:
             await h.finish_step()
 
-    async def _accumulate(self, h: Any, args: dict[str, Any]) -> None:
-        await self._share_machine(h)
-        await h.accumulate(**args)
-
-    async def _train_chunk(self, h: Any, args: dict[str, Any]) -> None:
-        """A chunk's forward and backward, timed (a new trainer's start and replay are not)."""
+    async def _accumulate(self, h: Any, args: dict[str, Any]) -> tuple[float, float]:
+        """A chunk's forward and backward; returns when it started and ended."""
         await self._share_machine(h)
         t = time.perf_counter()
         await h.accumulate(**args)
-        self.trained.append((t, time.perf_counter(), [len(r) for r in args["response_ids"]]))
+        return t, time.perf_counter()
+
+    async def _train_chunk(self, h: Any, args: dict[str, Any]) -> None:
+        """A new chunk's forward and backward, timed (a new trainer's start and replay are not)."""
+        start, end = await self._accumulate(h, args)
+        self.trained.append((start, end, [len(r) for r in args["response_ids"]]))
 
     async def _finish(self, h: Any) -> Any:
         await self._share_machine(h)
