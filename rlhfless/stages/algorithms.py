@@ -46,12 +46,24 @@ def grpo_advantages(
             "pass group_size samples for every prompt"
         )
     g = rewards.reshape(-1, group_size)
-    centered = g - g.mean(dim=1, keepdim=True)
-    if scale_by_std and group_size > 1:
-        centered = centered / (g.std(dim=1, keepdim=True) + eps)
-    elif scale_by_std:
-        centered = torch.zeros_like(centered)
-    return centered.reshape(rewards.shape)
+    mean, scale = grpo_baseline(g, eps, scale_by_std)
+    return ((g - mean) * scale).reshape(rewards.shape)
+
+
+def grpo_baseline(
+    groups: torch.Tensor, eps: float = 1e-6, scale_by_std: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each group's (mean, scale) of :func:`grpo_advantages`, whose advantages are
+    ``(r - mean) * scale``; ``groups`` is [N, G], the results [N, 1]. scale is 1 / (std + eps),
+    1 without std scaling, 0 for a group of 1 (no spread). The advantage is affine in the
+    reward, which is what lets a streamed step train a group's samples before its last one
+    ends (stages/open_groups.py)."""
+    mean = groups.mean(dim=1, keepdim=True)
+    if not scale_by_std:
+        return mean, torch.ones_like(mean)
+    if groups.shape[1] < 2:
+        return mean, torch.zeros_like(mean)
+    return mean, 1.0 / (groups.std(dim=1, keepdim=True) + eps)
 
 
 def gae(
@@ -117,6 +129,33 @@ def aggregate(
     )
 
 
+def row_losses(
+    per_token: torch.Tensor, mask: torch.Tensor, agg: LossAgg = "token-mean"
+) -> torch.Tensor:
+    """Each row's share of ``aggregate(per_token, mask, agg) * units`` ([B]): its tokens' sum
+    (token-mean; units = tokens), or its token mean (seq-mean-token-mean; units = sequences
+    with tokens). They add up to the batch's loss times its units however the rows are split,
+    as a streamed step's gradients must (scaled by the whole batch's units at its end)."""
+    if agg == "token-mean":
+        return (per_token * mask).sum(-1)
+    if agg == "seq-mean-token-mean":
+        return masked_mean(per_token, mask, dim=-1)
+    raise ValueError(
+        f"unknown loss aggregation {agg!r}; choose 'token-mean' or 'seq-mean-token-mean'"
+    )
+
+
+def clip_range_rows(
+    ratio: torch.Tensor, mask: torch.Tensor, clip_eps: float, clip_eps_high: float | None = None
+) -> torch.Tensor:
+    """[B] bool: every masked token's ratio lies inside the clip range. There the PPO-clip loss
+    is ``-ratio * A`` whatever the advantage's sign, so a row's loss is linear in its
+    advantage; outside it the clip cuts the gradient by the advantage's sign."""
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    inside = (ratio >= 1.0 - clip_eps) & (ratio <= 1.0 + high)
+    return (inside | (mask == 0)).all(-1)
+
+
 def policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -139,7 +178,8 @@ def policy_loss(
     unclipped = ratio * advantages
     clipped = ratio.clamp(1.0 - clip_eps, 1.0 + high) * advantages
     per_token = -torch.minimum(unclipped, clipped)
-    clip_frac = masked_mean((clipped < unclipped).to(logprobs.dtype), mask).detach()
+    # aggregated as the loss is, so that over micro-batches it adds up as the loss does
+    clip_frac = aggregate((clipped < unclipped).to(logprobs.dtype), mask, agg).detach()
     return aggregate(per_token, mask, agg), clip_frac
 
 

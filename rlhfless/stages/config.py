@@ -207,6 +207,10 @@ class PipelineConfig(_Section):
     # docs/streaming.md).
     stream: bool = False
     stream_poll_s: Positive = 0.02  # how often the controller takes the functions' finished samples
+    # GRPO without a KL term, one trainer function: groups whose samples train one by one as
+    # they end while the group's others still decode (two gradient-sized sums in the trainer
+    # each; docs/streaming.md). 0: a group trains once all its samples have ended.
+    open_groups: NonNegInt = 1
 
 
 class CheckpointConfig(_Section):
@@ -280,7 +284,7 @@ RESUME_FREE = frozenset(
         "cluster.local_node", "cluster.node_timeout_s",
         "checkpoint.every", "checkpoint.dir", "checkpoint.keep",
         "run.run_dir", "run.resume", "run.show_samples_every",
-        "pipeline.stream", "pipeline.stream_poll_s",
+        "pipeline.stream", "pipeline.stream_poll_s", "pipeline.open_groups",
         # which function decodes which prompt, and when it is cut: same samples (each keeps
         # its sampling key), other bill
         "scaling.policy", "scaling.k", "scaling.k_min", "scaling.k_max", "scaling.lam",

@@ -19,30 +19,33 @@ from rlhfless.stages.protocol import FinishedSample
 
 
 class Group(msgspec.Struct, frozen=True, kw_only=True):
-    """The G finished samples of the batch's prompt ``index`` (sample s has key index*G + s)."""
+    """The G finished samples of the batch's prompt ``index`` (sample s has key index*G + s);
+    ``complete=False``: one sample of it that just ended, its others still decoding."""
 
     index: int
     samples: list[FinishedSample]
+    complete: bool = True
 
 
 class GroupAssembler:
     """Collects finished samples by key; says when a group has all of its G samples."""
 
-    def __init__(self, prompts: int, group_size: int) -> None:
-        self.g = group_size
+    def __init__(self, prompts: int, group_size: int, parts: bool = False) -> None:
+        self.g, self.parts = group_size, parts
         self.samples: dict[int, FinishedSample] = {}
         self._count = [0] * prompts
         self.sent: set[int] = set()
 
     def add(self, sample: FinishedSample) -> Group | None:
-        """Take one sample (a repeat is ignored); the group it completes, if it does."""
+        """Take one sample (a repeat is ignored); the group it completes, if it does, or with
+        ``parts`` the sample as a part of its incomplete group."""
         if sample.finish == "cut" or sample.key in self.samples:
             return None
         self.samples[sample.key] = sample
         i = sample.key // self.g
         self._count[i] += 1
         if self._count[i] < self.g:
-            return None
+            return Group(index=i, samples=[sample], complete=False) if self.parts else None
         self.sent.add(i)
         return Group(index=i, samples=[self.samples[i * self.g + s] for s in range(self.g)])
 
@@ -57,8 +60,8 @@ class GroupSink:
     rollout function. Scoring and training wait for one, so they never slow the rollout down.
     """
 
-    def __init__(self, slots: int) -> None:
-        self.slots = slots
+    def __init__(self, slots: int, parts: bool = False) -> None:
+        self.slots, self.parts = slots, parts  # parts: send the samples of incomplete groups too
         self._running = 0
         self.tx: MemoryObjectSendStream[Group]
         self.rx: MemoryObjectReceiveStream[Group]

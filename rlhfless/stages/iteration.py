@@ -45,6 +45,7 @@ class Outcome:
         self.overlapped = 0.0  # of those, seconds that ran while the rollout still decoded
         # Streamed GRPO: what ran after the rollout's end (StreamedIteration.after_rollout).
         self.after_rollout: dict[str, float] = {}
+        self.trained_open = 0  # streamed GRPO: samples trained while their group decoded
 
 
 class Clock:

@@ -53,7 +53,7 @@ class GroupStream:
 
     def __init__(self, sink: GroupSink, prompts: int, group_size: int) -> None:
         self.sink = sink
-        self.groups = GroupAssembler(prompts, group_size)
+        self.groups = GroupAssembler(prompts, group_size, parts=sink.parts)
 
     def take(self, samples: list[FinishedSample]) -> None:
         for sample in samples:

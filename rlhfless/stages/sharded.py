@@ -166,6 +166,11 @@ class ShardedTrainerActor(_GangRank, TrainerActor):
         )
         self._stream = None
 
+    def _check_open_groups(self) -> None:
+        # Which samples wait for their group (a token outside the clip range) is each rank's
+        # own finding, and the ranks' passes must pair up in the collectives.
+        raise ValueError("a sharded trainer (train.slots > 1) trains complete groups only")
+
     def weights(self, file_dir: str | None = None, file_above_bytes: int = 0) -> dict[str, Any]:
         """Whole weights on rank 0 (gathered one parameter at a time; the other ranks keep
         nothing), as :meth:`TrainerActor.weights` returns them; then the hand-over state of

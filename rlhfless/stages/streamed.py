@@ -41,25 +41,15 @@ from rlhfless.stages.iteration import (
 )
 from rlhfless.stages.leases import Held
 from rlhfless.stages.protocol import CRITIC, REFERENCE, REWARD, TRAINER, Published, StepStats, reply
+from rlhfless.stages.train_plan import Chunk, TrainCall, TrainPlan
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+    from rlhfless.stages.config import Config
     from rlhfless.stages.rollout_stage import RolloutOutcome, RolloutStage
     from rlhfless.stages.run_state import RunState
     from rlhfless.stages.tasks import Prompt
-
-
-class Chunk(msgspec.Struct, kw_only=True):
-    """Complete groups, scored: rows are the samples' keys in the batch."""
-
-    rows: list[int]
-    prompt_ids: list[list[int]]
-    response_ids: list[list[int]]
-    logprobs: list[Any]
-    rewards: list[float]
-    ref: list[Any] | None = None
-    values: list[Any] | None = None
 
 
 class StreamedIteration:
@@ -71,12 +61,14 @@ class StreamedIteration:
         self.rollout_stage = rollout
         self.g = p.cfg.train.group_size
         self.chunks: list[Chunk] = []
+        self.open_max = open_groups(p.cfg)
         self.rollout: RolloutOutcome | None = None
         self.rollout_end = math.inf
         self.train_stats: StepStats | None = None
         self.published: Published | None = None
         self.held: dict[str, Held] = {}
-        self.sent: list[dict[str, Any]] = []  # chunks the trainer took (replayed after a death)
+        self.sent: list[TrainCall] = []  # what the trainer took (replayed after a death)
+        self.scored: set[int] = set()  # samples scored (a group's parts come before it)
         self.stepped = False  # the trainer's finish_step ran
         self.sink: GroupSink | None = None
         self._threads = 0  # the trainer's CPU threads as last set
@@ -86,7 +78,8 @@ class StreamedIteration:
 
     async def run(self) -> Outcome:
         p, t0 = self.p, time.perf_counter()
-        sink = self.sink = GroupSink(sum(d.slots for d in p.rt.nodes().values()))
+        slots = sum(d.slots for d in p.rt.nodes().values())
+        sink = self.sink = GroupSink(slots, parts=self.open_max > 0)
         tx, rx = anyio.create_memory_object_stream[Chunk](math.inf)
         try:
             async with first_error(), anyio.create_task_group() as tg:
@@ -124,7 +117,11 @@ class StreamedIteration:
 
     async def _score_chunk(self, groups: list[Group]) -> Chunk:
         p, cfg = self.p, self.p.cfg
-        samples = [s for grp in groups for s in grp.samples]
+        samples = [s for grp in groups for s in grp.samples if s.key not in self.scored]
+        samples = list({s.key: s for s in samples}.values())
+        self.scored.update(s.key for s in samples)
+        if not samples:
+            return Chunk(rows=[], prompt_ids=[], response_ids=[], logprobs=[], rewards=[])
         rows = [s.key for s in samples]
         prompt_ids = [self.prompt_ids[k // self.g] for k in rows]
         response_ids = [s.token_ids for s in samples]
@@ -160,19 +157,13 @@ class StreamedIteration:
             TRAINER, p.trainer_args(), "train", threads=p.trainer_threads(),
             node=p.home(TRAINER), on_start=self._start_trainer,
         )  # fmt: skip
+        plan = TrainPlan(cfg.train, cfg.rollout.temperature, self.open_max)
         async with rx:
             async for chunk in rx:
                 self.chunks.append(chunk)
-                lengths = [len(r) for r in chunk.response_ids]
-                rewards = torch.tensor(chunk.rewards, dtype=torch.float32)
-                args = {
-                    "prompt_ids": chunk.prompt_ids, "response_ids": chunk.response_ids,
-                    "old_logprobs": chunk.logprobs,
-                    "advantages": grpo_rows(rewards, lengths, cfg.train),
-                    "ref_logprobs": chunk.ref, "temperature": cfg.rollout.temperature,
-                }  # fmt: skip
-                await trainer.call(lambda h, args=args: self._train_chunk(h, args))
-                self.sent.append(args)
+                for call in plan.take(chunk):
+                    await trainer.call(lambda h, call=call: self._train_call(h, call))
+                    self.sent.append(call)
         stats = await trainer.call(self._finish)
         self.train_stats = reply(stats, StepStats)
         self.published = reply(
@@ -209,22 +200,22 @@ class StreamedIteration:
         p.homes[TRAINER] = h.node
         await h.begin_step(p.version, p.unsaved[TRAINER])
         self._threads = 0
-        for args in self.sent:
-            await self._accumulate(h, args)
+        for call in self.sent:
+            await self._run(h, call)
         if self.stepped:
             await h.finish_step()
 
-    async def _accumulate(self, h: Any, args: dict[str, Any]) -> tuple[float, float]:
-        """A chunk's forward and backward; returns when it started and ended."""
+    async def _run(self, h: Any, call: TrainCall) -> tuple[float, float]:
+        """A trainer call's forward and backward; returns when it started and ended."""
         await self._share_machine(h)
         t = time.perf_counter()
-        await h.accumulate(**args)
+        await getattr(h, call.method)(**call.args)
         return t, time.perf_counter()
 
-    async def _train_chunk(self, h: Any, args: dict[str, Any]) -> None:
-        """A new chunk's forward and backward, timed (a new trainer's start and replay are not)."""
-        start, end = await self._accumulate(h, args)
-        self.trained.append((start, end, [len(r) for r in args["response_ids"]]))
+    async def _train_call(self, h: Any, call: TrainCall) -> None:
+        """A new call's forward and backward, timed (a new trainer's start and replay are not)."""
+        start, end = await self._run(h, call)
+        self.trained.append((start, end, [len(r) for r in call.args["response_ids"]]))
 
     async def _finish(self, h: Any) -> Any:
         await self._share_machine(h)
@@ -293,6 +284,20 @@ class StreamedIteration:
             out.overlapped += sum(max(0.0, min(b, rollout_end) - a) for a, b in held.calls)
         if self.trained:
             out.after_rollout = after_rollout(self.trained, rollout_end, end)
+        out.trained_open = sum(
+            len(c.args["response_ids"]) for c in self.sent if c.method == "accumulate_open"
+        )
+
+
+def open_groups(cfg: Config) -> int:
+    """How many groups the trainer may train sample by sample while they decode
+    (stages/open_groups.py): ``pipeline.open_groups`` for GRPO without a KL term on one trainer
+    function; 0 otherwise (a KL term needs a sum of its own; a sharded trainer's ranks would
+    each find other samples waiting, and their collectives must pair up)."""
+    t = cfg.train
+    if t.algo != "grpo" or t.uses_reference or t.slots > 1:
+        return 0
+    return cfg.pipeline.open_groups
 
 
 def after_rollout(

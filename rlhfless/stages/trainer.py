@@ -27,6 +27,7 @@ from rlhfless.stages.common import DTYPES, function_device, pad_rows
 from rlhfless.stages.config import TrainConfig
 from rlhfless.stages.handover import HandOver
 from rlhfless.stages.micro_batch import group_micro_batches, micro_batches, units
+from rlhfless.stages.open_groups import OpenGroup, add_into, by_reward, grads_apart
 from rlhfless.stages.updater import Updater
 
 
@@ -154,7 +155,11 @@ class TrainerActor(Updater):
         )  # fmt: skip
         kl = torch.zeros(())
         if batch.ref is not None:
-            kl = alg.masked_mean(alg.kl_estimate(logp, batch.ref[idx, :w], cfg.kl_estimator), mask)
+            # aggregated as the loss: with seq-mean-token-mean a token mean over the micro-batch
+            # would weigh its sequences by length, and so depend on how the batch was split
+            kl = alg.aggregate(
+                alg.kl_estimate(logp, batch.ref[idx, :w], cfg.kl_estimator), mask, cfg.loss_agg
+            )
             if cfg.algo == "grpo":  # GRPO puts the KL in the loss; PPO in the reward
                 loss = loss + cfg.kl_coef * kl
         weight = units([batch.response_ids[i] for i in idx], cfg.loss_agg) * scale if live else 0.0
@@ -216,9 +221,116 @@ class TrainerActor(Updater):
         stream.chunks.append(chunk)
         return len(stream.chunks)
 
+    def accumulate_open(
+        self,
+        group: int,
+        prompt_ids: list[list[int]],
+        response_ids: list[list[int]],
+        old_logprobs: list[torch.Tensor],
+        rewards: list[float],
+        temperature: float,
+    ) -> int:
+        """Forward and backward of samples of ``group`` while its others still decode: their
+        gradients go to the group's two sums (stages/open_groups.py); a sample with a token
+        outside the clip range waits for :meth:`close_group`. Returns the samples waiting."""
+        stream = self._open_stream()
+        self._check_open_groups()
+        og = stream.open.setdefault(group, OpenGroup())
+        zeros = [torch.zeros(len(r)) for r in response_ids]
+        batch = _PolicyBatch(
+            prompt_ids, response_ids, old_logprobs, zeros, None, temperature, self.device
+        )
+        stream.units += batch.units(self.cfg.loss_agg)
+        losses: list[float | None] = [None] * len(rewards)
+        for idx in by_reward(rewards, batch.lengths, self.cfg.micro_batch_tokens):
+            self._backward_open(batch, idx, og, rewards[idx[0]], losses)
+        og.rows += [
+            {"prompt_ids": p, "response_ids": r, "old_logprobs": o, "reward": float(w)}
+            for p, r, o, w in zip(prompt_ids, response_ids, old_logprobs, rewards, strict=True)
+        ]
+        og.loss_at_1 += losses
+        return len(og.waiting())
+
+    def _backward_open(
+        self, batch: _PolicyBatch, idx: list[int], og: OpenGroup, reward: float,
+        losses: list[float | None],
+    ) -> None:  # fmt: skip
+        """One micro-batch of one reward: the gradient of its loss at advantage 1 (its rows
+        whose tokens all lie inside the clip range) into the group's sums."""
+        cfg = self.cfg
+        packed = pack_sequences(
+            [batch.prompt_ids[i] for i in idx], [batch.response_ids[i] for i in idx], self.pad_id,
+            self.device,
+        )  # fmt: skip
+        mask = packed.response_mask
+        logp = response_logprobs(self.model, packed, batch.temperature)
+        ratio = torch.exp(logp - batch.old[idx, : mask.shape[1]])
+        linear = alg.clip_range_rows(ratio.detach(), mask, cfg.clip_eps, cfg.clip_eps_high)
+        per_row = alg.row_losses(-ratio, mask, cfg.loss_agg) * linear
+        if not bool(linear.any()):
+            return
+        params = list(self.model.parameters())
+        with grads_apart(params) as grads:
+            per_row.sum().backward()
+        og.add(grads, reward)
+        for j, i in enumerate(idx):
+            if linear[j]:
+                losses[i] = float(per_row[j].detach())
+
+    def close_group(
+        self,
+        group: int,
+        mean: float,
+        scale: float,
+        prompt_ids: list[list[int]],
+        response_ids: list[list[int]],
+        old_logprobs: list[torch.Tensor],
+        rewards: list[float],
+        temperature: float,
+    ) -> int:
+        """``group``'s last samples ended: with advantages ``(reward - mean) * scale`` known,
+        add its sums to the step's gradient and train these samples and its waiting ones."""
+        stream = self._open_stream()
+        if group not in stream.open:
+            raise RuntimeError(f"group {group} is not open here: accumulate_open it first")
+        og = stream.open.pop(group)
+        add_into(list(self.model.parameters()), og.gradient(mean, scale))
+        stream.sums.loss += og.trained_loss(mean, scale)
+        waiting = [og.rows[j] for j in og.waiting()]
+        new = [
+            {"prompt_ids": p, "response_ids": r, "old_logprobs": o, "reward": float(w)}
+            for p, r, o, w in zip(prompt_ids, response_ids, old_logprobs, rewards, strict=True)
+        ]
+        stream.units += units(response_ids, self.cfg.loss_agg)
+        late = self._rows_batch(waiting + new, mean, scale, temperature)
+        for idx in micro_batches(late.lengths, 1, self.cfg.micro_batch_tokens):
+            self._backward(late, idx, stream.sums, 1.0)
+        stream.chunks.append(self._rows_batch(og.rows + new, mean, scale, temperature))
+        return len(stream.chunks)
+
+    def _rows_batch(
+        self, rows: list[dict[str, Any]], mean: float, scale: float, temperature: float
+    ) -> _PolicyBatch:
+        return _PolicyBatch(
+            [r["prompt_ids"] for r in rows], [r["response_ids"] for r in rows],
+            [r["old_logprobs"] for r in rows],
+            [torch.full((len(r["response_ids"]),), (r["reward"] - mean) * scale) for r in rows],
+            None, temperature, self.device,
+        )  # fmt: skip
+
+    def _check_open_groups(self) -> None:
+        if self.cfg.algo != "grpo" or self.cfg.kl_coef > 0:
+            raise ValueError(
+                "open groups need GRPO without a KL term (train.algo 'grpo', train.kl_coef 0): "
+                "a KL term's gradient would need a third sum"
+            )
+
     def finish_step(self) -> dict[str, Any]:
         """Scale the summed gradients by the batch's units, step, run the later epochs."""
-        stream, self._stream = self._open_stream(), None
+        stream = self._open_stream()
+        if stream.open:
+            raise RuntimeError(f"groups {sorted(stream.open)} are still open: close_group each")
+        self._stream = None
         scale = 1.0 / max(stream.units, 1.0)
         for p in self.model.parameters():
             if p.grad is not None:
@@ -316,3 +428,4 @@ class _Stream:
         self.units = 0.0
         self.sums = _Sums()
         self.chunks: list[_PolicyBatch] = []
+        self.open: dict[int, OpenGroup] = {}  # groups still decoding, trained sample by sample

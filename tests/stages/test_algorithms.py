@@ -140,9 +140,9 @@ def test_kl_rejects_unknown_estimator() -> None:
 
 def _ref_policy(lp, old, adv, mask, lo, hi, agg):
     b, t = len(lp), len(lp[0])
-    per_seq, tot, cnt, clipped = [], 0.0, 0, 0
+    per_seq, seq_clip, tot, cnt, clipped = [], [], 0.0, 0, 0
     for i in range(b):
-        s, c = 0.0, 0
+        s, c, k = 0.0, 0, 0
         for j in range(t):
             if not mask[i][j]:
                 continue
@@ -150,13 +150,16 @@ def _ref_policy(lp, old, adv, mask, lo, hi, agg):
             a = adv[i][j]
             un, cl = ratio * a, min(max(ratio, 1 - lo), 1 + hi) * a
             loss = -min(un, cl)
-            clipped += cl < un
+            k += cl < un
             s, c = s + loss, c + 1
-        tot, cnt = tot + s, cnt + c
+        tot, cnt, clipped = tot + s, cnt + c, clipped + k
         if c:
             per_seq.append(s / c)
-    value = tot / max(cnt, 1) if agg == "token-mean" else sum(per_seq) / max(len(per_seq), 1)
-    return value, clipped / max(cnt, 1)
+            seq_clip.append(k / c)
+    if agg == "token-mean":  # the clipped tokens' share, aggregated as the loss is
+        return tot / max(cnt, 1), clipped / max(cnt, 1)
+    n = max(len(per_seq), 1)
+    return sum(per_seq) / n, sum(seq_clip) / n
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -246,3 +249,29 @@ def test_masked_helpers_handle_empty_masks() -> None:
     )
     assert float(w.mean()) == pytest.approx(0, abs=1e-12)
     assert float(w.var(unbiased=False)) == pytest.approx(1, rel=1e-6)
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_row_losses_add_up_to_the_loss_times_its_units(agg: str) -> None:
+    _, mask, rand = _case(1)
+    per_token = rand()
+    mask[0] = 0  # a row without tokens adds nothing and is no unit
+    rows = alg.row_losses(per_token, mask, agg)
+    units = mask.sum() if agg == "token-mean" else (mask.sum(-1) > 0).sum()
+    assert float(rows.sum()) == pytest.approx(float(alg.aggregate(per_token, mask, agg) * units))
+    assert float(rows[0]) == 0.0
+
+
+def test_clip_range_rows_flags_rows_with_a_token_outside() -> None:
+    ratio = torch.tensor([[1.0, 1.1, 9.0], [0.9, 1.2, 0.5], [0.7, 1.0, 1.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    assert alg.clip_range_rows(ratio, mask, 0.2).tolist() == [True, False, False]
+    assert alg.clip_range_rows(ratio, mask, 0.3, 0.5).tolist() == [True, False, True]
+
+
+def test_grpo_baseline_is_the_advantages_affine_form() -> None:
+    r = torch.tensor([[1.0, 0.0, 0.5, 0.5]])
+    mean, scale = alg.grpo_baseline(r)
+    assert float(mean) == 0.5 and float(scale) == pytest.approx(1 / (float(r.std()) + 1e-6))
+    assert float(alg.grpo_baseline(r, scale_by_std=False)[1]) == 1.0
+    assert float(alg.grpo_baseline(torch.tensor([[3.0]]))[1]) == 0.0  # a group of 1: no spread

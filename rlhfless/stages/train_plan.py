@@ -1,0 +1,136 @@
+"""What a streamed GRPO step's trainer is asked to do with each scored chunk of samples.
+
+Scored samples come in chunks (``Chunk``): whole groups, and, when groups may be trained open
+(``pipeline.open_groups`` > 0), single samples of groups that still decode. The plan turns
+them into trainer calls (``TrainerActor.accumulate / accumulate_open / close_group``):
+
+- a group that is complete when its samples first reach the trainer trains as a whole, with
+  its advantages (``accumulate``), exactly as without open groups;
+- a group still decoding is opened while fewer than ``open_max`` are open: its samples so far
+  train now (``accumulate_open``), and so does each one that ends later;
+- its last samples close it (``close_group``), their advantages now known;
+- the samples of a group that found no room wait, and the group opens when one closes.
+
+Pure bookkeeping (no processes): the calls are replayed in order after a trainer's death.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import msgspec
+import torch
+
+from rlhfless.stages import algorithms as alg
+from rlhfless.stages.config import TrainConfig
+from rlhfless.stages.iteration import grpo_rows
+
+
+class Chunk(msgspec.Struct, kw_only=True):
+    """Scored samples: rows are their keys in the batch (group-major, ``index * G + s``)."""
+
+    rows: list[int]
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    logprobs: list[Any]
+    rewards: list[float]
+    ref: list[Any] | None = None
+    values: list[Any] | None = None
+
+
+class _Scored(NamedTuple):
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: Any
+    reward: float
+    ref: Any
+
+
+class TrainCall(msgspec.Struct, frozen=True):
+    """One trainer call: the method's name and its keyword arguments."""
+
+    method: str
+    args: dict[str, Any]
+
+
+class TrainPlan:
+    def __init__(self, cfg: TrainConfig, temperature: float, open_max: int) -> None:
+        self.cfg, self.g, self.temperature, self.open_max = (
+            cfg, cfg.group_size, temperature, open_max,
+        )  # fmt: skip
+        self.samples: dict[int, _Scored] = {}
+        self.sent: set[int] = set()  # rows the trainer has taken
+        self.open: list[int] = []  # groups trained sample by sample, in the order opened
+
+    def take(self, chunk: Chunk) -> list[TrainCall]:
+        """The trainer calls for one scored chunk, in order."""
+        for j, k in enumerate(chunk.rows):
+            self.samples[k] = _Scored(
+                chunk.prompt_ids[j], chunk.response_ids[j], chunk.logprobs[j], chunk.rewards[j],
+                chunk.ref[j] if chunk.ref is not None else None,
+            )  # fmt: skip
+        touched = sorted({k // self.g for k in chunk.rows})
+        whole = [i for i in touched if self._complete(i) and i not in self.open]
+        calls = [self._whole(whole)] if whole else []
+        for i in touched:
+            if i in self.open and self._complete(i):
+                self.open.remove(i)
+                calls.append(self._close(i))
+            elif i in self.open:
+                calls.append(self._open_call(i))
+        calls += self._open_waiting()
+        return calls
+
+    def _open_waiting(self) -> list[TrainCall]:
+        """Open the groups whose samples wait, while there is room."""
+        calls = []
+        for i in sorted({k // self.g for k in self.samples.keys() - self.sent}):
+            if len(self.open) >= self.open_max:
+                break
+            if i not in self.open and not self._complete(i):
+                self.open.append(i)
+                calls.append(self._open_call(i))
+        return calls
+
+    def _complete(self, group: int) -> bool:
+        return all(k in self.samples for k in self._keys(group))
+
+    def _keys(self, group: int) -> range:
+        return range(group * self.g, (group + 1) * self.g)
+
+    def _unsent(self, group: int) -> list[int]:
+        keys = [k for k in self._keys(group) if k in self.samples and k not in self.sent]
+        self.sent.update(keys)
+        return keys
+
+    def _rows(self, keys: list[int]) -> dict[str, Any]:
+        return {
+            "prompt_ids": [self.samples[k].prompt_ids for k in keys],
+            "response_ids": [self.samples[k].response_ids for k in keys],
+            "old_logprobs": [self.samples[k].logprobs for k in keys],
+            "temperature": self.temperature,
+        }
+
+    def _whole(self, groups: list[int]) -> TrainCall:
+        keys = [k for i in groups for k in self._unsent(i)]
+        rows = self._rows(keys)
+        rewards = torch.tensor([self.samples[k].reward for k in keys], dtype=torch.float32)
+        advantages = grpo_rows(rewards, [len(r) for r in rows["response_ids"]], self.cfg)
+        ref = [self.samples[k].ref for k in keys] if self.cfg.uses_reference else None
+        return TrainCall("accumulate", {**rows, "advantages": advantages, "ref_logprobs": ref})
+
+    def _open_call(self, group: int) -> TrainCall:
+        keys = self._unsent(group)
+        rewards = [self.samples[k].reward for k in keys]
+        return TrainCall(
+            "accumulate_open", {"group": group, **self._rows(keys), "rewards": rewards}
+        )
+
+    def _close(self, group: int) -> TrainCall:
+        rewards = torch.tensor([[self.samples[k].reward for k in self._keys(group)]])
+        mean, scale = alg.grpo_baseline(rewards, scale_by_std=self.cfg.scale_adv_by_std)
+        keys = self._unsent(group)
+        return TrainCall("close_group", {
+            "group": group, "mean": float(mean), "scale": float(scale), **self._rows(keys),
+            "rewards": [self.samples[k].reward for k in keys],
+        })  # fmt: skip

@@ -1,0 +1,163 @@
+"""A group trained open, sample by sample before its last one ends, gives the gradient of the
+group trained whole (stages/open_groups.py, TrainerActor.accumulate_open / close_group).
+
+The real trainer and the tiny model in this process; old log-probs are the model's own (the
+first epoch is on-policy), one sample's pushed outside the clip range so that it must wait.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from rlhfless.adapters.hf import pack_sequences, response_logprobs
+from rlhfless.adapters.tiny import build_tiny_model
+from rlhfless.stages import algorithms as alg
+from rlhfless.stages.config import TrainConfig
+from rlhfless.stages.train_plan import Chunk, TrainPlan
+from rlhfless.stages.trainer import TrainerActor
+
+G = 4
+
+
+def _cfg(**extra: Any) -> dict[str, Any]:
+    return {
+        "algo": "grpo", "epochs": 2, "lr": 1e-3, "group_size": G, "micro_batch_tokens": 48,
+        **extra,
+    }  # fmt: skip
+
+
+def _batch(model: Any, pad_id: int, groups: int = 2) -> dict[str, Any]:
+    rng = random.Random(7)
+    prompt_ids, responses = [], []
+    for _ in range(groups):
+        p = [1] + [rng.randrange(3, 23) for _ in range(rng.randrange(2, 6))]
+        for _ in range(G):
+            prompt_ids.append(p)
+            responses.append([rng.randrange(3, 23) for _ in range(rng.choice([1, 3, 9, 20]))])
+    with torch.no_grad():
+        packed = pack_sequences(prompt_ids, responses, pad_id, torch.device("cpu"))
+        logp = response_logprobs(model, packed, 1.0)
+    old = [logp[i, : len(r)].clone() for i, r in enumerate(responses)]
+    old[2][0] += 0.5  # ratio exp(-0.5) = 0.61 < 0.8: sample 2 leaves the clip range
+    rewards = [1.0, 0.0, 0.25, 1.0, 0.5, 0.5, 0.0, 2.0][: groups * G]
+    return {"prompt_ids": prompt_ids, "response_ids": responses, "old": old, "rewards": rewards}
+
+
+def _rows(b: dict[str, Any], keys: list[int]) -> dict[str, Any]:
+    return {
+        "prompt_ids": [b["prompt_ids"][k] for k in keys],
+        "response_ids": [b["response_ids"][k] for k in keys],
+        "old_logprobs": [b["old"][k] for k in keys],
+        "temperature": 1.0,
+    }
+
+
+def _whole(b: dict[str, Any], keys: list[int]) -> dict[str, Any]:
+    rewards = torch.tensor([b["rewards"][k] for k in keys])
+    adv = alg.grpo_advantages(rewards, G)
+    rows = _rows(b, keys)
+    advantages = [
+        torch.full((len(r),), float(a)) for a, r in zip(adv, rows["response_ids"], strict=True)
+    ]
+    return {**rows, "advantages": advantages, "ref_logprobs": None}
+
+
+def _trainer(model_dir: Path, tmp: Path, name: str, **cfg: Any) -> TrainerActor:
+    return TrainerActor(str(model_dir), _cfg(**cfg), str(tmp / name))
+
+
+def _grads(t: TrainerActor) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in t.model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_open_group_gives_the_whole_groups_gradient(tmp_path: Path, agg: str) -> None:
+    model_dir = build_tiny_model(tmp_path / "model", seed=0)
+    whole = _trainer(model_dir, tmp_path, "whole", loss_agg=agg)
+    b = _batch(whole.model, whole.pad_id)
+    whole.begin_step()
+    whole.accumulate(**_whole(b, list(range(2 * G))))
+    a = whole.finish_step()
+
+    opened = _trainer(model_dir, tmp_path, "open", loss_agg=agg)
+    opened.begin_step()
+    r = b["rewards"]
+    assert opened.accumulate_open(0, **_rows(b, [0, 2]), rewards=[r[0], r[2]]) == 1  # 2 waits
+    assert opened.accumulate_open(0, **_rows(b, [1]), rewards=[r[1]]) == 1
+    mean, scale = alg.grpo_baseline(torch.tensor([r[:G]]))
+    opened.close_group(0, float(mean), float(scale), **_rows(b, [3]), rewards=[r[3]])
+    opened.accumulate(**_whole(b, [4, 5, 6, 7]))  # the second group trains whole
+    o = opened.finish_step()
+
+    for key in ("loss", "clip_frac", "grad_norm"):
+        assert o[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+    assert a["clip_frac"] > 0  # sample 2's clipped tokens count in both
+    for ga, go in zip(_grads(whole), _grads(opened), strict=True):
+        torch.testing.assert_close(go, ga, rtol=1e-4, atol=1e-7)
+    for (name, wa), wo in zip(
+        whole.model.state_dict().items(), opened.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(wo, wa, rtol=0, atol=5e-5, msg=name)
+
+
+def test_open_groups_refuse_what_they_cannot_do(tmp_path: Path) -> None:
+    model_dir = build_tiny_model(tmp_path / "model", seed=0)
+    t = _trainer(model_dir, tmp_path, "t")
+    b = _batch(t.model, t.pad_id, groups=1)
+    t.begin_step()
+    with pytest.raises(RuntimeError, match="group 3 is not open"):
+        t.close_group(3, 0.0, 1.0, **_rows(b, [0]), rewards=[1.0])
+    t.accumulate_open(0, **_rows(b, [0]), rewards=[1.0])
+    with pytest.raises(RuntimeError, match=r"groups \[0\] are still open"):
+        t.finish_step()
+    kl = _trainer(model_dir, tmp_path, "kl", kl_coef=0.1)
+    kl.begin_step()
+    with pytest.raises(ValueError, match="without a KL term"):
+        kl.accumulate_open(0, **_rows(b, [0]), rewards=[1.0])
+
+
+def _chunk(keys: list[int], rewards: dict[int, float]) -> Chunk:
+    return Chunk(
+        rows=keys, prompt_ids=[[1]] * len(keys), response_ids=[[5] * (k + 1) for k in keys],
+        logprobs=[torch.zeros(k + 1) for k in keys], rewards=[rewards[k] for k in keys],
+    )  # fmt: skip
+
+
+def test_plan_opens_at_most_open_max_and_trains_every_sample_once() -> None:
+    cfg = TrainConfig(group_size=G)
+    rewards = {k: float(k % 3) for k in range(3 * G)}
+    plan = TrainPlan(cfg, 1.0, open_max=1)
+    every = calls = plan.take(_chunk([0, 4], rewards))  # one sample each of groups 0 and 1
+    assert [(c.method, c.args.get("group")) for c in calls] == [("accumulate_open", 0)]
+    every += (calls := plan.take(_chunk([8, 9, 10, 11, 1], rewards)))  # group 2 whole
+    assert [(c.method, c.args.get("group")) for c in calls] == [
+        ("accumulate", None), ("accumulate_open", 0),
+    ]  # fmt: skip
+    assert calls[0].args["response_ids"] == [[5] * 9, [5] * 10, [5] * 11, [5] * 12]
+    every += (calls := plan.take(_chunk([2, 3], rewards)))  # group 0 closes; 1's sample waited
+    assert [(c.method, c.args.get("group")) for c in calls] == [
+        ("close_group", 0), ("accumulate_open", 1),
+    ]  # fmt: skip
+    mean, scale = alg.grpo_baseline(torch.tensor([[rewards[k] for k in range(G)]]))
+    assert calls[0].args["mean"] == pytest.approx(float(mean))
+    assert calls[0].args["scale"] == pytest.approx(float(scale))
+    assert calls[0].args["rewards"] == [rewards[2], rewards[3]]
+    assert calls[1].args["response_ids"] == [[5] * 5]  # key 4, held until now
+    every += (calls := plan.take(_chunk([5, 6, 7], rewards)))
+    assert [(c.method, c.args.get("group")) for c in calls] == [("close_group", 1)]
+    keys = [len(r) - 1 for c in every for r in c.args["response_ids"]]
+    assert sorted(keys) == list(range(3 * G))  # each sample trained once
+
+
+def test_plan_without_open_groups_trains_whole_groups_only() -> None:
+    plan = TrainPlan(TrainConfig(group_size=G), 1.0, open_max=0)
+    rewards = {k: 1.0 for k in range(2 * G)}
+    assert plan.take(_chunk([0, 1, 2], rewards)) == []
+    calls = plan.take(_chunk([3, 4, 5, 6, 7], rewards))
+    assert [c.method for c in calls] == ["accumulate"]
+    assert len(calls[0].args["response_ids"]) == 2 * G
