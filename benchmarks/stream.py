@@ -150,13 +150,23 @@ def tail_share(m: IterationMetrics) -> float:
     return tail_seconds(m) / rollout if rollout > 0 else 0.0
 
 
+def last_step_ms(m: IterationMetrics) -> float:
+    """Milliseconds per decode step of the function that replied last (the one that decoded
+    the tail): streamed, it decodes beside the scoring and training of the finished groups."""
+    calls = [(n, s) for n, s in m.scaling.get("decode") or [] if n]
+    return 1000 * calls[-1][1] / calls[-1][0] if calls else 0.0
+
+
 def per_iteration(m: IterationMetrics) -> dict[str, Any]:
     return {
         "seconds": m.seconds,
         "finished_at": m.scaling.get("finished_at"),
+        "decode": m.scaling.get("decode"),
         "stage_seconds": m.stage_seconds,
         "overlapped_seconds": m.overlapped_seconds,
         "after_rollout": m.after_rollout,
+        "trained_open": m.trained_open,
+        "cold_starts": m.cold_starts,
     }
 
 
@@ -168,10 +178,13 @@ def mode_summary(ms: list[IterationMetrics]) -> dict[str, Any]:
         "rollout_seconds": med(max(m.scaling.get("finished_at") or [0.0]) for m in ms),
         "tail_share": med(tail_share(m) for m in ms),
         "tail_seconds": med(tail_seconds(m) for m in ms),
+        "last_function_ms_per_step": med(last_step_ms(m) for m in ms),
         "overlapped_seconds": med(m.overlapped_seconds for m in ms),
         "stage_seconds": {k: med(m.stage_seconds[k] for m in ms) for k in ms[0].stage_seconds},
         # streamed GRPO: medians of what ran after the rollout's end (IterationMetrics)
         "after_rollout": after_rollout([m.after_rollout for m in ms if m.after_rollout]),
+        # streamed GRPO: samples trained while their group still decoded (pipeline.open_groups)
+        "trained_open": med(m.trained_open for m in ms),
         "per_iteration": [per_iteration(m) for m in ms],
     }
 
@@ -230,12 +243,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 def table(out: dict[str, Any]) -> str:
     rows = [
         f"{'mode':10} {'iteration s':>12} {'rollout s':>10} {'tail share':>11} {'overlapped s':>13}"
+        f" {'last fn ms/step':>16}"
     ]
     for name in ("staged", "streamed"):
         s = out[name]
         rows.append(
             f"{name:10} {s['seconds']:12.2f} {s['rollout_seconds']:10.2f} "
-            f"{s['tail_share']:11.0%} {s['overlapped_seconds']:13.2f}"
+            f"{s['tail_share']:11.0%} {s['overlapped_seconds']:13.2f} "
+            f"{s['last_function_ms_per_step']:16.2f}"
         )
     after = out["streamed"]["after_rollout"]
     if after:
@@ -243,7 +258,8 @@ def table(out: dict[str, Any]) -> str:
             f"streamed, after the rollout's end (medians): {after['seconds']:.3f} s, of which "
             f"{after['forward_backward']:.3f} s the forward and backward of the groups not "
             f"trained by then ({after['samples']:.0f} samples, {after['tokens']:.0f} tokens, "
-            f"longest {after['longest']:.0f}); the rest is the step, the weights and waits"
+            f"longest {after['longest']:.0f}); the rest is the step, the weights and waits; "
+            f"samples trained while their group decoded: {out['streamed']['trained_open']:.0f}"
         )
     tailed = out["median_pair_tailed"]
     rows += [

@@ -267,5 +267,6 @@ def _scaling_row(rollout: RolloutOutcome) -> dict[str, Any]:
         "predicted_usd": rollout.predicted_usd,
         "usd": rollout.usd,
         "finished_at": rollout.finished_at,  # each generate function's end, from the start
+        "decode": rollout.decode,  # each call's decode steps and seconds, in reply order
         "cut_decisions": msgspec.to_builtins(rollout.cut_decisions),  # cut_controller.py
     }

@@ -32,6 +32,7 @@ from rlhfless.scaling.curve import plan_usd
 from rlhfless.stages.cut_controller import CutController, CutDecision, Moves
 from rlhfless.stages.protocol import ROLLOUT, CutRow, GenerateReply, reply
 from rlhfless.stages.rollout_batch import GroupStream, RolloutBatch
+from rlhfless.stages.side_calls import SideCalls
 
 if TYPE_CHECKING:
     from rlhfless.scaling.policy import RolloutPlan
@@ -71,6 +72,9 @@ class RolloutOutcome(msgspec.Struct, kw_only=True):
     # Seconds from the stage's start to each generate function's end, in order: the rollout's
     # tail is what runs after the first of them (what a streamed iteration fills).
     finished_at: list[float] = []
+    # Each generate / resume call's decode steps and seconds, in the order they replied: how
+    # fast each function decoded (a tail that decodes slower beside other work shows here).
+    decode: list[tuple[int, float]] = []
     cut_decisions: list[CutDecision] = []  # every poll that cut, and what its estimates rested on
 
 
@@ -91,7 +95,7 @@ class _Call:
         self.batch = RolloutBatch(len(prompt_ids) * g)
         if sink is not None:
             self.batch.stream = GroupStream(sink, len(prompt_ids), g)
-        self.running: dict[int, Any] = {}  # function index -> handle, while its generate runs
+        self.running: dict[int, Any] = {}  # function index -> SideCalls, while its generate runs
         self.leases: list[tuple[float, bool]] = []
         self.started: list[int] = []  # pids, as functions start
         self.ends: list[float] = []  # seconds from the start to each generate's reply
@@ -257,7 +261,7 @@ class RolloutStage:
             if p.on_rollout_started is not None and len(call.started) == len(call.groups):
                 p.on_rollout_started(list(call.started))
             await self._prepare(h)
-            call.running[index] = h
+            side = call.running[index] = SideCalls(h)
             try:  # cuts are the controller's: none is decided inside a function
                 return reply(await h.generate(
                     [call.prompt_ids[i] for i in rows], g, cfg.max_new_tokens, cfg.temperature,
@@ -267,6 +271,7 @@ class RolloutStage:
                 ), GenerateReply)  # fmt: skip
             finally:
                 call.running.pop(index, None)
+                await side.quiet()  # then release: a call in flight would retire it (cold)
 
         return await p.with_function(ROLLOUT, self.actor_args(), "rollout", on, leases=call.leases)
 
@@ -331,7 +336,7 @@ class RolloutStage:
             policy=plan.policy, predicted_seconds=plan.predicted_seconds,
             predicted_usd=plan.predicted_usd, seconds=seconds, usd=self._price(call.leases),
             function_seconds=sum(t for t, _ in call.leases), finished_at=call.ends,
-            cut_decisions=cuts.decisions,
+            decode=[(c.steps, c.decode_seconds) for c in calls], cut_decisions=cuts.decisions,
         )  # fmt: skip
 
     async def _resume(
