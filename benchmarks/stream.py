@@ -5,9 +5,10 @@
 
 Each round starts two runtimes over the same model dir, one running the job streamed
 (``pipeline.stream = true``), one staged, with the same prompts and seeds: both decode the same
-samples. Their iterations interleave (streamed i, staged i, staged i+1, streamed i+1, ...), so
-each pair of the same iteration runs a second apart, on the same machine state. The first
-iteration of each round (cold starts) is left out.
+samples (``--also KEY=VALUE``: a third, streamed with those settings, e.g.
+``pipeline.open_groups=0``). Their iterations interleave, the order rotating, so the jobs' same
+iteration runs seconds apart, on the same machine state. The first iteration of each round
+(cold starts) is left out.
 
 Reported, per mode, medians over the measured iterations: the iteration time, the rollout's tail
 share (time from the first rollout function's end to the last's, over the rollout) and, streamed,
@@ -88,11 +89,21 @@ COMMON = [
 ]
 
 
-def config(args: argparse.Namespace, run_dir: Path, stream: bool) -> Config:
-    sets = [*COMMON, *WORKLOADS[args.model], *args.set]  # --set has the last word
+def config(
+    args: argparse.Namespace, run_dir: Path, stream: bool, extra: list[str] | None = None
+) -> Config:
+    sets = [*COMMON, *WORKLOADS[args.model], *args.set, *(extra or [])]  # the last word wins
     return load_config(
         None, [*sets, f"run.run_dir={run_dir}", f"pipeline.stream={str(stream).lower()}"]
     )
+
+
+def modes(args: argparse.Namespace) -> dict[str, tuple[bool, list[str]]]:
+    """The jobs a round runs side by side: name -> (streamed, extra settings)."""
+    out = {"staged": (False, []), "streamed": (True, [])}
+    if args.also:
+        out["streamed " + " ".join(args.also)] = (True, args.also)
+    return out
 
 
 def prepare(args: argparse.Namespace, work: Path) -> Path:
@@ -112,32 +123,36 @@ def prepare(args: argparse.Namespace, work: Path) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def two_jobs(
+async def all_jobs(
     args: argparse.Namespace, model: Path, work: Path
-) -> AsyncIterator[dict[bool, Pipeline]]:
-    """The job streamed and staged, each on its own fresh runtime, both alive."""
+) -> AsyncIterator[dict[str, Pipeline]]:
+    """The job staged and streamed (and any ``--also`` variant), each on its own fresh
+    runtime, all alive."""
     async with contextlib.AsyncExitStack() as stack:
         jobs = {}
-        for stream in (True, False):
-            run_dir = work / ("streamed" if stream else "staged")
-            cfg = config(args, run_dir, stream)
+        for k, (name, (stream, extra)) in enumerate(modes(args).items()):
+            run_dir = work / f"job-{k}"
+            cfg = config(args, run_dir, stream, extra)
             rt = await stack.enter_async_context(Runtime(slots=cfg.runtime.slots, keep_alive_s=600))
-            jobs[stream] = Pipeline(rt, cfg, model, run_dir)
+            jobs[name] = Pipeline(rt, cfg, model, run_dir)
         yield jobs
 
 
 async def one_round(
     args: argparse.Namespace, model: Path, work: Path, r: int
-) -> list[tuple[IterationMetrics, IterationMetrics]]:
-    """(staged, streamed) metrics of each measured iteration; the order alternates."""
-    pairs = []
-    async with two_jobs(args, model, work / f"round-{r}") as jobs:
+) -> list[dict[str, IterationMetrics]]:
+    """Each measured iteration's metrics by job; the order the jobs run in rotates."""
+    names = list(modes(args))
+    measured = []
+    async with all_jobs(args, model, work / f"round-{r}") as jobs:
         for i in range(args.iterations):
-            order = (True, False) if (r + i) % 2 == 0 else (False, True)
-            got = {stream: await jobs[stream].run_iteration(i) for stream in order}
+            shift = (r + i) % len(names)
+            got = {
+                name: await jobs[name].run_iteration(i) for name in names[shift:] + names[:shift]
+            }
             if i > 0:
-                pairs.append((got[False], got[True]))
-    return pairs
+                measured.append(got)
+    return measured
 
 
 def tail_seconds(m: IterationMetrics) -> float:
@@ -225,30 +240,35 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     rounds = []
     for r in range(args.rounds):
         t0 = time.perf_counter()
-        pairs = await one_round(args, model, work, r)
-        rounds.append(pairs)
+        measured = await one_round(args, model, work, r)
+        rounds.append(measured)
         print(
-            f"round {r}: {time.perf_counter() - t0:.1f} s; staged / streamed per iteration "
-            f"{[f'{a.seconds:.2f}/{b.seconds:.2f}' for a, b in pairs]}",
+            f"round {r}: {time.perf_counter() - t0:.1f} s; seconds per iteration ("
+            + " / ".join(modes(args))
+            + ") "
+            + str([" / ".join(f"{m.seconds:.2f}" for m in it.values()) for it in measured]),
             flush=True,
         )
     out: dict[str, Any] = {
-        "staged": mode_summary([a for r in rounds for a, _ in r]),
-        "streamed": mode_summary([b for r in rounds for _, b in r]),
+        name: mode_summary([it[name] for r in rounds for it in r]) for name in modes(args)
     }
-    out.update(speedups(rounds))
+    out.update(speedups([[(it["staged"], it["streamed"]) for it in r] for r in rounds]))
+    out["also"] = {
+        name: speedups([[(it["staged"], it[name]) for it in r] for r in rounds])
+        for name in list(modes(args))[2:]
+    }
     return out
 
 
 def table(out: dict[str, Any]) -> str:
     rows = [
-        f"{'mode':10} {'iteration s':>12} {'rollout s':>10} {'tail share':>11} {'overlapped s':>13}"
+        f"{'mode':34} {'iteration s':>12} {'rollout s':>10} {'tail share':>11} {'overlapped s':>13}"
         f" {'last fn ms/step':>16}"
     ]
-    for name in ("staged", "streamed"):
+    for name in ["staged", "streamed", *out["also"]]:
         s = out[name]
         rows.append(
-            f"{name:10} {s['seconds']:12.2f} {s['rollout_seconds']:10.2f} "
+            f"{name:34} {s['seconds']:12.2f} {s['rollout_seconds']:10.2f} "
             f"{s['tail_share']:11.0%} {s['overlapped_seconds']:13.2f} "
             f"{s['last_function_ms_per_step']:16.2f}"
         )
@@ -271,6 +291,13 @@ def table(out: dict[str, Any]) -> str:
         f"most streaming can save here (the staged tails): {out['bound']:.2f}x; "
         f"same samples both ways: {out['same_samples']}",
     ]
+    for name, also in out["also"].items():
+        rows.append(
+            f"{name}: speedup {also['speedup']:.2f}x (rounds: "
+            f"{', '.join(f'{x:.2f}' for x in also['per_round'])}); its after the rollout: "
+            f"{out[name]['after_rollout'].get('seconds', 0.0):.3f} s; same samples: "
+            f"{also['same_samples']}"
+        )
     return "\n".join(rows)
 
 
@@ -280,6 +307,10 @@ if __name__ == "__main__":
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iterations", type=int, default=11, help="per round; the first is left out")
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
+    ap.add_argument(
+        "--also", action="append", default=[],
+        help="KEY=VALUE: also run the streamed job with these settings, side by side",
+    )  # fmt: skip
     a = ap.parse_args()
     if a.rounds < 1 or a.iterations < 2:
         ap.error("need --rounds >= 1 and --iterations >= 2 (the first is left out)")
@@ -295,7 +326,7 @@ if __name__ == "__main__":
     print(table(result))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     # a variant, or another number of rounds or iterations: its own entry
-    key = " ".join([a.model, f"{a.rounds}x{a.iterations}", *a.set])
+    key = " ".join([a.model, f"{a.rounds}x{a.iterations}", *a.set, *(f"also {x}" for x in a.also)])
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     old[key] = result
     RESULTS.write_text(json.dumps(old, indent=2))
