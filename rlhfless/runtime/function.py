@@ -27,6 +27,8 @@ import zmq.asyncio
 
 from rlhfless.runtime.errors import BadMessage
 from rlhfless.runtime.messages import (
+    CPU_SLOTS_ENV,
+    PIN_CORES_ENV,
     Call,
     Codec,
     Error,
@@ -45,9 +47,28 @@ STATS_METHOD = "_rlhfless_stats"  # the one private method a caller may use: the
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
+def slot_cores(slot: int, slots: int, allowed: set[int]) -> set[int]:
+    """CPU slot ``slot``'s own cores: the ``allowed`` cores split evenly over ``slots`` (a
+    remainder belongs to none); empty when a share would be under one core."""
+    per = len(allowed) // max(1, slots)
+    return set(sorted(allowed)[slot * per : (slot + 1) * per]) if per else set()
+
+
+def pin_to_slot(spec: Spawn) -> None:
+    """A function that asked to (``PIN_CORES_ENV``) runs on its CPU slot's cores only: the
+    scheduler then never moves other work onto the core it decodes on, nor it onto another's."""
+    slots = spec.env.get(CPU_SLOTS_ENV, "")
+    if spec.env.get(PIN_CORES_ENV) != "1" or not slots or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = slot_cores(spec.slot, int(slots), os.sched_getaffinity(0))
+    if cores:
+        os.sched_setaffinity(0, cores)
+
+
 def apply_binding(spec: Spawn) -> None:
     """Device binding and thread counts, before anything imports CUDA or the actor's module."""
     os.environ.update(spec.env)
+    pin_to_slot(spec)
     for var in _THREAD_VARS:
         os.environ[var] = str(spec.threads)
     torch = sys.modules.get("torch")

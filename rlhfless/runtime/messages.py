@@ -27,6 +27,12 @@ from rlhfless.runtime.errors import BadMessage
 # Message structs. Field order is the wire order (array_like keeps bodies small and fast).
 
 
+# In a Spawn's env: "1" asks the function to keep to its CPU slot's own cores (Runtime.spawn's
+# pin_cores); the runtime sets CPU_SLOTS_ENV on a node of CPU slots (how many it has).
+PIN_CORES_ENV = "RLHFLESS_PIN_CORES"
+CPU_SLOTS_ENV = "RLHFLESS_CPU_SLOTS"
+
+
 class Spawn(msgspec.Struct, array_like=True, frozen=True):
     """Controller -> zygote: fork a function that hosts ``actor`` on ``slot``."""
 

@@ -37,6 +37,8 @@ from rlhfless.runtime.gangs import Gangs
 from rlhfless.runtime.handle import _DEFAULT, Handle
 from rlhfless.runtime.locality import Locality
 from rlhfless.runtime.messages import (
+    CPU_SLOTS_ENV,
+    PIN_CORES_ENV,
     BillingEvent,
     Call,
     Codec,
@@ -170,10 +172,13 @@ class Runtime(Messaging, WarmPool, Locality, ZygoteHost, Gangs, Closing):
         timeout: float | None = None,
         node: str | None = None,
         weights: bool = True,
+        pin_cores: bool = False,
     ) -> Handle[T]:
         """Start (or reuse a warm) function hosting ``actor(*args, **init_kwargs)`` on a slot.
 
         ``node`` pins the function to one node (see :meth:`nodes`); by default placement picks.
+        ``pin_cores``: on a node of CPU slots, the function runs on its slot's own cores only
+        (the node's cores split evenly over its slots); elsewhere it changes nothing.
         ``weights=False``: the function never loads the published weights
         (:meth:`publish_weights`), so across machines its node is not sent them on its account.
         """
@@ -187,6 +192,8 @@ class Runtime(Messaging, WarmPool, Locality, ZygoteHost, Gangs, Closing):
                 f"0..{self._devices_of(node).slots - 1}"
             )
         threads = threads or self.threads
+        if pin_cores:  # in the reuse key too: a pinned warm function serves pinned spawns only
+            env = {**(env or {}), PIN_CORES_ENV: "1"}
         init_frames, key = self._reuse_key(path, args, init_kwargs, threads, env)
         warm = self._take_warm(key, slot, node)
         if warm is not None:
@@ -206,6 +213,8 @@ class Runtime(Messaging, WarmPool, Locality, ZygoteHost, Gangs, Closing):
         slot = await self._choose_slot(slot, deadline, node)
         fid = f"{node}-{self._token}-f{next(self._ids)}"
         bind = {"CUDA_VISIBLE_DEVICES": str(slot) if devices.gpu else ""}
+        if not devices.gpu:  # CPU slots: a function that asks keeps to its slot's cores
+            bind[CPU_SLOTS_ENV] = str(devices.slots)
         endpoint = self.endpoint
         if node != self.node:
             remote = self.cluster.by_name(node) if self.cluster else None

@@ -36,7 +36,7 @@ class Leases:
 
     async def spawn(
         self, actor: str, args: tuple[Any, ...], stage: str, threads: int | None,
-        node: str | None, weights: bool,
+        node: str | None, weights: bool, pin_cores: bool = False,
     ) -> Any:  # fmt: skip
         if actor in self.gangs:  # placement packs a gang on one node when it can
             path, size = self.gangs[actor]
@@ -48,8 +48,9 @@ class Leases:
         if node is not None and node not in self.rt.nodes():
             node = None  # the pinned node is gone: placement picks
         return await self.rt.spawn(
-            actor, *args, stage=stage, threads=threads, node=node, weights=weights
-        )
+            actor, *args, stage=stage, threads=threads, node=node, weights=weights,
+            pin_cores=pin_cores,
+        )  # fmt: skip
 
     def died(self, exc: FunctionDied, attempt: int, stage: str) -> None:
         """Count a death to re-run after, or raise it: out of attempts, or it would recur."""
@@ -70,15 +71,17 @@ class Leases:
         leases: LeaseLog | None = None,
         node: str | None = None,
         weights: bool = False,
+        pin_cores: bool = False,
     ) -> R:
         """Spawn (or reuse warm), run ``work(handle)``, release; re-run on a new function if it
         dies. ``leases`` collects each function's lease for pricing; ``weights``: the function
-        reads the published weights (rollouts)."""
+        reads the published weights (rollouts); ``pin_cores``: on CPU slots it keeps to its
+        slot's cores (rollouts: Runtime.spawn)."""
         for attempt in range(MAX_RETRIES + 1):
             t0 = time.perf_counter()
             handle = None
             try:  # a node lost while the function starts is a death too (NodeLost)
-                handle = await self.spawn(actor, args, stage, threads, node, weights)
+                handle = await self.spawn(actor, args, stage, threads, node, weights, pin_cores)
                 return await work(handle)
             except FunctionDied as exc:
                 self.died(exc, attempt, stage)

@@ -74,10 +74,13 @@ class RunState:
         leases: list[tuple[float, bool]] | None = None,
         node: str | None = None,
     ) -> R:
-        """One unit of work on a function (stages/leases.py); only rollouts read the weights."""
+        """One unit of work on a function (stages/leases.py); only rollouts read the weights.
+        Rollouts keep to their slot's cores on CPU slots: the scoring and training that stream
+        beside the tail then run on the cores the finished functions freed, not on the one a
+        function still decodes on (docs/streaming.md)."""
         return await self.leases.run(
             actor, args, stage, work, threads=threads, leases=leases, node=node,
-            weights=actor == ROLLOUT,
+            weights=actor == ROLLOUT, pin_cores=actor == ROLLOUT,
         )  # fmt: skip
 
     def weights_route(self) -> tuple[str, int]:

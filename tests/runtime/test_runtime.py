@@ -1,12 +1,14 @@
 """Functions on demand: spawn, calls, the typed proxy, concurrency, binding, bad actors."""
 
 import asyncio
+import os
 import time
 
 import pytest
 import torch
 
 from rlhfless.runtime import ActorInitError, RemoteError, Runtime, RuntimeClosed, SpawnError
+from rlhfless.runtime.function import slot_cores
 from tests.runtime.actors import Echo
 from tests.runtime.conftest import ECHO
 
@@ -74,6 +76,30 @@ async def test_binding_env_and_threads(rt: Runtime) -> None:
     assert await h.env("OMP_NUM_THREADS") == "1"
     assert await h.env("MY_FLAG") == "on"
     assert await h.threads() == 1
+
+
+async def test_pinned_functions_keep_to_their_slots_cores(rt: Runtime) -> None:
+    """``pin_cores``: each CPU slot's function on its own share of the cores, unpinned ones on
+    all of them; a pinned warm function serves only pinned spawns."""
+    every = sorted(os.sched_getaffinity(0))
+    slots = rt.devices.slots  # one per core here
+    pinned = [await rt.spawn(ECHO, slot=s, pin_cores=True) for s in range(slots)]
+    per = len(every) // slots
+    for s, h in enumerate(pinned):
+        assert await h.cores() == every[s * per : (s + 1) * per]
+    free = await rt.spawn(ECHO, slot=0)
+    assert await free.cores() == every
+    pids = {await h.getpid() for h in pinned}
+    for h in pinned:
+        await h.release()
+    again = await rt.spawn(ECHO, slot=0, pin_cores=True)
+    assert await again.getpid() in pids  # warm, reused
+    assert await free.getpid() not in pids
+
+
+def test_slot_cores_split_the_cores_evenly() -> None:
+    assert slot_cores(1, 2, {0, 1, 2, 3, 4}) == {2, 3}  # the remainder (4) belongs to none
+    assert slot_cores(0, 3, {5, 7}) == set()  # under one core each: no pinning
 
 
 async def test_bad_actor_paths_fail_at_spawn(rt: Runtime) -> None:
