@@ -147,12 +147,19 @@ async def one_round(
     async with all_jobs(args, model, work / f"round-{r}") as jobs:
         for i in range(args.iterations):
             shift = (r + i) % len(names)
-            got = {
-                name: await jobs[name].run_iteration(i) for name in names[shift:] + names[:shift]
-            }
+            got = {}
+            for name in names[shift:] + names[:shift]:
+                cpu = time.process_time()
+                got[name] = await jobs[name].run_iteration(i)
+                DRIVER_CPU[id(got[name])] = time.process_time() - cpu
             if i > 0:
                 measured.append(got)
     return measured
+
+
+# The driver process's CPU seconds in each iteration (this process: the controller's event loop,
+# its calls and replies); keyed by the metrics object's id.
+DRIVER_CPU: dict[int, float] = {}
 
 
 def tail_seconds(m: IterationMetrics) -> float:
@@ -182,6 +189,7 @@ def per_iteration(m: IterationMetrics) -> dict[str, Any]:
         "after_rollout": m.after_rollout,
         "trained_open": m.trained_open,
         "cold_starts": m.cold_starts,
+        "driver_cpu_seconds": DRIVER_CPU.get(id(m), 0.0),
     }
 
 
@@ -194,6 +202,7 @@ def mode_summary(ms: list[IterationMetrics]) -> dict[str, Any]:
         "tail_share": med(tail_share(m) for m in ms),
         "tail_seconds": med(tail_seconds(m) for m in ms),
         "last_function_ms_per_step": med(last_step_ms(m) for m in ms),
+        "driver_cpu_seconds": med(DRIVER_CPU.get(id(m), 0.0) for m in ms),
         "overlapped_seconds": med(m.overlapped_seconds for m in ms),
         "stage_seconds": {k: med(m.stage_seconds[k] for m in ms) for k in ms[0].stage_seconds},
         # streamed GRPO: medians of what ran after the rollout's end (IterationMetrics)
@@ -263,14 +272,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 def table(out: dict[str, Any]) -> str:
     rows = [
         f"{'mode':34} {'iteration s':>12} {'rollout s':>10} {'tail share':>11} {'overlapped s':>13}"
-        f" {'last fn ms/step':>16}"
+        f" {'last fn ms/step':>16} {'driver CPU s':>13}"
     ]
     for name in ["staged", "streamed", *out["also"]]:
         s = out[name]
         rows.append(
             f"{name:34} {s['seconds']:12.2f} {s['rollout_seconds']:10.2f} "
             f"{s['tail_share']:11.0%} {s['overlapped_seconds']:13.2f} "
-            f"{s['last_function_ms_per_step']:16.2f}"
+            f"{s['last_function_ms_per_step']:16.2f} {s['driver_cpu_seconds']:13.3f}"
         )
     after = out["streamed"]["after_rollout"]
     if after:
