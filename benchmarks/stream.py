@@ -313,7 +313,7 @@ def table(out: dict[str, Any]) -> str:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=sorted(WORKLOADS), default="tiny")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iterations", type=int, default=11, help="per round; the first is left out")
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
     ap.add_argument(
