@@ -15,8 +15,14 @@ from typing import TYPE_CHECKING, Any
 from rlhfless.runtime.config import RuntimeConfig
 from rlhfless.runtime.devices import NodeDevices
 from rlhfless.runtime.errors import SpawnError
-from rlhfless.runtime.messages import Codec, Init, Release
+from rlhfless.runtime.messages import PIN_CORES_ENV, Codec, Init, Release
 from rlhfless.runtime.state import FunctionState, RuntimeStats, actor_path, reuse_key
+
+
+def spawn_env(env: dict[str, str] | None, pin_cores: bool) -> dict[str, str] | None:
+    """The env a spawn asks for, as its reuse key sees it: ``pin_cores`` is part of it, so a
+    pinned warm function serves pinned spawns only (and is counted for them only)."""
+    return {**(env or {}), PIN_CORES_ENV: "1"} if pin_cores else env
 
 
 class WarmPool:
@@ -58,11 +64,13 @@ class WarmPool:
         threads: int | None = None,
         env: dict[str, str] | None = None,
         init_kwargs: dict[str, Any] | None = None,
+        pin_cores: bool = False,
     ) -> int:
         """How many warm functions a :meth:`spawn` with these arguments would reuse now, on the
         nodes that are up: what a caller planning its next stage can count on not cold-starting
         (a released function stays warm ``keep_alive_s``, unless evicted)."""
         path = actor_path(actor)
+        env = spawn_env(env, pin_cores)
         _, key = self._reuse_key(path, args, init_kwargs, threads or self.threads, env)
         return self._count_warm(key)
 

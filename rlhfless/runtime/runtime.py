@@ -38,7 +38,6 @@ from rlhfless.runtime.handle import _DEFAULT, Handle
 from rlhfless.runtime.locality import Locality
 from rlhfless.runtime.messages import (
     CPU_SLOTS_ENV,
-    PIN_CORES_ENV,
     BillingEvent,
     Call,
     Codec,
@@ -46,7 +45,7 @@ from rlhfless.runtime.messages import (
 )
 from rlhfless.runtime.messaging import Messaging
 from rlhfless.runtime.nodes import Cluster
-from rlhfless.runtime.pool import WarmPool
+from rlhfless.runtime.pool import WarmPool, spawn_env
 from rlhfless.runtime.procutil import kill
 from rlhfless.runtime.state import FunctionState, RuntimeStats, actor_path, expire
 from rlhfless.runtime.weights import WEIGHTS_ENV
@@ -192,8 +191,7 @@ class Runtime(Messaging, WarmPool, Locality, ZygoteHost, Gangs, Closing):
                 f"0..{self._devices_of(node).slots - 1}"
             )
         threads = threads or self.threads
-        if pin_cores:  # in the reuse key too: a pinned warm function serves pinned spawns only
-            env = {**(env or {}), PIN_CORES_ENV: "1"}
+        env = spawn_env(env, pin_cores)
         init_frames, key = self._reuse_key(path, args, init_kwargs, threads, env)
         warm = self._take_warm(key, slot, node)
         if warm is not None:

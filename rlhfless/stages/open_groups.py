@@ -3,15 +3,20 @@
 A sample's advantage is affine in its reward, ``A_i = (R_i - mean) * scale`` with the group's
 mean and scale (``algorithms.grpo_baseline``), and while each of its tokens' ratio to the
 sampling policy lies inside the clip range its loss is ``A_i`` times its loss at advantage 1,
-whose gradient is ``u_i``. So the group's gradient is
+whose gradient is ``u_i``. Centred on the reward ``c`` of the group's first sample here,
+``A_i = (R_i - c) * scale + A_c``, so the group's gradient is
 
-    scale * (sum_i R_i u_i  -  mean * sum_i u_i)
+    scale * sum_i (R_i - c) u_i  +  A_c * sum_i u_i
 
 and both sums can be added up sample by sample as the group's samples end, before its mean and
 scale are known: a forward and backward per sample in the rollout's tail, instead of the whole
 group's after its longest sample. Samples of one reward share a backward (one gradient serves
-both sums). When the group's last samples end, the stage closes it: their advantages are known,
-so they train as any complete group's, and the sums are scaled into the step's gradient.
+both sums). When the group's last samples end, the stage closes it with the group's scale and
+every sample's advantage as the whole-group path computes them: its last samples train as any
+complete group's, and the sums are scaled into the step's gradient. (Centred, a group whose
+rewards are all equal adds nothing to the first sum, and its gradient is ``A_c`` times the
+second, whatever the rounding: with ``scale`` at 1/eps, uncentred sums would have turned the
+rounding of ``mean`` into a gradient.)
 
 A sample with a token outside the clip range is not linear in its advantage (the clip cuts its
 gradient by the advantage's sign): it waits for its group's close and trains then. A KL term
@@ -35,8 +40,9 @@ from rlhfless.stages.micro_batch import micro_batches
 class OpenGroup:
     """One group's two gradient sums, and its samples so far (trained or waiting)."""
 
-    def __init__(self) -> None:
-        self.sum_r: list[torch.Tensor | None] = []  # sum of R_i u_i, per parameter
+    def __init__(self, centre: float) -> None:
+        self.centre = centre  # the reward of the group's first sample here
+        self.sum_c: list[torch.Tensor | None] = []  # sum of (R_i - centre) u_i, per parameter
         self.sum_1: list[torch.Tensor | None] = []  # sum of u_i
         self.rows: list[dict[str, Any]] = []  # prompt_ids, response_ids, old_logprobs, reward
         self.loss_at_1: list[float | None] = []  # each row's loss at advantage 1; None: waits
@@ -45,30 +51,33 @@ class OpenGroup:
         """Add the gradient ``grads`` of samples whose reward is ``reward`` to both sums."""
         if not self.sum_1:
             self.sum_1 = [None] * len(grads)
-            self.sum_r = [None] * len(grads)
+            self.sum_c = [None] * len(grads)
+        off = reward - self.centre
         for i, g in enumerate(grads):
             if g is None:
                 continue
-            s1, sr = self.sum_1[i], self.sum_r[i]
+            s1 = self.sum_1[i]
             self.sum_1[i] = g.clone() if s1 is None else s1.add_(g)
-            self.sum_r[i] = g * reward if sr is None else sr.add_(g, alpha=reward)
+            if off:
+                sc = self.sum_c[i]
+                self.sum_c[i] = g * off if sc is None else sc.add_(g, alpha=off)
 
-    def gradient(self, mean: float, scale: float) -> Iterator[tuple[int, torch.Tensor]]:
-        """(parameter index, its gradient) of the group's trained samples."""
-        for i, (s1, sr) in enumerate(zip(self.sum_1, self.sum_r, strict=True)):
-            if s1 is not None and sr is not None:
-                yield i, sr.sub_(s1, alpha=mean).mul_(scale)
+    def gradient(self, scale: float, a_centre: float) -> Iterator[tuple[int, torch.Tensor]]:
+        """(parameter index, its gradient) of the group's trained samples, given the group's
+        scale and the advantage of a sample whose reward is the centre."""
+        for i, (s1, sc) in enumerate(zip(self.sum_1, self.sum_c, strict=True)):
+            if s1 is None:
+                continue
+            g = s1.mul_(a_centre)
+            yield i, g if sc is None else g.add_(sc, alpha=scale)
 
     def waiting(self) -> list[int]:
         return [j for j, loss in enumerate(self.loss_at_1) if loss is None]
 
-    def trained_loss(self, mean: float, scale: float) -> float:
+    def trained_loss(self, advantages: list[float]) -> float:
         """What the trained samples add to the step's loss sum, their advantages now known."""
-        return sum(
-            (row["reward"] - mean) * scale * loss
-            for row, loss in zip(self.rows, self.loss_at_1, strict=True)
-            if loss is not None
-        )
+        taken = zip(advantages[: len(self.loss_at_1)], self.loss_at_1, strict=True)
+        return sum(a * loss for a, loss in taken if loss is not None)
 
 
 @contextmanager

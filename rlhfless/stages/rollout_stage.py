@@ -44,6 +44,15 @@ curve_log = logging.getLogger("rlhfless.rollout.curve")  # scaling.show_curve
 SCALER_STATE = "scaler.json"  # in the run's state dir: what a checkpoint keeps of the scaler
 
 
+# What RolloutActor answers to the calls beside a generate when none runs (stages/side_calls.py).
+IDLE_ANSWERS: dict[str, Any] = {
+    "take_finished": [],
+    "progress": None,
+    "admit": False,
+    "cut_now": False,
+}
+
+
 class RolloutOutcome(msgspec.Struct, kw_only=True):
     response_ids: list[list[int]]  # group-major, sample g of prompt i at i * G + g
     logprobs: list[Any]
@@ -204,7 +213,7 @@ class RolloutStage:
         # The rollout functions the runtime holds warm now (the last iteration's, unless their
         # keep-alive ran out or another function evicted them): the plan prices them by the
         # second and without a cold start.
-        warm = p.rt.warm_count(ROLLOUT, *self.actor_args())
+        warm = p.warm_count(ROLLOUT, self.actor_args())
         g = p.cfg.train.group_size
         # Cuts are planned with the costs this stage executes them with (re-prefill only when
         # KV never ships: vLLM, or no link).
@@ -261,7 +270,7 @@ class RolloutStage:
             if p.on_rollout_started is not None and len(call.started) == len(call.groups):
                 p.on_rollout_started(list(call.started))
             await self._prepare(h)
-            side = call.running[index] = SideCalls(h)
+            side = call.running[index] = SideCalls(h, IDLE_ANSWERS)
             try:  # cuts are the controller's: none is decided inside a function
                 return reply(await h.generate(
                     [call.prompt_ids[i] for i in rows], g, cfg.max_new_tokens, cfg.temperature,
@@ -271,6 +280,7 @@ class RolloutStage:
                 ), GenerateReply)  # fmt: skip
             finally:
                 call.running.pop(index, None)
+                side.close()
                 await side.quiet()  # then release: a call in flight would retire it (cold)
 
         return await p.with_function(ROLLOUT, self.actor_args(), "rollout", on, leases=call.leases)

@@ -83,6 +83,10 @@ class RunState:
             weights=actor == ROLLOUT, pin_cores=actor == ROLLOUT,
         )  # fmt: skip
 
+    def warm_count(self, actor: str, args: tuple[Any, ...]) -> int:
+        """Warm functions a :meth:`with_function` of ``actor`` with ``args`` would reuse now."""
+        return self.rt.warm_count(actor, *args, pin_cores=actor == ROLLOUT)
+
     def weights_route(self) -> tuple[str, int]:
         """Where the trainer puts weights larger than rollout.weights_file_mb (node-local file).
 

@@ -61,12 +61,15 @@ class TrainPlan:
         self.samples: dict[int, _Scored] = {}
         self.sent: set[int] = set()  # rows the trainer has taken
         self.open: list[int] = []  # groups trained sample by sample, in the order opened
+        self.taken: dict[int, list[int]] = {}  # an open group's keys, in the order sent
 
     def take(self, chunk: Chunk) -> list[TrainCall]:
         """The trainer calls for one scored chunk, in order."""
+        # float32, as the advantages are computed: an open group's sums are centred on them
+        rewards = torch.tensor(chunk.rewards, dtype=torch.float32).tolist()
         for j, k in enumerate(chunk.rows):
             self.samples[k] = _Scored(
-                chunk.prompt_ids[j], chunk.response_ids[j], chunk.logprobs[j], chunk.rewards[j],
+                chunk.prompt_ids[j], chunk.response_ids[j], chunk.logprobs[j], rewards[j],
                 chunk.ref[j] if chunk.ref is not None else None,
             )  # fmt: skip
         touched = sorted({k // self.g for k in chunk.rows})
@@ -121,16 +124,20 @@ class TrainPlan:
 
     def _open_call(self, group: int) -> TrainCall:
         keys = self._unsent(group)
+        self.taken.setdefault(group, []).extend(keys)
         rewards = [self.samples[k].reward for k in keys]
         return TrainCall(
             "accumulate_open", {"group": group, **self._rows(keys), "rewards": rewards}
         )
 
     def _close(self, group: int) -> TrainCall:
+        """The group's advantages and scale exactly as a whole group's (``_whole``)."""
         rewards = torch.tensor([[self.samples[k].reward for k in self._keys(group)]])
-        mean, scale = alg.grpo_baseline(rewards, scale_by_std=self.cfg.scale_adv_by_std)
+        adv = alg.grpo_advantages(rewards, self.g, scale_by_std=self.cfg.scale_adv_by_std)[0]
+        _, scale = alg.grpo_baseline(rewards, scale_by_std=self.cfg.scale_adv_by_std)
         keys = self._unsent(group)
+        order = self.taken.pop(group) + keys
         return TrainCall("close_group", {
-            "group": group, "mean": float(mean), "scale": float(scale), **self._rows(keys),
-            "rewards": [self.samples[k].reward for k in keys],
+            "group": group, "scale": float(scale),
+            "advantages": [float(adv[k - group * self.g]) for k in order], **self._rows(keys),
         })  # fmt: skip

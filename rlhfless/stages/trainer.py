@@ -235,7 +235,7 @@ class TrainerActor(Updater):
         outside the clip range waits for :meth:`close_group`. Returns the samples waiting."""
         stream = self._open_stream()
         self._check_open_groups()
-        og = stream.open.setdefault(group, OpenGroup())
+        og = stream.open.setdefault(group, OpenGroup(centre=float(rewards[0])))
         zeros = [torch.zeros(len(r)) for r in response_ids]
         batch = _PolicyBatch(
             prompt_ids, response_ids, old_logprobs, zeros, None, temperature, self.device
@@ -280,41 +280,53 @@ class TrainerActor(Updater):
     def close_group(
         self,
         group: int,
-        mean: float,
         scale: float,
+        advantages: list[float],
         prompt_ids: list[list[int]],
         response_ids: list[list[int]],
         old_logprobs: list[torch.Tensor],
-        rewards: list[float],
         temperature: float,
     ) -> int:
-        """``group``'s last samples ended: with advantages ``(reward - mean) * scale`` known,
-        add its sums to the step's gradient and train these samples and its waiting ones."""
+        """``group``'s last samples ended. ``advantages``: every sample's, as the whole group's
+        step computes them (the samples taken open, in the order taken, then these); ``scale``:
+        the group's. Adds the group's sums to the step's gradient and trains these samples and
+        the ones that waited."""
         stream = self._open_stream()
         if group not in stream.open:
             raise RuntimeError(f"group {group} is not open here: accumulate_open it first")
-        og = stream.open.pop(group)
-        add_into(list(self.model.parameters()), og.gradient(mean, scale))
-        stream.sums.loss += og.trained_loss(mean, scale)
-        waiting = [og.rows[j] for j in og.waiting()]
+        og = stream.open[group]
+        if len(advantages) != len(og.rows) + len(response_ids):
+            raise ValueError(
+                f"group {group}: {len(advantages)} advantages for "
+                f"{len(og.rows) + len(response_ids)} samples"
+            )
+        del stream.open[group]
+        add_into(list(self.model.parameters()), og.gradient(scale, advantages[0]))
+        stream.sums.loss += og.trained_loss(advantages)
         new = [
-            {"prompt_ids": p, "response_ids": r, "old_logprobs": o, "reward": float(w)}
-            for p, r, o, w in zip(prompt_ids, response_ids, old_logprobs, rewards, strict=True)
+            {"prompt_ids": p, "response_ids": r, "old_logprobs": o}
+            for p, r, o in zip(prompt_ids, response_ids, old_logprobs, strict=True)
         ]
         stream.units += units(response_ids, self.cfg.loss_agg)
-        late = self._rows_batch(waiting + new, mean, scale, temperature)
-        for idx in micro_batches(late.lengths, 1, self.cfg.micro_batch_tokens):
-            self._backward(late, idx, stream.sums, 1.0)
-        stream.chunks.append(self._rows_batch(og.rows + new, mean, scale, temperature))
+        rows, late = (
+            og.rows + new,
+            og.waiting() + list(range(len(og.rows), len(og.rows) + len(new))),
+        )
+        waited = self._rows_batch(
+            [rows[j] for j in late], [advantages[j] for j in late], temperature
+        )
+        for idx in micro_batches(waited.lengths, 1, self.cfg.micro_batch_tokens):
+            self._backward(waited, idx, stream.sums, 1.0)
+        stream.chunks.append(self._rows_batch(rows, advantages, temperature))
         return len(stream.chunks)
 
     def _rows_batch(
-        self, rows: list[dict[str, Any]], mean: float, scale: float, temperature: float
+        self, rows: list[dict[str, Any]], advantages: list[float], temperature: float
     ) -> _PolicyBatch:
         return _PolicyBatch(
             [r["prompt_ids"] for r in rows], [r["response_ids"] for r in rows],
             [r["old_logprobs"] for r in rows],
-            [torch.full((len(r["response_ids"]),), (r["reward"] - mean) * scale) for r in rows],
+            [torch.full((len(r["response_ids"]),), a) for r, a in zip(rows, advantages, strict=True)],
             None, temperature, self.device,
         )  # fmt: skip
 

@@ -87,14 +87,15 @@ async def test_pinned_functions_keep_to_their_slots_cores(rt: Runtime) -> None:
     per = len(every) // slots
     for s, h in enumerate(pinned):
         assert await h.cores() == every[s * per : (s + 1) * per]
-    free = await rt.spawn(ECHO, slot=0)
-    assert await free.cores() == every
     pids = {await h.getpid() for h in pinned}
     for h in pinned:
         await h.release()
+    assert rt.warm_count(ECHO, pin_cores=True) == slots and rt.warm_count(ECHO) == 0
+    plain = await rt.spawn(ECHO, slot=0)  # not one of the pinned warm functions: a new one
+    assert await plain.getpid() not in pids
+    assert await plain.cores() == every
     again = await rt.spawn(ECHO, slot=0, pin_cores=True)
     assert await again.getpid() in pids  # warm, reused
-    assert await free.getpid() not in pids
 
 
 def test_slot_cores_split_the_cores_evenly() -> None:

@@ -18,6 +18,8 @@ from rlhfless.adapters.hf import pack_sequences, response_logprobs
 from rlhfless.adapters.tiny import build_tiny_model
 from rlhfless.stages import algorithms as alg
 from rlhfless.stages.config import TrainConfig
+from rlhfless.stages.groups import GroupAssembler
+from rlhfless.stages.protocol import FinishedSample
 from rlhfless.stages.train_plan import Chunk, TrainPlan
 from rlhfless.stages.trainer import TrainerActor
 
@@ -31,7 +33,9 @@ def _cfg(**extra: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _batch(model: Any, pad_id: int, groups: int = 2) -> dict[str, Any]:
+def _batch(
+    model: Any, pad_id: int, groups: int = 2, rewards: list[float] | None = None
+) -> dict[str, Any]:
     rng = random.Random(7)
     prompt_ids, responses = [], []
     for _ in range(groups):
@@ -44,7 +48,7 @@ def _batch(model: Any, pad_id: int, groups: int = 2) -> dict[str, Any]:
         logp = response_logprobs(model, packed, 1.0)
     old = [logp[i, : len(r)].clone() for i, r in enumerate(responses)]
     old[2][0] += 0.5  # ratio exp(-0.5) = 0.61 < 0.8: sample 2 leaves the clip range
-    rewards = [1.0, 0.0, 0.25, 1.0, 0.5, 0.5, 0.0, 2.0][: groups * G]
+    rewards = rewards or [1.0, 0.0, 0.25, 1.0, 0.5, 0.5, 0.0, 2.0][: groups * G]
     return {"prompt_ids": prompt_ids, "response_ids": responses, "old": old, "rewards": rewards}
 
 
@@ -57,46 +61,61 @@ def _rows(b: dict[str, Any], keys: list[int]) -> dict[str, Any]:
     }
 
 
-def _whole(b: dict[str, Any], keys: list[int]) -> dict[str, Any]:
-    rewards = torch.tensor([b["rewards"][k] for k in keys])
-    adv = alg.grpo_advantages(rewards, G)
+def _scored(b: dict[str, Any], keys: list[int]) -> Chunk:
     rows = _rows(b, keys)
-    advantages = [
-        torch.full((len(r),), float(a)) for a, r in zip(adv, rows["response_ids"], strict=True)
-    ]
-    return {**rows, "advantages": advantages, "ref_logprobs": None}
+    return Chunk(
+        rows=keys, prompt_ids=rows["prompt_ids"], response_ids=rows["response_ids"],
+        logprobs=rows["old_logprobs"], rewards=[b["rewards"][k] for k in keys],
+    )  # fmt: skip
 
 
 def _trainer(model_dir: Path, tmp: Path, name: str, **cfg: Any) -> TrainerActor:
     return TrainerActor(str(model_dir), _cfg(**cfg), str(tmp / name))
 
 
+def _step(
+    t: TrainerActor, plan: TrainPlan, chunks: list[Chunk]
+) -> tuple[dict[str, Any], list[str]]:
+    """One streamed step as the stage runs it: the plan's calls for each chunk, in order."""
+    t.begin_step()
+    methods = []
+    for chunk in chunks:
+        for call in plan.take(chunk):
+            getattr(t, call.method)(**call.args)
+            methods.append(call.method)
+    return t.finish_step(), methods
+
+
 def _grads(t: TrainerActor) -> list[torch.Tensor]:
     return [p.grad.clone() for p in t.model.parameters() if p.grad is not None]
 
 
+# Rewards of two groups: spread in each; and the first group's all equal at a value that is
+# no power of two (its scale is 1 / eps: uncentred sums would turn rounding into a gradient).
+REWARDS = {
+    "spread": [1.0, 0.0, 0.25, 1.0, 0.5, 0.5, 0.0, 2.0],
+    "no spread": [0.3, 0.3, 0.3, 0.3, 0.1, 0.7, 0.7, 0.2],
+}
+
+
+@pytest.mark.parametrize("rewards", sorted(REWARDS))
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
-def test_open_group_gives_the_whole_groups_gradient(tmp_path: Path, agg: str) -> None:
+def test_open_group_gives_the_whole_groups_gradient(tmp_path: Path, agg: str, rewards: str) -> None:
     model_dir = build_tiny_model(tmp_path / "model", seed=0)
     whole = _trainer(model_dir, tmp_path, "whole", loss_agg=agg)
-    b = _batch(whole.model, whole.pad_id)
-    whole.begin_step()
-    whole.accumulate(**_whole(b, list(range(2 * G))))
-    a = whole.finish_step()
+    b = _batch(whole.model, whole.pad_id, rewards=REWARDS[rewards])
+    cfg = TrainConfig(group_size=G, loss_agg=agg)  # type: ignore[arg-type]
+    a, methods = _step(whole, TrainPlan(cfg, 1.0, open_max=0), [_scored(b, list(range(2 * G)))])
+    assert methods == ["accumulate"]
 
     opened = _trainer(model_dir, tmp_path, "open", loss_agg=agg)
-    opened.begin_step()
-    r = b["rewards"]
-    assert opened.accumulate_open(0, **_rows(b, [0, 2]), rewards=[r[0], r[2]]) == 1  # 2 waits
-    assert opened.accumulate_open(0, **_rows(b, [1]), rewards=[r[1]]) == 1
-    mean, scale = alg.grpo_baseline(torch.tensor([r[:G]]))
-    opened.close_group(0, float(mean), float(scale), **_rows(b, [3]), rewards=[r[3]])
-    opened.accumulate(**_whole(b, [4, 5, 6, 7]))  # the second group trains whole
-    o = opened.finish_step()
+    chunks = [_scored(b, [0, 2]), _scored(b, [1]), _scored(b, [3, 4, 5, 6, 7])]
+    o, methods = _step(opened, TrainPlan(cfg, 1.0, open_max=1), chunks)
+    assert methods == ["accumulate_open", "accumulate_open", "accumulate", "close_group"]
 
     for key in ("loss", "clip_frac", "grad_norm"):
         assert o[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
-    assert a["clip_frac"] > 0  # sample 2's clipped tokens count in both
+    assert a["clip_frac"] > 0 or rewards == "no spread"  # sample 2's clipped tokens count in both
     for ga, go in zip(_grads(whole), _grads(opened), strict=True):
         torch.testing.assert_close(go, ga, rtol=1e-4, atol=1e-7)
     for (name, wa), wo in zip(
@@ -111,7 +130,7 @@ def test_open_groups_refuse_what_they_cannot_do(tmp_path: Path) -> None:
     b = _batch(t.model, t.pad_id, groups=1)
     t.begin_step()
     with pytest.raises(RuntimeError, match="group 3 is not open"):
-        t.close_group(3, 0.0, 1.0, **_rows(b, [0]), rewards=[1.0])
+        t.close_group(3, 1.0, [0.5], **_rows(b, [0]))
     t.accumulate_open(0, **_rows(b, [0]), rewards=[1.0])
     with pytest.raises(RuntimeError, match=r"groups \[0\] are still open"):
         t.finish_step()
@@ -143,10 +162,11 @@ def test_plan_opens_at_most_open_max_and_trains_every_sample_once() -> None:
     assert [(c.method, c.args.get("group")) for c in calls] == [
         ("close_group", 0), ("accumulate_open", 1),
     ]  # fmt: skip
-    mean, scale = alg.grpo_baseline(torch.tensor([[rewards[k] for k in range(G)]]))
-    assert calls[0].args["mean"] == pytest.approx(float(mean))
-    assert calls[0].args["scale"] == pytest.approx(float(scale))
-    assert calls[0].args["rewards"] == [rewards[2], rewards[3]]
+    r0 = torch.tensor([rewards[k] for k in range(G)])
+    assert calls[0].args["scale"] == pytest.approx(float(alg.grpo_baseline(r0[None])[1]))
+    adv = alg.grpo_advantages(r0, G).tolist()  # in the order taken: 0, 1, then 2, 3
+    assert calls[0].args["advantages"] == pytest.approx([adv[0], adv[1], adv[2], adv[3]])
+    assert calls[0].args["response_ids"] == [[5] * 3, [5] * 4]
     assert calls[1].args["response_ids"] == [[5] * 5]  # key 4, held until now
     every += (calls := plan.take(_chunk([5, 6, 7], rewards)))
     assert [(c.method, c.args.get("group")) for c in calls] == [("close_group", 1)]
@@ -161,3 +181,20 @@ def test_plan_without_open_groups_trains_whole_groups_only() -> None:
     calls = plan.take(_chunk([3, 4, 5, 6, 7], rewards))
     assert [c.method for c in calls] == ["accumulate"]
     assert len(calls[0].args["response_ids"]) == 2 * G
+
+
+def _finished(key: int, finish: str = "eos") -> FinishedSample:
+    return FinishedSample(key=key, token_ids=[5], logprobs=torch.zeros(1), finish=finish)
+
+
+def test_parts_hand_on_each_new_sample_then_the_whole_group() -> None:
+    whole, parts = GroupAssembler(2, 2), GroupAssembler(2, 2, parts=True)
+    assert whole.add(_finished(0)) is None
+    part = parts.add(_finished(0))
+    assert part is not None and not part.complete and [s.key for s in part.samples] == [0]
+    for a in (whole, parts):
+        assert a.add(_finished(0)) is None  # a repeat (a re-run function's copy)
+        assert a.add(_finished(1, "cut")) is None  # cut: it continues elsewhere
+        group = a.add(_finished(1))
+        assert group is not None and group.complete and [s.key for s in group.samples] == [0, 1]
+    assert parts.missing() == [1]
