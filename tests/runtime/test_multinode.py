@@ -75,6 +75,7 @@ async def test_spawn_call_tensors_across_hosts(rt: Runtime) -> None:
     assert again.warm
 
 
+@pytest.mark.slow  # the default run kills an agent mid-rollout (tests/stages/test_train_across_hosts.py)
 async def test_kill_9_agent_mid_call_then_readmitted(rt: Runtime, hosts: list[netns.Host]) -> None:
     h0 = await rt.spawn(ECHO, node="host0")
     h1 = await rt.spawn(ECHO, node="host1")

@@ -167,7 +167,17 @@ def test_after_the_rollout_counts_only_what_ran_after_its_end() -> None:
     assert none_late["forward_backward"] == 0 and none_late["samples"] == 0
 
 
-@pytest.mark.parametrize("method", ["accumulate_open", "close_group", "score", "finish_step"])
+@pytest.mark.parametrize(
+    "method",
+    # the default run: the trainer as it takes an open group's sample and as it steps, and the
+    # reward function; closing a group (a replay of open samples and a close) in the slow tier
+    [
+        "accumulate_open",
+        pytest.param("close_group", marks=pytest.mark.slow),
+        "score",
+        "finish_step",
+    ],
+)
 async def test_a_function_killed_mid_stream_loses_no_sample_and_no_step(
     tmp_path: Path, method: str
 ) -> None:

@@ -146,6 +146,7 @@ async def test_agent_killed_and_link_down_mid_rollout_lose_no_sample(
         assert hit["killed"] <= e.exited_at <= hit["link_down"] + 2.0 + 1.5, e
 
 
+@pytest.mark.slow  # the default run trains on agents in the test above (the API, not the CLI)
 def test_launch_static_runs_train_on_the_agents(tmp_path: Path, cluster) -> None:
     hosts, keys = cluster
     agents = [arg for h in hosts for arg in ("--agent", h.address)]
