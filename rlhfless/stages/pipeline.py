@@ -61,8 +61,9 @@ class IterationMetrics(msgspec.Struct, kw_only=True):
     # the groups that were not trained by then ("tokens" in them, their "longest" response,
     # "samples"); the rest is the optimiser step, the weights and waits. Empty when staged.
     after_rollout: dict[str, float] = {}
-    # Streamed GRPO: samples trained while others of their group still decoded
-    # (pipeline.open_groups); the rest trained with their whole group.
+    # Streamed GRPO: samples handed to the trainer while others of their group still decoded
+    # (pipeline.open_groups; one whose tokens left the clip range waits there for the group);
+    # the rest trained with their whole group.
     trained_open: int = 0
     streamed: bool = False  # pipeline.stream
     started_at: float = 0.0  # Unix seconds (the billing events' clock): the timeline's window
