@@ -23,11 +23,12 @@ from rlhfless.adapters.hf import (
     response_logprobs,
 )
 from rlhfless.stages import algorithms as alg
-from rlhfless.stages.common import DTYPES, function_device, pad_rows
+from rlhfless.stages.common import DTYPES, function_device
 from rlhfless.stages.config import TrainConfig
 from rlhfless.stages.handover import HandOver
 from rlhfless.stages.micro_batch import group_micro_batches, micro_batches, units
 from rlhfless.stages.open_groups import OpenGroup, add_into, by_reward, grads_apart
+from rlhfless.stages.policy_batch import LossSums, OpenStep, PolicyBatch
 from rlhfless.stages.updater import Updater
 
 
@@ -52,7 +53,7 @@ class TrainerActor(Updater):
             self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
         )
         self.handover = HandOver(state_dir, self.model, self.opt)
-        self._stream: _Stream | None = None  # an open streamed step (begin_step)
+        self._stream: OpenStep | None = None  # an open streamed step (begin_step)
 
     def weights(self, file_dir: str | None = None, file_above_bytes: int = 0) -> dict[str, Any]:
         """The current weights with their version: inline as tensors (zero-copy frames), or,
@@ -110,16 +111,16 @@ class TrainerActor(Updater):
         ref_logprobs: list[torch.Tensor] | None,
         temperature: float,
     ) -> dict[str, float]:
-        batch = _PolicyBatch(
+        batch = PolicyBatch(
             prompt_ids, response_ids, old_logprobs, advantages, ref_logprobs, temperature,
             self.device,
         )  # fmt: skip
-        sums = _Sums()
+        sums = LossSums()
         for epoch in range(self.cfg.epochs):
             self._epoch(batch, sums, first=epoch == 0)
         return self._reduced(sums).stats(self.cfg.epochs)
 
-    def _epoch(self, batch: _PolicyBatch, sums: _Sums, first: bool = False) -> None:
+    def _epoch(self, batch: PolicyBatch, sums: LossSums, first: bool = False) -> None:
         """One optimiser step over the whole batch: grad accumulation over micro-batches. The
         first epoch's micro-batches keep groups apart, as the streamed step's must."""
         cfg = self.cfg
@@ -134,7 +135,7 @@ class TrainerActor(Updater):
         self._clip_and_step(sums)
 
     def _backward(
-        self, batch: _PolicyBatch, idx: list[int], sums: _Sums, scale: float, live: bool = True
+        self, batch: PolicyBatch, idx: list[int], sums: LossSums, scale: float, live: bool = True
     ) -> None:
         """Forward and backward of micro-batch ``idx``: its loss times its units (tokens, or
         sequences for seq-mean-token-mean) times ``scale``. With scale 1/units of the batch the
@@ -167,15 +168,15 @@ class TrainerActor(Updater):
         if live:
             sums.add(float(loss.detach()), float(kl.detach()), float(clip), weight)
 
-    def _clip_and_step(self, sums: _Sums) -> None:
+    def _clip_and_step(self, sums: LossSums) -> None:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         # sharded: a replicated DTensor, the norm of the whole gradient
         sums.grad_norm += float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         self.opt.step()
 
-    def _reduced(self, sums: _Sums) -> _Sums:
+    def _reduced(self, sums: LossSums) -> LossSums:
         """The statistics of the whole batch (a gang adds up its ranks': ``_summed``)."""
-        out = _Sums()
+        out = LossSums()
         out.loss, out.kl, out.clip_frac = self._summed([sums.loss, sums.kl, sums.clip_frac])
         out.grad_norm = sums.grad_norm  # clip_grad_norm_ took the whole gradient's already
         return out
@@ -195,7 +196,7 @@ class TrainerActor(Updater):
         self.handover.flush()
         replayed = self._catch_up(expected_version, replay)
         self.opt.zero_grad(set_to_none=True)
-        self._stream = _Stream(replayed=replayed, t0=time.perf_counter())
+        self._stream = OpenStep(replayed=replayed, t0=time.perf_counter())
         return replayed
 
     def accumulate(
@@ -209,7 +210,7 @@ class TrainerActor(Updater):
     ) -> int:
         """Forward and backward of one chunk of the open step; returns the chunks taken."""
         stream = self._open_stream()
-        chunk = _PolicyBatch(
+        chunk = PolicyBatch(
             prompt_ids, response_ids, old_logprobs, advantages, ref_logprobs, temperature,
             self.device,
         )  # fmt: skip
@@ -237,7 +238,7 @@ class TrainerActor(Updater):
         self._check_open_groups()
         og = stream.open.setdefault(group, OpenGroup(centre=float(rewards[0])))
         zeros = [torch.zeros(len(r)) for r in response_ids]
-        batch = _PolicyBatch(
+        batch = PolicyBatch(
             prompt_ids, response_ids, old_logprobs, zeros, None, temperature, self.device
         )
         stream.units += batch.units(self.cfg.loss_agg)
@@ -252,7 +253,7 @@ class TrainerActor(Updater):
         return len(og.waiting())
 
     def _backward_open(
-        self, batch: _PolicyBatch, idx: list[int], og: OpenGroup, reward: float,
+        self, batch: PolicyBatch, idx: list[int], og: OpenGroup, reward: float,
         losses: list[float | None],
     ) -> None:  # fmt: skip
         """One micro-batch of one reward: the gradient of its loss at advantage 1 (its rows
@@ -322,8 +323,8 @@ class TrainerActor(Updater):
 
     def _rows_batch(
         self, rows: list[dict[str, Any]], advantages: list[float], temperature: float
-    ) -> _PolicyBatch:
-        return _PolicyBatch(
+    ) -> PolicyBatch:
+        return PolicyBatch(
             [r["prompt_ids"] for r in rows], [r["response_ids"] for r in rows],
             [r["old_logprobs"] for r in rows],
             [torch.full((len(r["response_ids"]),), a) for r, a in zip(rows, advantages, strict=True)],
@@ -349,7 +350,7 @@ class TrainerActor(Updater):
                 p.grad.mul_(scale)
         stream.sums.scale(scale)
         self._clip_and_step(stream.sums)
-        whole = _PolicyBatch.join(stream.chunks)
+        whole = PolicyBatch.join(stream.chunks)
         for _ in range(self.cfg.epochs - 1):
             self._epoch(whole, stream.sums)
         self.handover.stepped()
@@ -361,83 +362,7 @@ class TrainerActor(Updater):
             "seconds": time.perf_counter() - stream.t0,
         }
 
-    def _open_stream(self) -> _Stream:
+    def _open_stream(self) -> OpenStep:
         if self._stream is None:
             raise RuntimeError("no streamed step is open here: call begin_step first")
         return self._stream
-
-
-class _PolicyBatch:
-    """A policy step's inputs, padded once to the batch's longest response."""
-
-    def __init__(
-        self,
-        prompt_ids: list[list[int]],
-        response_ids: list[list[int]],
-        old_logprobs: list[torch.Tensor],
-        advantages: list[torch.Tensor],
-        ref_logprobs: list[torch.Tensor] | None,
-        temperature: float,
-        device: torch.device,
-    ) -> None:
-        self.prompt_ids, self.response_ids = prompt_ids, response_ids
-        self.device = device
-        self.raw = (old_logprobs, advantages, ref_logprobs)
-        self.temperature = temperature
-        self.lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
-        width = max(1, max(len(r) for r in response_ids))
-        self.old = pad_rows(old_logprobs, width, device)
-        self.adv = pad_rows(advantages, width, device)
-        self.ref = pad_rows(ref_logprobs, width, device) if ref_logprobs is not None else None
-
-    def units(self, agg: str) -> float:
-        return units(self.response_ids, agg)
-
-    @staticmethod
-    def join(chunks: list[_PolicyBatch]) -> _PolicyBatch:
-        refs = [c.raw[2] for c in chunks]
-        return _PolicyBatch(
-            [p for c in chunks for p in c.prompt_ids],
-            [r for c in chunks for r in c.response_ids],
-            [t for c in chunks for t in c.raw[0]],
-            [t for c in chunks for t in c.raw[1]],
-            None if any(r is None for r in refs) else [t for r in refs for t in r or []],
-            chunks[0].temperature,
-            chunks[0].device,
-        )
-
-
-class _Sums:
-    """Loss statistics added up over micro-batches (weighted as their gradients are)."""
-
-    def __init__(self) -> None:
-        self.loss = self.kl = self.clip_frac = self.grad_norm = 0.0
-
-    def add(self, loss: float, kl: float, clip: float, weight: float) -> None:
-        self.loss += loss * weight
-        self.kl += kl * weight
-        self.clip_frac += clip * weight
-
-    def scale(self, factor: float) -> None:
-        self.loss, self.kl, self.clip_frac = (
-            self.loss * factor, self.kl * factor, self.clip_frac * factor,
-        )  # fmt: skip
-
-    def stats(self, epochs: int) -> dict[str, float]:
-        return {
-            "loss": self.loss / epochs,
-            "kl": self.kl / epochs,
-            "clip_frac": self.clip_frac / epochs,
-            "grad_norm": self.grad_norm / epochs,
-        }
-
-
-class _Stream:
-    """An open streamed step: chunks taken so far and their summed statistics."""
-
-    def __init__(self, replayed: int, t0: float) -> None:
-        self.replayed, self.t0 = replayed, t0
-        self.units = 0.0
-        self.sums = _Sums()
-        self.chunks: list[_PolicyBatch] = []
-        self.open: dict[int, OpenGroup] = {}  # groups still decoding, trained sample by sample
