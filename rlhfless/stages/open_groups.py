@@ -44,7 +44,7 @@ class OpenGroup:
         self.centre = centre  # the reward of the group's first sample here
         self.sum_c: list[torch.Tensor | None] = []  # sum of (R_i - centre) u_i, per parameter
         self.sum_1: list[torch.Tensor | None] = []  # sum of u_i
-        self.rows: list[dict[str, Any]] = []  # prompt_ids, response_ids, old_logprobs, reward
+        self.rows: list[dict[str, Any]] = []  # prompt_ids, response_ids, old_logprobs
         self.loss_at_1: list[float | None] = []  # each row's loss at advantage 1; None: waits
 
     def add(self, grads: list[torch.Tensor | None], reward: float) -> None:

@@ -143,13 +143,8 @@ class TrainerActor(Updater):
         a pass that adds nothing (weight 0), for a rank of a sharded trainer whose share ran
         out while the others still need it in their collectives."""
         cfg = self.cfg
-        packed = pack_sequences(
-            [batch.prompt_ids[i] for i in idx], [batch.response_ids[i] for i in idx], self.pad_id,
-            self.device,
-        )  # fmt: skip
-        mask = packed.response_mask
+        logp, mask = self._forward(batch, idx)
         w = mask.shape[1]
-        logp = response_logprobs(self.model, packed, batch.temperature)
         loss, clip = alg.policy_loss(
             logp, batch.old[idx, :w], batch.adv[idx, :w], mask, cfg.clip_eps, cfg.clip_eps_high,
             cfg.loss_agg,
@@ -167,6 +162,14 @@ class TrainerActor(Updater):
         (loss * weight).backward()
         if live:
             sums.add(float(loss.detach()), float(kl.detach()), float(clip), weight)
+
+    def _forward(self, batch: PolicyBatch, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Micro-batch ``idx``'s response log-probs and response mask ([B, T] each)."""
+        packed = pack_sequences(
+            [batch.prompt_ids[i] for i in idx], [batch.response_ids[i] for i in idx], self.pad_id,
+            self.device,
+        )  # fmt: skip
+        return response_logprobs(self.model, packed, batch.temperature), packed.response_mask
 
     def _clip_and_step(self, sums: LossSums) -> None:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
@@ -245,10 +248,7 @@ class TrainerActor(Updater):
         losses: list[float | None] = [None] * len(rewards)
         for idx in by_reward(rewards, batch.lengths, self.cfg.micro_batch_tokens):
             self._backward_open(batch, idx, og, rewards[idx[0]], losses)
-        og.rows += [
-            {"prompt_ids": p, "response_ids": r, "old_logprobs": o, "reward": float(w)}
-            for p, r, o, w in zip(prompt_ids, response_ids, old_logprobs, rewards, strict=True)
-        ]
+        og.rows += _sample_rows(prompt_ids, response_ids, old_logprobs)
         og.loss_at_1 += losses
         return len(og.waiting())
 
@@ -259,12 +259,7 @@ class TrainerActor(Updater):
         """One micro-batch of one reward: the gradient of its loss at advantage 1 (its rows
         whose tokens all lie inside the clip range) into the group's sums."""
         cfg = self.cfg
-        packed = pack_sequences(
-            [batch.prompt_ids[i] for i in idx], [batch.response_ids[i] for i in idx], self.pad_id,
-            self.device,
-        )  # fmt: skip
-        mask = packed.response_mask
-        logp = response_logprobs(self.model, packed, batch.temperature)
+        logp, mask = self._forward(batch, idx)
         ratio = torch.exp(logp - batch.old[idx, : mask.shape[1]])
         linear = alg.clip_range_rows(ratio.detach(), mask, cfg.clip_eps, cfg.clip_eps_high)
         per_row = alg.row_losses(-ratio, mask, cfg.loss_agg) * linear
@@ -304,10 +299,7 @@ class TrainerActor(Updater):
         del stream.open[group]
         add_into(list(self.model.parameters()), og.gradient(scale, advantages[0]))
         stream.sums.loss += og.trained_loss(advantages)
-        new = [
-            {"prompt_ids": p, "response_ids": r, "old_logprobs": o}
-            for p, r, o in zip(prompt_ids, response_ids, old_logprobs, strict=True)
-        ]
+        new = _sample_rows(prompt_ids, response_ids, old_logprobs)
         stream.units += units(response_ids, self.cfg.loss_agg)
         rows, late = (
             og.rows + new,
@@ -366,3 +358,14 @@ class TrainerActor(Updater):
         if self._stream is None:
             raise RuntimeError("no streamed step is open here: call begin_step first")
         return self._stream
+
+
+def _sample_rows(
+    prompt_ids: list[list[int]], response_ids: list[list[int]], old_logprobs: list[torch.Tensor]
+) -> list[dict[str, Any]]:
+    """An open group's samples as it keeps them, to train at its close (those that waited)
+    and in the later epochs."""
+    return [
+        {"prompt_ids": p, "response_ids": r, "old_logprobs": o}
+        for p, r, o in zip(prompt_ids, response_ids, old_logprobs, strict=True)
+    ]
