@@ -204,17 +204,8 @@ def choose_k(
     the best one whose makespan stays within the guard's bound over round robin's on the
     worst case of the scenarios (:mod:`~rlhfless.scaling.worst_case`)."""
     lam = check_lam(lam)
-    if within_fraction is not None and not (
-        math.isfinite(within_fraction) and within_fraction >= 0
-    ):
-        raise BadScalingSetting("within_fraction", within_fraction, "a finite number >= 0")
-    candidates = sorted(set(ks))
-    if not candidates:
-        raise BadScalingSetting("k range", candidates, "non-empty", "check k_min and k_max.")
-    methods: list[AssignMethod] = [method]
-    for alt in margin.alternatives if margin is not None else ():
-        if alt not in methods:
-            methods.append(alt)  # type: ignore[arg-type]
+    candidates = _candidates(ks, within_fraction)
+    methods = _methods(method, margin)
     curve: list[CurvePoint] = []
     assignments: dict[tuple[str, int], Assignment] = {}
     # Each candidate on each scenario without a cut: its expectation, and what a cut setting
@@ -244,17 +235,9 @@ def choose_k(
             curve, assignments, works, margin, params, pricing, within_fraction, transfer, plain,
             fastest=fastest, keep=check.passes if check is not None else None,
         )  # fmt: skip
-    rank: dict[str, int] = {m: i for i, m in enumerate(methods)}  # a point's method is a str
-    rank.setdefault("round_robin", len(rank))
-    cut_rank = {("none", 1.0): 0} | {c: i + 1 for i, c in enumerate(margin.cuts if margin else ())}
-
-    def tiebreak(p: CurvePoint) -> tuple[float, int, int, int, int]:
-        return (p.planned_seconds, p.functions, p.k, rank[p.method],
-                cut_rank[(p.cut, p.cut_threshold)])  # fmt: skip
-
+    order = _Order(methods, margin)
     if within_fraction is None:
-        ordered = sorted(curve, key=lambda p: (p.score, *tiebreak(p)[1:]))
-        criterion = "lam"
+        best, ratio = min(curve, key=lambda p: (p.score, *order.tiebreak(p)[1:])), None
     else:
         # With a margin, the bound is measured against what the slots could do warm (a cold
         # start every candidate pays is no part of the rollout's own time).
@@ -262,28 +245,52 @@ def choose_k(
         ok, _ = within_bound(curve, within_fraction, cold, warm, fastest=fastest)
         if baseline is not None and baseline not in ok:
             ok.append(baseline)
-        ordered = sorted(ok, key=lambda p: (p.planned_usd, *tiebreak(p)))
-        criterion = "within"
-    best, ratio = ordered[0], None
-    if check is not None and criterion == "within":
-        best, ratio = check.first(ordered)
+        ordered = sorted(ok, key=lambda p: (p.planned_usd, *order.tiebreak(p)))
+        best, ratio = check.first(ordered) if check is not None else (ordered[0], None)
     return ScalingDecision(
-        k=best.k,
-        functions=best.functions,
-        criterion=criterion,
-        lam=lam,
-        within_fraction=within_fraction,
-        cost_model=cost_model.name,
-        device_kind=device_kind,
-        curve=curve,
-        assignment=assignments[(best.method, best.k)],
-        method=best.method,
-        margin=margin.source if margin is not None else "off",
-        scenarios=len(margin.scenarios) if margin is not None else 0,
-        cut=best.cut,
-        cut_threshold=best.cut_threshold,
-        worst_case_ratio=ratio,
-    )
+        k=best.k, functions=best.functions, criterion="lam" if within_fraction is None else "within",
+        lam=lam, within_fraction=within_fraction, cost_model=cost_model.name,
+        device_kind=device_kind, curve=curve, assignment=assignments[(best.method, best.k)],
+        method=best.method, margin=margin.source if margin is not None else "off",
+        scenarios=len(margin.scenarios) if margin is not None else 0, cut=best.cut,
+        cut_threshold=best.cut_threshold, worst_case_ratio=ratio,
+    )  # fmt: skip
+
+
+def _candidates(ks: Iterable[int], within_fraction: float | None) -> list[int]:
+    """The k to try, in order; the bound checked (a finite fraction >= 0, or none)."""
+    if within_fraction is not None and not (
+        math.isfinite(within_fraction) and within_fraction >= 0
+    ):
+        raise BadScalingSetting("within_fraction", within_fraction, "a finite number >= 0")
+    candidates = sorted(set(ks))
+    if not candidates:
+        raise BadScalingSetting("k range", candidates, "non-empty", "check k_min and k_max.")
+    return candidates
+
+
+def _methods(method: AssignMethod, margin: Margin | None) -> list[AssignMethod]:
+    """The configured assignment first, then the margin's alternatives (ties go to it)."""
+    methods: list[AssignMethod] = [method]
+    for alt in margin.alternatives if margin is not None else ():
+        if alt not in methods:
+            methods.append(alt)  # type: ignore[arg-type]
+    return methods
+
+
+class _Order:
+    """How equal candidates rank: shorter, fewer functions, smaller k, the configured method
+    first (round robin last), no cut before a cut, then the margin's cuts in their order."""
+
+    def __init__(self, methods: list[AssignMethod], margin: Margin | None) -> None:
+        self.rank: dict[str, int] = {m: i for i, m in enumerate(methods)}  # a point's is a str
+        self.rank.setdefault("round_robin", len(self.rank))
+        cuts = margin.cuts if margin else ()
+        self.cut_rank = {("none", 1.0): 0} | {c: i + 1 for i, c in enumerate(cuts)}
+
+    def tiebreak(self, p: CurvePoint) -> tuple[float, int, int, int, int]:
+        return (p.planned_seconds, p.functions, p.k, self.rank[p.method],
+                self.cut_rank[(p.cut, p.cut_threshold)])  # fmt: skip
 
 
 def _round_robin_point(
