@@ -34,7 +34,7 @@ from rlhfless.adapters.common_prefix import (
     left_pad,
     suffix_batch,
 )
-from rlhfless.adapters.decode import Inbox, decode
+from rlhfless.adapters.decode import Decoded, Inbox, decode
 from rlhfless.adapters.errors import EngineError
 from rlhfless.adapters.kv_transfer import PrefixKV, resume_prefix
 from rlhfless.adapters.kv_transfer import cache_kwarg as _cache_kwarg
@@ -297,36 +297,9 @@ class HFEngine:
         ``drawn_before[i]`` earlier draws; a cut sample's key comes back in ``Generation.rng``,
         so it continues elsewhere as it would have here.
         """
-        if not prompts or group_size < 1 or max_new_tokens < 1:
-            raise EngineError(
-                f"need prompts, group_size >= 1 and max_new_tokens >= 1 (got {len(prompts)} "
-                f"prompts, group_size={group_size}, max_new_tokens={max_new_tokens})"
-            )
-        if not greedy and temperature <= 0:
-            raise EngineError(
-                f"temperature must be > 0 when sampling (got {temperature}); use greedy=True"
-            )
-        if any(len(p) == 0 for p in prompts):
-            raise EngineError("an empty prompt cannot be decoded from; every prompt needs a token")
+        _check_generate(prompts, group_size, max_new_tokens, temperature, greedy)
         row_prompt = [i for i in range(len(prompts)) for _ in range(group_size)]
-        if prefix is not None:  # prefilled elsewhere (a prefill function): nothing to run here
-            pre, prefill_tokens = prefix, 0
-        elif shared_prefix:  # one row per distinct prompt (duplicates across groups too)
-            pre = self.prefill(prompts, min_common_prefix)
-            prefill_tokens = pre.tokens
-        else:  # naive baseline: every sample prefilled on its own row
-            pre = self._prefill([list(prompts[i]) for i in row_prompt])
-            prefill_tokens = pre.tokens
-        if pre is not prefix and not shared_prefix:
-            src = list(range(len(row_prompt)))
-        else:
-            row_of = {tuple(p): i for i, p in enumerate(pre.prompts)}
-            missing = [i for i, p in enumerate(prompts) if tuple(p) not in row_of]
-            if missing:
-                raise EngineError(
-                    f"prompts {missing[:5]} are not in the given prefix; prefill them first"
-                )
-            src = [row_of[tuple(prompts[i])] for i in row_prompt]
+        pre, src = self._rows(prompts, row_prompt, prefix, shared_prefix, min_common_prefix)
         t1 = time.perf_counter()
         if seed is None:
             seed = int(torch.randint(2**62, ()).item())
@@ -335,33 +308,28 @@ class HFEngine:
             self, pre, src, max_new_tokens, temp, greedy, seed, stop, ship_kv, inbox, rng,
             drawn_before,
         )  # fmt: skip
-        t2 = time.perf_counter()
-        n = len(row_prompt)
-        samples = [
-            Sample(
-                prompt_index=row_prompt[r] if r < n else out.joined[r - n].partial.prompt_index,
-                token_ids=out.tokens[r],
-                logprobs=out.logprobs[r],
-                finish_reason=out.reasons[r],  # type: ignore[arg-type]
+        return _generation(out, row_prompt, group_size, pre, prefix, time.perf_counter() - t1)
+
+    def _rows(
+        self, prompts: Sequence[Sequence[int]], row_prompt: list[int], prefix: PrefixKV | None,
+        shared_prefix: bool, min_common_prefix: int | None,
+    ) -> tuple[PrefixKV, list[int]]:  # fmt: skip
+        """The prefilled KV the decode starts from, and each sample row's row in it."""
+        if prefix is not None:  # prefilled elsewhere (a prefill function): nothing to run here
+            pre = prefix
+        elif shared_prefix:  # one row per distinct prompt (duplicates across groups too)
+            pre = self.prefill(prompts, min_common_prefix)
+        else:  # naive baseline: every sample prefilled on its own row
+            return self._prefill([list(prompts[i]) for i in row_prompt]), list(
+                range(len(row_prompt))
             )
-            for r in range(len(out.tokens))
-        ]
-        return Generation(
-            samples=samples,
-            group_size=group_size,
-            prefill_tokens=prefill_tokens + out.joined_prefill_tokens,
-            decode_tokens=out.decode_tokens,
-            prefill_seconds=(pre.seconds if prefix is None else 0.0) + out.joined_prefill_seconds,
-            decode_seconds=t2 - t1 - out.joined_prefill_seconds,
-            common_prefix_tokens=pre.common if prefix is None else 0,
-            prefill_tokens_saved=(len(pre.prompts) - 1) * pre.common if prefix is None else 0,
-            kv=out.shipped,
-            rng=out.rng,
-            kv_tokens=out.kv_tokens,
-            joined=[j.key for j in out.joined],
-            joined_prefill_tokens=out.joined_prefill_tokens,
-            steps=out.steps,
-        )
+        row_of = {tuple(p): i for i, p in enumerate(pre.prompts)}
+        missing = [i for i, p in enumerate(prompts) if tuple(p) not in row_of]
+        if missing:
+            raise EngineError(
+                f"prompts {missing[:5]} are not in the given prefix; prefill them first"
+            )
+        return pre, [row_of[tuple(prompts[i])] for i in row_prompt]
 
     @torch.no_grad()
     def resume(
@@ -456,3 +424,54 @@ class HFEngine:
             lp = response_logprobs(self.model, batch, temperature).cpu()
             out.extend(lp[i, : len(r)] for i, r in enumerate(response_ids[s : s + micro_batch]))
         return out
+
+
+def _check_generate(
+    prompts: Sequence[Sequence[int]], group_size: int, max_new_tokens: int, temperature: float,
+    greedy: bool,
+) -> None:  # fmt: skip
+    if not prompts or group_size < 1 or max_new_tokens < 1:
+        raise EngineError(
+            f"need prompts, group_size >= 1 and max_new_tokens >= 1 (got {len(prompts)} "
+            f"prompts, group_size={group_size}, max_new_tokens={max_new_tokens})"
+        )
+    if not greedy and temperature <= 0:
+        raise EngineError(
+            f"temperature must be > 0 when sampling (got {temperature}); use greedy=True"
+        )
+    if any(len(p) == 0 for p in prompts):
+        raise EngineError("an empty prompt cannot be decoded from; every prompt needs a token")
+
+
+def _generation(
+    out: Decoded, row_prompt: list[int], group_size: int, pre: PrefixKV,
+    prefix: PrefixKV | None, seconds: float,
+) -> Generation:  # fmt: skip
+    """A decode's outcome as ``generate`` returns it: own samples first, then joiners."""
+    n = len(row_prompt)
+    samples = [
+        Sample(
+            prompt_index=row_prompt[r] if r < n else out.joined[r - n].partial.prompt_index,
+            token_ids=out.tokens[r],
+            logprobs=out.logprobs[r],
+            finish_reason=out.reasons[r],  # type: ignore[arg-type]
+        )
+        for r in range(len(out.tokens))
+    ]
+    here = prefix is None  # prefilled here (else another function paid for it)
+    return Generation(
+        samples=samples,
+        group_size=group_size,
+        prefill_tokens=(pre.tokens if here else 0) + out.joined_prefill_tokens,
+        decode_tokens=out.decode_tokens,
+        prefill_seconds=(pre.seconds if here else 0.0) + out.joined_prefill_seconds,
+        decode_seconds=seconds - out.joined_prefill_seconds,
+        common_prefix_tokens=pre.common if here else 0,
+        prefill_tokens_saved=(len(pre.prompts) - 1) * pre.common if here else 0,
+        kv=out.shipped,
+        rng=out.rng,
+        kv_tokens=out.kv_tokens,
+        joined=[j.key for j in out.joined],
+        joined_prefill_tokens=out.joined_prefill_tokens,
+        steps=out.steps,
+    )
