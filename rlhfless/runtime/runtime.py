@@ -183,6 +183,26 @@ class Runtime(Messaging, WarmPool, Locality, ZygoteHost, Gangs, Closing):
         """
         self._check_open()
         path = actor_path(actor)
+        self._check_place(node, slot)
+        threads = threads or self.threads
+        env = spawn_env(env, pin_cores)
+        init_frames, key = self._reuse_key(path, args, init_kwargs, threads, env)
+        warm = self._take_warm(key, slot, node)
+        if warm is not None:
+            return await self._hand_out_warm(warm, weights, timeout)
+        deadline = time.monotonic() + (timeout or self.config.ready_timeout_s)
+        node = node or self._place(path)
+        slot = await self._choose_slot(slot, deadline, node)
+        spec = self._spawn_spec(path, node, slot, threads, env)
+        devices = self._devices_of(node)
+        record = BillingRecord(spec.function_id, path, stage, node, slot, devices.kind)
+        fn = FunctionState(spec, path, key, record, init_frames)
+        fn.uses_weights = weights
+        self._fns[spec.function_id] = fn
+        self.stats.functions_started += 1
+        return await self._start_new(fn, deadline)
+
+    def _check_place(self, node: str | None, slot: int | None) -> None:
         if node is not None and node not in self.nodes():
             raise SpawnError(f"node {node!r} is not up; nodes up: {sorted(self.nodes())}")
         if slot is not None and not 0 <= slot < self._devices_of(node).slots:
@@ -190,25 +210,26 @@ class Runtime(Messaging, WarmPool, Locality, ZygoteHost, Gangs, Closing):
                 f"slot {slot} does not exist: this node has slots "
                 f"0..{self._devices_of(node).slots - 1}"
             )
-        threads = threads or self.threads
-        env = spawn_env(env, pin_cores)
-        init_frames, key = self._reuse_key(path, args, init_kwargs, threads, env)
-        warm = self._take_warm(key, slot, node)
-        if warm is not None:
-            if weights and self.cluster is not None and warm.record.node != self.node:
-                # The invariant a caller relies on: after publish_weights(v), any function it
-                # gets, warm or new, finds v in its node's cache.
-                try:
-                    deadline = time.monotonic() + (timeout or self.config.ready_timeout_s)
-                    await self.cluster.refresh_warm(warm, deadline)
-                except BaseException:
-                    await self._release(warm, warm.lease)
-                    raise
-            return Handle(self, warm, warm.lease)
-        deadline = time.monotonic() + (timeout or self.config.ready_timeout_s)
-        node = node or self._place(path)
+
+    async def _hand_out_warm(
+        self, warm: FunctionState, weights: bool, timeout: float | None
+    ) -> Handle[Any]:
+        if weights and self.cluster is not None and warm.record.node != self.node:
+            # The invariant a caller relies on: after publish_weights(v), any function it
+            # gets, warm or new, finds v in its node's cache.
+            try:
+                deadline = time.monotonic() + (timeout or self.config.ready_timeout_s)
+                await self.cluster.refresh_warm(warm, deadline)
+            except BaseException:
+                await self._release(warm, warm.lease)
+                raise
+        return Handle(self, warm, warm.lease)
+
+    def _spawn_spec(
+        self, path: str, node: str, slot: int, threads: int, env: dict[str, str] | None
+    ) -> Spawn:
+        """A new function's start: its device binding, where it calls home, what it imports."""
         devices = self._devices_of(node)
-        slot = await self._choose_slot(slot, deadline, node)
         fid = f"{node}-{self._token}-f{next(self._ids)}"
         bind = {"CUDA_VISIBLE_DEVICES": str(slot) if devices.gpu else ""}
         if not devices.gpu:  # CPU slots: a function that asks keeps to its slot's cores
@@ -221,12 +242,10 @@ class Runtime(Messaging, WarmPool, Locality, ZygoteHost, Gangs, Closing):
         else:
             bind[WEIGHTS_ENV] = self._weights_dir
         here = launch.import_context() if node == self.node else ([], "")
-        spec = Spawn(fid, path, endpoint, slot, {**bind, **(env or {})}, threads, *here)
-        record = BillingRecord(fid, path, stage, node, slot, devices.kind)
-        fn = FunctionState(spec, path, key, record, init_frames)
-        fn.uses_weights = weights
-        self._fns[fid] = fn
-        self.stats.functions_started += 1
+        return Spawn(fid, path, endpoint, slot, {**bind, **(env or {})}, threads, *here)
+
+    async def _start_new(self, fn: FunctionState, deadline: float) -> Handle[Any]:
+        """Launch a new function and wait for its READY; on any failure it is killed."""
         try:
             await self._launch(fn, deadline)
             ready = await asyncio.wait_for(
@@ -235,7 +254,9 @@ class Runtime(Messaging, WarmPool, Locality, ZygoteHost, Gangs, Closing):
         except TimeoutError:
             fn.expected_exit = True
             self._kill(fn)
-            raise SpawnError(f"function {fid} ({path}) sent no READY within its deadline") from None
+            raise SpawnError(
+                f"function {fn.function_id} ({fn.actor}) sent no READY within its deadline"
+            ) from None
         except BaseException:
             if fn.state != "dead":
                 fn.expected_exit = True
@@ -243,6 +264,7 @@ class Runtime(Messaging, WarmPool, Locality, ZygoteHost, Gangs, Closing):
             raise
         fn.state = "leased"
         fn.methods = frozenset(ready.methods)
+        record = fn.record
         self.stats.cold_start_s.append(
             record.ready_at - record.requested_at if record.ready_at else 0.0
         )
