@@ -157,7 +157,10 @@ class StreamedIteration:
             TRAINER, p.trainer_args(), "train", threads=p.trainer_threads(),
             node=p.home(TRAINER), on_start=self._start_trainer,
         )  # fmt: skip
-        plan = TrainPlan(cfg.train, cfg.rollout.temperature, self.open_max)
+        # One micro-batch per call where the trainer is one process: its threads then follow
+        # the machine between micro-batches (a gang's ranks share each call's micro-batches).
+        per_mb = cfg.train.slots == 1
+        plan = TrainPlan(cfg.train, cfg.rollout.temperature, self.open_max, per_mb)
         async with rx:
             async for chunk in rx:
                 self.chunks.append(chunk)

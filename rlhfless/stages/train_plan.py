@@ -11,6 +11,13 @@ them into trainer calls (``TrainerActor.accumulate / accumulate_open / close_gro
 - its last samples close it (``close_group``), their advantages now known;
 - the samples of a group that found no room wait, and the group opens when one closes.
 
+With ``per_micro_batch``, samples go to the trainer one micro-batch per call (the trainer's own
+micro-batches, ``group_micro_batches`` and ``by_reward``; whole groups' gradient is then the
+same to the bit, an open group's the same up to float rounding, as it is anyway): the stage
+sets the trainer's threads between calls, and a group whose training starts on the one core a
+finished rollout function freed goes on with every core the moment the rollout ends, instead of
+finishing on one.
+
 Pure bookkeeping (no processes): the calls are replayed in order after a trainer's death.
 """
 
@@ -24,6 +31,8 @@ import torch
 from rlhfless.stages import algorithms as alg
 from rlhfless.stages.config import TrainConfig
 from rlhfless.stages.iteration import grpo_rows
+from rlhfless.stages.micro_batch import group_micro_batches
+from rlhfless.stages.open_groups import by_reward
 
 
 class Chunk(msgspec.Struct, kw_only=True):
@@ -54,10 +63,13 @@ class TrainCall(msgspec.Struct, frozen=True):
 
 
 class TrainPlan:
-    def __init__(self, cfg: TrainConfig, temperature: float, open_max: int) -> None:
+    def __init__(
+        self, cfg: TrainConfig, temperature: float, open_max: int, per_micro_batch: bool = False
+    ) -> None:
         self.cfg, self.g, self.temperature, self.open_max = (
             cfg, cfg.group_size, temperature, open_max,
         )  # fmt: skip
+        self.per_micro_batch = per_micro_batch
         self.samples: dict[int, _Scored] = {}
         self.sent: set[int] = set()  # rows the trainer has taken
         self.open: list[int] = []  # groups trained sample by sample, in the order opened
@@ -74,13 +86,13 @@ class TrainPlan:
             )  # fmt: skip
         touched = sorted({k // self.g for k in chunk.rows})
         whole = [i for i in touched if self._complete(i) and i not in self.open]
-        calls = [self._whole(whole)] if whole else []
+        calls = self._whole(whole) if whole else []
         for i in touched:
             if i in self.open and self._complete(i):
                 self.open.remove(i)
                 calls.append(self._close(i))
             elif i in self.open:
-                calls.append(self._open_call(i))
+                calls += self._open_calls(i)
         calls += self._open_waiting()
         return calls
 
@@ -92,7 +104,7 @@ class TrainPlan:
                 break
             if i not in self.open and not self._complete(i):
                 self.open.append(i)
-                calls.append(self._open_call(i))
+                calls += self._open_calls(i)
         return calls
 
     def _complete(self, group: int) -> bool:
@@ -114,21 +126,47 @@ class TrainPlan:
             "temperature": self.temperature,
         }
 
-    def _whole(self, groups: list[int]) -> TrainCall:
+    def _whole(self, groups: list[int]) -> list[TrainCall]:
         keys = [k for i in groups for k in self._unsent(i)]
         rows = self._rows(keys)
         rewards = torch.tensor([self.samples[k].reward for k in keys], dtype=torch.float32)
         advantages = grpo_rows(rewards, [len(r) for r in rows["response_ids"]], self.cfg)
         ref = [self.samples[k].ref for k in keys] if self.cfg.uses_reference else None
-        return TrainCall("accumulate", {**rows, "advantages": advantages, "ref_logprobs": ref})
+        parts = [list(range(len(keys)))]
+        if self.per_micro_batch:  # the keys of whole groups: group-aligned, as the trainer's
+            lengths = [
+                len(self.samples[k].prompt_ids) + len(self.samples[k].response_ids) for k in keys
+            ]
+            parts = group_micro_batches(lengths, self.g, self.cfg.micro_batch_tokens)
+        calls = []
+        for idx in parts:
+            args = self._rows([keys[j] for j in idx])
+            args["advantages"] = [advantages[j] for j in idx]
+            args["ref_logprobs"] = [ref[j] for j in idx] if ref is not None else None
+            calls.append(TrainCall("accumulate", args))
+        return calls
 
-    def _open_call(self, group: int) -> TrainCall:
+    def _open_calls(self, group: int) -> list[TrainCall]:
+        """The group's samples not yet sent, into its sums: one call, or one per micro-batch
+        (the trainer's own: ``by_reward``), taken in the calls' order."""
         keys = self._unsent(group)
-        self.taken.setdefault(group, []).extend(keys)
-        rewards = [self.samples[k].reward for k in keys]
-        return TrainCall(
-            "accumulate_open", {"group": group, **self._rows(keys), "rewards": rewards}
-        )
+        parts = [keys]
+        if self.per_micro_batch and len(keys) > 1:
+            rewards = [self.samples[k].reward for k in keys]
+            lengths = [
+                len(self.samples[k].prompt_ids) + len(self.samples[k].response_ids) for k in keys
+            ]
+            parts = [
+                [keys[j] for j in idx]
+                for idx in by_reward(rewards, lengths, self.cfg.micro_batch_tokens)
+            ]
+        calls = []
+        for part in parts:
+            self.taken.setdefault(group, []).extend(part)
+            args = {"group": group, **self._rows(part)}
+            args["rewards"] = [self.samples[k].reward for k in part]
+            calls.append(TrainCall("accumulate_open", args))
+        return calls
 
     def _close(self, group: int) -> TrainCall:
         """The group's advantages and scale exactly as a whole group's (``_whole``)."""

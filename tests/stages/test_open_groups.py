@@ -19,6 +19,7 @@ from rlhfless.adapters.tiny import build_tiny_model
 from rlhfless.stages import algorithms as alg
 from rlhfless.stages.config import TrainConfig
 from rlhfless.stages.groups import GroupAssembler
+from rlhfless.stages.micro_batch import group_micro_batches
 from rlhfless.stages.protocol import FinishedSample
 from rlhfless.stages.train_plan import Chunk, TrainPlan
 from rlhfless.stages.trainer import TrainerActor
@@ -98,30 +99,77 @@ REWARDS = {
 }
 
 
+MB = 24  # micro-batch token budget: a group in more than one micro-batch
+
+
 @pytest.mark.parametrize("rewards", sorted(REWARDS))
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
 def test_open_group_gives_the_whole_groups_gradient(tmp_path: Path, agg: str, rewards: str) -> None:
     model_dir = build_tiny_model(tmp_path / "model", seed=0)
-    whole = _trainer(model_dir, tmp_path, "whole", loss_agg=agg)
+    whole = _trainer(model_dir, tmp_path, "whole", loss_agg=agg, micro_batch_tokens=MB)
     b = _batch(whole.model, whole.pad_id, rewards=REWARDS[rewards])
-    cfg = TrainConfig(group_size=G, loss_agg=agg)  # type: ignore[arg-type]
+    cfg = TrainConfig(group_size=G, loss_agg=agg, micro_batch_tokens=MB)  # type: ignore[arg-type]
     a, methods = _step(whole, TrainPlan(cfg, 1.0, open_max=0), [_scored(b, list(range(2 * G)))])
     assert methods == ["accumulate"]
+    lengths = [len(q) + len(r) for q, r in zip(b["prompt_ids"], b["response_ids"], strict=True)]
+    parts = group_micro_batches(lengths[G:], G, MB)  # group 1's micro-batches
+    assert len(parts) > 1
 
-    opened = _trainer(model_dir, tmp_path, "open", loss_agg=agg)
     chunks = [_scored(b, [0, 2]), _scored(b, [1]), _scored(b, [3, 4, 5, 6, 7])]
-    o, methods = _step(opened, TrainPlan(cfg, 1.0, open_max=1), chunks)
-    assert methods == ["accumulate_open", "accumulate_open", "accumulate", "close_group"]
+    for per_mb in (False, True):
+        opened = _trainer(
+            model_dir, tmp_path, f"open-{per_mb}", loss_agg=agg, micro_batch_tokens=MB
+        )
+        plan = TrainPlan(cfg, 1.0, open_max=1, per_micro_batch=per_mb)
+        o, methods = _step(opened, plan, chunks)
+        if not per_mb:
+            assert methods == ["accumulate_open", "accumulate_open", "accumulate", "close_group"]
+        else:  # one call per micro-batch: samples 0 and 2 apart where their rewards differ
+            opens = 3 if REWARDS[rewards][0] != REWARDS[rewards][2] else 2
+            assert methods[:opens] == ["accumulate_open"] * opens
+            assert methods[opens:-1] == ["accumulate"] * len(parts) and methods[-1] == "close_group"
+        for key in ("loss", "clip_frac", "grad_norm"):
+            assert o[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+        assert a["clip_frac"] > 0 or rewards == "no spread"  # sample 2's clipped tokens count
+        for ga, go in zip(_grads(whole), _grads(opened), strict=True):
+            torch.testing.assert_close(go, ga, rtol=1e-4, atol=1e-7)
+        for (name, wa), wo in zip(
+            whole.model.state_dict().items(), opened.model.state_dict().values(), strict=True
+        ):
+            torch.testing.assert_close(wo, wa, rtol=0, atol=5e-5, msg=name)
 
-    for key in ("loss", "clip_frac", "grad_norm"):
-        assert o[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
-    assert a["clip_frac"] > 0 or rewards == "no spread"  # sample 2's clipped tokens count in both
-    for ga, go in zip(_grads(whole), _grads(opened), strict=True):
-        torch.testing.assert_close(go, ga, rtol=1e-4, atol=1e-7)
-    for (name, wa), wo in zip(
-        whole.model.state_dict().items(), opened.model.state_dict().values(), strict=True
-    ):
-        torch.testing.assert_close(wo, wa, rtol=0, atol=5e-5, msg=name)
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_whole_groups_one_micro_batch_per_call_give_the_same_step_to_the_bit(
+    tmp_path: Path, agg: str
+) -> None:
+    model_dir = build_tiny_model(tmp_path / "model", seed=0)
+    one = _trainer(model_dir, tmp_path, "one", loss_agg=agg)
+    b = _batch(one.model, one.pad_id)
+    cfg = TrainConfig(group_size=G, loss_agg=agg, micro_batch_tokens=48)  # type: ignore[arg-type]
+    chunks = [_scored(b, list(range(G))), _scored(b, list(range(G, 2 * G)))]
+    a, methods = _step(one, TrainPlan(cfg, 1.0, open_max=0), chunks)
+    assert methods == ["accumulate"] * 2
+
+    split = _trainer(model_dir, tmp_path, "split", loss_agg=agg)
+    plan = TrainPlan(cfg, 1.0, open_max=0, per_micro_batch=True)
+    calls = [call for chunk in chunks for call in plan.take(chunk)]
+    lengths = [len(q) + len(r) for q, r in zip(b["prompt_ids"], b["response_ids"], strict=True)]
+    parts = group_micro_batches(lengths, G, 48)
+    assert len(calls) == len(parts) > 2  # each call is one of the trainer's micro-batches
+    for call, idx in zip(calls, parts, strict=True):
+        assert call.args["response_ids"] == [b["response_ids"][k] for k in idx]
+    plan = TrainPlan(cfg, 1.0, open_max=0, per_micro_batch=True)
+    o, _ = _step(split, plan, chunks)
+
+    assert {k: v for k, v in o.items() if k != "seconds"} == {
+        k: v for k, v in a.items() if k != "seconds"
+    }
+    for ga, go in zip(_grads(one), _grads(split), strict=True):
+        assert torch.equal(go, ga)
+    assert all(torch.equal(x, y) for x, y in zip(
+        one.model.state_dict().values(), split.model.state_dict().values(), strict=True
+    ))  # fmt: skip
 
 
 def test_open_groups_refuse_what_they_cannot_do(tmp_path: Path) -> None:
