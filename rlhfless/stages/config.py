@@ -202,7 +202,7 @@ class PipelineConfig(_Section):
     # Score (reward, reference, critic) and train on complete groups on the slots that finished
     # rollout functions release, while the rollout tail still decodes; False: every stage
     # waits for the one before it (the staged iteration). Same samples, rewards and update.
-    # Off by default: on this 2-core CPU the streamed job measured 1.15-1.18x the staged one where
+    # Off by default: on this 2-core CPU the streamed job measured 1.15-1.21x the staged one where
     # the rollout has a tail, 0.92x for SmolLM2-135M without one (benchmarks/stream.py,
     # docs/streaming.md).
     stream: bool = False
