@@ -297,7 +297,7 @@ class HFEngine:
         ``drawn_before[i]`` earlier draws; a cut sample's key comes back in ``Generation.rng``,
         so it continues elsewhere as it would have here.
         """
-        _check_generate(prompts, group_size, max_new_tokens, temperature, greedy)
+        check_generate(prompts, group_size, max_new_tokens, temperature, greedy)
         row_prompt = [i for i in range(len(prompts)) for _ in range(group_size)]
         pre, src = self._rows(prompts, row_prompt, prefix, shared_prefix, min_common_prefix)
         t1 = time.perf_counter()
@@ -426,10 +426,11 @@ class HFEngine:
         return out
 
 
-def _check_generate(
+def check_generate(
     prompts: Sequence[Sequence[int]], group_size: int, max_new_tokens: int, temperature: float,
     greedy: bool,
 ) -> None:  # fmt: skip
+    """What any engine's ``generate`` refuses, one clear error each (HF's and vLLM's)."""
     if not prompts or group_size < 1 or max_new_tokens < 1:
         raise EngineError(
             f"need prompts, group_size >= 1 and max_new_tokens >= 1 (got {len(prompts)} "

@@ -41,6 +41,7 @@ from rlhfless.adapters.hf import (
     Generation,
     HFEngine,
     PrefixKV,
+    check_generate,
     load_tokenizer,
 )
 from rlhfless.adapters.sample import FinishReason, Sample
@@ -248,17 +249,7 @@ class VLLMEngine:
         role inside one engine. ``stop(finished, total)`` is asked after every engine step; the
         unfinished samples then come back ``"cut"`` with their tokens so far.
         """
-        if not prompts or group_size < 1 or max_new_tokens < 1:
-            raise EngineError(
-                f"need prompts, group_size >= 1 and max_new_tokens >= 1 (got {len(prompts)} "
-                f"prompts, group_size={group_size}, max_new_tokens={max_new_tokens})"
-            )
-        if not greedy and temperature <= 0:
-            raise EngineError(
-                f"temperature must be > 0 when sampling (got {temperature}); use greedy=True"
-            )
-        if any(len(p) == 0 for p in prompts):
-            raise EngineError("an empty prompt cannot be decoded from; every prompt needs a token")
+        check_generate(prompts, group_size, max_new_tokens, temperature, greedy)
         if prefix is not None:
             raise EngineError(
                 "the vLLM engine cannot take prefilled KV (prefix=); its prefix cache shares each "

@@ -118,6 +118,10 @@ class TrainPlan:
         self.sent.update(keys)
         return keys
 
+    def _lengths(self, keys: list[int]) -> list[int]:
+        """Prompt and response tokens of each sample, as the trainer cuts micro-batches by."""
+        return [len(self.samples[k].prompt_ids) + len(self.samples[k].response_ids) for k in keys]
+
     def _rows(self, keys: list[int]) -> dict[str, Any]:
         return {
             "prompt_ids": [self.samples[k].prompt_ids for k in keys],
@@ -128,16 +132,13 @@ class TrainPlan:
 
     def _whole(self, groups: list[int]) -> list[TrainCall]:
         keys = [k for i in groups for k in self._unsent(i)]
-        rows = self._rows(keys)
         rewards = torch.tensor([self.samples[k].reward for k in keys], dtype=torch.float32)
-        advantages = grpo_rows(rewards, [len(r) for r in rows["response_ids"]], self.cfg)
+        responses = [len(self.samples[k].response_ids) for k in keys]
+        advantages = grpo_rows(rewards, responses, self.cfg)
         ref = [self.samples[k].ref for k in keys] if self.cfg.uses_reference else None
         parts = [list(range(len(keys)))]
         if self.per_micro_batch:  # the keys of whole groups: group-aligned, as the trainer's
-            lengths = [
-                len(self.samples[k].prompt_ids) + len(self.samples[k].response_ids) for k in keys
-            ]
-            parts = group_micro_batches(lengths, self.g, self.cfg.micro_batch_tokens)
+            parts = group_micro_batches(self._lengths(keys), self.g, self.cfg.micro_batch_tokens)
         calls = []
         for idx in parts:
             args = self._rows([keys[j] for j in idx])
@@ -153,12 +154,9 @@ class TrainPlan:
         parts = [keys]
         if self.per_micro_batch and len(keys) > 1:
             rewards = [self.samples[k].reward for k in keys]
-            lengths = [
-                len(self.samples[k].prompt_ids) + len(self.samples[k].response_ids) for k in keys
-            ]
             parts = [
                 [keys[j] for j in idx]
-                for idx in by_reward(rewards, lengths, self.cfg.micro_batch_tokens)
+                for idx in by_reward(rewards, self._lengths(keys), self.cfg.micro_batch_tokens)
             ]
         calls = []
         for part in parts:
