@@ -116,17 +116,20 @@ def test_a_job_with_functions_killed_keeps_every_sample_and_bills_the_lost_work(
     assert [m["samples"] for m in metrics] == [16, 16, 16]  # batch_prompts x group_size
     events = read_billing_events(run / "billing.jsonl")
     assert len([e for e in events if e.exit_code == -9]) == 2  # both kills landed
-    # Billed as lost work: those that died inside their lease. A kill that lands as the
-    # function's call returns can find the caller has released it first: nothing was lost, and
-    # the ledger does not bill it as lost. Once, in a CI run under load, one of the two kills
-    # was not billed as lost (not reproduced in 5 runs alone).
+    # Billed as lost work: those that died inside their lease. Every unit of work re-run was
+    # cut short by a death in its lease (the death is recorded before its caller wakes), so
+    # re-runs never outnumber them. A kill that lands after the function's last reply, as its
+    # caller releases it, lost nothing and is not billed as lost: under load both kills can
+    # land so (seen twice in CI), hence no lower bound.
+    reruns = done.stderr.count("re-running its work")
     killed = [e for e in events if died_in_lease(e)]
-    assert 1 <= len(killed) <= 2
+    assert reruns <= len(killed) <= 2, (reruns, len(killed))
     assert all(e.exit_code == -9 for e in killed)
     bill = subprocess.run(
         [sys.executable, "-m", "rlhfless.cli", "cost", str(run / "billing.jsonl"), "-m", "aws"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert bill.returncode == 0, bill.stderr
-    (line,) = [x for x in bill.stdout.splitlines() if "lost work (killed functions)" in x]
-    assert f"({len(killed)} function" in line
+    lines = [x for x in bill.stdout.splitlines() if "lost work (killed functions)" in x]
+    assert len(lines) == (1 if killed else 0), bill.stdout
+    assert not killed or f"({len(killed)} function" in lines[0]
