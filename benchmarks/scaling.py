@@ -149,10 +149,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from rlhfless.cost_models import get_model
+from rlhfless.cost_models import CostModel, TableCostModel, get_model
 from rlhfless.scaling import (
     GroupWork,
     LengthPredictor,
@@ -290,6 +291,15 @@ def feed_history(
     return ratios
 
 
+def without_minimum(model: CostModel) -> CostModel:
+    """``model`` with no per-start minimum: the rest of its rules, rates and instance shapes
+    as they are (what its bill would be if starts were free of the minimum)."""
+    if not isinstance(model, TableCostModel):
+        raise TypeError(f"{model.name} is not a price-table model")
+    rules = msgspec.structs.replace(model.rules, minimum_seconds=0.0)
+    return TableCostModel(model.name, rules, model.rows, shapes=model.shapes, rented=model.rented)
+
+
 def run_policies(
     history: list[list[list[int]]],
     rollout: list[list[int]],
@@ -302,6 +312,7 @@ def run_policies(
     ``scored``: epochs of other prompts the predictor sees (and scores) first; ``limit``: the
     generation limit (max_new_tokens), which the planners are told as the pipeline tells them."""
     aws, onprem = get_model("aws"), get_model("onprem")
+    aws_no_minimum = without_minimum(aws)
     pool = WarmPool(aws)
     pred = LengthPredictor(alpha=0.5)
     shrunk = LengthPredictor(alpha=0.5, shrink=1.0)
@@ -336,6 +347,7 @@ def run_policies(
             "busy_seconds": r.busy_seconds,
             "cold_seconds": r.cold_seconds,
             "usd_aws": r.usd(aws, DEVICE, continuous=serverful),
+            "usd_aws_no_minimum": r.usd(aws_no_minimum, DEVICE, continuous=serverful),
             "usd_pool": r.usd(pool, DEVICE, continuous=serverful),
             "usd_onprem": r.usd(onprem, DEVICE, continuous=serverful),
             "moves": r.moves,
@@ -538,8 +550,10 @@ def trace_seed_row(run: dict[str, dict[str, float]]) -> dict[str, float]:
         "warm_later": later["warm_functions"],
         "cut_later": later["cut_chosen"],
         # The first iteration under aws/start: the share of its bill that is per-start minimum
-        # (billed seconds beyond the seconds held).
-        "first_minimum_share": 1 - ours["function_seconds"] / ours["billed_aws_seconds"],
+        # (its bill less the same lives billed without a minimum). Not held seconds against
+        # billed ones: aws rents whole instances, and several functions packed onto a larger
+        # one are billed at its rate, not the single-slot rate.
+        "first_minimum_share": 1 - ours["usd_aws_no_minimum"] / ours["usd_aws"],
     }
 
 
