@@ -41,7 +41,7 @@ from rlhfless.stages.iteration import (
 )
 from rlhfless.stages.leases import Held
 from rlhfless.stages.protocol import CRITIC, REFERENCE, REWARD, TRAINER, Published, StepStats, reply
-from rlhfless.stages.train_plan import Chunk, TrainCall, TrainPlan
+from rlhfless.stages.train_plan import Chunk, TrainCall, TrainPlan, merge_chunks
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -163,8 +163,13 @@ class StreamedIteration:
         plan = TrainPlan(cfg.train, cfg.rollout.temperature, self.open_max, per_mb)
         async with rx:
             async for chunk in rx:
-                self.chunks.append(chunk)
-                for call in plan.take(chunk):
+                # What was scored while the trainer worked goes in together; and once the
+                # rollout has ended its threads stay put, so a call per micro-batch would only
+                # add calls (an iteration with no tail trains everything after it).
+                chunks = [chunk, *_queued(rx)]
+                self.chunks += chunks
+                plan.per_micro_batch = per_mb and not self._rollout_done()
+                for call in plan.take(merge_chunks(chunks)):
                     await trainer.call(lambda h, call=call: self._train_call(h, call))
                     self.sent.append(call)
         stats = await trainer.call(self._finish)
@@ -219,6 +224,9 @@ class StreamedIteration:
         """A new call's forward and backward, timed (a new trainer's start and replay are not)."""
         start, end = await self._run(h, call)
         self.trained.append((start, end, [len(r) for r in call.args["response_ids"]]))
+
+    def _rollout_done(self) -> bool:
+        return self.sink is not None and self.sink.rollout_done
 
     async def _finish(self, h: Any) -> Any:
         await self._share_machine(h)
@@ -319,6 +327,16 @@ def after_rollout(
         "longest": float(max(lengths, default=0)),
         "samples": float(len(lengths)),
     }
+
+
+def _queued(rx: MemoryObjectReceiveStream[Chunk]) -> list[Chunk]:
+    """The chunks already waiting (scored while the trainer worked): taken together."""
+    out = []
+    while True:
+        try:
+            out.append(rx.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            return out
 
 
 async def _next_groups(sink: GroupSink) -> list[Group]:

@@ -16,7 +16,8 @@ micro-batches, ``group_micro_batches`` and ``by_reward``; whole groups' gradient
 same to the bit, an open group's the same up to float rounding, as it is anyway): the stage
 sets the trainer's threads between calls, and a group whose training starts on the one core a
 finished rollout function freed goes on with every core the moment the rollout ends, instead of
-finishing on one.
+finishing on one. Once the rollout has ended the stage turns it off: the threads no longer
+change, and a call per micro-batch would only add calls.
 
 Pure bookkeeping (no processes): the calls are replayed in order after a trainer's death.
 """
@@ -45,6 +46,26 @@ class Chunk(msgspec.Struct, kw_only=True):
     rewards: list[float]
     ref: list[Any] | None = None
     values: list[Any] | None = None
+
+
+def merge_chunks(chunks: list[Chunk]) -> Chunk:
+    """Several scored chunks as one (their rows are disjoint), in order. An empty chunk (a
+    scoring call that found every sample scored) carries no ref or values: it is left out."""
+    chunks = [c for c in chunks if c.rows] or chunks[:1]
+    if len(chunks) == 1:
+        return chunks[0]
+
+    def joined(name: str) -> list[Any]:
+        return [x for c in chunks for x in getattr(c, name)]
+
+    def optional(name: str) -> list[Any] | None:
+        return None if any(getattr(c, name) is None for c in chunks) else joined(name)
+
+    return Chunk(
+        rows=joined("rows"), prompt_ids=joined("prompt_ids"), response_ids=joined("response_ids"),
+        logprobs=joined("logprobs"), rewards=joined("rewards"), ref=optional("ref"),
+        values=optional("values"),
+    )  # fmt: skip
 
 
 class _Scored(NamedTuple):

@@ -21,7 +21,7 @@ from rlhfless.stages.config import TrainConfig
 from rlhfless.stages.groups import GroupAssembler
 from rlhfless.stages.micro_batch import group_micro_batches
 from rlhfless.stages.protocol import FinishedSample
-from rlhfless.stages.train_plan import Chunk, TrainPlan
+from rlhfless.stages.train_plan import Chunk, TrainPlan, merge_chunks
 from rlhfless.stages.trainer import TrainerActor
 
 G = 4
@@ -229,6 +229,27 @@ def test_plan_without_open_groups_trains_whole_groups_only() -> None:
     calls = plan.take(_chunk([3, 4, 5, 6, 7], rewards))
     assert [c.method for c in calls] == ["accumulate"]
     assert len(calls[0].args["response_ids"]) == 2 * G
+
+
+def test_chunks_queued_for_the_trainer_train_as_one_chunk() -> None:
+    rewards = {k: float(k % 2) for k in range(3 * G)}
+    a, b = _chunk([0, 1, 2, 3], rewards), _chunk([4, 5, 6, 7, 8, 9, 10, 11], rewards)
+    a.ref = b.ref = [torch.zeros(1)] * 4
+    b.ref = [torch.ones(1)] * 8
+    empty = Chunk(rows=[], prompt_ids=[], response_ids=[], logprobs=[], rewards=[])
+    merged = merge_chunks([a, empty, b])  # an empty chunk carries no ref: left out, not None
+    assert merged.rows == list(range(3 * G)) and merged.rewards == [rewards[k] for k in range(12)]
+    assert merged.ref is not None and [float(r) for r in merged.ref] == [0.0] * 4 + [1.0] * 8
+    assert merge_chunks([a]) is a
+    # Per micro-batch (during the tail): one call per group-aligned micro-batch; after the
+    # rollout (per_micro_batch off), the same samples in one call, in the same order.
+    cfg = TrainConfig(group_size=G, micro_batch_tokens=24)
+    tail = TrainPlan(cfg, 1.0, open_max=0, per_micro_batch=True).take(merged)
+    after = TrainPlan(cfg, 1.0, open_max=0, per_micro_batch=False).take(merged)
+    assert len(tail) >= 3 and len(after) == 1
+    assert [r for c in tail for r in c.args["response_ids"]] == after[0].args["response_ids"]
+    split = [x for c in tail for x in c.args["advantages"]]
+    assert all(torch.equal(x, y) for x, y in zip(split, after[0].args["advantages"], strict=True))
 
 
 def _finished(key: int, finish: str = "eos") -> FinishedSample:
