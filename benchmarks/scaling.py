@@ -5,6 +5,8 @@
     python benchmarks/scaling.py --prompts 256 --seeds 3
     python benchmarks/scaling.py --scored-prompts 256    # predictor error measured on seen prompts
     python benchmarks/scaling.py --traces-only --oracle  # + what an oracle reaches on each trace
+    python benchmarks/stress_traces.py                  # shapes it was not built on; then replay
+                                                        # them with --trace (its docstring)
 
 Prints a table and writes ``benchmarks/results/scaling.json``.
 
