@@ -203,7 +203,7 @@ class PipelineConfig(_Section):
     # rollout functions release, while the rollout tail still decodes; False: every stage
     # waits for the one before it (the staged iteration). Same samples, rewards and update.
     # Off by default: on this 2-core CPU the streamed job measured 1.14-1.22x the staged one where
-    # the rollout has a tail, 0.97x on the default job (no tail) and 0.92x for SmolLM2-135M
+    # the rollout has a tail, 0.97x on the default job (no tail) and 1.01x for SmolLM2-135M
     # without one (benchmarks/stream.py, docs/streaming.md).
     stream: bool = False
     stream_poll_s: Positive = 0.02  # how often the controller takes the functions' finished samples
