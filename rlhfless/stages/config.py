@@ -202,10 +202,10 @@ class PipelineConfig(_Section):
     # Score (reward, reference, critic) and train on complete groups on the slots that finished
     # rollout functions release, while the rollout tail still decodes; False: every stage
     # waits for the one before it (the staged iteration). Same samples, rewards and update.
-    # On by default: on this 2-core CPU the streamed job measured 1.14-1.22x the staged one where
-    # the rollout has a tail, and the same without one (0.99x on the default job, 1.01x for
-    # SmolLM2-135M; benchmarks/stream.py, docs/streaming.md).
-    stream: bool = True
+    # Off by default: on this 2-core CPU the streamed job measured 1.14-1.22x the staged one where
+    # the rollout has a tail, 0.97x on the default job (no tail) and 1.01x for SmolLM2-135M
+    # without one (benchmarks/stream.py, docs/streaming.md).
+    stream: bool = False
     stream_poll_s: Positive = 0.02  # how often the controller takes the functions' finished samples
     # GRPO without a KL term, one trainer function: groups whose samples train one by one as
     # they end while the group's others still decode (two gradient-sized sums in the trainer
