@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import msgspec
@@ -50,6 +50,9 @@ if TYPE_CHECKING:
     from rlhfless.stages.rollout_stage import RolloutOutcome, RolloutStage
     from rlhfless.stages.run_state import RunState
     from rlhfless.stages.tasks import Prompt
+
+
+T = TypeVar("T")
 
 
 class StreamedIteration:
@@ -329,8 +332,8 @@ def after_rollout(
     }
 
 
-def _queued(rx: MemoryObjectReceiveStream[Chunk]) -> list[Chunk]:
-    """The chunks already waiting (scored while the trainer worked): taken together."""
+def _queued(rx: MemoryObjectReceiveStream[T]) -> list[T]:
+    """What is already waiting in ``rx`` (none at its end), taken together."""
     out = []
     while True:
         try:
@@ -343,11 +346,7 @@ async def _next_groups(sink: GroupSink) -> list[Group]:
     """Every group ready now, once a slot is free (waits for the first); [] at the end."""
     await sink.wait_for_slot()
     try:
-        groups = [await sink.rx.receive()]
+        first = await sink.rx.receive()
     except anyio.EndOfStream:
         return []
-    while True:
-        try:
-            groups.append(sink.rx.receive_nowait())
-        except (anyio.WouldBlock, anyio.EndOfStream):
-            return groups
+    return [first, *_queued(sink.rx)]
